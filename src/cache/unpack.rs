@@ -1,0 +1,255 @@
+//! Turns a NAR byte stream into a staged cache entry, verifying it on the way.
+//!
+//! One pass: compressed body → decoder → `HashingReader` (SHA-256 + NarSize bound) → NAR parser →
+//! `Unpacker`, which writes each regular file to `f<node id>` in a fresh staging directory and builds
+//! the manifest. Nothing here is visible to readers: the caller publishes the staging directory by
+//! rename only after `unpack` returned Ok, i.e. after NarHash and NarSize matched.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::manifest::{Manifest, Node};
+use crate::nix::hash::NarHash;
+use crate::nix::nar::{self, NodeId, ParseError, VisitError, Visitor};
+use crate::nix::narinfo::NarInfo;
+use crate::upstream::decompress::{self, DecompressError};
+
+/// Most nodes one store path may have (node ids share an inode number with a path slot).
+pub const MAX_NODES: u64 = 1 << 24;
+/// Filesystem block size assumed for quota accounting.
+pub const BLOCK_BYTES: u64 = 4096;
+const COPY_BUF_BYTES: usize = 256 * 1024;
+
+/// Why a NAR was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The compression cannot be decoded.
+    #[error(transparent)]
+    Decompress(#[from] DecompressError),
+    /// The NAR stream is malformed, hostile, truncated, or failed to decode.
+    #[error("invalid NAR: {0}")]
+    Nar(#[source] ParseError),
+    /// The NAR is shorter than NarSize.
+    #[error("NAR is {actual} bytes, narinfo says NarSize {expected}")]
+    SizeMismatch {
+        /// Signed NarSize.
+        expected: u64,
+        /// Bytes actually received.
+        actual: u64,
+    },
+    /// The NAR does not hash to NarHash.
+    #[error("NAR hash is {actual}, narinfo says {expected}")]
+    HashMismatch {
+        /// Signed NarHash.
+        expected: NarHash,
+        /// What the bytes hashed to.
+        actual: NarHash,
+    },
+    /// Writing the staged entry failed (disk full, I/O error).
+    #[error("cannot write staging entry {path}: {source}")]
+    Local {
+        /// The staging path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl UnpackError {
+    /// True when the failure is the local disk's, not the upstream's.
+    pub fn is_local(&self) -> bool {
+        match self {
+            UnpackError::Local { .. } => true,
+            UnpackError::Nar(ParseError::Visitor(e)) => e.is::<LocalWriteError>(),
+            _ => false,
+        }
+    }
+}
+
+/// A local write failure raised from inside the visitor.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}")]
+struct LocalWriteError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// Unpacks `compressed` (a NAR compressed as `info.compression`) into `staging`, which must be a
+/// fresh, empty directory, and returns the manifest once the NAR checked out against `info`.
+/// `max_compressed` bounds the bytes read from the wire.
+pub fn unpack(
+    compressed: impl Read + Send,
+    info: &NarInfo,
+    max_compressed: u64,
+    staging: &Path,
+) -> Result<Manifest, UnpackError> {
+    let limited = LimitedReader { inner: compressed, remaining: max_compressed };
+    let decoded = decompress::decoder(info.compression, limited)?;
+    let mut hashing = HashingReader { inner: decoded, hasher: Sha256::new(), count: 0 };
+    let mut unpacker = Unpacker::new(staging);
+    // The parser itself refuses to read past NarSize and requires EOF after the last token.
+    nar::parse(&mut hashing, info.nar_size, &mut unpacker).map_err(UnpackError::Nar)?;
+    if hashing.count != info.nar_size {
+        return Err(UnpackError::SizeMismatch { expected: info.nar_size, actual: hashing.count });
+    }
+    let actual = NarHash::from_digest(hashing.hasher.finalize().into());
+    if actual != info.nar_hash {
+        return Err(UnpackError::HashMismatch { expected: info.nar_hash, actual });
+    }
+    Ok(Manifest {
+        narinfo: info.to_string(),
+        disk_bytes: unpacker.disk_bytes,
+        nodes: unpacker.nodes,
+    })
+}
+
+/// File name of regular file `id` inside an entry directory. Never a name from the NAR.
+pub fn file_name(id: NodeId) -> String {
+    format!("f{id}")
+}
+
+/// Rounds `bytes` up to whole blocks, as a filesystem allocates them.
+pub fn block_rounded(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+struct LimitedReader<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for LimitedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.remaining = self.remaining.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "compressed NAR is larger than allowed")
+        })?;
+        Ok(n)
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Builds the manifest and writes file contents under their node numbers.
+struct Unpacker<'a> {
+    dir: &'a Path,
+    nodes: Vec<Node>,
+    disk_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Unpacker<'a> {
+    fn new(dir: &'a Path) -> Self {
+        // The entry directory itself and the manifest take at least a block each.
+        Self { dir, nodes: Vec::new(), disk_bytes: 2 * BLOCK_BYTES, buf: Vec::new() }
+    }
+
+    /// Appends node `id`, linking it into its parent directory.
+    fn push(&mut self, id: NodeId, parent: Option<(NodeId, &[u8])>, node: Node) -> VisitResult {
+        if id as usize != self.nodes.len() || u64::from(id) >= MAX_NODES {
+            return Err(format!("node {id} out of order or beyond {MAX_NODES} nodes").into());
+        }
+        if let Some((parent, name)) = parent {
+            match self.nodes.get_mut(parent as usize) {
+                Some(Node::Directory { entries, .. }) => {
+                    // Directory bytes grow with their entries; count them like a filesystem would.
+                    self.disk_bytes += name.len() as u64 + 16;
+                    entries.push((name.to_vec(), id));
+                }
+                _ => return Err(format!("parent {parent} of node {id} is not a directory").into()),
+            }
+        }
+        self.nodes.push(node);
+        Ok(())
+    }
+}
+
+type VisitResult = Result<(), VisitError>;
+
+fn parent_id(parent: Option<(NodeId, &[u8])>) -> NodeId {
+    parent.map_or(0, |(p, _)| p)
+}
+
+impl Visitor for Unpacker<'_> {
+    fn directory(&mut self, id: NodeId, parent: Option<(NodeId, &[u8])>) -> VisitResult {
+        let node = Node::Directory { parent: parent_id(parent), entries: Vec::new() };
+        self.push(id, parent, node)
+    }
+
+    fn file(
+        &mut self,
+        id: NodeId,
+        parent: Option<(NodeId, &[u8])>,
+        executable: bool,
+        size: u64,
+        contents: &mut dyn Read,
+    ) -> VisitResult {
+        self.push(id, parent, Node::File { parent: parent_id(parent), executable, size })?;
+        let path = self.dir.join(file_name(id));
+        let local =
+            |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
+        // create_new + O_NOFOLLOW: the name is ours, and nothing may already sit there.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(local)?;
+        if self.buf.is_empty() {
+            self.buf = vec![0; COPY_BUF_BYTES];
+        }
+        let mut written = 0u64;
+        loop {
+            let n = contents.read(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&self.buf[..n]).map_err(local)?;
+            written += n as u64;
+        }
+        if written != size {
+            return Err(format!("file node {id}: {written} of {size} bytes").into());
+        }
+        let mode = if executable { 0o555 } else { 0o444 };
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(local)?;
+        self.disk_bytes += block_rounded(size);
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        id: NodeId,
+        parent: Option<(NodeId, &[u8])>,
+        target: &[u8],
+    ) -> VisitResult {
+        let node = Node::Symlink { parent: parent_id(parent), target: target.to_vec() };
+        self.push(id, parent, node)
+    }
+}
+
+/// Opens regular file `id` of the entry in `dir` for reading, refusing to follow a symlink.
+pub fn open_file(dir: &Path, id: NodeId) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(dir.join(file_name(id)))
+}

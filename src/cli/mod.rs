@@ -1,0 +1,52 @@
+//! The command line: clap definitions and dispatch. Nothing below `cli/` sees clap types.
+
+pub mod mount;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Help heading for upstream options.
+pub const UPSTREAM_OPTIONS: &str = "Upstream options";
+/// Help heading for cache options.
+pub const CACHE_OPTIONS: &str = "Cache options";
+/// Help heading for mount options.
+pub const MOUNT_OPTIONS: &str = "Mount options";
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: bad usage or configuration.
+pub const EXIT_USAGE: u8 = 1;
+/// Exit code: failure at run time.
+pub const EXIT_RUNTIME: u8 = 2;
+
+/// storefs: a lazy, verified, read-only /nix/store that fills itself from Nix binary caches.
+///
+/// A path under the mount is fetched from the substituters the first time anyone touches it:
+/// narinfo, signature check, NAR download, hash check, unpack into the local disk cache. Nothing
+/// unverified is ever visible. Exit codes: 0 ok, 1 bad usage or configuration, 2 runtime failure.
+#[derive(Debug, Parser)]
+#[command(name = "storefs", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter, e.g. `info`, `debug`, `storefs=debug` (RUST_LOG syntax).
+    #[arg(long, global = true, env = "STOREFS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount the store and serve it in the foreground until SIGINT or SIGTERM.
+    Mount(mount::MountArgs),
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::logging::init(&cli.log);
+    match cli.command {
+        Command::Mount(args) => mount::run(&args),
+    }
+}

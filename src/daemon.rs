@@ -1,0 +1,82 @@
+//! The composition root: upstreams → cache → filesystem → mount, then wait for shutdown.
+
+use std::future::Future;
+
+use tracing::info;
+
+use crate::cache::{CacheConfig, NarCache};
+use crate::config::Config;
+use crate::fs::StoreFs;
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::session::{self, MountOptions};
+use crate::sync::Arc;
+use crate::upstream::http::{HttpTimeouts, build_client};
+use crate::upstream::{UpstreamSet, set::upstream_for_url};
+
+/// A daemon failure, with the exit code it deserves.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration cannot work (bad substituter URL, unusable cache directory).
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
+    /// Something failed while running.
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
+}
+
+impl DaemonError {
+    /// Process exit code: 1 for set-up problems the user must fix, 2 for runtime failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Setup(_) => crate::cli::EXIT_USAGE,
+            DaemonError::Runtime(_) => crate::cli::EXIT_RUNTIME,
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves or the mount goes away.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    use anyhow::Context as _;
+    let setup = DaemonError::Setup;
+    // Everything the daemon needs is loaded before mounting: touching our own mount would deadlock.
+    let client =
+        build_client(HttpTimeouts { connect: config.connect_timeout, stall: config.stall_timeout })
+            .context("cannot build the HTTP client")
+            .map_err(setup)?;
+    let upstreams = config
+        .substituters
+        .iter()
+        .map(|url| upstream_for_url(url, &client))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| setup(e.into()))?;
+    let upstreams = UpstreamSet::discover(upstreams).await.map_err(|e| setup(e.into()))?;
+    let cache_config = CacheConfig {
+        dir: config.cache_dir.clone(),
+        max_bytes: config.max_size_bytes,
+        negative_ttl: config.negative_ttl,
+    };
+    let cache = NarCache::open(cache_config, upstreams, config.trusted_keys.clone())
+        .with_context(|| format!("cannot open cache directory {}", config.cache_dir.display()))
+        .map_err(setup)?;
+    let fs = Arc::new(StoreFs::new(cache));
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let options = MountOptions { allow_other: config.allow_other };
+    let mountpoint = config.mountpoint.clone();
+    let mut mounted =
+        tokio::task::spawn_blocking(move || session::mount(adapter, &mountpoint, &options))
+            .await
+            .map_err(|e| DaemonError::Runtime(e.into()))?
+            .with_context(|| format!("cannot mount {}", config.mountpoint.display()))
+            .map_err(setup)?;
+    info!(mountpoint = %config.mountpoint.display(), cache = %config.cache_dir.display(),
+          max_bytes = config.max_size_bytes, "serving");
+    tokio::select! {
+        () = shutdown => {
+            mounted.unmount().await.context("unmount failed").map_err(DaemonError::Runtime)
+        }
+        ended = mounted.ended() => {
+            info!("mount went away; exiting");
+            ended.context("FUSE session failed").map_err(DaemonError::Runtime)
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Mounting: `/dev/fuse`, `mount(2)` as `fuse.storefs`, the session threads, and unmounting.
+//!
+//! We call `mount(2)` ourselves rather than through fuser so the mount is typed `fuse.storefs` in
+//! /proc/mounts and so the daemon owns the `/dev/fuse` descriptor (a successor can take it over).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use fuser::{BackgroundSession, Session, SessionACL};
+use tracing::{info, warn};
+
+use super::fuse::FuseAdapter;
+
+/// Filesystem type shown in /proc/mounts.
+pub const FS_TYPE: &str = "fuse.storefs";
+/// Threads reading kernel requests; handlers run on the tokio runtime, so few are needed.
+const SESSION_THREADS: usize = 2;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let other users (containers' users) in: adds `allow_other,default_permissions`.
+    pub allow_other: bool,
+}
+
+/// Why mounting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The mountpoint is unusable.
+    #[error("mountpoint {path}: {reason}")]
+    Mountpoint {
+        /// The mountpoint.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A system call failed.
+    #[error("{action}: {source}")]
+    Sys {
+        /// What was attempted.
+        action: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A live mount; `unmount` ends it, `ended` tells when it ended by itself (external umount).
+#[derive(Debug)]
+pub struct Mounted {
+    mountpoint: PathBuf,
+    ended: tokio::sync::oneshot::Receiver<io::Result<()>>,
+}
+
+/// Mounts `adapter` read-only at `mountpoint` and starts serving.
+pub fn mount(
+    adapter: FuseAdapter,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<Mounted, MountError> {
+    let bad = |reason: String| MountError::Mountpoint { path: mountpoint.into(), reason };
+    let mountpoint = mountpoint.canonicalize().map_err(|e| bad(e.to_string()))?;
+    if !mountpoint.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    if is_mountpoint(&mountpoint).map_err(|e| bad(format!("cannot read mountinfo: {e}")))? {
+        return Err(bad("already a mount point; unmount it first (umount -l)".into()));
+    }
+    let sys = |action: &str| {
+        let action = action.to_owned();
+        move |source| MountError::Sys { action, source }
+    };
+    let dev: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")
+        .map_err(sys("cannot open /dev/fuse (is the fuse module loaded?)"))?;
+    // SAFETY: plain getters with no arguments.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut data = format!("fd={},rootmode=40000,user_id={uid},group_id={gid}", dev.as_raw_fd());
+    if options.allow_other {
+        data.push_str(",allow_other,default_permissions");
+    }
+    let cstr = |s: &[u8]| CString::new(s).map_err(|e| bad(e.to_string()));
+    let (source, target) = (cstr(b"storefs")?, cstr(mountpoint.as_os_str().as_bytes())?);
+    let (fstype, data) = (cstr(FS_TYPE.as_bytes())?, cstr(data.as_bytes())?);
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast())
+    };
+    if rc != 0 {
+        return Err(sys("mount(2) failed (storefs must run as root)")(io::Error::last_os_error()));
+    }
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(SESSION_THREADS);
+    config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
+    let acl = config.acl;
+    let started =
+        Session::from_fd(adapter, OwnedFd::from(dev), acl, config).and_then(Session::spawn);
+    match started {
+        Ok(session) => {
+            info!(mountpoint = %mountpoint.display(), "mounted");
+            let (tx, ended) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("storefs-session-wait".into())
+                .spawn(move || {
+                    let _ = tx.send(join(session));
+                })
+                .map_err(sys("cannot start session waiter"))?;
+            Ok(Mounted { mountpoint, ended })
+        }
+        Err(e) => {
+            detach(&mountpoint);
+            Err(sys("FUSE handshake failed")(e))
+        }
+    }
+}
+
+impl Mounted {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Resolves when the session ended without `unmount` (someone unmounted it, or the kernel
+    /// aborted the connection).
+    pub async fn ended(&mut self) -> io::Result<()> {
+        (&mut self.ended).await.unwrap_or(Ok(()))
+    }
+
+    /// Unmounts (lazily if busy) and waits for the session threads to finish.
+    pub async fn unmount(self) -> io::Result<()> {
+        let target = CString::new(self.mountpoint.as_os_str().as_bytes())?;
+        // SAFETY: `target` is a NUL-terminated path that outlives the call.
+        if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+            let err = io::Error::last_os_error();
+            warn!(mountpoint = %self.mountpoint.display(), error = %err,
+                  "unmount failed, detaching lazily");
+            detach(&self.mountpoint);
+        }
+        let result = self.ended.await.unwrap_or(Ok(()));
+        info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        result
+    }
+}
+
+fn join(session: BackgroundSession) -> io::Result<()> {
+    session.join()
+}
+
+fn detach(mountpoint: &Path) {
+    if let Ok(target) = CString::new(mountpoint.as_os_str().as_bytes()) {
+        // SAFETY: `target` is a NUL-terminated path that outlives the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// True when `path` (canonical) is a mount point in this mount namespace.
+pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = path.as_os_str().as_bytes();
+    Ok(info
+        .lines()
+        .any(|line| line.split(' ').nth(4).is_some_and(|field| unescape_mountinfo(field) == want)))
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for space and so on).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_fields() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), b"/tmp/a b");
+        assert_eq!(unescape_mountinfo(r"/x\134y"), b"/x\\y");
+        assert_eq!(unescape_mountinfo(r"/trailing\04"), b"/trailing\\04");
+    }
+
+    #[test]
+    fn root_is_a_mountpoint() {
+        assert!(is_mountpoint(Path::new("/")).unwrap());
+    }
+}

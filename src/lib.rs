@@ -1,0 +1,23 @@
+//! storefs: a lazy, verified, read-only /nix/store served over FUSE.
+//!
+//! # Layout
+//! Imports point only this way: `nix` ← `upstream` ← `cache` ← `fs` ← `daemon` ← `cli`.
+//! - [`nix`]: Nix formats, pure (no I/O): base32, store paths, narinfo, signatures, NAR.
+//! - [`upstream`]: binary caches over HTTP(S) and `file://`, decompression.
+//! - [`cache`]: the verified local disk cache, single-flight fetch, LRU quota.
+//! - [`fs`]: filesystem semantics, plus the one fuser adapter and the mount session.
+//! - [`daemon`]: wires them together; [`cli`]: the command line.
+//! - [`config`], [`logging`], [`sync`]: used by anyone.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod logging;
+pub mod nix;
+pub mod sync;
+pub mod upstream;

@@ -1,0 +1,72 @@
+//! In-memory binary caches for unit tests: a well-behaved one and knobs to make it misbehave.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+
+use super::{NarBody, Upstream, UpstreamError};
+use crate::nix::cache_info::CacheInfo;
+use crate::nix::narinfo::NarInfo;
+
+/// A binary cache held in memory: narinfos by hash part, NAR bodies by URL.
+#[derive(Debug, Default)]
+pub struct MockUpstream {
+    name: String,
+    narinfos: Mutex<HashMap<String, NarInfo>>,
+    nars: Mutex<HashMap<String, Vec<u8>>>,
+    /// When set, every narinfo request fails with this HTTP status.
+    pub fail_status: Mutex<Option<u16>>,
+    /// Number of narinfo requests seen.
+    pub narinfo_requests: AtomicUsize,
+    /// Number of NAR requests seen.
+    pub nar_requests: AtomicUsize,
+}
+
+impl MockUpstream {
+    /// An empty cache called `name` (shown as `mock://name`).
+    pub fn new(name: &str) -> Self {
+        Self { name: format!("mock://{name}"), ..Self::default() }
+    }
+
+    /// Publishes a narinfo and the NAR body its `URL:` names.
+    pub fn insert(&self, info: NarInfo, body: Vec<u8>) {
+        self.nars.lock().expect("mock lock").insert(info.url.clone(), body);
+        let hash = info.store_path.hash_part();
+        self.narinfos.lock().expect("mock lock").insert(hash, info);
+    }
+
+    /// Requests seen so far: (narinfo, nar).
+    pub fn requests(&self) -> (usize, usize) {
+        (self.narinfo_requests.load(Ordering::SeqCst), self.nar_requests.load(Ordering::SeqCst))
+    }
+}
+
+#[async_trait]
+impl Upstream for MockUpstream {
+    fn url(&self) -> &str {
+        &self.name
+    }
+
+    async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
+        Ok(None)
+    }
+
+    async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
+        self.narinfo_requests.fetch_add(1, Ordering::SeqCst);
+        if let Some(status) = *self.fail_status.lock().expect("mock lock") {
+            return Err(UpstreamError::Status { url: self.name.clone(), status });
+        }
+        Ok(self.narinfos.lock().expect("mock lock").get(hash_part).cloned())
+    }
+
+    async fn nar(&self, nar_url: &str, _max_bytes: u64) -> Result<NarBody, UpstreamError> {
+        self.nar_requests.fetch_add(1, Ordering::SeqCst);
+        let body = self.nars.lock().expect("mock lock").get(nar_url).cloned();
+        match body {
+            Some(body) => Ok(Box::pin(std::io::Cursor::new(body))),
+            None => Err(UpstreamError::Status { url: nar_url.to_owned(), status: 404 }),
+        }
+    }
+}

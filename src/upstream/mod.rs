@@ -1,0 +1,116 @@
+//! Binary caches as data sources: the `Upstream` trait, its HTTP and `file://` implementations,
+//! and the ordered list of substituters the daemon asks in turn.
+//!
+//! An upstream only transports bytes. It never decides trust: signatures, NarHash and NarSize are
+//! checked by `cache::fetch`, so a hostile upstream can waste time but never publish bytes.
+
+pub mod decompress;
+pub mod file;
+pub mod http;
+pub mod mock;
+pub mod set;
+
+use std::fmt::Debug;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use tokio::io::AsyncRead;
+
+use crate::nix::cache_info::CacheInfo;
+use crate::nix::narinfo::{self, NarInfo};
+
+pub use set::UpstreamSet;
+
+/// A NAR body as it comes off the wire, still compressed.
+pub type NarBody = Pin<Box<dyn AsyncRead + Send>>;
+
+/// One binary cache.
+#[async_trait]
+pub trait Upstream: Send + Sync + Debug {
+    /// The cache's base URL, for logs and metrics.
+    fn url(&self) -> &str;
+
+    /// `nix-cache-info`; `Ok(None)` when the cache has none (HTTP 404/403, missing file).
+    async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError>;
+
+    /// `<hash_part>.narinfo`, parsed but NOT verified. `Ok(None)` means the cache does not have
+    /// the path (HTTP 404 or 403); every other failure is an error, never "absent".
+    async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError>;
+
+    /// The (compressed) NAR at `nar_url`, relative to the cache base. Implementations refuse URLs
+    /// that leave the cache's origin. `max_bytes` bounds what the caller will read; bodies that
+    /// announce more are refused up front.
+    async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError>;
+}
+
+/// Why a request to one binary cache failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Transport failure: DNS, connect, TLS, timeout, reset.
+    #[error("request to {url} failed: {source}")]
+    Transport {
+        /// The URL asked for.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with a status that is neither success nor "absent".
+    #[error("{url} answered HTTP {status}")]
+    Status {
+        /// The URL asked for.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// A small document (narinfo, nix-cache-info) was larger than its cap.
+    #[error("{url} is larger than {limit} bytes")]
+    TooLarge {
+        /// The URL asked for.
+        url: String,
+        /// The cap, in bytes.
+        limit: u64,
+    },
+    /// The narinfo could not be parsed.
+    #[error("{url} is not a valid narinfo: {source}")]
+    NarInfo {
+        /// The URL asked for.
+        url: String,
+        /// The parse error.
+        #[source]
+        source: narinfo::Error,
+    },
+    /// `nix-cache-info` could not be parsed.
+    #[error("{url} is not a valid nix-cache-info: {reason}")]
+    CacheInfo {
+        /// The URL asked for.
+        url: String,
+        /// The parse error, rendered.
+        reason: String,
+    },
+    /// The narinfo's `URL:` points outside the cache (another origin, another scheme, `..`).
+    #[error("NAR URL {nar_url:?} from {cache} leaves the cache; refused")]
+    ForeignNarUrl {
+        /// The cache's base URL.
+        cache: String,
+        /// The offending (unsigned) URL field.
+        nar_url: String,
+    },
+    /// A local file of a `file://` cache could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The local path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The substituter URL itself is unusable.
+    #[error("substituter {url:?}: {reason}")]
+    BadBaseUrl {
+        /// The configured URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}

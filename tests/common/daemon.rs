@@ -1,0 +1,130 @@
+//! Runs the real `storefs` binary as a daemon against a mountpoint and cache in a temp dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a mount may take to appear.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running `storefs mount`; dropping it stops the daemon and unmounts.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    /// The mountpoint.
+    pub mnt: PathBuf,
+    /// The cache directory.
+    pub cache: PathBuf,
+    /// File receiving the daemon's stderr.
+    pub log: PathBuf,
+}
+
+/// Path of the storefs binary under test.
+pub fn storefs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_storefs")
+}
+
+impl Daemon {
+    /// Starts `storefs mount <dir>/mnt --cache-dir <dir>/cache` with `args` appended
+    /// (substituters, keys, limits) and waits until the mount is live.
+    pub fn start(dir: &Path, args: &[String]) -> Daemon {
+        let mnt = dir.join("mnt");
+        let cache = dir.join("cache");
+        std::fs::create_dir_all(&mnt).unwrap();
+        Self::start_at(&mnt, &cache, &dir.join("storefs.log"), args)
+    }
+
+    /// Like `start` with explicit paths.
+    pub fn start_at(mnt: &Path, cache: &Path, log: &Path, args: &[String]) -> Daemon {
+        let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(storefs_bin())
+            .arg("mount")
+            .arg(mnt)
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--nix-conf")
+            .arg("/dev/null")
+            .args(args)
+            .env("STOREFS_LOG", "storefs=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("spawn storefs");
+        let mut d =
+            Daemon { child: Some(child), mnt: mnt.into(), cache: cache.into(), log: log.into() };
+        d.wait_mounted();
+        d
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + MOUNT_DEADLINE;
+        while !is_storefs_mount(&self.mnt) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("storefs exited with {status} before mounting; log:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "mount did not appear; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `mnt/<basename of store_path>` plus `rest`.
+    pub fn path(&self, store_path: &str, rest: &str) -> PathBuf {
+        let base = store_path.trim_start_matches("/nix/store/");
+        let p = self.mnt.join(base);
+        if rest.is_empty() { p } else { p.join(rest) }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        if is_storefs_mount(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+        status.code()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_storefs_mount(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+    }
+}
+
+/// True when `mnt` is a `fuse.storefs` mount in this namespace.
+pub fn is_storefs_mount(mnt: &Path) -> bool {
+    let mnt = mnt.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mounts").unwrap_or_default().lines().any(|l| {
+        let mut f = l.split(' ');
+        let (_, point, fstype) = (f.next(), f.next(), f.next());
+        point == Some(mnt.as_str()) && fstype == Some("fuse.storefs")
+    })
+}
+
+fn force_unmount(mnt: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(mnt).status();
+}

@@ -1,0 +1,98 @@
+//! Support for storefs' integration tests against real components: a real-Nix
+//! fixture closure with binary caches ([`fixtures()`]), a real nginx serving them
+//! ([`Nginx`]), and a loud skip helper ([`require`]). Use it with `mod common;`.
+//!
+//! ```ignore
+//! mod common;
+//! #[test]
+//! fn serves_narinfo() {
+//!     if common::require(&["nix-store", "nginx"], "serves_narinfo") {
+//!         return;
+//!     }
+//!     let fx = common::fixtures();
+//!     let nginx = common::Nginx::start(&fx.caches_dir(), "");
+//!     let cache_url = nginx.url("zstd");
+//!     // ...
+//! }
+//! ```
+
+// Every test binary compiles this module anew and none uses all of it, so unused
+// items would warn in each of them.
+#![allow(dead_code, unused_imports, reason = "shared by test binaries that each use a part")]
+
+pub mod daemon;
+pub mod fixtures;
+pub mod hostile;
+pub mod nginx;
+
+pub use fixtures::{COMPRESSIONS, Fixtures, fixtures, fixtures_dir, hash_part};
+pub use nginx::{AccessEntry, Nginx};
+
+use std::path::{Path, PathBuf};
+
+/// Loud skip: returns `true` (skip the test) when a requirement is missing, after
+/// printing `SKIPPING <test>: <why>` to stderr; under `CI=true` it panics instead,
+/// because a skipped test must not pass CI.
+///
+/// Each requirement is
+/// - `"root"`: the effective uid is 0;
+/// - an absolute path (e.g. `"/dev/fuse"`): it exists and, for a device, opens
+///   read-write;
+/// - otherwise a program name (e.g. `"nix-store"`, `"nginx"`): found in `$PATH`,
+///   `/usr/sbin` or `/sbin`.
+pub fn require(requirements: &[&str], test: &str) -> bool {
+    let missing: Vec<String> = requirements.iter().filter_map(|r| why_missing(r)).collect();
+    if missing.is_empty() {
+        return false;
+    }
+    let why = missing.join("; ");
+    if is_ci() {
+        panic!("{test}: {why} (CI=true, so a skip is a failure; run scripts/install-deps.sh)");
+    }
+    eprintln!("SKIPPING {test}: {why}");
+    true
+}
+
+/// Whether `CI` is set to `true` (or `1`).
+pub fn is_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// The full path of program `name`, searched in `$PATH`, then `/usr/local/sbin`,
+/// `/usr/sbin`, `/sbin` (nginx lives in /usr/sbin, which a non-root PATH may lack).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn why_missing(req: &str) -> Option<String> {
+    if req == "root" {
+        return (unsafe { libc::geteuid() } != 0).then(|| "not running as root".to_string());
+    }
+    if req.starts_with('/') {
+        use std::os::unix::fs::FileTypeExt;
+        let p = Path::new(req);
+        let meta = match p.metadata() {
+            Ok(m) => m,
+            Err(e) => return Some(format!("{req}: {e}")),
+        };
+        if !meta.file_type().is_char_device() {
+            return None;
+        }
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .err()
+            .map(|e| format!("{req} cannot be opened: {e}"));
+    }
+    find_tool(req).is_none().then(|| format!("{req} is not installed"))
+}
