@@ -3,7 +3,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use storefs::cli::{Cli, EXIT_USAGE};
 
 fn main() -> ExitCode {
-    storefs::cli::run(storefs::cli::Cli::parse())
+    match Cli::try_parse() {
+        Ok(cli) => storefs::cli::run(cli),
+        // --help and --version print and succeed; every other parse error is a usage error (1).
+        Err(err) => {
+            let _ = err.print();
+            if err.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS }
+        }
+    }
 }

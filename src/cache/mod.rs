@@ -15,6 +15,9 @@ pub mod manifest;
 pub mod stats;
 pub mod unpack;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::num::NonZeroUsize;

@@ -1,14 +1,13 @@
 //! In-memory binary caches for unit tests: a well-behaved one and knobs to make it misbehave.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 
 use super::{NarBody, Upstream, UpstreamError};
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::NarInfo;
+use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// A binary cache held in memory: narinfos by hash part, NAR bodies by URL.
 #[derive(Debug, Default)]

@@ -18,7 +18,9 @@
 //! - [`writer`]: [`write_nar`] serialises a [`Node`] tree exactly as given, and raw helpers
 //!   ([`writer::write_str`], [`writer::write_raw_len`]) build hostile streams for tests.
 
+mod error;
 pub mod reader;
+mod tree;
 pub mod wire;
 pub mod writer;
 

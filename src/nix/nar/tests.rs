@@ -759,23 +759,11 @@ mod real_nix {
                     (e.file_name().as_bytes().to_vec(), from_disk(&e.path()))
                 })
                 .collect();
-            Node::Directory(entries).sorted_shallow()
+            Node::Directory(entries).sorted()
         } else {
             Node::File {
                 executable: meta.permissions().mode() & 0o100 != 0,
                 contents: std::fs::read(path).unwrap(),
-            }
-        }
-    }
-
-    impl Node {
-        fn sorted_shallow(self) -> Node {
-            match self {
-                Node::Directory(mut e) => {
-                    e.sort_by(|a, b| a.0.cmp(&b.0));
-                    Node::Directory(e)
-                }
-                other => other,
             }
         }
     }
@@ -935,5 +923,67 @@ proptest! {
         if let Ok(parsed) = parse_to_tree(&bytes) {
             prop_assert_eq!(parsed.to_nar(), bytes);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput (run with `cargo test --release -- --ignored throughput --nocapture`)
+
+#[test]
+#[ignore = "throughput measurement, not a correctness test"]
+fn throughput() {
+    struct Sink(u64);
+    impl Visitor for Sink {
+        fn directory(&mut self, _: NodeId, _: Option<(NodeId, &[u8])>) -> Result<(), VisitError> {
+            Ok(())
+        }
+        fn file(
+            &mut self,
+            _: NodeId,
+            _: Option<(NodeId, &[u8])>,
+            _: bool,
+            _: u64,
+            contents: &mut dyn Read,
+        ) -> Result<(), VisitError> {
+            self.0 += io::copy(contents, &mut io::sink())?;
+            Ok(())
+        }
+        fn symlink(
+            &mut self,
+            _: NodeId,
+            _: Option<(NodeId, &[u8])>,
+            _: &[u8],
+        ) -> Result<(), VisitError> {
+            Ok(())
+        }
+    }
+    let big = Node::Directory(
+        (0..64u32)
+            .map(|i| (format!("f{i:03}").into_bytes(), file(&vec![i as u8; 4 << 20])))
+            .collect(),
+    );
+    let small = Node::Directory(
+        (0..100_000u32)
+            .map(|i| (format!("file-{i:06}").into_bytes(), file(&vec![1; (i % 2000) as usize])))
+            .collect(),
+    );
+    for (label, node) in [("64 x 4 MiB files", big), ("100k small files", small)] {
+        let bytes = node.to_nar();
+        let start = std::time::Instant::now();
+        let rounds = 5;
+        for _ in 0..rounds {
+            let mut sink = Sink(0);
+            parse(&bytes[..], bytes.len() as u64, &mut sink).unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let mb = (bytes.len() * rounds) as f64 / 1e6;
+        eprintln!("{label}: {:.0} MB/s via parse (BufReader)", mb / secs);
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            let mut sink = Sink(0);
+            parse_buf(&bytes[..], bytes.len() as u64, &mut sink).unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("{label}: {:.0} MB/s via parse_buf(&[u8])", mb / secs);
     }
 }

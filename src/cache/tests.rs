@@ -1,0 +1,245 @@
+//! Cache behaviour over in-memory upstreams: verification, single-flight, negative caching,
+//! failover, eviction and restart. No network, no kernel.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::nix::hash::NarHash;
+use crate::nix::nar::Node as NarNode;
+use crate::nix::signature::SigningKey;
+use crate::upstream::mock::MockUpstream;
+
+fn key() -> SigningKey {
+    SigningKey::generate("test-1", [1; 32])
+}
+
+fn sp(seed: char, name: &str) -> StorePath {
+    let hash: String = std::iter::repeat_n(seed, 32).collect();
+    StorePath::from_basename(format!("{hash}-{name}").as_bytes()).unwrap()
+}
+
+fn tree(marker: &str, bytes: usize) -> NarNode {
+    NarNode::Directory(vec![
+        (
+            b"bin".to_vec(),
+            NarNode::Directory(vec![(
+                b"tool".to_vec(),
+                NarNode::File { executable: true, contents: marker.as_bytes().to_vec() },
+            )]),
+        ),
+        (b"data".to_vec(), NarNode::File { executable: false, contents: vec![7; bytes] }),
+        (b"link".to_vec(), NarNode::Symlink { target: b"bin/tool".to_vec() }),
+    ])
+}
+
+/// Signs and publishes `tree` as `path` in `up`; returns the NAR bytes.
+fn publish(up: &MockUpstream, signer: &SigningKey, path: &StorePath, tree: &NarNode) -> Vec<u8> {
+    let nar = tree.to_nar();
+    let text = format!(
+        "StorePath: {}\nURL: nar/{}.nar\nCompression: none\nNarHash: {}\nNarSize: {}\n\
+         References: \n",
+        path.to_absolute_path(),
+        path.hash_part(),
+        NarHash::from_digest(Sha256::digest(&nar).into()),
+        nar.len()
+    );
+    let mut info = NarInfo::parse(text.as_bytes()).unwrap();
+    info.signatures.push(signer.sign(&info));
+    up.insert(info, nar.clone());
+    nar
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    config: CacheConfig,
+    ups: Vec<Arc<MockUpstream>>,
+}
+
+impl Fixture {
+    fn new(n_upstreams: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CacheConfig {
+            dir: dir.path().join("cache"),
+            max_bytes: 1 << 30,
+            negative_ttl: Duration::from_secs(3600),
+        };
+        let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
+        Self { _dir: dir, config, ups }
+    }
+
+    fn open(&self) -> Arc<NarCache> {
+        let set = UpstreamSet::in_order(
+            self.ups.iter().map(|u| u.clone() as Arc<dyn Upstream>).collect(),
+        );
+        let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+        NarCache::open(self.config.clone(), set, keys).unwrap()
+    }
+}
+
+fn read_file(entry: &Entry, name: &[u8]) -> Vec<u8> {
+    let id = entry.manifest.child(manifest::ROOT_NODE, name).unwrap();
+    std::fs::read(entry.dir.join(unpack::file_name(id))).unwrap()
+}
+
+#[tokio::test]
+async fn fetches_verifies_and_then_serves_from_disk() {
+    let fx = Fixture::new(1);
+    let path = sp('a', "hello");
+    publish(&fx.ups[0], &key(), &path, &tree("hi", 100));
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    assert_eq!(read_file(&entry, b"data"), vec![7; 100]);
+    assert_eq!(entry.manifest.nodes.len(), 5);
+    cache.get(&path).await.unwrap();
+    assert_eq!(fx.ups[0].requests(), (1, 1), "second get is a hit");
+    assert_eq!(CacheStats::get(&cache.stats.hits), 1);
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_fetch() {
+    let fx = Fixture::new(1);
+    let path = sp('b', "popular");
+    publish(&fx.ups[0], &key(), &path, &tree("x", 1 << 20));
+    let cache = fx.open();
+    let gets = (0..50).map(|_| {
+        let (cache, path) = (cache.clone(), path.clone());
+        tokio::spawn(async move { cache.get(&path).await.map(|e| e.manifest.nodes.len()) })
+    });
+    for result in futures::future::join_all(gets).await {
+        assert_eq!(result.unwrap().unwrap(), 5);
+    }
+    assert_eq!(fx.ups[0].requests(), (1, 1));
+}
+
+#[tokio::test]
+async fn absent_paths_are_remembered_but_failures_are_not() {
+    let mut fx = Fixture::new(1);
+    let cache = fx.open();
+    let path = sp('c', "absent");
+    for _ in 0..10 {
+        assert!(matches!(cache.get(&path).await, Err(CacheError::NotFound(_))));
+    }
+    assert_eq!(fx.ups[0].requests().0, 1, "one narinfo request within the TTL");
+
+    *fx.ups[0].fail_status.lock().unwrap() = Some(500);
+    let other = sp('d', "flaky");
+    for _ in 0..3 {
+        assert!(matches!(cache.get(&other).await, Err(CacheError::Unavailable { .. })));
+    }
+    assert_eq!(fx.ups[0].requests().0, 4, "errors are never cached as absent");
+
+    fx.config.negative_ttl = Duration::ZERO;
+    drop(cache);
+    *fx.ups[0].fail_status.lock().unwrap() = None;
+    let cache = fx.open();
+    cache.get(&path).await.unwrap_err();
+    publish(&fx.ups[0], &key(), &path, &tree("late", 1));
+    cache.get(&path).await.expect("published later, found after the TTL");
+}
+
+#[tokio::test]
+async fn a_failing_or_untrusted_cache_falls_through_to_the_next() {
+    let fx = Fixture::new(3);
+    let path = sp('n', "x");
+    *fx.ups[0].fail_status.lock().unwrap() = Some(503);
+    publish(&fx.ups[1], &SigningKey::generate("test-1", [2; 32]), &path, &tree("evil", 1));
+    publish(&fx.ups[2], &key(), &path, &tree("good", 1));
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let tool_dir = entry.manifest.child(0, b"bin").unwrap();
+    let tool = entry.manifest.child(tool_dir, b"tool").unwrap();
+    assert_eq!(std::fs::read(entry.dir.join(unpack::file_name(tool))).unwrap(), b"good");
+    assert_eq!(fx.ups[1].requests(), (1, 0), "no NAR is fetched for an untrusted narinfo");
+    assert_eq!(CacheStats::get(&cache.stats.verify_failures), 1);
+}
+
+#[tokio::test]
+async fn a_nar_that_does_not_match_is_discarded() {
+    let fx = Fixture::new(1);
+    let path = sp('f', "x");
+    publish(&fx.ups[0], &key(), &path, &tree("a", 10));
+    // Same narinfo, other bytes of the same length.
+    let info = fx.ups[0].narinfo(&path.hash_part()).await.unwrap().unwrap();
+    let mut nar = tree("b", 10).to_nar();
+    nar.truncate(info.nar_size as usize);
+    fx.ups[0].insert(info, nar);
+    let cache = fx.open();
+    let err = cache.get(&path).await.unwrap_err();
+    assert!(err.to_string().contains("hash"), "{err}");
+    assert!(cache.entries().is_empty());
+    let staging = fx.config.dir.join("staging");
+    let leftovers = std::fs::read_dir(&staging).unwrap().count();
+    let trash = std::fs::read_dir(fx.config.dir.join("trash")).unwrap().count();
+    assert_eq!(leftovers, 0, "staging emptied");
+    assert!(trash <= 1, "discarded staging goes to trash for deletion");
+}
+
+#[tokio::test]
+async fn eviction_keeps_open_files_readable_and_limits_disk() {
+    let mut fx = Fixture::new(1);
+    fx.config.max_bytes = 300 * 1024;
+    let paths: Vec<_> = "ghij".chars().map(|c| sp(c, "blob")).collect();
+    for (i, p) in paths.iter().enumerate() {
+        publish(&fx.ups[0], &key(), p, &tree(&i.to_string(), 120 * 1024));
+    }
+    let cache = fx.open();
+    let first = cache.get(&paths[0]).await.unwrap();
+    let data = first.manifest.child(0, b"data").unwrap();
+    let mut open = first.open_file(data).unwrap();
+    for p in &paths[1..] {
+        cache.get(p).await.unwrap();
+        assert!(cache.used_bytes() <= fx.config.max_bytes, "{} bytes", cache.used_bytes());
+    }
+    assert!(cache.cached(&paths[0]).is_none(), "the least recently used path was evicted");
+    assert!(CacheStats::get(&cache.stats.evictions) >= 1);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open, &mut bytes).unwrap();
+    assert_eq!(bytes, vec![7; 120 * 1024], "an open file survives eviction");
+    // Fetched again on demand, with the same tree.
+    let again = cache.get(&paths[0]).await.unwrap();
+    assert_eq!(again.manifest, first.manifest);
+}
+
+#[tokio::test]
+async fn a_restart_serves_cached_paths_without_requests() {
+    let fx = Fixture::new(1);
+    let path = sp('k', "kept");
+    publish(&fx.ups[0], &key(), &path, &tree("k", 10));
+    let cache = fx.open();
+    let before = cache.get(&path).await.unwrap().manifest.clone();
+    drop(cache);
+    let cache = fx.open();
+    assert_eq!(cache.get(&path).await.unwrap().manifest, before);
+    assert_eq!(fx.ups[0].requests(), (1, 1), "served from disk after the restart");
+}
+
+#[tokio::test]
+async fn a_corrupt_manifest_is_discarded_at_start() {
+    let fx = Fixture::new(1);
+    let path = sp('l', "x");
+    publish(&fx.ups[0], &key(), &path, &tree("l", 10));
+    let cache = fx.open();
+    cache.get(&path).await.unwrap();
+    drop(cache);
+    let manifest = fx.config.dir.join("entries").join(path.hash_part()).join("manifest");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&manifest, bytes).unwrap();
+    let cache = fx.open();
+    assert!(cache.entries().is_empty(), "corrupt entry not loaded");
+    cache.get(&path).await.unwrap();
+    assert_eq!(fx.ups[0].requests(), (2, 2), "fetched again");
+}
+
+#[tokio::test]
+async fn a_narinfo_for_another_path_is_not_found() {
+    let fx = Fixture::new(1);
+    let asked = sp('m', "wanted");
+    let served = sp('m', "other-name");
+    publish(&fx.ups[0], &key(), &served, &tree("m", 1));
+    let cache = fx.open();
+    assert!(matches!(cache.get(&asked).await, Err(CacheError::NotFound(_))));
+    assert!(cache.entries().is_empty());
+}
