@@ -16,7 +16,7 @@ pub mod stats;
 pub mod unpack;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;

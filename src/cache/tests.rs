@@ -11,16 +11,16 @@ use crate::nix::nar::Node as NarNode;
 use crate::nix::signature::SigningKey;
 use crate::upstream::mock::MockUpstream;
 
-fn key() -> SigningKey {
+pub(crate) fn key() -> SigningKey {
     SigningKey::generate("test-1", [1; 32])
 }
 
-fn sp(seed: char, name: &str) -> StorePath {
+pub(crate) fn sp(seed: char, name: &str) -> StorePath {
     let hash: String = std::iter::repeat_n(seed, 32).collect();
     StorePath::from_basename(format!("{hash}-{name}").as_bytes()).unwrap()
 }
 
-fn tree(marker: &str, bytes: usize) -> NarNode {
+pub(crate) fn tree(marker: &str, bytes: usize) -> NarNode {
     NarNode::Directory(vec![
         (
             b"bin".to_vec(),
@@ -35,7 +35,12 @@ fn tree(marker: &str, bytes: usize) -> NarNode {
 }
 
 /// Signs and publishes `tree` as `path` in `up`; returns the NAR bytes.
-fn publish(up: &MockUpstream, signer: &SigningKey, path: &StorePath, tree: &NarNode) -> Vec<u8> {
+pub(crate) fn publish(
+    up: &MockUpstream,
+    signer: &SigningKey,
+    path: &StorePath,
+    tree: &NarNode,
+) -> Vec<u8> {
     let nar = tree.to_nar();
     let text = format!(
         "StorePath: {}\nURL: nar/{}.nar\nCompression: none\nNarHash: {}\nNarSize: {}\n\
@@ -51,14 +56,14 @@ fn publish(up: &MockUpstream, signer: &SigningKey, path: &StorePath, tree: &NarN
     nar
 }
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    config: CacheConfig,
-    ups: Vec<Arc<MockUpstream>>,
+    pub(crate) config: CacheConfig,
+    pub(crate) ups: Vec<Arc<MockUpstream>>,
 }
 
 impl Fixture {
-    fn new(n_upstreams: usize) -> Self {
+    pub(crate) fn new(n_upstreams: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = CacheConfig {
             dir: dir.path().join("cache"),
@@ -69,7 +74,7 @@ impl Fixture {
         Self { _dir: dir, config, ups }
     }
 
-    fn open(&self) -> Arc<NarCache> {
+    pub(crate) fn open(&self) -> Arc<NarCache> {
         let set = UpstreamSet::in_order(
             self.ups.iter().map(|u| u.clone() as Arc<dyn Upstream>).collect(),
         );

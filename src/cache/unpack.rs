@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -207,10 +207,13 @@ impl Visitor for Unpacker<'_> {
         let path = self.dir.join(file_name(id));
         let local =
             |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
-        // create_new + O_NOFOLLOW: the name is ours, and nothing may already sit there.
+        // create_new + O_NOFOLLOW: the name is ours, and nothing may already sit there. The mode
+        // applies to later opens only, so this descriptor can still write.
+        let mode = if executable { 0o555 } else { 0o444 };
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(local)?;
@@ -229,8 +232,6 @@ impl Visitor for Unpacker<'_> {
         if written != size {
             return Err(format!("file node {id}: {written} of {size} bytes").into());
         }
-        let mode = if executable { 0o555 } else { 0o444 };
-        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(local)?;
         self.disk_bytes += block_rounded(size);
         Ok(())
     }

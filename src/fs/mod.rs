@@ -11,6 +11,9 @@ pub mod fuse;
 pub mod inode;
 pub mod session;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
