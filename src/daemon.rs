@@ -11,6 +11,7 @@ use crate::fs::fuse::FuseAdapter;
 use crate::fs::session::{self, MountOptions};
 use crate::sync::Arc;
 use crate::upstream::http::{HttpTimeouts, build_client};
+use crate::upstream::low_speed::{DEFAULT_MIN_BYTES_PER_SEC, LowSpeedLimit};
 use crate::upstream::{UpstreamSet, set::upstream_for_url};
 
 /// A daemon failure, with the exit code it deserves.
@@ -54,6 +55,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         dir: config.cache_dir.clone(),
         max_bytes: config.max_size_bytes,
         negative_ttl: config.negative_ttl,
+        low_speed: LowSpeedLimit {
+            min_bytes_per_sec: DEFAULT_MIN_BYTES_PER_SEC,
+            window: config.stall_timeout,
+        },
     };
     let cache = NarCache::open(cache_config, upstreams, config.trusted_keys.clone())
         .with_context(|| format!("cannot open cache directory {}", config.cache_dir.display()))

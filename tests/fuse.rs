@@ -580,3 +580,36 @@ fn refuses_a_mounted_mountpoint_and_stops_cleanly() {
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM; log:\n{}", d.log_text());
     assert!(!common::daemon::is_storefs_mount(&d.mnt), "unmounted on SIGTERM");
 }
+
+/// `--allow-other` lets other users (container jobs) read; without it only the owner may.
+#[test]
+fn allow_other_admits_unprivileged_readers() {
+    let Some(fx) = setup("allow_other_admits_unprivileged_readers") else { return };
+    if common::require(&["setpriv"], "allow_other_admits_unprivileged_readers") {
+        return;
+    }
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let as_nobody = |path: &Path| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    for allow_other in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let extra: &[&str] = if allow_other { &["--allow-other"] } else { &[] };
+        let d =
+            Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, extra));
+        let file = d.path(&fx.deep_file, "");
+        fs::metadata(&file).unwrap();
+        let out = as_nobody(&file);
+        if allow_other {
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.stdout, fs::read(&fx.deep_file).unwrap());
+        } else {
+            assert!(!out.status.success(), "another user read the mount without --allow-other");
+        }
+    }
+}

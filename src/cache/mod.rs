@@ -39,6 +39,7 @@ use crate::nix::narinfo::NarInfo;
 use crate::nix::signature::TrustedKeys;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, Mutex, Ordering, lock};
+use crate::upstream::low_speed::{LowSpeedLimit, LowSpeedReader};
 use crate::upstream::{Upstream, UpstreamSet};
 
 /// Most "absent" answers remembered at once.
@@ -53,6 +54,8 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// How long "no cache has this path" is believed.
     pub negative_ttl: Duration,
+    /// Downloads slower than this are aborted (and the next cache is tried).
+    pub low_speed: LowSpeedLimit,
 }
 
 /// One verified store path in the cache.
@@ -354,7 +357,8 @@ impl NarCache {
             .await
             .map_err(|e| DownloadError::Remote(e.to_string()))?;
         let staging = self.layout.new_staging(&hash).map_err(DownloadError::local)?;
-        let reader = CountingReader { inner: SyncIoBridge::new(body), counter: self.clone() };
+        let wire = LowSpeedReader::new(SyncIoBridge::new(body), self.config.low_speed);
+        let reader = CountingReader { inner: wire, counter: self.clone() };
         let (info2, staging2) = (info.clone(), staging.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
             let manifest = unpack::unpack(reader, &info2, max_compressed, &staging2)?;

@@ -69,6 +69,7 @@ impl Fixture {
             dir: dir.path().join("cache"),
             max_bytes: 1 << 30,
             negative_ttl: Duration::from_secs(3600),
+            low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(60) },
         };
         let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
         Self { _dir: dir, config, ups }

@@ -39,7 +39,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub connect_timeout: Option<u64>,
 
-    /// Seconds without a received byte after which a transfer counts as dead.
+    /// Seconds without a received byte after which a transfer counts as dead; also the window
+    /// over which a download must average at least 1 KiB/s.
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub stall_timeout: Option<u64>,
 

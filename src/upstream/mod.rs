@@ -7,6 +7,7 @@
 pub mod decompress;
 pub mod file;
 pub mod http;
+pub mod low_speed;
 #[cfg(any(test, feature = "testing"))]
 pub mod mock;
 pub mod set;
