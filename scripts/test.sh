@@ -21,4 +21,13 @@ step "fixture closure (real Nix)"
 tests/fixtures/build.sh "${STOREFS_FIXTURES_DIR:-/var/tmp/storefs-fixtures}"
 
 step "cargo test (unit, property, CLI and real-FUSE tests)"
-cargo test --locked --features fuse_tests -- --test-threads "${STOREFS_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --features fuse_tests -- --test-threads "${STOREFS_TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo's last line is the empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "\nstorefs: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

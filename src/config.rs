@@ -114,16 +114,18 @@ impl Config {
             }
             None => NixConf::default(),
         };
-        let substituters = first_non_empty(&[
-            &raw.substituters,
-            &nix_conf.substituters,
-            &[DEFAULT_SUBSTITUTER.to_owned()],
-        ]);
-        let keys = first_non_empty(&[
-            &raw.trusted_public_keys,
-            &nix_conf.trusted_public_keys,
-            &[DEFAULT_TRUSTED_KEY.to_owned()],
-        ]);
+        let substituters = if raw.substituters.is_empty() {
+            with_extras(&nix_conf.substituters, &nix_conf.extra_substituters, DEFAULT_SUBSTITUTER)
+        } else {
+            raw.substituters.clone()
+        };
+        let keys = if raw.trusted_public_keys.is_empty() {
+            let (base, extra) =
+                (&nix_conf.trusted_public_keys, &nix_conf.extra_trusted_public_keys);
+            with_extras(base, extra, DEFAULT_TRUSTED_KEY)
+        } else {
+            raw.trusted_public_keys.clone()
+        };
         let trusted_keys = TrustedKeys::parse_all(keys.iter().map(String::as_str))
             .map_err(|e| ConfigError::Key(e.to_string()))?;
         let mountpoint = raw.mountpoint.clone().unwrap_or_else(|| DEFAULT_MOUNTPOINT.into());
@@ -160,8 +162,11 @@ impl Config {
     }
 }
 
-fn first_non_empty(candidates: &[&[String]]) -> Vec<String> {
-    candidates.iter().find(|c| !c.is_empty()).map(|c| c.to_vec()).unwrap_or_default()
+/// Nix's rule: a setting's value (or its default when unset) followed by its `extra-` values.
+fn with_extras(base: &Option<Vec<String>>, extra: &[String], default: &str) -> Vec<String> {
+    let mut out = base.clone().unwrap_or_else(|| vec![default.to_owned()]);
+    out.extend(extra.iter().filter(|e| !out.contains(e)).cloned().collect::<Vec<_>>());
+    out
 }
 
 /// Makes `path` absolute against the current directory, without touching the filesystem
@@ -196,10 +201,14 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 /// The settings storefs takes from Nix's own configuration.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct NixConf {
-    /// `substituters` + `extra-substituters`.
-    pub substituters: Vec<String>,
-    /// `trusted-public-keys` + `extra-trusted-public-keys`.
-    pub trusted_public_keys: Vec<String>,
+    /// `substituters`, when set.
+    pub substituters: Option<Vec<String>>,
+    /// `extra-substituters`, appended to `substituters` (or to its default).
+    pub extra_substituters: Vec<String>,
+    /// `trusted-public-keys`, when set.
+    pub trusted_public_keys: Option<Vec<String>>,
+    /// `extra-trusted-public-keys`, appended likewise.
+    pub extra_trusted_public_keys: Vec<String>,
     /// `netrc-file`.
     pub netrc_file: Option<PathBuf>,
 }
@@ -220,10 +229,10 @@ impl NixConf {
             let Some((key, value)) = line.split_once('=') else { continue };
             let words = || value.split_whitespace().map(str::to_owned);
             match key.trim() {
-                "substituters" => conf.substituters = words().collect(),
-                "extra-substituters" => conf.substituters.extend(words()),
-                "trusted-public-keys" => conf.trusted_public_keys = words().collect(),
-                "extra-trusted-public-keys" => conf.trusted_public_keys.extend(words()),
+                "substituters" => conf.substituters = Some(words().collect()),
+                "extra-substituters" => conf.extra_substituters.extend(words()),
+                "trusted-public-keys" => conf.trusted_public_keys = Some(words().collect()),
+                "extra-trusted-public-keys" => conf.extra_trusted_public_keys.extend(words()),
                 "netrc-file" => conf.netrc_file = Some(PathBuf::from(value.trim())),
                 _ => {}
             }
@@ -261,8 +270,9 @@ mod tests {
             "# comment\nsubstituters = https://a https://b\nextra-substituters = https://c # x\n\
              trusted-public-keys = k1:AAAA\nnetrc-file = /etc/nix/netrc\nsandbox = true\n",
         );
-        assert_eq!(conf.substituters, ["https://a", "https://b", "https://c"]);
-        assert_eq!(conf.trusted_public_keys, ["k1:AAAA"]);
+        assert_eq!(conf.substituters.as_deref().unwrap(), ["https://a", "https://b"]);
+        assert_eq!(conf.extra_substituters, ["https://c"]);
+        assert_eq!(conf.trusted_public_keys.as_deref().unwrap(), ["k1:AAAA"]);
         assert_eq!(conf.netrc_file.as_deref(), Some(Path::new("/etc/nix/netrc")));
     }
 
@@ -296,6 +306,23 @@ mod tests {
         assert_eq!(cfg.substituters, ["http://flag"]);
         let cfg = Config::resolve(&RawConfig { nix_conf: Some(path), ..raw() }).unwrap();
         assert_eq!(cfg.substituters, ["https://from-conf"]);
+    }
+
+    #[test]
+    fn extra_settings_add_to_the_defaults_like_nix() {
+        let conf_dir = tempfile::tempdir().unwrap();
+        let path = conf_dir.path().join("nix.conf");
+        let extra_key = "extra-1:LUtwYW0cmXkhpblWnvuM560Cx9AVlznKr4edTPJXYHQ=";
+        std::fs::write(
+            &path,
+            format!(
+                "extra-substituters = https://extra\nextra-trusted-public-keys = {extra_key}\n"
+            ),
+        )
+        .unwrap();
+        let cfg = Config::resolve(&RawConfig { nix_conf: Some(path), ..raw() }).unwrap();
+        assert_eq!(cfg.substituters, [DEFAULT_SUBSTITUTER, "https://extra"]);
+        assert_eq!(cfg.trusted_keys.len(), 2);
     }
 
     #[test]

@@ -14,6 +14,13 @@ use crate::upstream::http::{HttpTimeouts, build_client};
 use crate::upstream::low_speed::{DEFAULT_MIN_BYTES_PER_SEC, LowSpeedLimit};
 use crate::upstream::{UpstreamSet, set::upstream_for_url};
 
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: bad usage or configuration.
+pub const EXIT_USAGE: u8 = 1;
+/// Exit code: failure at run time.
+pub const EXIT_RUNTIME: u8 = 2;
+
 /// A daemon failure, with the exit code it deserves.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -29,8 +36,8 @@ impl DaemonError {
     /// Process exit code: 1 for set-up problems the user must fix, 2 for runtime failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Setup(_) => crate::cli::EXIT_USAGE,
-            DaemonError::Runtime(_) => crate::cli::EXIT_RUNTIME,
+            DaemonError::Setup(_) => EXIT_USAGE,
+            DaemonError::Runtime(_) => EXIT_RUNTIME,
         }
     }
 }

@@ -613,3 +613,29 @@ fn allow_other_admits_unprivileged_readers() {
         }
     }
 }
+
+/// A killed daemon leaves a dead mount (ENOTCONN); a restarted daemon takes the mountpoint back
+/// and serves the cached paths without asking upstream.
+#[test]
+fn a_restart_after_sigkill_recovers_the_mountpoint() {
+    let Some(fx) = setup("a_restart_after_sigkill_recovers_the_mountpoint") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]);
+    let d = Daemon::start(tmp.path(), &args);
+    let file = d.path(&fx.deep_file, "");
+    let want = fs::read(&file).unwrap();
+    unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errno_of(fs::metadata(&d.mnt)) != libc::ENOTCONN {
+        assert!(Instant::now() < deadline, "mount never went dead");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mnt, cache, log) = (d.mnt.clone(), d.cache.clone(), d.log.clone());
+    std::mem::forget(d); // its child is dead; the new daemon owns the mountpoint now
+    nginx.clear_log();
+    let d = Daemon::start_at(&mnt, &cache, &log, &args);
+    assert_eq!(fs::read(&file).unwrap(), want);
+    assert_eq!(nginx.count_requests(".narinfo"), 0, "served from the cache after the crash");
+    assert!(d.log_text().contains("dead storefs mount"), "log:\n{}", d.log_text());
+}

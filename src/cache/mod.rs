@@ -177,7 +177,14 @@ impl NarCache {
         for dirent in list.flatten() {
             let dir = dirent.path();
             let name = dirent.file_name().to_string_lossy().into_owned();
-            match load_entry(&dir, &name) {
+            // A key removed from the configuration must stop vouching for cached paths too.
+            let loaded = load_entry(&dir, &name).and_then(|(entry, mtime)| {
+                match self.keys.verify(&entry.narinfo) {
+                    Ok(_) => Ok((entry, mtime)),
+                    Err(e) => Err(format!("no longer trusted: {e}")),
+                }
+            });
+            match loaded {
                 Ok((entry, mtime)) => found.push((mtime, name, entry)),
                 Err(reason) => {
                     warn!(entry = %dir.display(), reason, "discarding unusable cache entry");
@@ -348,7 +355,7 @@ impl NarCache {
     ) -> Result<Arc<Entry>, DownloadError> {
         let sp = &info.store_path;
         let hash = sp.hash_part();
-        let _reservation = self.reserve(info.nar_size);
+        let reservation = self.reserve(info.nar_size);
         // Compression can only shrink real NARs much, but may grow incompressible ones a little.
         let max_compressed = info.nar_size + info.nar_size / 16 + (1 << 20);
         CacheStats::bump(&self.stats.nar_downloads);
@@ -376,7 +383,9 @@ impl NarCache {
                 if err.is_local() {
                     return Err(DownloadError::Local(err.to_string()));
                 }
-                CacheStats::bump(&self.stats.verify_failures);
+                if !err.is_transport() {
+                    CacheStats::bump(&self.stats.verify_failures);
+                }
                 return Err(DownloadError::Remote(err.to_string()));
             }
         };
@@ -397,6 +406,8 @@ impl NarCache {
         CacheStats::bump(&self.stats.published);
         info!(store_path = %sp, nar_size = info.nar_size, disk_bytes = entry.manifest.disk_bytes,
               upstream = up.url(), "published");
+        // The reservation ends before the entry is counted, so it is not counted twice.
+        drop(reservation);
         let evicted = {
             let mut st = lock(&self.state);
             st.used_bytes += entry.manifest.disk_bytes;

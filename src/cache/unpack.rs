@@ -61,6 +61,11 @@ pub enum UnpackError {
 }
 
 impl UnpackError {
+    /// True when the bytes stopped coming (reset, stall, too slow), rather than being wrong.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, UnpackError::Nar(ParseError::Io(_)))
+    }
+
     /// True when the failure is the local disk's, not the upstream's.
     pub fn is_local(&self) -> bool {
         match self {

@@ -13,12 +13,7 @@ pub const CACHE_OPTIONS: &str = "Cache options";
 /// Help heading for mount options.
 pub const MOUNT_OPTIONS: &str = "Mount options";
 
-/// Exit code: success.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: bad usage or configuration.
-pub const EXIT_USAGE: u8 = 1;
-/// Exit code: failure at run time.
-pub const EXIT_RUNTIME: u8 = 2;
+pub use crate::daemon::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 
 /// storefs: a lazy, verified, read-only /nix/store that fills itself from Nix binary caches.
 ///

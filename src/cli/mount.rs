@@ -12,7 +12,7 @@ use crate::config::{Config, RawConfig};
 /// Arguments of `storefs mount`.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-    storefs mount                                   # /nix/store from cache.nixos.org\n  \
+    storefs mount                                   # /nix/store from nix.conf's caches, else cache.nixos.org\n  \
     storefs mount /nix/store --max-size 20G --allow-other\n  \
     storefs mount /tmp/store --cache-dir /tmp/cache \\\n    \
     --substituter http://127.0.0.1:8080/cache --trusted-public-key mykey-1:BASE64")]
@@ -21,8 +21,9 @@ pub struct MountArgs {
     #[arg(default_value = crate::config::DEFAULT_MOUNTPOINT)]
     pub mountpoint: PathBuf,
 
-    /// Binary cache URL (http://, https://, file://); repeat for several, best first. Default:
-    /// `substituters` from nix.conf, else https://cache.nixos.org.
+    /// Binary cache URL (http://, https://, file://); repeatable. Caches are asked in order of
+    /// their nix-cache-info Priority (lower first), ties in the order given. Default:
+    /// `substituters` (+ `extra-substituters`) from nix.conf, else https://cache.nixos.org.
     #[arg(long = "substituter", value_name = "URL", help_heading = UPSTREAM_OPTIONS)]
     pub substituters: Vec<String>,
 
@@ -31,16 +32,17 @@ pub struct MountArgs {
     #[arg(long = "trusted-public-key", value_name = "NAME:BASE64", help_heading = UPSTREAM_OPTIONS)]
     pub trusted_public_keys: Vec<String>,
 
-    /// Nix configuration to read substituters and keys from when no flag gives them.
+    /// Nix configuration to read substituters and keys from when no flag gives them
+    /// [default: /etc/nix/nix.conf, if it exists].
     #[arg(long, value_name = "FILE", help_heading = UPSTREAM_OPTIONS)]
     pub nix_conf: Option<PathBuf>,
 
-    /// Seconds to wait for a TCP/TLS connection to a cache.
+    /// Seconds to wait for a TCP/TLS connection to a cache [default: 5].
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub connect_timeout: Option<u64>,
 
     /// Seconds without a received byte after which a transfer counts as dead; also the window
-    /// over which a download must average at least 1 KiB/s.
+    /// over which a download must average at least 1 KiB/s [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub stall_timeout: Option<u64>,
 

@@ -64,11 +64,14 @@ pub fn mount(
     options: &MountOptions,
 ) -> Result<Mounted, MountError> {
     let bad = |reason: String| MountError::Mountpoint { path: mountpoint.into(), reason };
+    clear_dead_mount(mountpoint);
     let mountpoint = mountpoint.canonicalize().map_err(|e| bad(e.to_string()))?;
     if !mountpoint.is_dir() {
         return Err(bad("not a directory".into()));
     }
-    if is_mountpoint(&mountpoint).map_err(|e| bad(format!("cannot read mountinfo: {e}")))? {
+    let mounted =
+        mount_type(&mountpoint).map_err(|e| bad(format!("cannot read mountinfo: {e}")))?;
+    if mounted.is_some() {
         return Err(bad("already a mount point; unmount it first (umount -l)".into()));
     }
     let sys = |action: &str| {
@@ -162,13 +165,31 @@ fn detach(mountpoint: &Path) {
     }
 }
 
-/// True when `path` (canonical) is a mount point in this mount namespace.
-pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
+/// A daemon that died leaves its mount behind, answering ENOTCONN; a supervisor restarting us
+/// must be able to take the mountpoint back. Only a dead `fuse.storefs` mount is detached.
+fn clear_dead_mount(mountpoint: &Path) {
+    let dead =
+        std::fs::metadata(mountpoint).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
+    if dead && mount_type(mountpoint).ok().flatten().as_deref() == Some(FS_TYPE) {
+        warn!(mountpoint = %mountpoint.display(),
+              "detaching a dead storefs mount left by a previous daemon");
+        detach(mountpoint);
+    }
+}
+
+/// The filesystem type mounted at `path` (absolute), if it is a mount point in this namespace.
+pub fn mount_type(path: &Path) -> io::Result<Option<String>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let want = path.as_os_str().as_bytes();
-    Ok(info
-        .lines()
-        .any(|line| line.split(' ').nth(4).is_some_and(|field| unescape_mountinfo(field) == want)))
+    // Fields: id parent major:minor root mountpoint options [optional...] - fstype source super.
+    Ok(info.lines().rev().find_map(|line| {
+        let point = line.split(' ').nth(4)?;
+        if unescape_mountinfo(point) != want {
+            return None;
+        }
+        let (_, after) = line.split_once(" - ")?;
+        after.split(' ').next().map(str::to_owned)
+    }))
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for space and so on).
@@ -209,6 +230,7 @@ mod tests {
 
     #[test]
     fn root_is_a_mountpoint() {
-        assert!(is_mountpoint(Path::new("/")).unwrap());
+        assert!(mount_type(Path::new("/")).unwrap().is_some());
+        assert_eq!(mount_type(Path::new("/proc")).unwrap().as_deref(), Some("proc"));
     }
 }

@@ -1,6 +1,5 @@
 //! The ordered list of substituters: nix-cache-info `Priority` first (lower wins), then the order given.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -9,6 +8,7 @@ use super::file::FileUpstream;
 use super::http::HttpUpstream;
 use super::{Upstream, UpstreamError};
 use crate::nix::store_path::STORE_DIR;
+use crate::sync::Arc;
 
 /// Priority of a cache whose nix-cache-info is missing or unreachable (Nix's default is 50).
 pub const DEFAULT_PRIORITY: u64 = 50;

@@ -59,7 +59,8 @@ impl Daemon {
 
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + MOUNT_DEADLINE;
-        while !is_storefs_mount(&self.mnt) {
+        // A dead mount from a killed daemon is also listed; only a live one answers stat.
+        while !(is_storefs_mount(&self.mnt) && std::fs::metadata(&self.mnt).is_ok()) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("storefs exited with {status} before mounting; log:\n{}", self.log_text());
             }
