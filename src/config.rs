@@ -25,6 +25,45 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is dead.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Free space the cache filesystem keeps by default: 5 % (as mountpoint-s3 does).
+pub const DEFAULT_MIN_FREE: MinFree = MinFree::Percent(5);
+
+/// Free space to leave on the cache's filesystem; eviction runs when less is free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MinFree {
+    /// An absolute number of bytes.
+    Bytes(u64),
+    /// A percentage (0..=99) of the filesystem's size.
+    Percent(u8),
+}
+
+impl MinFree {
+    /// Parses `5%`, `2G`, `500M`, `0`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let t = s.trim();
+        if let Some(pct) = t.strip_suffix('%') {
+            return match pct.trim().parse::<u8>() {
+                Ok(p) if p < 100 => Ok(MinFree::Percent(p)),
+                _ => Err(ConfigError::Invalid(format!(
+                    "invalid --min-free {s:?}: a percentage must be 0% to 99%"
+                ))),
+            };
+        }
+        if t == "0" {
+            return Ok(MinFree::Bytes(0));
+        }
+        parse_size(t).map(MinFree::Bytes)
+    }
+
+    /// The bytes to keep free on a filesystem of `fs_bytes`.
+    pub fn bytes_of(self, fs_bytes: u64) -> u64 {
+        match self {
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => fs_bytes / 100 * u64::from(p),
+        }
+    }
+}
+
 /// A configuration problem, naming the bad value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -261,6 +300,17 @@ mod tests {
         for bad in ["", "G", "-1G", "1.5G", "10X", "0", "99999999999T"] {
             let err = parse_size(bad).unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn parses_min_free() {
+        assert_eq!(MinFree::parse("5%").unwrap(), MinFree::Percent(5));
+        assert_eq!(MinFree::parse("0").unwrap(), MinFree::Bytes(0));
+        assert_eq!(MinFree::parse("2G").unwrap(), MinFree::Bytes(2 << 30));
+        assert_eq!(MinFree::Percent(10).bytes_of(1000), 100);
+        for bad in ["100%", "-1%", "x%", "lots"] {
+            assert!(MinFree::parse(bad).unwrap_err().to_string().contains(bad), "{bad}");
         }
     }
 
