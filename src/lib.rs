@@ -16,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod failpoint;
 pub mod fs;
 pub mod logging;
 pub mod nix;

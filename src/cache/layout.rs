@@ -69,8 +69,25 @@ pub enum LayoutError {
     },
 }
 
+impl LayoutError {
+    /// True when the disk ran out of space or inodes.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, LayoutError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayoutError + 'a {
     move |source| LayoutError::Io { action, path: path.to_owned(), source }
+}
+
+/// Size of the cache filesystem, from statvfs.
+#[derive(Clone, Copy, Debug)]
+pub struct Space {
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Bytes available to us.
+    pub free_bytes: u64,
 }
 
 /// An opened, locked cache directory.
@@ -156,22 +173,32 @@ impl Layout {
             return Err(io_err("cannot sync", staging)(io::Error::last_os_error()));
         }
         let target = self.entry_dir(hash_part);
+        crate::failpoint::hit("publish::before_rename");
         fs::rename(staging, &target).map_err(io_err("cannot publish", &target))?;
+        crate::failpoint::hit("publish::after_rename");
         let entries = self.entries_root();
         File::open(&entries).and_then(|d| d.sync_all()).map_err(io_err("cannot sync", &entries))?;
         Ok(target)
     }
 
-    /// Moves an entry (published or staged) to `trash/`, from where `purge_trash` deletes it.
-    pub fn discard(&self, dir: &Path) -> Result<(), LayoutError> {
+    /// Moves an entry (published or staged) to `trash/` and returns its new path, for
+    /// `remove_trashed` (or the next start) to delete.
+    pub fn discard(&self, dir: &Path) -> Result<PathBuf, LayoutError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let target = self.trash_root().join(format!("{name}.{id}"));
-        fs::rename(dir, &target).map_err(io_err("cannot move to trash", dir))
+        fs::rename(dir, &target).map_err(io_err("cannot move to trash", dir))?;
+        crate::failpoint::hit("evict::after_trash_rename");
+        Ok(target)
     }
 
-    /// Total size of the filesystem holding the cache: no path larger than this can ever fit.
-    pub fn filesystem_bytes(&self) -> io::Result<u64> {
+    /// Deletes one entry from `trash/`.
+    pub fn remove_trashed(&self, path: &Path) -> Result<(), LayoutError> {
+        remove_tree(path).map_err(io_err("cannot remove", path))
+    }
+
+    /// Size and free space of the filesystem holding the cache.
+    pub fn space(&self) -> io::Result<Space> {
         let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())?;
         // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -179,7 +206,7 @@ impl Layout {
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(st.f_blocks * st.f_frsize)
+        Ok(Space { total_bytes: st.f_blocks * st.f_frsize, free_bytes: st.f_bavail * st.f_frsize })
     }
 
     /// Deletes everything in `trash/`.

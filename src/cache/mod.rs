@@ -10,8 +10,10 @@
 //!   A path larger than `max_bytes` is still served, alone. Readers holding a file open keep
 //!   reading it after eviction (the file descriptor outlives the unlink).
 
+mod index;
 pub mod layout;
 pub mod manifest;
+mod quota;
 pub mod stats;
 pub mod unpack;
 
@@ -30,15 +32,15 @@ use lru::LruCache;
 use tokio_util::io::SyncIoBridge;
 use tracing::{debug, info, warn};
 
-use self::layout::{Layout, LayoutError, MANIFEST_FILE};
+use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
 use self::stats::CacheStats;
-use self::unpack::UnpackError;
+use crate::config::MinFree;
 use crate::nix::nar::NodeId;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signature::TrustedKeys;
 use crate::nix::store_path::StorePath;
-use crate::sync::{Arc, Mutex, Ordering, lock};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, lock};
 use crate::upstream::low_speed::{LowSpeedLimit, LowSpeedReader};
 use crate::upstream::{Upstream, UpstreamSet};
 
@@ -56,6 +58,8 @@ pub struct CacheConfig {
     pub negative_ttl: Duration,
     /// Downloads slower than this are aborted (and the next cache is tried).
     pub low_speed: LowSpeedLimit,
+    /// Free space to keep on the cache filesystem.
+    pub min_free: MinFree,
 }
 
 /// One verified store path in the cache.
@@ -68,6 +72,8 @@ pub struct Entry {
     /// Its tree.
     pub manifest: Manifest,
     dir: PathBuf,
+    /// When the manifest's mtime (the persisted LRU position) was last set, in Unix seconds.
+    touched_secs: AtomicU64,
 }
 
 impl Entry {
@@ -117,6 +123,8 @@ struct State {
     lru: LruCache<String, Arc<Entry>>,
     used_bytes: u64,
     reserved_bytes: u64,
+    /// Bytes of evicted entries in `trash/` not yet deleted: free space soon, not yet.
+    trash_bytes: u64,
 }
 
 /// The cache. Cheap to share: wrap it in an `Arc`.
@@ -128,6 +136,8 @@ pub struct NarCache {
     state: Mutex<State>,
     inflight: Mutex<HashMap<String, SharedFetch>>,
     negative: Mutex<LruCache<String, Instant>>,
+    /// Becomes true when the start-up scan of `entries/` has finished.
+    scanned: tokio::sync::watch::Sender<bool>,
     /// What the cache did so far.
     pub stats: CacheStats,
 }
@@ -152,55 +162,19 @@ impl NarCache {
                 lru: LruCache::unbounded(),
                 used_bytes: 0,
                 reserved_bytes: 0,
+                trash_bytes: 0,
             }),
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
+            scanned: tokio::sync::watch::Sender::new(false),
             stats: CacheStats::default(),
             layout,
             upstreams,
             keys,
             config,
         });
-        cache.load_entries()?;
+        cache.start_scan();
         Ok(cache)
-    }
-
-    /// Reads every published entry's manifest, oldest first; discards any that does not check out.
-    fn load_entries(&self) -> Result<(), LayoutError> {
-        let root = self.layout.entries_root();
-        let list = std::fs::read_dir(&root).map_err(|source| LayoutError::Io {
-            action: "cannot list",
-            path: root.clone(),
-            source,
-        })?;
-        let mut found = Vec::new();
-        for dirent in list.flatten() {
-            let dir = dirent.path();
-            let name = dirent.file_name().to_string_lossy().into_owned();
-            // A key removed from the configuration must stop vouching for cached paths too.
-            let loaded = load_entry(&dir, &name).and_then(|(entry, mtime)| {
-                match self.keys.verify(&entry.narinfo) {
-                    Ok(_) => Ok((entry, mtime)),
-                    Err(e) => Err(format!("no longer trusted: {e}")),
-                }
-            });
-            match loaded {
-                Ok((entry, mtime)) => found.push((mtime, name, entry)),
-                Err(reason) => {
-                    warn!(entry = %dir.display(), reason, "discarding unusable cache entry");
-                    self.layout.discard(&dir)?;
-                }
-            }
-        }
-        found.sort_by_key(|(mtime, _, _)| *mtime);
-        let mut st = lock(&self.state);
-        for (_, name, entry) in found {
-            st.used_bytes += entry.manifest.disk_bytes;
-            st.lru.put(name, Arc::new(entry));
-        }
-        info!(entries = st.lru.len(), bytes = st.used_bytes, "cache loaded");
-        drop(st);
-        self.layout.purge_trash()
     }
 
     /// The entry for `sp` if it is cached now (no network), marking it recently used.
@@ -213,16 +187,19 @@ impl NarCache {
     pub async fn get(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
         CacheStats::bump(&self.stats.lookups);
         let hash = sp.hash_part();
-        {
-            let mut st = lock(&self.state);
-            if let Some(entry) = st.lru.get(&hash) {
-                CacheStats::bump(&self.stats.hits);
-                return if entry.store_path == *sp {
-                    Ok(entry.clone())
-                } else {
-                    Err(CacheError::NotFound(sp.to_string()))
-                };
-            }
+        let mut found = lock(&self.state).lru.get(&hash).cloned();
+        if found.is_none() && !*self.scanned.borrow() {
+            // Start-up scan still running: the entry may be on disk, not yet in memory.
+            found = self.load_now(&hash).await;
+        }
+        if let Some(entry) = found {
+            CacheStats::bump(&self.stats.hits);
+            self.touch(&entry);
+            return if entry.store_path == *sp {
+                Ok(entry)
+            } else {
+                Err(CacheError::NotFound(sp.to_string()))
+            };
         }
         if self.negative_hit(&hash) {
             CacheStats::bump(&self.stats.negative_hits);
@@ -322,7 +299,7 @@ impl NarCache {
             // A path larger than --max-size is still served (alone, evicting everything else):
             // failing a job is worse than overshooting the quota by one path. A path larger than
             // the whole cache filesystem can never fit, so it is refused before downloading.
-            let room = self.layout.filesystem_bytes().unwrap_or(u64::MAX);
+            let room = self.layout.space().map_or(u64::MAX, |s| s.total_bytes);
             if info.nar_size > room {
                 return Err(CacheError::TooLarge {
                     path: sp.to_string(),
@@ -330,7 +307,14 @@ impl NarCache {
                     limit: room,
                 });
             }
-            match self.download(up.as_ref(), &info).await {
+            let mut result = self.download(up.as_ref(), &info).await;
+            if matches!(result, Err(DownloadError::NoSpace(_))) {
+                // DSK-1: the disk filled up under us; make room for the whole NAR and retry once.
+                warn!(store_path = %sp, "cache filesystem full; evicting and retrying once");
+                self.evict_for(info.nar_size);
+                result = self.download(up.as_ref(), &info).await;
+            }
+            match result {
                 Ok(entry) => return Ok(entry),
                 Err(err) => {
                     warn!(store_path = %sp, upstream = up.url(), error = %err, "NAR rejected");
@@ -368,11 +352,7 @@ impl NarCache {
         let reader = CountingReader { inner: wire, counter: self.clone() };
         let (info2, staging2) = (info.clone(), staging.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
-            let manifest = unpack::unpack(reader, &info2, max_compressed, &staging2)?;
-            let path = staging2.join(MANIFEST_FILE);
-            std::fs::write(&path, manifest.encode())
-                .map_err(|source| UnpackError::Local { path, source })?;
-            Ok::<_, UnpackError>(manifest)
+            unpack::unpack(reader, &info2, max_compressed, &staging2)
         })
         .await
         .map_err(|e| DownloadError::Local(format!("unpack task: {e}")))?;
@@ -380,6 +360,9 @@ impl NarCache {
             Ok(m) => m,
             Err(err) => {
                 self.discard_in_background(staging);
+                if err.is_no_space() {
+                    return Err(DownloadError::NoSpace(err.to_string()));
+                }
                 if err.is_local() {
                     return Err(DownloadError::Local(err.to_string()));
                 }
@@ -398,91 +381,32 @@ impl NarCache {
             Ok(dir) => dir,
             Err(err) => {
                 self.discard_in_background(staging);
+                if err.is_no_space() {
+                    return Err(DownloadError::NoSpace(err.to_string()));
+                }
                 return Err(DownloadError::local(err));
             }
         };
-        let entry =
-            Arc::new(Entry { store_path: sp.clone(), narinfo: info.clone(), manifest, dir });
+        let entry = Arc::new(Entry {
+            store_path: sp.clone(),
+            narinfo: info.clone(),
+            manifest,
+            dir,
+            touched_secs: AtomicU64::new(index::unix_now()),
+        });
         CacheStats::bump(&self.stats.published);
         info!(store_path = %sp, nar_size = info.nar_size, disk_bytes = entry.manifest.disk_bytes,
               upstream = up.url(), "published");
         // The reservation ends before the entry is counted, so it is not counted twice.
         drop(reservation);
-        let evicted = {
+        let trashed = {
             let mut st = lock(&self.state);
             st.used_bytes += entry.manifest.disk_bytes;
             st.lru.put(hash, entry.clone());
             self.evict_locked(&mut st, 0)
         };
-        if evicted > 0 {
-            self.purge_in_background();
-        }
+        self.purge(trashed);
         Ok(entry)
-    }
-
-    /// Holds `bytes` of room for a download, evicting old entries to make it.
-    fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
-        let evicted = {
-            let mut st = lock(&self.state);
-            let evicted = self.evict_locked(&mut st, bytes);
-            st.reserved_bytes += bytes;
-            evicted
-        };
-        if evicted > 0 {
-            self.purge_in_background();
-        }
-        Reservation { cache: self.clone(), bytes }
-    }
-
-    /// Evicts least-recently-used entries until `extra` more bytes fit. After a publish
-    /// (`extra == 0`) the newest entry is kept even when it alone is over the limit.
-    fn evict_locked(&self, st: &mut State, extra: u64) -> usize {
-        let keep = usize::from(extra == 0);
-        let mut evicted = 0;
-        while st.used_bytes + st.reserved_bytes + extra > self.config.max_bytes
-            && st.lru.len() > keep
-        {
-            let Some((hash, entry)) = st.lru.pop_lru() else { break };
-            if let Err(err) = self.layout.discard(&entry.dir) {
-                warn!(store_path = %entry.store_path, error = %err, "eviction failed");
-                // Keep accounting honest: the bytes are still on disk.
-                st.lru.put(hash, entry);
-                break;
-            }
-            st.used_bytes -= entry.manifest.disk_bytes;
-            CacheStats::bump(&self.stats.evictions);
-            debug!(store_path = %entry.store_path, "evicted");
-            evicted += 1;
-        }
-        evicted
-    }
-
-    fn purge_in_background(self: &Arc<Self>) {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(err) = this.layout.purge_trash() {
-                debug!(error = %err, "trash purge incomplete");
-            }
-        });
-    }
-
-    fn discard_in_background(self: &Arc<Self>, staging: PathBuf) {
-        if let Err(err) = self.layout.discard(&staging) {
-            warn!(staging = %staging.display(), error = %err, "cannot discard staging entry");
-        }
-        self.purge_in_background();
-    }
-}
-
-/// Releases reserved room when a download ends, however it ends.
-struct Reservation {
-    cache: Arc<NarCache>,
-    bytes: u64,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        lock(&self.cache.state).reserved_bytes -= self.bytes;
     }
 }
 
@@ -504,6 +428,8 @@ impl<R: std::io::Read> std::io::Read for CountingReader<R> {
 enum DownloadError {
     #[error("{0}")]
     Remote(String),
+    #[error("local disk full: {0}")]
+    NoSpace(String),
     #[error("local disk: {0}")]
     Local(String),
 }
@@ -512,22 +438,4 @@ impl DownloadError {
     fn local(err: LayoutError) -> Self {
         DownloadError::Local(err.to_string())
     }
-}
-
-/// Loads one published entry; the error says why it is unusable.
-fn load_entry(dir: &std::path::Path, name: &str) -> Result<(Entry, std::time::SystemTime), String> {
-    let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read manifest: {e}"))?;
-    let mtime = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .map_err(|e| format!("cannot stat manifest: {e}"))?;
-    let manifest = Manifest::decode(&bytes).map_err(|e| format!("bad manifest: {e}"))?;
-    let narinfo = NarInfo::parse(manifest.narinfo.as_bytes())
-        .map_err(|e| format!("bad narinfo in manifest: {e}"))?;
-    if narinfo.store_path.hash_part() != name {
-        return Err(format!("manifest is for {}", narinfo.store_path));
-    }
-    let entry =
-        Entry { store_path: narinfo.store_path.clone(), narinfo, manifest, dir: dir.into() };
-    Ok((entry, mtime))
 }

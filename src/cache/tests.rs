@@ -6,6 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::config::MinFree;
 use crate::nix::hash::NarHash;
 use crate::nix::nar::Node as NarNode;
 use crate::nix::signature::SigningKey;
@@ -58,6 +59,8 @@ pub(crate) fn publish(
 
 pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
+    /// The last cache opened: a new one waits until its background tasks let go of the lock.
+    previous: std::sync::Mutex<std::sync::Weak<NarCache>>,
     pub(crate) config: CacheConfig,
     pub(crate) ups: Vec<Arc<MockUpstream>>,
 }
@@ -70,9 +73,10 @@ impl Fixture {
             max_bytes: 1 << 30,
             negative_ttl: Duration::from_secs(3600),
             low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(60) },
+            min_free: MinFree::Bytes(0),
         };
         let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
-        Self { _dir: dir, config, ups }
+        Self { _dir: dir, config, ups, previous: std::sync::Mutex::new(std::sync::Weak::new()) }
     }
 
     pub(crate) fn open(&self) -> Arc<NarCache> {
@@ -80,7 +84,14 @@ impl Fixture {
             self.ups.iter().map(|u| u.clone() as Arc<dyn Upstream>).collect(),
         );
         let keys = TrustedKeys::new(vec![key().public()]).unwrap();
-        NarCache::open(self.config.clone(), set, keys).unwrap()
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.previous.lock().unwrap().strong_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "previous cache never released");
+            std::thread::yield_now();
+        }
+        let cache = NarCache::open(self.config.clone(), set, keys).unwrap();
+        *self.previous.lock().unwrap() = Arc::downgrade(&cache);
+        cache
     }
 }
 
@@ -215,10 +226,55 @@ async fn a_restart_serves_cached_paths_without_requests() {
     publish(&fx.ups[0], &key(), &path, &tree("k", 10));
     let cache = fx.open();
     let before = cache.get(&path).await.unwrap().manifest.clone();
+    let used = cache.used_bytes();
     drop(cache);
     let cache = fx.open();
+    // Served from disk even before the start-up scan has finished...
     assert_eq!(cache.get(&path).await.unwrap().manifest, before);
     assert_eq!(fx.ups[0].requests(), (1, 1), "served from disk after the restart");
+    // ...and counted once when it has.
+    cache.wait_scanned().await;
+    assert_eq!(cache.used_bytes(), used);
+    assert_eq!(cache.entries().len(), 1);
+}
+
+#[tokio::test]
+async fn a_removed_key_stops_vouching_for_cached_entries() {
+    let fx = Fixture::new(1);
+    let path = sp('p', "x");
+    publish(&fx.ups[0], &key(), &path, &tree("p", 10));
+    let cache = fx.open();
+    cache.get(&path).await.unwrap();
+    drop(cache);
+    let set = UpstreamSet::in_order(vec![fx.ups[0].clone() as Arc<dyn Upstream>]);
+    let other = TrustedKeys::new(vec![SigningKey::generate("other-1", [4; 32]).public()]).unwrap();
+    while fx.previous.lock().unwrap().strong_count() > 0 {
+        std::thread::yield_now();
+    }
+    let cache = NarCache::open(fx.config.clone(), set, other).unwrap();
+    cache.wait_scanned().await;
+    assert!(cache.entries().is_empty(), "an entry signed by a removed key was kept");
+    assert!(matches!(cache.get(&path).await, Err(CacheError::Unavailable { .. })));
+}
+
+#[tokio::test]
+async fn accounting_matches_what_is_on_disk() {
+    let fx = Fixture::new(1);
+    let cache = fx.open();
+    for (i, c) in "qrsv".chars().enumerate() {
+        let path = sp(c, "sized");
+        publish(&fx.ups[0], &key(), &path, &tree(&"x".repeat(i * 5000), 3000 * i + 1));
+        cache.get(&path).await.unwrap();
+    }
+    let out = std::process::Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(fx.config.dir.join("entries"))
+        .output()
+        .unwrap();
+    let du: u64 =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap();
+    let entries_dir = 4096; // entries/ itself, which no entry accounts for
+    assert_eq!(cache.used_bytes() + entries_dir, du, "accounting vs du");
 }
 
 #[tokio::test]
@@ -234,7 +290,9 @@ async fn a_corrupt_manifest_is_discarded_at_start() {
     bytes[40] ^= 1;
     std::fs::write(&manifest, bytes).unwrap();
     let cache = fx.open();
+    cache.wait_scanned().await;
     assert!(cache.entries().is_empty(), "corrupt entry not loaded");
+    assert_eq!(cache.used_bytes(), 0);
     cache.get(&path).await.unwrap();
     assert_eq!(fx.ups[0].requests(), (2, 2), "fetched again");
 }

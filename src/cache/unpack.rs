@@ -7,11 +7,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::layout::MANIFEST_FILE;
 use super::manifest::{Manifest, Node};
 use crate::nix::hash::NarHash;
 use crate::nix::nar::{self, NodeId, ParseError, VisitError, Visitor};
@@ -66,6 +67,19 @@ impl UnpackError {
         matches!(self, UnpackError::Nar(ParseError::Io(_)))
     }
 
+    /// True when the local disk ran out of space or inodes (DSK-1, DSK-3).
+    pub fn is_no_space(&self) -> bool {
+        let no_space =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        match self {
+            UnpackError::Local { source, .. } => no_space(source),
+            UnpackError::Nar(ParseError::Visitor(e)) => {
+                e.downcast_ref::<LocalWriteError>().is_some_and(|l| no_space(&l.source))
+            }
+            _ => false,
+        }
+    }
+
     /// True when the failure is the local disk's, not the upstream's.
     pub fn is_local(&self) -> bool {
         match self {
@@ -86,8 +100,8 @@ struct LocalWriteError {
 }
 
 /// Unpacks `compressed` (a NAR compressed as `info.compression`) into `staging`, which must be a
-/// fresh, empty directory, and returns the manifest once the NAR checked out against `info`.
-/// `max_compressed` bounds the bytes read from the wire.
+/// fresh, empty directory, and, once the NAR checked out against `info`, writes the manifest there
+/// and returns it. `max_compressed` bounds the bytes read from the wire.
 pub fn unpack(
     compressed: impl Read + Send,
     info: &NarInfo,
@@ -107,11 +121,15 @@ pub fn unpack(
     if actual != info.nar_hash {
         return Err(UnpackError::HashMismatch { expected: info.nar_hash, actual });
     }
-    Ok(Manifest {
-        narinfo: info.to_string(),
-        disk_bytes: unpacker.disk_bytes,
-        nodes: unpacker.nodes,
-    })
+    let local = |path: PathBuf| move |source| UnpackError::Local { path, source };
+    let dir_bytes = std::fs::metadata(staging).map_err(local(staging.into()))?.blocks() * 512;
+    let mut manifest = Manifest { narinfo: info.to_string(), disk_bytes: 0, nodes: unpacker.nodes };
+    // The manifest's own size does not depend on the value of disk_bytes (a fixed-width field).
+    let manifest_bytes = block_rounded(manifest.encode().len() as u64);
+    manifest.disk_bytes = unpacker.disk_bytes + dir_bytes + manifest_bytes;
+    let path = staging.join(MANIFEST_FILE);
+    std::fs::write(&path, manifest.encode()).map_err(local(path.clone()))?;
+    Ok(manifest)
 }
 
 /// File name of regular file `id` inside an entry directory. Never a name from the NAR.
@@ -160,12 +178,12 @@ struct Unpacker<'a> {
     nodes: Vec<Node>,
     disk_bytes: u64,
     buf: Vec<u8>,
+    wrote_a_file: bool,
 }
 
 impl<'a> Unpacker<'a> {
     fn new(dir: &'a Path) -> Self {
-        // The entry directory itself and the manifest take at least a block each.
-        Self { dir, nodes: Vec::new(), disk_bytes: 2 * BLOCK_BYTES, buf: Vec::new() }
+        Self { dir, nodes: Vec::new(), disk_bytes: 0, buf: Vec::new(), wrote_a_file: false }
     }
 
     /// Appends node `id`, linking it into its parent directory.
@@ -175,11 +193,7 @@ impl<'a> Unpacker<'a> {
         }
         if let Some((parent, name)) = parent {
             match self.nodes.get_mut(parent as usize) {
-                Some(Node::Directory { entries, .. }) => {
-                    // Directory bytes grow with their entries; count them like a filesystem would.
-                    self.disk_bytes += name.len() as u64 + 16;
-                    entries.push((name.to_vec(), id));
-                }
+                Some(Node::Directory { entries, .. }) => entries.push((name.to_vec(), id)),
                 _ => return Err(format!("parent {parent} of node {id} is not a directory").into()),
             }
         }
@@ -189,6 +203,13 @@ impl<'a> Unpacker<'a> {
 }
 
 type VisitResult = Result<(), VisitError>;
+
+impl Unpacker<'_> {
+    /// True exactly once: after the first regular file was written.
+    fn first_file_done(&mut self) -> bool {
+        !std::mem::replace(&mut self.wrote_a_file, true)
+    }
+}
 
 fn parent_id(parent: Option<(NodeId, &[u8])>) -> NodeId {
     parent.map_or(0, |(p, _)| p)
@@ -237,7 +258,12 @@ impl Visitor for Unpacker<'_> {
         if written != size {
             return Err(format!("file node {id}: {written} of {size} bytes").into());
         }
-        self.disk_bytes += block_rounded(size);
+        // What the filesystem really allocated (ext4 counts delayed allocations too), so the
+        // accounting matches `du`.
+        self.disk_bytes += file.metadata().map_err(local)?.blocks() * 512;
+        if id > 0 && self.first_file_done() {
+            crate::failpoint::hit("unpack::after_first_file");
+        }
         Ok(())
     }
 

@@ -1,0 +1,136 @@
+//! Start-up cost with a large cache: time from `storefs mount` to a mount that answers, and the
+//! in-process `NarCache::open`, with 10,000 cached entries. Needs root and /dev/fuse for the
+//! mount part (skipped with a message otherwise).
+//!
+//! cargo bench --bench cache_startup            (STOREFS_BENCH_ENTRIES to change the count)
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use storefs::cache::manifest::{Manifest, Node};
+use storefs::cache::{CacheConfig, NarCache};
+use storefs::config::MinFree;
+use storefs::nix::hash::NarHash;
+use storefs::nix::narinfo::NarInfo;
+use storefs::nix::nixbase32;
+use storefs::nix::signature::{SigningKey, TrustedKeys};
+use storefs::upstream::UpstreamSet;
+use storefs::upstream::low_speed::LowSpeedLimit;
+
+const RUNS: usize = 5;
+
+/// Writes `entries` cached paths; returns the basename of the last one.
+fn populate(root: &Path, key: &SigningKey, entries: usize) -> String {
+    let mut last = String::new();
+    std::fs::create_dir_all(root.join("entries")).unwrap();
+    std::fs::write(root.join("VERSION"), "storefs-cache 1\n").unwrap();
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for i in 0..entries {
+        let digest: [u8; 20] = Sha256::digest(i.to_le_bytes())[..20].try_into().unwrap();
+        let hash = nixbase32::encode(&digest);
+        let text = format!(
+            "StorePath: /nix/store/{hash}-bench-{i}\nURL: nar/x.nar\nCompression: none\n\
+             NarHash: {}\nNarSize: 120\nReferences: \n",
+            NarHash::from_digest(Sha256::digest(hash.as_bytes()).into())
+        );
+        let mut info = NarInfo::parse(text.as_bytes()).unwrap();
+        info.signatures.push(key.sign(&info));
+        let manifest = Manifest {
+            narinfo: info.to_string(),
+            disk_bytes: 8192,
+            nodes: vec![Node::File { parent: 0, executable: false, size: 5 }],
+        };
+        let dir = root.join("entries").join(&hash);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("manifest"), manifest.encode()).unwrap();
+        std::fs::write(dir.join("f0"), "hello").unwrap();
+        last = format!("{hash}-bench-{i}");
+    }
+    last
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let entries: usize =
+        std::env::var("STOREFS_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let key = SigningKey::generate("bench-1", [5; 32]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let probe = populate(&cache, &key, entries);
+    let open: Vec<_> = (0..RUNS)
+        .map(|_| {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let start = Instant::now();
+            let config = CacheConfig {
+                dir: cache.clone(),
+                max_bytes: 1 << 40,
+                negative_ttl: Duration::from_secs(60),
+                low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(30) },
+                min_free: MinFree::Bytes(0),
+            };
+            let keys = TrustedKeys::new(vec![key.public()]).unwrap();
+            let c = rt.block_on(async { NarCache::open(config, UpstreamSet::default(), keys) });
+            let c = c.unwrap();
+            let opened = start.elapsed();
+            rt.block_on(c.wait_scanned());
+            assert_eq!(c.entries().len(), entries);
+            let scanned = start.elapsed();
+            drop(c);
+            // Background tasks hold the cache (and its lock) until they end.
+            rt.shutdown_timeout(Duration::from_secs(30));
+            (opened, scanned)
+        })
+        .collect();
+    let (opened, scanned): (Vec<_>, Vec<_>) = open.into_iter().unzip();
+    println!(
+        "NarCache::open with {entries} entries: ready in median {:?}, background scan done in {:?}",
+        median(opened),
+        median(scanned)
+    );
+
+    let root_ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
+    if !root_ok {
+        println!("skipping the mount timing: needs root and /dev/fuse");
+        return;
+    }
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount: Vec<_> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_storefs"))
+                .arg("mount")
+                .arg(&mnt)
+                .arg("--cache-dir")
+                .arg(&cache)
+                .args(["--nix-conf", "/dev/null", "--substituter"])
+                .arg(format!("file://{}", tmp.path().display()))
+                .args(["--trusted-public-key", &key.to_public_string()])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Ready = the mount serves a cached path (the daemon reads the disk, not upstream).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let elapsed = loop {
+                if std::fs::read(mnt.join(&probe)).is_ok_and(|b| b == b"hello") {
+                    break start.elapsed();
+                }
+                assert!(Instant::now() < deadline, "mount never became ready");
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+            elapsed
+        })
+        .collect();
+    println!(
+        "storefs mount to a ready mount with {entries} entries: median {:?} of {RUNS}",
+        median(mount)
+    );
+}

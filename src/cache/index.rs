@@ -1,0 +1,176 @@
+//! What is cached: the start-up scan of `entries/` (in the background, so a large cache never
+//! delays the mount), loading a single entry on demand meanwhile, and the persisted LRU position
+//! (each entry's manifest mtime, refreshed at most once per `TOUCH_INTERVAL` when it is used).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use super::layout::{LayoutError, MANIFEST_FILE};
+use super::manifest::Manifest;
+use super::{Entry, NarCache};
+use crate::nix::narinfo::NarInfo;
+use crate::nix::store_path::is_valid_hash_part;
+use crate::sync::{Arc, AtomicU64, Ordering, lock};
+
+/// How stale an entry's persisted LRU position may get before it is refreshed.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Seconds since the epoch, now.
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl NarCache {
+    /// Scans `entries/` on the blocking pool when a runtime is running, inline otherwise.
+    pub(super) fn start_scan(self: &Arc<Self>) {
+        let this = self.clone();
+        let scan = move || {
+            if let Err(err) = this.scan() {
+                warn!(error = %err, "cache scan failed; entries load on demand");
+            }
+            this.scanned.send_replace(true);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(scan)),
+            Err(_) => scan(),
+        }
+    }
+
+    /// Resolves once the start-up scan has finished.
+    pub async fn wait_scanned(&self) {
+        let mut rx = self.scanned.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Loads every published entry not yet in memory, oldest first, and discards any that does not
+    /// check out; then restores the quota and empties `trash/`.
+    fn scan(self: &Arc<Self>) -> Result<(), LayoutError> {
+        let root = self.layout.entries_root();
+        let list = std::fs::read_dir(&root).map_err(|source| LayoutError::Io {
+            action: "cannot list",
+            path: root.clone(),
+            source,
+        })?;
+        let mut found = Vec::new();
+        for dirent in list.flatten() {
+            let name = dirent.file_name().to_string_lossy().into_owned();
+            if lock(&self.state).lru.contains(&name) {
+                continue; // loaded on demand already
+            }
+            match self.load_entry(&dirent.path(), &name) {
+                Ok(entry) => found.push(entry),
+                Err(reason) => self.discard_bad(&dirent.path(), &reason)?,
+            }
+        }
+        found.sort_by_key(|e| e.touched_secs.load(Ordering::Relaxed));
+        let trashed = {
+            let mut st = lock(&self.state);
+            let on_demand: Vec<String> = st.lru.iter().map(|(k, _)| k.clone()).collect();
+            for entry in found {
+                let hash = entry.store_path.hash_part();
+                if !st.lru.contains(&hash) {
+                    st.used_bytes += entry.manifest.disk_bytes;
+                    st.lru.put(hash, Arc::new(entry));
+                }
+            }
+            // Entries used since start are the most recently used ones.
+            for hash in on_demand {
+                st.lru.promote(&hash);
+            }
+            info!(entries = st.lru.len(), bytes = st.used_bytes, "cache loaded");
+            self.evict_locked(&mut st, 0)
+        };
+        self.purge(trashed);
+        self.layout.purge_trash()
+    }
+
+    /// Loads the entry `hash` from disk if it is there (used while the scan runs).
+    pub(super) async fn load_now(self: &Arc<Self>, hash: &str) -> Option<Arc<Entry>> {
+        if !is_valid_hash_part(hash.as_bytes()) {
+            return None;
+        }
+        let this = self.clone();
+        let hash = hash.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let dir = this.layout.entry_dir(&hash);
+            if !dir.join(MANIFEST_FILE).exists() {
+                return None;
+            }
+            let entry = match this.load_entry(&dir, &hash) {
+                Ok(e) => Arc::new(e),
+                Err(reason) => {
+                    let _ = this.discard_bad(&dir, &reason);
+                    return None;
+                }
+            };
+            let mut st = lock(&this.state);
+            if let Some(existing) = st.lru.get(&hash) {
+                return Some(existing.clone());
+            }
+            st.used_bytes += entry.manifest.disk_bytes;
+            st.lru.put(hash, entry.clone());
+            Some(entry)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Reads and checks one published entry; the error says why it is unusable.
+    fn load_entry(&self, dir: &Path, name: &str) -> Result<Entry, String> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read manifest: {e}"))?;
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("cannot stat manifest: {e}"))?;
+        let manifest = Manifest::decode(&bytes).map_err(|e| format!("bad manifest: {e}"))?;
+        let narinfo = NarInfo::parse(manifest.narinfo.as_bytes())
+            .map_err(|e| format!("bad narinfo in manifest: {e}"))?;
+        if narinfo.store_path.hash_part() != name {
+            return Err(format!("manifest is for {}", narinfo.store_path));
+        }
+        // A key removed from the configuration must stop vouching for cached paths too.
+        self.keys.verify(&narinfo).map_err(|e| format!("no longer trusted: {e}"))?;
+        let touched = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(Entry {
+            store_path: narinfo.store_path.clone(),
+            narinfo,
+            manifest,
+            dir: dir.into(),
+            touched_secs: AtomicU64::new(touched),
+        })
+    }
+
+    fn discard_bad(&self, dir: &Path, reason: &str) -> Result<(), LayoutError> {
+        warn!(entry = %dir.display(), reason, "discarding unusable cache entry");
+        self.layout.discard(dir).map(drop)
+    }
+
+    /// Records that `entry` was used, on disk, at most once per `TOUCH_INTERVAL`.
+    pub(super) fn touch(&self, entry: &Arc<Entry>) {
+        let now = unix_now();
+        let last = entry.touched_secs.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < TOUCH_INTERVAL.as_secs()
+            || entry
+                .touched_secs
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let manifest = entry.dir.join(MANIFEST_FILE);
+        let touch = move || {
+            let set =
+                std::fs::File::open(&manifest).and_then(|f| f.set_modified(SystemTime::now()));
+            if let Err(err) = set {
+                debug!(manifest = %manifest.display(), error = %err, "cannot record use");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(touch)),
+            Err(_) => touch(),
+        }
+    }
+}
