@@ -315,9 +315,9 @@ impl Config {
                 DEFAULT_SUBSTITUTER,
             ),
         };
-        let keys = match non_empty(&raw.trusted_public_keys)
-            .or(from_file_list("trusted-public-keys", &file.trusted_public_keys)?)
-        {
+        let file_keys = from_file_list("trusted-public-keys", &file.trusted_public_keys)?;
+        let in_file = raw.trusted_public_keys.is_empty() && file_keys.is_some();
+        let keys = match non_empty(&raw.trusted_public_keys).or(file_keys) {
             Some(list) => list,
             None => with_extras(
                 &nix_conf.trusted_public_keys,
@@ -325,8 +325,11 @@ impl Config {
                 DEFAULT_TRUSTED_KEY,
             ),
         };
-        let trusted_keys = TrustedKeys::parse_all(keys.iter().map(String::as_str))
-            .map_err(|e| ConfigError::Key(e.to_string()))?;
+        let trusted_keys =
+            TrustedKeys::parse_all(keys.iter().map(String::as_str)).map_err(|e| {
+                let err = ConfigError::Key(e.to_string());
+                if in_file { file_origin.err("trusted-public-keys", err) } else { err }
+            })?;
 
         let mountpoint = pick(raw.mountpoint.clone(), file.mountpoint.clone(), &file_path)
             .map_or_else(|| DEFAULT_MOUNTPOINT.into(), |(p, _)| p);

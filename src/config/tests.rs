@@ -351,7 +351,12 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
             &["--negative-ttl", "18446744073709551615"],
         ),
         ("empty_substituters", "substituters = []\n", no_flags, &["substituters in", "empty list"]),
-        ("bad_key_in_file", "trusted-public-keys = [\"nonsense\"]\n", no_flags, &["nonsense"]),
+        (
+            "bad_key_in_file",
+            "trusted-public-keys = [\"nonsense\"]\n",
+            no_flags,
+            &["trusted-public-keys in", "storefs.toml", "nonsense"],
+        ),
         (
             "missing_netrc_flag",
             "",
