@@ -1,7 +1,13 @@
-//! Validated daemon configuration: flags first, then /etc/nix/nix.conf, then built-in defaults.
+//! Validated daemon configuration. Each setting comes from the first source that gives it:
+//! flags, then the TOML configuration file ([`file`]), then /etc/nix/nix.conf (substituters, keys,
+//! netrc-file only), then the built-in defaults below. docs/CONFIGURATION.md is the contract.
+
+mod file;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use file::FileConfig;
 
 use crate::nix::signature::TrustedKeys;
 
@@ -18,12 +24,21 @@ pub const DEFAULT_TRUSTED_KEY: &str =
     "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 /// Nix's configuration file, read for substituters, keys and netrc-file.
 pub const DEFAULT_NIX_CONF: &str = "/etc/nix/nix.conf";
+/// storefs's configuration file, read when it exists and `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/storefs/storefs.toml";
+/// Nix's default `netrc-file` (`$NIX_CONF_DIR/netrc`), used when it exists and nothing names one.
+pub const DEFAULT_NETRC_FILE: &str = "/etc/nix/netrc";
 /// How long "no cache has this path" is believed (Nix: 3600 s; CI wants less).
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
 /// TCP/TLS connect timeout (CVMFS uses 5 s through a proxy, Nix 15 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is dead.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a failing substituter is skipped before it is probed again.
+pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(60);
+/// The largest number of seconds any duration setting takes (one year): more is surely a typo,
+/// and `Instant + Duration` must not overflow.
+pub const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
 
 /// Free space the cache filesystem keeps by default: 5 % (as mountpoint-s3 does).
 pub const DEFAULT_MIN_FREE: MinFree = MinFree::Percent(5);
@@ -45,7 +60,7 @@ impl MinFree {
             return match pct.trim().parse::<u8>() {
                 Ok(p) if p < 100 => Ok(MinFree::Percent(p)),
                 _ => Err(ConfigError::Invalid(format!(
-                    "invalid --min-free {s:?}: a percentage must be 0% to 99%"
+                    "invalid percentage {s:?}: expected 0% to 99%"
                 ))),
             };
         }
@@ -84,6 +99,32 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The configuration file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A setting's value is bad; `setting` is `--flag` or `key in FILE`.
+    #[error("{setting}: {source}")]
+    Setting {
+        /// Where the value came from.
+        setting: String,
+        /// What is wrong with it, naming the value.
+        #[source]
+        source: Box<ConfigError>,
+    },
     /// The cache directory lies under the mountpoint (the daemon would deadlock on itself).
     #[error("cache directory {cache} is inside the mountpoint {mountpoint}")]
     CacheInsideMount {
@@ -110,20 +151,30 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// Most bytes the disk cache may hold.
     pub max_size_bytes: u64,
+    /// Free space to keep on the cache's filesystem.
+    pub min_free: MinFree,
     /// Mount with allow_other + default_permissions.
     pub allow_other: bool,
-    /// How long absent answers are cached.
+    /// How long absent answers are cached (zero: not cached).
     pub negative_ttl: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Stall timeout.
     pub stall_timeout: Duration,
+    /// netrc file for HTTP Basic credentials (an existing file), if any.
+    pub netrc_file: Option<PathBuf>,
+    /// `(substituter URL, token file)`: the URL is spelled exactly as in `substituters`, the file
+    /// is absolute and existed at start.
+    pub bearer_token_files: Vec<(String, PathBuf)>,
+    /// How long a failing substituter is skipped before it is probed again.
+    pub upstream_backoff: Duration,
 }
 
-/// Raw values before validation (what the CLI collected).
+/// Raw values before validation (what the command line collected). `None` and empty lists mean
+/// "not given": the configuration file, nix.conf or the default fills them.
 #[derive(Debug, Default, Clone)]
 pub struct RawConfig {
-    /// Mountpoint, or None for the default.
+    /// Mountpoint.
     pub mountpoint: Option<PathBuf>,
     /// `--substituter` values.
     pub substituters: Vec<String>,
@@ -133,72 +184,314 @@ pub struct RawConfig {
     pub cache_dir: Option<PathBuf>,
     /// `--max-size`.
     pub max_size: Option<String>,
-    /// `--allow-other`.
+    /// `--min-free`.
+    pub min_free: Option<String>,
+    /// `--allow-other` (a flag can only turn it on; false = not given).
     pub allow_other: bool,
-    /// nix.conf to read; None = the default path if it exists.
+    /// `--nix-conf`.
     pub nix_conf: Option<PathBuf>,
     /// `--connect-timeout` seconds.
     pub connect_timeout_secs: Option<u64>,
     /// `--stall-timeout` seconds.
     pub stall_timeout_secs: Option<u64>,
+    /// `--negative-ttl` seconds.
+    pub negative_ttl_secs: Option<u64>,
+    /// `--upstream-backoff` seconds.
+    pub upstream_backoff_secs: Option<u64>,
+    /// `--netrc-file`.
+    pub netrc_file: Option<PathBuf>,
+    /// `--bearer-token-file` values, `URL=FILE` as typed.
+    pub bearer_token_files: Vec<String>,
+    /// `--config`.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The files read when nothing names them. Tests point these into a temporary directory so the
+/// host's own files cannot leak in.
+#[derive(Debug, Clone)]
+pub struct SystemPaths {
+    /// The storefs configuration file ([`DEFAULT_CONFIG_FILE`]), read if it exists.
+    pub config_file: PathBuf,
+    /// nix.conf ([`DEFAULT_NIX_CONF`]), read if it exists.
+    pub nix_conf: PathBuf,
+    /// The netrc file ([`DEFAULT_NETRC_FILE`]), used if it exists.
+    pub netrc_file: PathBuf,
+}
+
+impl Default for SystemPaths {
+    fn default() -> Self {
+        Self {
+            config_file: DEFAULT_CONFIG_FILE.into(),
+            nix_conf: DEFAULT_NIX_CONF.into(),
+            netrc_file: DEFAULT_NETRC_FILE.into(),
+        }
+    }
+}
+
+/// Where a value came from, to name it in errors.
+#[derive(Clone, Copy, Debug)]
+enum Origin<'a> {
+    /// A command-line flag.
+    Flag,
+    /// A key of this configuration file.
+    File(&'a Path),
+}
+
+impl Origin<'_> {
+    /// `--key` or `key in FILE`.
+    fn setting(self, key: &str) -> String {
+        match self {
+            Origin::Flag => format!("--{key}"),
+            Origin::File(path) => format!("{key} in {}", path.display()),
+        }
+    }
+
+    /// Wraps `err` so it names the setting as well as the value.
+    fn err(self, key: &str, err: ConfigError) -> ConfigError {
+        ConfigError::Setting { setting: self.setting(key), source: Box::new(err) }
+    }
+}
+
+/// The flag's value if given, else the file's, with where it came from.
+fn pick<'a, T>(flag: Option<T>, file: Option<T>, path: &'a Path) -> Option<(T, Origin<'a>)> {
+    flag.map(|v| (v, Origin::Flag)).or_else(|| file.map(|v| (v, Origin::File(path))))
+}
+
+/// A list flag counts as given when it was given at least once.
+fn non_empty<T: Clone>(flag: &[T]) -> Option<Vec<T>> {
+    (!flag.is_empty()).then(|| flag.to_vec())
+}
+
+/// Seconds in `min..=MAX_SECONDS`, as a duration.
+fn seconds(value: u64, min: u64, key: &str, origin: Origin<'_>) -> Result<Duration, ConfigError> {
+    if (min..=MAX_SECONDS).contains(&value) {
+        Ok(Duration::from_secs(value))
+    } else {
+        let why = format!("{value} is out of range: expected {min} to {MAX_SECONDS} seconds");
+        Err(origin.err(key, ConfigError::Invalid(why)))
+    }
 }
 
 impl Config {
-    /// Validates `raw`, filling gaps from nix.conf and the defaults.
+    /// Validates `raw`, filling gaps from the configuration file, nix.conf and the defaults.
     pub fn resolve(raw: &RawConfig) -> Result<Self, ConfigError> {
-        let nix_conf = match &raw.nix_conf {
-            Some(path) => NixConf::read(path)?,
-            None if Path::new(DEFAULT_NIX_CONF).exists() => {
-                NixConf::read(Path::new(DEFAULT_NIX_CONF))?
+        Self::resolve_with(raw, &SystemPaths::default())
+    }
+
+    /// [`Config::resolve`], with the files read when nothing names them given by `system`.
+    pub fn resolve_with(raw: &RawConfig, system: &SystemPaths) -> Result<Self, ConfigError> {
+        let (file_path, file) = match &raw.config_file {
+            Some(path) => {
+                let path = absolute(path)?;
+                let file = FileConfig::read(&path)?;
+                (path, file)
             }
+            None if system.config_file.exists() => {
+                (system.config_file.clone(), FileConfig::read(&system.config_file)?)
+            }
+            None => (PathBuf::new(), FileConfig::default()),
+        };
+        let file_origin = Origin::File(&file_path);
+        let nix_conf = match pick(raw.nix_conf.clone(), file.nix_conf.clone(), &file_path) {
+            Some((path, _)) => NixConf::read(&path)?,
+            None if system.nix_conf.exists() => NixConf::read(&system.nix_conf)?,
             None => NixConf::default(),
         };
-        let substituters = if raw.substituters.is_empty() {
-            with_extras(&nix_conf.substituters, &nix_conf.extra_substituters, DEFAULT_SUBSTITUTER)
-        } else {
-            raw.substituters.clone()
+
+        let from_file_list = |key: &str, list: &Option<Vec<String>>| match list {
+            Some(l) if l.is_empty() => Err(file_origin.err(
+                key,
+                ConfigError::Invalid("empty list: name at least one, or remove the key".into()),
+            )),
+            l => Ok(l.clone()),
         };
-        let keys = if raw.trusted_public_keys.is_empty() {
-            let (base, extra) =
-                (&nix_conf.trusted_public_keys, &nix_conf.extra_trusted_public_keys);
-            with_extras(base, extra, DEFAULT_TRUSTED_KEY)
-        } else {
-            raw.trusted_public_keys.clone()
+        let substituters = match non_empty(&raw.substituters)
+            .or(from_file_list("substituters", &file.substituters)?)
+        {
+            Some(list) => list,
+            None => with_extras(
+                &nix_conf.substituters,
+                &nix_conf.extra_substituters,
+                DEFAULT_SUBSTITUTER,
+            ),
         };
-        let trusted_keys = TrustedKeys::parse_all(keys.iter().map(String::as_str))
-            .map_err(|e| ConfigError::Key(e.to_string()))?;
-        let mountpoint = raw.mountpoint.clone().unwrap_or_else(|| DEFAULT_MOUNTPOINT.into());
-        let cache_dir = raw.cache_dir.clone().unwrap_or_else(|| DEFAULT_CACHE_DIR.into());
+        let file_keys = from_file_list("trusted-public-keys", &file.trusted_public_keys)?;
+        let in_file = raw.trusted_public_keys.is_empty() && file_keys.is_some();
+        let keys = match non_empty(&raw.trusted_public_keys).or(file_keys) {
+            Some(list) => list,
+            None => with_extras(
+                &nix_conf.trusted_public_keys,
+                &nix_conf.extra_trusted_public_keys,
+                DEFAULT_TRUSTED_KEY,
+            ),
+        };
+        let trusted_keys =
+            TrustedKeys::parse_all(keys.iter().map(String::as_str)).map_err(|e| {
+                let err = ConfigError::Key(e.to_string());
+                if in_file { file_origin.err("trusted-public-keys", err) } else { err }
+            })?;
+
+        let mountpoint = pick(raw.mountpoint.clone(), file.mountpoint.clone(), &file_path)
+            .map_or_else(|| DEFAULT_MOUNTPOINT.into(), |(p, _)| p);
+        let cache_dir = pick(raw.cache_dir.clone(), file.cache_dir.clone(), &file_path)
+            .map_or_else(|| DEFAULT_CACHE_DIR.into(), |(p, _)| p);
         let mountpoint = absolute(&mountpoint)?;
         let cache_dir = absolute(&cache_dir)?;
         if cache_dir.starts_with(&mountpoint) {
             return Err(ConfigError::CacheInsideMount { cache: cache_dir, mountpoint });
         }
-        let max_size_bytes = match &raw.max_size {
-            Some(s) => parse_size(s)?,
+        let max_size_bytes = match pick(raw.max_size.as_ref(), file.max_size.as_ref(), &file_path) {
+            Some((s, origin)) => parse_size(s).map_err(|e| origin.err("max-size", e))?,
             None => DEFAULT_MAX_SIZE_BYTES,
         };
-        let secs = |v: Option<u64>, default: Duration, flag: &str| match v {
-            Some(0) => Err(ConfigError::Invalid(format!("{flag} must be at least 1 second"))),
-            Some(s) => Ok(Duration::from_secs(s)),
-            None => Ok(default),
+        let min_free = match pick(raw.min_free.as_ref(), file.min_free.as_ref(), &file_path) {
+            Some((s, origin)) => MinFree::parse(s).map_err(|e| origin.err("min-free", e))?,
+            None => DEFAULT_MIN_FREE,
         };
+        let secs =
+            |flag: Option<u64>, in_file: Option<u64>, key: &str, min: u64, default| match pick(
+                flag, in_file, &file_path,
+            ) {
+                Some((v, origin)) => seconds(v, min, key, origin),
+                None => Ok(default),
+            };
+        let connect_timeout = secs(
+            raw.connect_timeout_secs,
+            file.connect_timeout,
+            "connect-timeout",
+            1,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        let stall_timeout = secs(
+            raw.stall_timeout_secs,
+            file.stall_timeout,
+            "stall-timeout",
+            1,
+            DEFAULT_STALL_TIMEOUT,
+        )?;
+        let negative_ttl = secs(
+            raw.negative_ttl_secs,
+            file.negative_ttl,
+            "negative-ttl",
+            0,
+            DEFAULT_NEGATIVE_TTL,
+        )?;
+        let upstream_backoff = secs(
+            raw.upstream_backoff_secs,
+            file.upstream_backoff,
+            "upstream-backoff",
+            1,
+            DEFAULT_UPSTREAM_BACKOFF,
+        )?;
+
+        let netrc_file = match pick(raw.netrc_file.clone(), file.netrc_file.clone(), &file_path) {
+            Some((path, origin)) => Some(existing_file(&path, "netrc-file", origin)?),
+            // Nix's rule: nix.conf's setting replaces the default, and a missing file means no
+            // credentials rather than an error.
+            None => match &nix_conf.netrc_file {
+                Some(path) => Some(path.clone()).filter(|p| p.is_file()),
+                None => Some(system.netrc_file.clone()).filter(|p| p.is_file()),
+            },
+        };
+        let bearer_token_files = match non_empty(&raw.bearer_token_files) {
+            Some(flags) => flags
+                .iter()
+                .map(|v| split_bearer_flag(v, &substituters))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|(url, path)| (url, path, Origin::Flag))
+                .collect(),
+            None => file
+                .bearer_token_files
+                .iter()
+                .flatten()
+                .map(|(url, path)| (url.clone(), path.clone(), file_origin))
+                .collect::<Vec<_>>(),
+        };
+        let bearer_token_files = check_bearer_tokens(bearer_token_files, &substituters)?;
+
         Ok(Self {
             mountpoint,
             substituters,
             trusted_keys,
             cache_dir,
             max_size_bytes,
-            allow_other: raw.allow_other,
-            negative_ttl: DEFAULT_NEGATIVE_TTL,
-            connect_timeout: secs(
-                raw.connect_timeout_secs,
-                DEFAULT_CONNECT_TIMEOUT,
-                "--connect-timeout",
-            )?,
-            stall_timeout: secs(raw.stall_timeout_secs, DEFAULT_STALL_TIMEOUT, "--stall-timeout")?,
+            min_free,
+            allow_other: raw.allow_other || file.allow_other.unwrap_or(false),
+            negative_ttl,
+            connect_timeout,
+            stall_timeout,
+            netrc_file,
+            bearer_token_files,
+            upstream_backoff,
         })
     }
+}
+
+/// `path`, made absolute, if it is an existing file (or a link to one); an error otherwise.
+fn existing_file(path: &Path, key: &str, origin: Origin<'_>) -> Result<PathBuf, ConfigError> {
+    let path = absolute(path)?;
+    if path.is_file() {
+        Ok(path)
+    } else {
+        let why = format!("{} does not exist or is not a file", path.display());
+        Err(origin.err(key, ConfigError::Invalid(why)))
+    }
+}
+
+/// The substituter `url` names, compared without a trailing `/`, spelled as configured.
+fn find_substituter<'a>(url: &str, substituters: &'a [String]) -> Option<&'a String> {
+    substituters.iter().find(|s| s.trim_end_matches('/') == url.trim_end_matches('/'))
+}
+
+/// Splits a `--bearer-token-file URL=FILE` value. A substituter URL may itself contain `=`, so a
+/// configured substituter followed by `=` is looked for first.
+fn split_bearer_flag(
+    value: &str,
+    substituters: &[String],
+) -> Result<(String, PathBuf), ConfigError> {
+    let known = substituters.iter().find_map(|s| {
+        let rest = value.strip_prefix(s.trim_end_matches('/'))?;
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        Some((s.trim_end_matches('/'), rest.strip_prefix('=')?))
+    });
+    let (url, file) = known.or_else(|| value.split_once('=')).ok_or_else(|| {
+        Origin::Flag.err(
+            "bearer-token-file",
+            ConfigError::Invalid(format!("invalid value {value:?}: expected URL=FILE")),
+        )
+    })?;
+    Ok((url.to_owned(), PathBuf::from(file)))
+}
+
+/// Checks `(url, file)` pairs: each URL is a substituter, named once; each file exists.
+fn check_bearer_tokens(
+    pairs: Vec<(String, PathBuf, Origin<'_>)>,
+    substituters: &[String],
+) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    const KEY: &str = "bearer-token-file";
+    let mut out: Vec<(String, PathBuf)> = Vec::with_capacity(pairs.len());
+    for (url, path, origin) in pairs {
+        let key = match origin {
+            Origin::Flag => KEY,
+            Origin::File(_) => "bearer-token-files",
+        };
+        let Some(sub) = find_substituter(&url, substituters) else {
+            let why =
+                format!("{url:?} is not one of the substituters ({})", substituters.join(", "));
+            return Err(origin.err(key, ConfigError::Invalid(why)));
+        };
+        if out.iter().any(|(u, _)| u == sub) {
+            let why = format!("{url:?} has more than one token file");
+            return Err(origin.err(key, ConfigError::Invalid(why)));
+        }
+        if path.as_os_str().is_empty() {
+            let why = format!("no token file given for {url:?}");
+            return Err(origin.err(key, ConfigError::Invalid(why)));
+        }
+        out.push((sub.clone(), existing_file(&path, key, origin)?));
+    }
+    Ok(out)
 }
 
 /// Nix's rule: a setting's value (or its default when unset) followed by its `extra-` values.
@@ -281,126 +574,4 @@ impl NixConf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_sizes() {
-        for (input, want) in [
-            ("1024", 1024),
-            ("500M", 500 << 20),
-            ("20G", 20 << 30),
-            ("20g", 20 << 30),
-            ("10GiB", 10 << 30),
-            ("1T", 1 << 40),
-            ("4K", 4096),
-        ] {
-            assert_eq!(parse_size(input).unwrap(), want, "{input}");
-        }
-        for bad in ["", "G", "-1G", "1.5G", "10X", "0", "99999999999T"] {
-            let err = parse_size(bad).unwrap_err().to_string();
-            assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
-    }
-
-    #[test]
-    fn parses_min_free() {
-        assert_eq!(MinFree::parse("5%").unwrap(), MinFree::Percent(5));
-        assert_eq!(MinFree::parse("0").unwrap(), MinFree::Bytes(0));
-        assert_eq!(MinFree::parse("2G").unwrap(), MinFree::Bytes(2 << 30));
-        assert_eq!(MinFree::Percent(10).bytes_of(1000), 100);
-        for bad in ["100%", "-1%", "x%", "lots"] {
-            assert!(MinFree::parse(bad).unwrap_err().to_string().contains(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn parses_nix_conf() {
-        let conf = NixConf::parse(
-            "# comment\nsubstituters = https://a https://b\nextra-substituters = https://c # x\n\
-             trusted-public-keys = k1:AAAA\nnetrc-file = /etc/nix/netrc\nsandbox = true\n",
-        );
-        assert_eq!(conf.substituters.as_deref().unwrap(), ["https://a", "https://b"]);
-        assert_eq!(conf.extra_substituters, ["https://c"]);
-        assert_eq!(conf.trusted_public_keys.as_deref().unwrap(), ["k1:AAAA"]);
-        assert_eq!(conf.netrc_file.as_deref(), Some(Path::new("/etc/nix/netrc")));
-    }
-
-    fn raw() -> RawConfig {
-        let dir = std::env::temp_dir().join("storefs-no-nix-conf");
-        RawConfig { nix_conf: Some(dir), ..RawConfig::default() }
-    }
-
-    #[test]
-    fn defaults_to_cache_nixos_org() {
-        let conf_dir = tempfile::tempdir().unwrap();
-        let empty = conf_dir.path().join("nix.conf");
-        std::fs::write(&empty, "").unwrap();
-        let cfg = Config::resolve(&RawConfig { nix_conf: Some(empty), ..raw() }).unwrap();
-        assert_eq!(cfg.substituters, [DEFAULT_SUBSTITUTER]);
-        assert_eq!(cfg.mountpoint, Path::new(DEFAULT_MOUNTPOINT));
-        assert_eq!(cfg.max_size_bytes, DEFAULT_MAX_SIZE_BYTES);
-    }
-
-    #[test]
-    fn flags_win_over_nix_conf() {
-        let conf_dir = tempfile::tempdir().unwrap();
-        let path = conf_dir.path().join("nix.conf");
-        std::fs::write(&path, "substituters = https://from-conf\n").unwrap();
-        let cfg = Config::resolve(&RawConfig {
-            nix_conf: Some(path.clone()),
-            substituters: vec!["http://flag".into()],
-            ..raw()
-        })
-        .unwrap();
-        assert_eq!(cfg.substituters, ["http://flag"]);
-        let cfg = Config::resolve(&RawConfig { nix_conf: Some(path), ..raw() }).unwrap();
-        assert_eq!(cfg.substituters, ["https://from-conf"]);
-    }
-
-    #[test]
-    fn extra_settings_add_to_the_defaults_like_nix() {
-        let conf_dir = tempfile::tempdir().unwrap();
-        let path = conf_dir.path().join("nix.conf");
-        let extra_key = "extra-1:LUtwYW0cmXkhpblWnvuM560Cx9AVlznKr4edTPJXYHQ=";
-        std::fs::write(
-            &path,
-            format!(
-                "extra-substituters = https://extra\nextra-trusted-public-keys = {extra_key}\n"
-            ),
-        )
-        .unwrap();
-        let cfg = Config::resolve(&RawConfig { nix_conf: Some(path), ..raw() }).unwrap();
-        assert_eq!(cfg.substituters, [DEFAULT_SUBSTITUTER, "https://extra"]);
-        assert_eq!(cfg.trusted_keys.len(), 2);
-    }
-
-    #[test]
-    fn refuses_a_cache_inside_the_mount() {
-        let conf_dir = tempfile::tempdir().unwrap();
-        let empty = conf_dir.path().join("nix.conf");
-        std::fs::write(&empty, "").unwrap();
-        let err = Config::resolve(&RawConfig {
-            nix_conf: Some(empty),
-            mountpoint: Some("/nix/store".into()),
-            cache_dir: Some("/nix/store/cache".into()),
-            ..raw()
-        })
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::CacheInsideMount { .. }));
-    }
-
-    #[test]
-    fn names_a_bad_key() {
-        let conf_dir = tempfile::tempdir().unwrap();
-        let empty = conf_dir.path().join("nix.conf");
-        std::fs::write(&empty, "").unwrap();
-        let err = Config::resolve(&RawConfig {
-            nix_conf: Some(empty),
-            trusted_public_keys: vec!["nonsense".into()],
-            ..raw()
-        })
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::Key(_)), "{err}");
-    }
-}
+mod tests;

@@ -21,6 +21,13 @@ fn help_teaches_every_mount_flag() {
         "--cache-dir",
         "--max-size",
         "--allow-other",
+        "--min-free",
+        "--negative-ttl",
+        "--netrc-file",
+        "--bearer-token-file",
+        "--upstream-backoff",
+        "--config",
+        "/etc/storefs/storefs.toml",
         "/nix/store",
         "/var/cache/storefs",
         "Examples",
@@ -44,8 +51,20 @@ fn bad_values_are_named_and_exit_1() {
     let conf = dir.path().join("nix.conf");
     std::fs::write(&conf, "").unwrap();
     let conf = conf.to_str().unwrap();
+    // An empty configuration file, so the host's /etc/storefs/storefs.toml cannot interfere.
+    let toml = dir.path().join("storefs.toml");
+    std::fs::write(&toml, "").unwrap();
+    let toml = toml.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["--max-size", "12Q"], "\"12Q\""),
+        (&["--min-free", "100%"], "\"100%\""),
+        (&["--min-free", "lots"], "\"lots\""),
+        (&["--negative-ttl", "soon"], "soon"),
+        (&["--upstream-backoff", "0"], "--upstream-backoff"),
+        (&["--connect-timeout", "0"], "--connect-timeout"),
+        (&["--netrc-file", "/nonexistent/netrc"], "/nonexistent/netrc"),
+        (&["--bearer-token-file", "https://elsewhere=/etc/hostname"], "https://elsewhere"),
+        (&["--bearer-token-file", "https://cache.nixos.org"], "URL=FILE"),
         (&["--trusted-public-key", "nokey"], "nokey"),
         (&["--trusted-public-key", "k:AAAA"], "k"),
         (
@@ -61,7 +80,7 @@ fn bad_values_are_named_and_exit_1() {
         (&["--cache-dir", "/tmp/storefs-mnt-x/cache"], "inside the mountpoint"),
     ];
     for (args, needle) in cases {
-        let mut all = vec!["mount", "/tmp/storefs-mnt-x", "--nix-conf", conf];
+        let mut all = vec!["mount", "/tmp/storefs-mnt-x", "--nix-conf", conf, "--config", toml];
         all.extend_from_slice(args);
         let out = storefs(&all);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
@@ -90,4 +109,72 @@ fn a_missing_mountpoint_is_a_clear_error() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("missing"), "{}", text(&out));
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_exits_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("storefs.toml");
+    for (contents, needle) in [
+        ("cache-dir = \"/tmp/c\"\nmax-sise = \"20G\"\n", "max-sise"),
+        ("max-size = 20\n", "max-size"),
+        ("max-size = \"12Q\"\n", "\"12Q\""),
+    ] {
+        std::fs::write(&toml, contents).unwrap();
+        let out = storefs(&["mount", "/tmp/storefs-mnt-x", "--config", toml.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{contents}: {}", text(&out));
+        for want in [needle, toml.to_str().unwrap()] {
+            assert!(text(&out).contains(want), "{contents}: error lacks {want:?}: {}", text(&out));
+        }
+    }
+    let out = storefs(&["mount", "--config", dir.path().join("missing.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("missing.toml"), "{}", text(&out));
+}
+
+/// The `--flags` that `storefs mount --help` lists.
+fn mount_flags() -> Vec<String> {
+    let help = text(&storefs(&["mount", "--help"]));
+    let mut flags: Vec<String> = help
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_owned)
+        .collect();
+    flags.sort();
+    flags.dedup();
+    assert!(flags.len() > 10, "too few flags found in --help: {flags:?}");
+    flags
+}
+
+#[test]
+fn docs_list_every_mount_flag() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIGURATION.md"))
+            .unwrap();
+    for flag in mount_flags() {
+        if flag != "--help" {
+            assert!(doc.contains(&format!("`{flag}")), "docs/CONFIGURATION.md lacks `{flag}`");
+        }
+    }
+}
+
+/// Every flag that sets something is a key of the example configuration file (lists take the
+/// plural, e.g. `--substituter` → `substituters`).
+#[test]
+fn the_example_config_shows_every_mount_flag() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/storefs.toml.example"
+    ))
+    .unwrap();
+    for flag in mount_flags() {
+        if ["--help", "--log", "--config"].contains(&flag.as_str()) {
+            continue;
+        }
+        let key = &flag[2..];
+        assert!(
+            example.lines().any(|l| l.trim_start_matches('#').trim_start().starts_with(key)),
+            "systemd/storefs.toml.example lacks a line for {key}"
+        );
+    }
 }
