@@ -62,7 +62,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         dir: config.cache_dir.clone(),
         max_bytes: config.max_size_bytes,
         negative_ttl: config.negative_ttl,
-        min_free: crate::config::DEFAULT_MIN_FREE,
+        min_free: config.min_free,
         low_speed: LowSpeedLimit {
             min_bytes_per_sec: DEFAULT_MIN_BYTES_PER_SEC,
             window: config.stall_timeout,
