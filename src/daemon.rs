@@ -57,7 +57,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map(|url| upstream_for_url(url, &client))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| setup(e.into()))?;
-    let upstreams = UpstreamSet::discover(upstreams).await.map_err(|e| setup(e.into()))?;
+    // Ordered by nix-cache-info Priority lazily, at the first fetch.
+    let upstreams = UpstreamSet::in_order(upstreams);
     let cache_config = CacheConfig {
         dir: config.cache_dir.clone(),
         max_bytes: config.max_size_bytes,

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::big::hundred_mb_cache;
 use common::daemon::{Daemon, storefs_bin};
 use common::hostile::{CacheWriter, Tamper, fake_basename, small_tree_nar};
 use common::{COMPRESSIONS, Fixtures, Nginx, hash_part};
@@ -430,7 +431,8 @@ fn max_size_evicts_whole_paths() {
     assert!(log.contains("evicted"), "nothing was evicted; log:\n{log}");
 }
 
-/// Acceptance: 32 concurrent readers of one cold path cause exactly one NAR download.
+/// Acceptance: 100 concurrent readers of one cold path cause exactly one narinfo request and one
+/// NAR download.
 #[test]
 fn concurrent_cold_readers_share_one_download() {
     let Some(fx) = setup("concurrent_cold_readers_share_one_download") else { return };
@@ -440,8 +442,8 @@ fn concurrent_cold_readers_share_one_download() {
     nginx.clear_log();
     let want = sha256_file(Path::new(&fx.big_file));
     let target = Arc::new(d.path(&fx.big_file, ""));
-    let barrier = Arc::new(std::sync::Barrier::new(32));
-    let readers: Vec<_> = (0..32)
+    let barrier = Arc::new(std::sync::Barrier::new(100));
+    let readers: Vec<_> = (0..100)
         .map(|_| {
             let (target, barrier) = (target.clone(), barrier.clone());
             std::thread::spawn(move || {
@@ -457,46 +459,6 @@ fn concurrent_cold_readers_share_one_download() {
     nginx.wait_for_requests(".nar.xz", 1, Duration::from_secs(5));
     assert_eq!(nginx.count_requests(&narinfo), 1, "narinfo requests: {:?}", nginx.requests());
     assert_eq!(nginx.count_requests(".nar.xz"), 1, "NAR requests: {:?}", nginx.requests());
-}
-
-/// A 100 MB store path made by real Nix, in an uncompressed cache (built once per machine).
-fn hundred_mb_cache(fx: &Fixtures) -> (PathBuf, String) {
-    let dir = fx.dir.join("slow");
-    let stamp = dir.join("path");
-    if let Ok(sp) = fs::read_to_string(&stamp) {
-        let sp = sp.trim().to_owned();
-        if Path::new(&sp).exists() && dir.join("cache/nix-cache-info").exists() {
-            return (dir.join("cache"), sp);
-        }
-    }
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("src")).unwrap();
-    let mut data = vec![0u8; 100 * 1000 * 1000];
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    fs::write(dir.join("src/data.bin"), &data).unwrap();
-    let out = run(Command::new("nix-store").arg("--add").arg(dir.join("src")));
-    let sp = String::from_utf8_lossy(&out).trim().to_owned();
-    let to = format!(
-        "file://{}?compression=none&secret-key={}",
-        dir.join("cache").display(),
-        fx.secret_key_path().display()
-    );
-    run(Command::new("nix").args([
-        "--extra-experimental-features",
-        "nix-command",
-        "copy",
-        "--to",
-        &to,
-        &sp,
-    ]));
-    fs::write(&stamp, &sp).unwrap();
-    (dir.join("cache"), sp)
 }
 
 /// Acceptance: while a 100 MB NAR downloads through a rate-limited link, stat and read of an

@@ -130,7 +130,11 @@ struct State {
 /// The cache. Cheap to share: wrap it in an `Arc`.
 pub struct NarCache {
     layout: Layout,
+    /// The substituters as configured.
     upstreams: UpstreamSet,
+    /// The same, ordered by nix-cache-info Priority, asked for at the first fetch (like Nix):
+    /// a restart that serves only cached paths sends no request at all.
+    ordered: tokio::sync::OnceCell<Result<UpstreamSet, String>>,
     keys: TrustedKeys,
     config: CacheConfig,
     state: Mutex<State>,
@@ -170,6 +174,7 @@ impl NarCache {
             stats: CacheStats::default(),
             layout,
             upstreams,
+            ordered: tokio::sync::OnceCell::new(),
             keys,
             config,
         });
@@ -270,7 +275,25 @@ impl NarCache {
     async fn fetch(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
         let hash = sp.hash_part();
         let mut failures = Vec::new();
-        for up in self.upstreams.iter() {
+        let ordered = self
+            .ordered
+            .get_or_init(|| async {
+                UpstreamSet::discover(self.upstreams.iter().cloned().collect())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        let upstreams = match ordered {
+            Ok(set) => set,
+            Err(reason) => {
+                CacheStats::bump(&self.stats.fetch_failures);
+                return Err(CacheError::Unavailable {
+                    path: sp.to_string(),
+                    reasons: reason.clone(),
+                });
+            }
+        };
+        for up in upstreams.iter() {
             CacheStats::bump(&self.stats.narinfo_requests);
             let info = match up.narinfo(&hash).await {
                 Ok(Some(info)) => info,

@@ -168,12 +168,26 @@ fn detach(mountpoint: &Path) {
 /// A daemon that died leaves its mount behind, answering ENOTCONN; a supervisor restarting us
 /// must be able to take the mountpoint back. Only a dead `fuse.storefs` mount is detached.
 fn clear_dead_mount(mountpoint: &Path) {
-    let dead =
-        std::fs::metadata(mountpoint).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN);
+    // statfs, not stat: the kernel may answer stat from cached attributes of a dead mount, while
+    // statfs always asks the daemon.
+    let dead = statfs_errno(mountpoint) == Some(libc::ENOTCONN);
     if dead && mount_type(mountpoint).ok().flatten().as_deref() == Some(FS_TYPE) {
         warn!(mountpoint = %mountpoint.display(),
               "detaching a dead storefs mount left by a previous daemon");
         detach(mountpoint);
+    }
+}
+
+/// The errno of `statfs(path)`, None when it succeeds.
+fn statfs_errno(path: &Path) -> Option<i32> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs is plain old data; zeroed is a valid value for it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out-pointer for the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 {
+        None
+    } else {
+        io::Error::last_os_error().raw_os_error()
     }
 }
 

@@ -36,6 +36,17 @@ impl Daemon {
 
     /// Like `start` with explicit paths.
     pub fn start_at(mnt: &Path, cache: &Path, log: &Path, args: &[String]) -> Daemon {
+        Self::start_env(mnt, cache, log, args, &[])
+    }
+
+    /// Like `start_at`, with extra environment variables (e.g. STOREFS_FAILPOINTS).
+    pub fn start_env(
+        mnt: &Path,
+        cache: &Path,
+        log: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(storefs_bin())
             .arg("mount")
@@ -46,6 +57,7 @@ impl Daemon {
             .arg("/dev/null")
             .args(args)
             .env("STOREFS_LOG", "storefs=debug,info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -59,8 +71,9 @@ impl Daemon {
 
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + MOUNT_DEADLINE;
-        // A dead mount from a killed daemon is also listed; only a live one answers stat.
-        while !(is_storefs_mount(&self.mnt) && std::fs::metadata(&self.mnt).is_ok()) {
+        // A dead mount from a killed daemon is also listed, and the kernel may answer stat from
+        // its cache; only a live daemon answers statfs.
+        while !(is_storefs_mount(&self.mnt) && statfs_ok(&self.mnt)) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("storefs exited with {status} before mounting; log:\n{}", self.log_text());
             }
@@ -97,6 +110,35 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
+
+    /// Waits (up to `timeout`) for the daemon to exit by itself; returns how it ended.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the log contains `needle`, returning the log.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "log never showed {needle:?}:\n{log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Daemon {
@@ -114,6 +156,14 @@ impl Drop for Daemon {
             force_unmount(&self.mnt);
         }
     }
+}
+
+/// True when statfs(path) succeeds (it always reaches the FUSE daemon).
+pub fn statfs_ok(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 }
 }
 
 /// True when `mnt` is a `fuse.storefs` mount in this namespace.

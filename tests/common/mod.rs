@@ -20,6 +20,7 @@
 // items would warn in each of them.
 #![allow(dead_code, unused_imports, reason = "shared by test binaries that each use a part")]
 
+pub mod big;
 pub mod daemon;
 pub mod fixtures;
 pub mod hostile;

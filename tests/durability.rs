@@ -1,0 +1,373 @@
+//! A cache that lasts: restarts, crashes at every commit step, a full disk, eviction under open
+//! and mapped files, the cache lock, and the negative-lookup TTL — through the real kernel, with
+//! caches made by real Nix and served by nginx. Run with `cargo test --features fuse_tests`.
+
+#![cfg(feature = "fuse_tests")]
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::big::hundred_mb_cache;
+use common::daemon::{Daemon, storefs_bin};
+use common::{Fixtures, Nginx, hash_part};
+
+const NEEDS: &[&str] = &["root", "/dev/fuse", "nix-store", "nix-hash", "nginx"];
+
+fn setup(test: &str) -> Option<&'static Fixtures> {
+    if common::require(NEEDS, test) {
+        return None;
+    }
+    Some(common::fixtures())
+}
+
+fn args(subs: &[String], key: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = Vec::new();
+    for s in subs {
+        a.extend(["--substituter".to_owned(), s.clone()]);
+    }
+    a.extend(["--trusted-public-key".to_owned(), key.to_owned()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn nar_field(fx: &Fixtures, sp: &str, field: &str) -> String {
+    let text = fs::read_to_string(fx.narinfo_path("zstd", sp)).unwrap();
+    let prefix = format!("{field}: ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap().to_owned()
+}
+
+fn nix_hash(path: &Path) -> Result<String, String> {
+    let out =
+        Command::new("nix-hash").args(["--type", "sha256", "--base32"]).arg(path).output().unwrap();
+    if out.status.success() {
+        Ok(format!("sha256:{}", String::from_utf8_lossy(&out.stdout).trim()))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn du(path: &Path) -> u64 {
+    let out = Command::new("du").args(["-s", "--block-size=1"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn count(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Every path the mount lists hashes to its NarHash, staging is empty, trash empties, and the
+/// daemon's accounting equals `du`.
+fn check_cache_is_whole(fx: &Fixtures, d: &Daemon) {
+    let log = d.wait_log("cache loaded", Duration::from_secs(20));
+    let line = log.lines().rev().find(|l| l.contains("cache loaded")).unwrap();
+    let bytes: u64 =
+        line.split("bytes=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let staged: Vec<_> =
+        fs::read_dir(d.cache.join("staging")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        staged.is_empty(),
+        "staging left after restart: {staged:?} (daemon pid {}):\n{}",
+        d.pid(),
+        d.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&d.cache.join("trash")) > 0 {
+        assert!(Instant::now() < deadline, "trash never emptied");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let entries_dir = 4096;
+    assert_eq!(du(&d.cache.join("entries")), bytes + entries_dir, "accounting vs du");
+    for entry in fs::read_dir(&d.mnt).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let sp = format!("/nix/store/{name}");
+        assert_eq!(nix_hash(&d.mnt.join(&name)).unwrap(), nar_field(fx, &sp, "NarHash"), "{name}");
+    }
+}
+
+/// Acceptance: with the closure cached, a restarted daemon serves every path with zero upstream
+/// requests.
+#[test]
+fn a_restart_serves_the_closure_without_upstream_requests() {
+    let Some(fx) = setup("a_restart_serves_the_closure_without_upstream_requests") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let a = args(&[nginx.url("zstd")], &fx.public_key, &[]);
+    let mut d = Daemon::start(tmp.path(), &a);
+    for sp in &fx.closure {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    assert_eq!(d.stop(), Some(0));
+    nginx.clear_log();
+    let d = Daemon::start(tmp.path(), &a);
+    for sp in &fx.closure {
+        assert_eq!(nix_hash(&d.path(sp, "")).unwrap(), nar_field(fx, sp, "NarHash"), "{sp}");
+    }
+    assert_eq!(nginx.requests().len(), 0, "requests after restart: {:?}", nginx.requests());
+    check_cache_is_whole(fx, &d);
+}
+
+/// Acceptance: SIGKILL at each commit step (failpoints) and at random moments leaves, after a
+/// restart, only whole verified entries, empty staging and trash, and accounting equal to du.
+#[test]
+fn sigkill_at_any_step_leaves_only_whole_entries() {
+    let Some(fx) = setup("sigkill_at_any_step_leaves_only_whole_entries") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
+    fs::create_dir(&mnt).unwrap();
+    // One log per daemon, so each check reads its own daemon's "cache loaded" line.
+    let mut logs = 0;
+    let mut log = || {
+        logs += 1;
+        tmp.path().join(format!("daemon-{logs}.log"))
+    };
+    let total: u64 =
+        fx.closure.iter().map(|sp| nar_field(fx, sp, "NarSize").parse::<u64>().unwrap()).sum();
+    let limit = (total / 2).to_string();
+    let a = args(&[nginx.url("xz")], &fx.public_key, &["--max-size", &limit]);
+    let points = [
+        "unpack::after_first_file",
+        "publish::before_rename",
+        "publish::after_rename",
+        "evict::after_trash_rename",
+    ];
+    for (round, point) in points.iter().enumerate() {
+        let mut d = Daemon::start_env(&mnt, &cache, &log(), &a, &[("STOREFS_FAILPOINTS", point)]);
+        // Read paths in a different order each round until the failpoint kills the daemon.
+        let mut order = fx.closure.clone();
+        order.rotate_left(round * 5);
+        let died = order.iter().any(|sp| nix_hash(&d.path(sp, "")).is_err());
+        assert!(died, "{point}: never reached");
+        let status = d.wait_exit(Duration::from_secs(10)).expect("daemon did not die");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{point}"
+        );
+        std::mem::forget(d);
+        let d = Daemon::start_at(&mnt, &cache, &log(), &a);
+        check_cache_is_whole(fx, &d);
+        drop(d);
+    }
+    // Random kills while the closure downloads.
+    for delay_ms in [30u64, 120, 400] {
+        let mut d = Daemon::start_at(&mnt, &cache, &log(), &a);
+        let pid = d.pid();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let mut order = fx.closure.clone();
+        order.reverse();
+        for sp in &order {
+            if nix_hash(&d.path(sp, "")).is_err() {
+                break;
+            }
+        }
+        killer.join().unwrap();
+        d.wait_exit(Duration::from_secs(10)).expect("daemon did not die");
+        std::mem::forget(d);
+        let d = Daemon::start_at(&mnt, &cache, &log(), &a);
+        check_cache_is_whole(fx, &d);
+    }
+    // And everything still reads correctly afterwards.
+    let d = Daemon::start_at(&mnt, &cache, &log(), &a);
+    for sp in &fx.closure {
+        assert_eq!(nix_hash(&d.path(sp, "")).unwrap(), nar_field(fx, sp, "NarHash"), "{sp}");
+    }
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size_bytes: u64) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Tmpfs(dir.into())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Acceptance: cache on a tmpfs smaller than the closure, --max-size larger than the tmpfs:
+/// every path reads by eviction (ENOSPC: evict, retry once); a path that cannot fit at all gets
+/// EIO while everything else keeps working.
+#[test]
+fn a_full_disk_is_handled_by_eviction() {
+    let Some(fx) = setup("a_full_disk_is_handled_by_eviction") else { return };
+    let (slow_cache, hundred) = hundred_mb_cache(fx);
+    let web = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(fx.cache_dir("zstd"), web.path().join("zstd")).unwrap();
+    std::os::unix::fs::symlink(&slow_cache, web.path().join("big")).unwrap();
+    let nginx = Nginx::start(web.path(), "");
+    let sizes: Vec<u64> =
+        fx.closure.iter().map(|sp| nar_field(fx, sp, "NarSize").parse().unwrap()).collect();
+    let total: u64 = sizes.iter().sum();
+    let largest = *sizes.iter().max().unwrap();
+    let tmpfs_size = largest + largest / 4 + (512 << 10);
+    assert!(tmpfs_size < total, "the tmpfs must be smaller than the closure");
+    let tmp = tempfile::tempdir().unwrap();
+    let _fs = Tmpfs::mount(&tmp.path().join("disk"), tmpfs_size);
+    let (mnt, cache, log) =
+        (tmp.path().join("mnt"), tmp.path().join("disk/cache"), tmp.path().join("log"));
+    fs::create_dir(&mnt).unwrap();
+    let a = args(
+        &[nginx.url("zstd"), nginx.url("big")],
+        &fx.public_key,
+        &["--max-size", "1G", "--min-free", "0"],
+    );
+    let d = Daemon::start_at(&mnt, &cache, &log, &a);
+    for round in 0..2 {
+        for sp in &fx.closure {
+            assert_eq!(
+                nix_hash(&d.path(sp, "")).unwrap(),
+                nar_field(fx, sp, "NarHash"),
+                "round {round}: {sp}"
+            );
+        }
+    }
+    assert!(d.log_text().contains("evicted"), "nothing was evicted");
+    let err = fs::metadata(d.path(&hundred, "")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "a path larger than the disk");
+    assert_eq!(count(&cache.join("staging")), 0);
+    for sp in &fx.closure {
+        assert_eq!(
+            nix_hash(&d.path(sp, "")).unwrap(),
+            nar_field(fx, sp, "NarHash"),
+            "after EIO: {sp}"
+        );
+    }
+}
+
+/// Acceptance: a process holding a file open, and one with it mmapped, read correct bytes while
+/// the path is evicted under them.
+#[test]
+fn open_and_mapped_files_survive_eviction() {
+    let Some(fx) = setup("open_and_mapped_files_survive_eviction") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let limit = (2u64 << 20).to_string();
+    let d = Daemon::start(
+        tmp.path(),
+        &args(&[nginx.url("zstd")], &fx.public_key, &["--max-size", &limit]),
+    );
+    let want = fs::read(&fx.big_file).unwrap();
+    let mut file = fs::File::open(d.path(&fx.big_file, "")).unwrap();
+    let len = want.len();
+    // SAFETY: a private read-only mapping of a file we keep open; unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let mut head = vec![0u8; 4096];
+    file.read_exact(&mut head).unwrap();
+    // Fill the cache with everything else: the big path is the least recently used.
+    for sp in fx.closure.iter().filter(|p| **p != fx.big) {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    assert!(!d.cache.join("entries").join(hash_part(&fx.big)).exists(), "big path not evicted");
+    // Drop the kernel's cached pages so the reads below really reach the daemon.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).unwrap();
+    assert!(head.iter().chain(&rest).eq(want.iter()), "open file read wrong bytes after eviction");
+    // SAFETY: the mapping is `len` bytes long and stays mapped until munmap.
+    let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, len) };
+    assert!(mapped == &want[..], "mapped file read wrong bytes after eviction");
+    unsafe { libc::munmap(map, len) };
+}
+
+/// Acceptance: a second daemon on the same cache directory exits non-zero at once, naming the
+/// lock holder.
+#[test]
+fn a_second_daemon_on_the_same_cache_fails_fast() {
+    let Some(fx) = setup("a_second_daemon_on_the_same_cache_fails_fast") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let a = args(&[nginx.url("zstd")], &fx.public_key, &[]);
+    let d = Daemon::start(tmp.path(), &a);
+    let other = tmp.path().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let start = Instant::now();
+    let out = Command::new(storefs_bin())
+        .arg("mount")
+        .arg(&other)
+        .arg("--cache-dir")
+        .arg(&d.cache)
+        .args(["--nix-conf", "/dev/null"])
+        .args(&a)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert!(stderr.contains(&format!("pid {}", d.pid())), "{stderr}");
+}
+
+/// Acceptance: 1000 lookups of one absent path within the TTL cause one upstream request; after
+/// the TTL, and after the path is published upstream, the lookup succeeds.
+#[test]
+fn absent_answers_are_cached_for_the_negative_ttl() {
+    let Some(fx) = setup("absent_answers_are_cached_for_the_negative_ttl") else { return };
+    let web = tempfile::tempdir().unwrap();
+    let cache_dir = web.path().join("late");
+    fs::create_dir_all(cache_dir.join("nar")).unwrap();
+    fs::copy(fx.cache_dir("zstd").join("nix-cache-info"), cache_dir.join("nix-cache-info"))
+        .unwrap();
+    let nginx = Nginx::start(web.path(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        tmp.path(),
+        &args(&[nginx.url("late")], &fx.public_key, &["--negative-ttl", "2"]),
+    );
+    let target = d.path(&fx.deep, "");
+    for _ in 0..1000 {
+        assert_eq!(fs::metadata(&target).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    }
+    nginx.wait_for_requests(".narinfo", 1, Duration::from_secs(5));
+    assert_eq!(nginx.count_requests(".narinfo"), 1, "{:?}", nginx.requests());
+    // Publish it upstream.
+    let narinfo = fx.narinfo_path("zstd", &fx.deep);
+    let url = fs::read_to_string(&narinfo)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: ").map(str::to_owned))
+        .unwrap();
+    fs::copy(fx.cache_dir("zstd").join(&url), cache_dir.join(&url)).unwrap();
+    fs::copy(&narinfo, cache_dir.join(narinfo.file_name().unwrap())).unwrap();
+    let published = Instant::now();
+    let deadline = published + Duration::from_secs(10);
+    while fs::metadata(&target).is_err() {
+        assert!(Instant::now() < deadline, "never found after the TTL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(d.path(&fx.deep_file, "")).unwrap(), fs::read(&fx.deep_file).unwrap());
+    let narinfo_requests = nginx.count_requests(".narinfo");
+    assert!(
+        narinfo_requests <= 2 + published.elapsed().as_millis() as usize / 2000,
+        "{narinfo_requests} narinfo requests"
+    );
+}
