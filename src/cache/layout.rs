@@ -7,6 +7,7 @@
 //!   staging/<id>/         entries being downloaded (never read; wiped at start)
 //!   entries/<hash-part>/  published, verified entries: `manifest` + `f<node id>` files
 //!   trash/<name>/         evicted entries awaiting deletion (wiped at start)
+//!   narinfo/<hash-part>   verified narinfos, kept after eviction (see narinfo_store.rs)
 //! ```
 //! An entry appears in `entries/` only by `rename(2)` of a complete staging directory after
 //! verification and `syncfs`, so after a crash every entry there is whole.
@@ -23,6 +24,8 @@ use crate::sync::{AtomicU64, Ordering};
 pub const CACHE_VERSION: u32 = 1;
 const VERSION_FILE: &str = "VERSION";
 const LOCK_FILE: &str = "lock";
+/// Where verified narinfos are kept, one file per hash part.
+pub const NARINFO_DIR: &str = "narinfo";
 /// Name of the manifest inside an entry directory.
 pub const MANIFEST_FILE: &str = "manifest";
 
@@ -119,7 +122,7 @@ impl Layout {
         }
         let lock = take_lock(root)?;
         check_version(root)?;
-        for sub in ["staging", "entries", "trash"] {
+        for sub in ["staging", "entries", "trash", NARINFO_DIR] {
             let dir = root.join(sub);
             fs::DirBuilder::new()
                 .mode(0o700)

@@ -10,9 +10,11 @@
 //!   A path larger than `max_bytes` is still served, alone. Readers holding a file open keep
 //!   reading it after eviction (the file descriptor outlives the unlink).
 
+mod fetch;
 mod index;
 pub mod layout;
 pub mod manifest;
+mod narinfo_store;
 mod quota;
 pub mod stats;
 pub mod unpack;
@@ -29,8 +31,6 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use lru::LruCache;
-use tokio_util::io::SyncIoBridge;
-use tracing::{debug, info, warn};
 
 use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
@@ -40,9 +40,9 @@ use crate::nix::nar::NodeId;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signature::TrustedKeys;
 use crate::nix::store_path::StorePath;
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering, lock};
-use crate::upstream::low_speed::{LowSpeedLimit, LowSpeedReader};
-use crate::upstream::{Upstream, UpstreamSet};
+use crate::sync::{Arc, AtomicU64, Mutex, lock};
+use crate::upstream::UpstreamSet;
+use crate::upstream::low_speed::LowSpeedLimit;
 
 /// Most "absent" answers remembered at once.
 const NEGATIVE_CACHE_ENTRIES: usize = 65_536;
@@ -137,6 +137,7 @@ pub struct NarCache {
     ordered: tokio::sync::OnceCell<Result<UpstreamSet, String>>,
     keys: TrustedKeys,
     config: CacheConfig,
+    narinfos: narinfo_store::NarInfoStore,
     state: Mutex<State>,
     inflight: Mutex<HashMap<String, SharedFetch>>,
     negative: Mutex<LruCache<String, Instant>>,
@@ -175,6 +176,7 @@ impl NarCache {
             layout,
             upstreams,
             ordered: tokio::sync::OnceCell::new(),
+            narinfos: narinfo_store::NarInfoStore::new(config.dir.join(layout::NARINFO_DIR)),
             keys,
             config,
         });
@@ -269,196 +271,5 @@ impl NarCache {
             }
             None => false,
         }
-    }
-
-    /// Asks each substituter in turn until one yields a verified copy.
-    async fn fetch(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
-        let hash = sp.hash_part();
-        let mut failures = Vec::new();
-        let ordered = self
-            .ordered
-            .get_or_init(|| async {
-                UpstreamSet::discover(self.upstreams.iter().cloned().collect())
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-        let upstreams = match ordered {
-            Ok(set) => set,
-            Err(reason) => {
-                CacheStats::bump(&self.stats.fetch_failures);
-                return Err(CacheError::Unavailable {
-                    path: sp.to_string(),
-                    reasons: reason.clone(),
-                });
-            }
-        };
-        for up in upstreams.iter() {
-            CacheStats::bump(&self.stats.narinfo_requests);
-            let info = match up.narinfo(&hash).await {
-                Ok(Some(info)) => info,
-                Ok(None) => {
-                    debug!(store_path = %sp, upstream = up.url(), "not in this cache");
-                    continue;
-                }
-                Err(err) => {
-                    warn!(store_path = %sp, upstream = up.url(), error = %err, "narinfo failed");
-                    failures.push(err.to_string());
-                    continue;
-                }
-            };
-            if info.store_path != *sp {
-                // NI-3: a narinfo for another path under this hash; that is "not here".
-                warn!(store_path = %sp, upstream = up.url(), claimed = %info.store_path,
-                      "narinfo names another store path; ignored");
-                continue;
-            }
-            if let Err(err) = self.keys.verify(&info) {
-                CacheStats::bump(&self.stats.verify_failures);
-                warn!(store_path = %sp, upstream = up.url(), error = %err, "untrusted narinfo");
-                failures.push(format!("{}: untrusted narinfo: {err}", up.url()));
-                continue;
-            }
-            // A path larger than --max-size is still served (alone, evicting everything else):
-            // failing a job is worse than overshooting the quota by one path. A path larger than
-            // the whole cache filesystem can never fit, so it is refused before downloading.
-            let room = self.layout.space().map_or(u64::MAX, |s| s.total_bytes);
-            if info.nar_size > room {
-                return Err(CacheError::TooLarge {
-                    path: sp.to_string(),
-                    needed: info.nar_size,
-                    limit: room,
-                });
-            }
-            let mut result = self.download(up.as_ref(), &info).await;
-            if matches!(result, Err(DownloadError::NoSpace(_))) {
-                // DSK-1: the disk filled up under us; make room for the whole NAR and retry once.
-                warn!(store_path = %sp, "cache filesystem full; evicting and retrying once");
-                self.evict_for(info.nar_size);
-                result = self.download(up.as_ref(), &info).await;
-            }
-            match result {
-                Ok(entry) => return Ok(entry),
-                Err(err) => {
-                    warn!(store_path = %sp, upstream = up.url(), error = %err, "NAR rejected");
-                    failures.push(format!("{}: {err}", up.url()));
-                }
-            }
-        }
-        if failures.is_empty() {
-            lock(&self.negative).put(hash, Instant::now());
-            Err(CacheError::NotFound(sp.to_string()))
-        } else {
-            CacheStats::bump(&self.stats.fetch_failures);
-            Err(CacheError::Unavailable { path: sp.to_string(), reasons: failures.join("; ") })
-        }
-    }
-
-    /// Downloads, verifies, unpacks and publishes one NAR from `up`.
-    async fn download(
-        self: &Arc<Self>,
-        up: &dyn Upstream,
-        info: &NarInfo,
-    ) -> Result<Arc<Entry>, DownloadError> {
-        let sp = &info.store_path;
-        let hash = sp.hash_part();
-        let reservation = self.reserve(info.nar_size);
-        // Compression can only shrink real NARs much, but may grow incompressible ones a little.
-        let max_compressed = info.nar_size + info.nar_size / 16 + (1 << 20);
-        CacheStats::bump(&self.stats.nar_downloads);
-        let body = up
-            .nar(&info.url, max_compressed)
-            .await
-            .map_err(|e| DownloadError::Remote(e.to_string()))?;
-        let staging = self.layout.new_staging(&hash).map_err(DownloadError::local)?;
-        let wire = LowSpeedReader::new(SyncIoBridge::new(body), self.config.low_speed);
-        let reader = CountingReader { inner: wire, counter: self.clone() };
-        let (info2, staging2) = (info.clone(), staging.clone());
-        let unpacked = tokio::task::spawn_blocking(move || {
-            unpack::unpack(reader, &info2, max_compressed, &staging2)
-        })
-        .await
-        .map_err(|e| DownloadError::Local(format!("unpack task: {e}")))?;
-        let manifest = match unpacked {
-            Ok(m) => m,
-            Err(err) => {
-                self.discard_in_background(staging);
-                if err.is_no_space() {
-                    return Err(DownloadError::NoSpace(err.to_string()));
-                }
-                if err.is_local() {
-                    return Err(DownloadError::Local(err.to_string()));
-                }
-                if !err.is_transport() {
-                    CacheStats::bump(&self.stats.verify_failures);
-                }
-                return Err(DownloadError::Remote(err.to_string()));
-            }
-        };
-        let layout_publish = {
-            let this = self.clone();
-            let (staging, hash) = (staging.clone(), hash.clone());
-            tokio::task::spawn_blocking(move || this.layout.publish(&staging, &hash))
-        };
-        let dir = match layout_publish.await.map_err(|e| DownloadError::Local(e.to_string()))? {
-            Ok(dir) => dir,
-            Err(err) => {
-                self.discard_in_background(staging);
-                if err.is_no_space() {
-                    return Err(DownloadError::NoSpace(err.to_string()));
-                }
-                return Err(DownloadError::local(err));
-            }
-        };
-        let entry = Arc::new(Entry {
-            store_path: sp.clone(),
-            narinfo: info.clone(),
-            manifest,
-            dir,
-            touched_secs: AtomicU64::new(index::unix_now()),
-        });
-        CacheStats::bump(&self.stats.published);
-        info!(store_path = %sp, nar_size = info.nar_size, disk_bytes = entry.manifest.disk_bytes,
-              upstream = up.url(), "published");
-        // The reservation ends before the entry is counted, so it is not counted twice.
-        drop(reservation);
-        let trashed = {
-            let mut st = lock(&self.state);
-            st.used_bytes += entry.manifest.disk_bytes;
-            st.lru.put(hash, entry.clone());
-            self.evict_locked(&mut st, 0)
-        };
-        self.purge(trashed);
-        Ok(entry)
-    }
-}
-
-/// Counts compressed bytes as they arrive.
-struct CountingReader<R> {
-    inner: R,
-    counter: Arc<NarCache>,
-}
-
-impl<R: std::io::Read> std::io::Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.stats.bytes_downloaded.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum DownloadError {
-    #[error("{0}")]
-    Remote(String),
-    #[error("local disk full: {0}")]
-    NoSpace(String),
-    #[error("local disk: {0}")]
-    Local(String),
-}
-
-impl DownloadError {
-    fn local(err: LayoutError) -> Self {
-        DownloadError::Local(err.to_string())
     }
 }

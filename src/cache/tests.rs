@@ -10,6 +10,7 @@ use crate::config::MinFree;
 use crate::nix::hash::NarHash;
 use crate::nix::nar::Node as NarNode;
 use crate::nix::signature::SigningKey;
+use crate::upstream::Upstream;
 use crate::upstream::mock::MockUpstream;
 
 pub(crate) fn key() -> SigningKey {
@@ -294,7 +295,7 @@ async fn a_corrupt_manifest_is_discarded_at_start() {
     assert!(cache.entries().is_empty(), "corrupt entry not loaded");
     assert_eq!(cache.used_bytes(), 0);
     cache.get(&path).await.unwrap();
-    assert_eq!(fx.ups[0].requests(), (2, 2), "fetched again");
+    assert_eq!(fx.ups[0].requests(), (1, 2), "NAR fetched again; the kept narinfo is reused");
 }
 
 #[tokio::test]
@@ -306,4 +307,39 @@ async fn a_narinfo_for_another_path_is_not_found() {
     let cache = fx.open();
     assert!(matches!(cache.get(&asked).await, Err(CacheError::NotFound(_))));
     assert!(cache.entries().is_empty());
+}
+
+#[tokio::test]
+async fn an_evicted_path_comes_back_without_a_narinfo_request_even_after_a_restart() {
+    let mut fx = Fixture::new(1);
+    fx.config.max_bytes = 200 * 1024;
+    let (a, b) = (sp('w', "a"), sp('x', "b"));
+    publish(&fx.ups[0], &key(), &a, &tree("a", 150 * 1024));
+    publish(&fx.ups[0], &key(), &b, &tree("b", 150 * 1024));
+    let cache = fx.open();
+    cache.get(&a).await.unwrap();
+    cache.get(&b).await.unwrap();
+    assert!(cache.cached(&a).is_none(), "a was evicted");
+    drop(cache);
+    let cache = fx.open();
+    cache.wait_scanned().await;
+    cache.get(&a).await.unwrap();
+    assert_eq!(fx.ups[0].requests(), (2, 3), "a's NAR again, but not its narinfo");
+}
+
+#[tokio::test]
+async fn another_version_of_a_path_served_before_is_refused() {
+    let mut fx = Fixture::new(1);
+    fx.config.max_bytes = 200 * 1024;
+    let (a, b) = (sp('y', "a"), sp('z', "b"));
+    publish(&fx.ups[0], &key(), &a, &tree("first", 150 * 1024));
+    publish(&fx.ups[0], &key(), &b, &tree("b", 150 * 1024));
+    let cache = fx.open();
+    cache.get(&a).await.unwrap();
+    cache.get(&b).await.unwrap();
+    assert!(cache.cached(&a).is_none(), "a was evicted");
+    // The cache now offers a different, validly signed version of the same store path.
+    publish(&fx.ups[0], &key(), &a, &tree("second", 150 * 1024));
+    let err = cache.get(&a).await.unwrap_err();
+    assert!(err.to_string().contains("served before"), "{err}");
 }

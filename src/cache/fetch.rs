@@ -1,0 +1,256 @@
+//! Fetching one store path: ask each substituter in turn (or the one that served it before),
+//! verify the narinfo, then download, verify and unpack the NAR and publish the entry.
+
+use std::time::Instant;
+
+use tokio_util::io::SyncIoBridge;
+use tracing::{debug, info, warn};
+
+use super::index;
+use super::layout::LayoutError;
+use super::stats::CacheStats;
+use super::{CacheError, Entry, NarCache, unpack};
+use crate::nix::narinfo::NarInfo;
+use crate::nix::store_path::StorePath;
+use crate::sync::{Arc, AtomicU64, Ordering, lock};
+use crate::upstream::low_speed::LowSpeedReader;
+use crate::upstream::{Upstream, UpstreamSet};
+
+impl NarCache {
+    /// Asks each substituter in turn until one yields a verified copy.
+    pub(super) async fn fetch(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
+        let hash = sp.hash_part();
+        let mut failures = Vec::new();
+        let ordered = self
+            .ordered
+            .get_or_init(|| async {
+                UpstreamSet::discover(self.upstreams.iter().cloned().collect())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        let upstreams = match ordered {
+            Ok(set) => set,
+            Err(reason) => {
+                CacheStats::bump(&self.stats.fetch_failures);
+                return Err(CacheError::Unavailable {
+                    path: sp.to_string(),
+                    reasons: reason.clone(),
+                });
+            }
+        };
+        // A path served before: same substituter, same narinfo, no narinfo request (if it still
+        // carries a trusted signature). Whatever happens, only that NarHash is acceptable now.
+        let mut pinned = None;
+        if let Some((from, info)) = self.narinfos.get(&hash) {
+            if info.store_path == *sp && self.keys.verify(&info).is_ok() {
+                pinned = Some(info.nar_hash);
+                if let Some(up) = upstreams.iter().find(|u| u.url() == from) {
+                    match self.download_retrying(up.as_ref(), &info).await {
+                        Ok(entry) => return Ok(entry),
+                        Err(err) => {
+                            warn!(store_path = %sp, upstream = up.url(), error = %err,
+                                  "NAR rejected");
+                            failures.push(format!("{}: {err}", up.url()));
+                        }
+                    }
+                }
+            }
+        }
+        for up in upstreams.iter() {
+            CacheStats::bump(&self.stats.narinfo_requests);
+            let info = match up.narinfo(&hash).await {
+                Ok(Some(info)) => info,
+                Ok(None) => {
+                    debug!(store_path = %sp, upstream = up.url(), "not in this cache");
+                    continue;
+                }
+                Err(err) => {
+                    warn!(store_path = %sp, upstream = up.url(), error = %err, "narinfo failed");
+                    failures.push(err.to_string());
+                    continue;
+                }
+            };
+            if info.store_path != *sp {
+                // NI-3: a narinfo for another path under this hash; that is "not here".
+                warn!(store_path = %sp, upstream = up.url(), claimed = %info.store_path,
+                      "narinfo names another store path; ignored");
+                continue;
+            }
+            if let Err(err) = self.keys.verify(&info) {
+                CacheStats::bump(&self.stats.verify_failures);
+                warn!(store_path = %sp, upstream = up.url(), error = %err, "untrusted narinfo");
+                failures.push(format!("{}: untrusted narinfo: {err}", up.url()));
+                continue;
+            }
+            if let Some(pinned) = pinned.filter(|p| *p != info.nar_hash) {
+                warn!(store_path = %sp, upstream = up.url(), served_before = %pinned,
+                      offered = %info.nar_hash, "another version of a path served before; refused");
+                failures.push(format!(
+                    "{}: NarHash {} differs from {pinned} served before",
+                    up.url(),
+                    info.nar_hash
+                ));
+                continue;
+            }
+            // A path larger than --max-size is still served (alone, evicting everything else):
+            // failing a job is worse than overshooting the quota by one path. A path larger than
+            // the whole cache filesystem can never fit, so it is refused before downloading.
+            let room = self.layout.space().map_or(u64::MAX, |s| s.total_bytes);
+            if info.nar_size > room {
+                return Err(CacheError::TooLarge {
+                    path: sp.to_string(),
+                    needed: info.nar_size,
+                    limit: room,
+                });
+            }
+            match self.download_retrying(up.as_ref(), &info).await {
+                Ok(entry) => return Ok(entry),
+                Err(err) => {
+                    warn!(store_path = %sp, upstream = up.url(), error = %err, "NAR rejected");
+                    failures.push(format!("{}: {err}", up.url()));
+                }
+            }
+        }
+        if failures.is_empty() {
+            lock(&self.negative).put(hash, Instant::now());
+            Err(CacheError::NotFound(sp.to_string()))
+        } else {
+            CacheStats::bump(&self.stats.fetch_failures);
+            Err(CacheError::Unavailable { path: sp.to_string(), reasons: failures.join("; ") })
+        }
+    }
+
+    /// `download`, retried once after evicting when the disk was full (DSK-1).
+    async fn download_retrying(
+        self: &Arc<Self>,
+        up: &dyn Upstream,
+        info: &NarInfo,
+    ) -> Result<Arc<Entry>, DownloadError> {
+        let room = self.layout.space().map_or(u64::MAX, |s| s.total_bytes);
+        if info.nar_size > room {
+            return Err(DownloadError::Local(format!(
+                "{} needs {} bytes, more than the cache filesystem's {room}",
+                info.store_path, info.nar_size
+            )));
+        }
+        let result = self.download(up, info).await;
+        if !matches!(result, Err(DownloadError::NoSpace(_))) {
+            return result;
+        }
+        warn!(store_path = %info.store_path, "cache filesystem full; evicting and retrying once");
+        self.evict_for(info.nar_size);
+        self.download(up, info).await
+    }
+
+    /// Downloads, verifies, unpacks and publishes one NAR from `up`.
+    async fn download(
+        self: &Arc<Self>,
+        up: &dyn Upstream,
+        info: &NarInfo,
+    ) -> Result<Arc<Entry>, DownloadError> {
+        let sp = &info.store_path;
+        let hash = sp.hash_part();
+        let reservation = self.reserve(info.nar_size);
+        // Compression can only shrink real NARs much, but may grow incompressible ones a little.
+        let max_compressed = info.nar_size + info.nar_size / 16 + (1 << 20);
+        CacheStats::bump(&self.stats.nar_downloads);
+        let body = up
+            .nar(&info.url, max_compressed)
+            .await
+            .map_err(|e| DownloadError::Remote(e.to_string()))?;
+        let staging = self.layout.new_staging(&hash).map_err(DownloadError::local)?;
+        let wire = LowSpeedReader::new(SyncIoBridge::new(body), self.config.low_speed);
+        let reader = CountingReader { inner: wire, counter: self.clone() };
+        let (info2, staging2) = (info.clone(), staging.clone());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            unpack::unpack(reader, &info2, max_compressed, &staging2)
+        })
+        .await
+        .map_err(|e| DownloadError::Local(format!("unpack task: {e}")))?;
+        let manifest = match unpacked {
+            Ok(m) => m,
+            Err(err) => {
+                self.discard_in_background(staging);
+                if err.is_no_space() {
+                    return Err(DownloadError::NoSpace(err.to_string()));
+                }
+                if err.is_local() {
+                    return Err(DownloadError::Local(err.to_string()));
+                }
+                if !err.is_transport() {
+                    CacheStats::bump(&self.stats.verify_failures);
+                }
+                return Err(DownloadError::Remote(err.to_string()));
+            }
+        };
+        let layout_publish = {
+            let this = self.clone();
+            let (staging, hash) = (staging.clone(), hash.clone());
+            tokio::task::spawn_blocking(move || this.layout.publish(&staging, &hash))
+        };
+        let dir = match layout_publish.await.map_err(|e| DownloadError::Local(e.to_string()))? {
+            Ok(dir) => dir,
+            Err(err) => {
+                self.discard_in_background(staging);
+                if err.is_no_space() {
+                    return Err(DownloadError::NoSpace(err.to_string()));
+                }
+                return Err(DownloadError::local(err));
+            }
+        };
+        let entry = Arc::new(Entry {
+            store_path: sp.clone(),
+            narinfo: info.clone(),
+            manifest,
+            dir,
+            touched_secs: AtomicU64::new(index::unix_now()),
+        });
+        CacheStats::bump(&self.stats.published);
+        if let Err(err) = self.narinfos.put(up.url(), info) {
+            warn!(store_path = %sp, error = %err, "cannot remember the narinfo");
+        }
+        info!(store_path = %sp, nar_size = info.nar_size, disk_bytes = entry.manifest.disk_bytes,
+              upstream = up.url(), "published");
+        // The reservation ends before the entry is counted, so it is not counted twice.
+        drop(reservation);
+        let trashed = {
+            let mut st = lock(&self.state);
+            st.used_bytes += entry.manifest.disk_bytes;
+            st.lru.put(hash, entry.clone());
+            self.evict_locked(&mut st, 0)
+        };
+        self.purge(trashed);
+        Ok(entry)
+    }
+}
+
+/// Counts compressed bytes as they arrive.
+struct CountingReader<R> {
+    inner: R,
+    counter: Arc<NarCache>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.stats.bytes_downloaded.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DownloadError {
+    #[error("{0}")]
+    Remote(String),
+    #[error("local disk full: {0}")]
+    NoSpace(String),
+    #[error("local disk: {0}")]
+    Local(String),
+}
+
+impl DownloadError {
+    fn local(err: LayoutError) -> Self {
+        DownloadError::Local(err.to_string())
+    }
+}
