@@ -104,6 +104,10 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(l) => reply.attr(&l.ttl, &to_file_attr(&l.attr)),

@@ -69,6 +69,9 @@ pub struct StoreFs {
     /// Manifests of the paths the kernel knows inodes of; kept after eviction so metadata stays
     /// answerable (it is immutable) while data reopens trigger a re-fetch.
     paths: RwLock<HashMap<u64, Arc<Entry>>>,
+    /// Kernel references (lookups not yet forgotten) per slot; at zero the manifest is dropped,
+    /// which bounds memory by what the kernel holds, not by what was ever looked up.
+    lookups: Mutex<HashMap<u64, u64>>,
     files: Mutex<HashMap<u64, Arc<File>>>,
     root_listings: Mutex<HashMap<u64, RootListing>>,
     next_handle: AtomicU64,
@@ -81,6 +84,7 @@ impl StoreFs {
             cache,
             slots: Mutex::new(SlotTable::default()),
             paths: RwLock::new(HashMap::new()),
+            lookups: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             root_listings: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -101,6 +105,7 @@ impl StoreFs {
                     .map_err(|_| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
                 let entry = self.cache.get(&sp).await?;
                 let slot = self.remember(entry.clone());
+                *lock(&self.lookups).entry(slot).or_default() += 1;
                 let ino = Inode::Node { slot, node: ROOT_NODE }.ino();
                 Ok(Lookup { attr: attr_of(&entry.manifest, ino, ROOT_NODE)?, ttl: IMMUTABLE_TTL })
             }
@@ -116,8 +121,23 @@ impl StoreFs {
                     .child(node, name)
                     .ok_or_else(|| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
                 let ino = Inode::Node { slot, node: child }.ino();
-                Ok(Lookup { attr: attr_of(&entry.manifest, ino, child)?, ttl: IMMUTABLE_TTL })
+                let attr = attr_of(&entry.manifest, ino, child)?;
+                *lock(&self.lookups).entry(slot).or_default() += 1;
+                Ok(Lookup { attr, ttl: IMMUTABLE_TTL })
             }
+        }
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`. When no inode of a store path is
+    /// referenced any more, its manifest is released (it is reloaded on the next lookup).
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        let Some(Inode::Node { slot, .. }) = Inode::from_ino(ino) else { return };
+        let mut lookups = lock(&self.lookups);
+        let Some(count) = lookups.get_mut(&slot) else { return };
+        *count = count.saturating_sub(nlookup);
+        if *count == 0 {
+            lookups.remove(&slot);
+            self.paths.write().expect("paths lock poisoned by an earlier panic").remove(&slot);
         }
     }
 

@@ -123,3 +123,20 @@ async fn opening_an_evicted_file_fetches_the_path_again() {
     assert_eq!(fs.read(fh, 0, 4).unwrap(), [7, 7, 7, 7]);
     assert_eq!(fx.ups[0].requests().1, 3, "a's NAR was fetched a second time");
 }
+
+#[tokio::test]
+async fn forgotten_paths_release_their_manifest() {
+    let fx = Fixture::new(1);
+    let path = sp('k', "forget");
+    publish(&fx.ups[0], &key(), &path, &tree("k", 5));
+    let fs = mounted(&fx);
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
+    let data = fs.lookup(root.attr.ino, b"data").await.unwrap();
+    fs.forget(data.attr.ino, 1);
+    assert!(fs.getattr(root.attr.ino).is_ok(), "still referenced through the root");
+    fs.forget(root.attr.ino, 1);
+    assert_eq!(fs.getattr(root.attr.ino).unwrap_err().errno(), libc::ESTALE, "released");
+    let again = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
+    assert_eq!(again.attr.ino, root.attr.ino, "same inode number after a reload");
+    assert_eq!(fx.ups[0].requests(), (1, 1), "reloaded from the cache, not upstream");
+}
