@@ -40,7 +40,7 @@ use crate::nix::signature::TrustedKeys;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, Mutex, Ordering, lock};
 use crate::upstream::low_speed::{LowSpeedLimit, LowSpeedReader};
-use crate::upstream::{Upstream, UpstreamSet};
+use crate::upstream::{Upstream, UpstreamError, UpstreamSet};
 
 /// Most "absent" answers remembered at once.
 const NEGATIVE_CACHE_ENTRIES: usize = 65_536;
@@ -299,6 +299,12 @@ impl NarCache {
                 Ok(Some(info)) => info,
                 Ok(None) => {
                     debug!(store_path = %sp, upstream = up.url(), "not in this cache");
+                    continue;
+                }
+                Err(err @ UpstreamError::Down { .. }) => {
+                    // Said once, when the cache went down; not again for every lookup.
+                    debug!(store_path = %sp, upstream = up.url(), error = %err, "cache skipped");
+                    failures.push(err.to_string());
                     continue;
                 }
                 Err(err) => {

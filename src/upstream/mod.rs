@@ -14,6 +14,10 @@ pub mod low_speed;
 pub mod mock;
 pub mod retry;
 pub mod set;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testserver;
 
 use std::fmt::Debug;
 use std::pin::Pin;
