@@ -24,6 +24,10 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is dead.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Nix's default netrc file, used when it exists and nothing else names one.
+pub const DEFAULT_NETRC_FILE: &str = "/etc/nix/netrc";
+/// How long a cache whose retries are exhausted is skipped (Nix: 60 s).
+pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Free space the cache filesystem keeps by default: 5 % (as mountpoint-s3 does).
 pub const DEFAULT_MIN_FREE: MinFree = MinFree::Percent(5);
@@ -118,6 +122,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Stall timeout.
     pub stall_timeout: Duration,
+    /// netrc file with HTTP Basic credentials, matched by host.
+    pub netrc_file: Option<PathBuf>,
+    /// (substituter URL, file holding its bearer token).
+    pub bearer_token_files: Vec<(String, PathBuf)>,
+    /// How long a failing cache is skipped before it is probed again.
+    pub upstream_backoff: Duration,
 }
 
 /// Raw values before validation (what the CLI collected).
@@ -141,6 +151,12 @@ pub struct RawConfig {
     pub connect_timeout_secs: Option<u64>,
     /// `--stall-timeout` seconds.
     pub stall_timeout_secs: Option<u64>,
+    /// `--netrc-file`.
+    pub netrc_file: Option<PathBuf>,
+    /// `--bearer-token-file` values, `URL=FILE`.
+    pub bearer_token_files: Vec<String>,
+    /// `--upstream-backoff` seconds.
+    pub upstream_backoff_secs: Option<u64>,
 }
 
 impl Config {
@@ -183,6 +199,17 @@ impl Config {
             Some(s) => Ok(Duration::from_secs(s)),
             None => Ok(default),
         };
+        // A netrc file named by nix.conf or the default is optional, as in Nix; one named by the
+        // flag must be readable (checked when the daemon loads it).
+        let netrc_file = raw.netrc_file.clone().or_else(|| {
+            let optional = nix_conf.netrc_file.clone().unwrap_or_else(|| DEFAULT_NETRC_FILE.into());
+            optional.exists().then_some(optional)
+        });
+        let bearer_token_files = raw
+            .bearer_token_files
+            .iter()
+            .map(|s| parse_bearer_token_file(s))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             mountpoint,
             substituters,
@@ -197,7 +224,26 @@ impl Config {
                 "--connect-timeout",
             )?,
             stall_timeout: secs(raw.stall_timeout_secs, DEFAULT_STALL_TIMEOUT, "--stall-timeout")?,
+            netrc_file,
+            bearer_token_files,
+            upstream_backoff: secs(
+                raw.upstream_backoff_secs,
+                DEFAULT_UPSTREAM_BACKOFF,
+                "--upstream-backoff",
+            )?,
         })
+    }
+}
+
+/// Parses `--bearer-token-file URL=FILE` (split at the first `=`: substituter URLs carry no query).
+fn parse_bearer_token_file(s: &str) -> Result<(String, PathBuf), ConfigError> {
+    match s.split_once('=') {
+        Some((url, file)) if !url.trim().is_empty() && !file.trim().is_empty() => {
+            Ok((url.trim().trim_end_matches('/').to_owned(), PathBuf::from(file.trim())))
+        }
+        _ => Err(ConfigError::Invalid(format!(
+            "invalid --bearer-token-file {s:?}: expected URL=FILE"
+        ))),
     }
 }
 
@@ -388,6 +434,56 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, ConfigError::CacheInsideMount { .. }));
+    }
+
+    #[test]
+    fn upstream_auth_and_backoff_settings() {
+        let conf_dir = tempfile::tempdir().unwrap();
+        let (conf, netrc) = (conf_dir.path().join("nix.conf"), conf_dir.path().join("netrc"));
+        std::fs::write(&netrc, "machine h login l password p\n").unwrap();
+        std::fs::write(&conf, format!("netrc-file = {}\n", netrc.display())).unwrap();
+        let cfg = Config::resolve(&RawConfig {
+            nix_conf: Some(conf.clone()),
+            bearer_token_files: vec!["https://attic.example/ci/=/run/token=x".into()],
+            upstream_backoff_secs: Some(2),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(cfg.netrc_file.as_deref(), Some(netrc.as_path()));
+        assert_eq!(
+            cfg.bearer_token_files,
+            [("https://attic.example/ci".to_owned(), PathBuf::from("/run/token=x"))]
+        );
+        assert_eq!(cfg.upstream_backoff, Duration::from_secs(2));
+        // nix.conf naming a missing file means no netrc, as in Nix; the flag wins over nix.conf.
+        std::fs::write(&conf, "netrc-file = /nonexistent/netrc\n").unwrap();
+        let cfg = Config::resolve(&RawConfig { nix_conf: Some(conf.clone()), ..raw() }).unwrap();
+        assert_eq!(cfg.netrc_file, None);
+        assert_eq!(cfg.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF);
+        let flag = PathBuf::from("/flag/netrc");
+        let cfg = Config::resolve(&RawConfig {
+            nix_conf: Some(conf.clone()),
+            netrc_file: Some(flag.clone()),
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(cfg.netrc_file, Some(flag));
+        for bad in ["no-equals", "=file", "https://x="] {
+            let err = Config::resolve(&RawConfig {
+                nix_conf: Some(conf.clone()),
+                bearer_token_files: vec![bad.into()],
+                ..raw()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let err = Config::resolve(&RawConfig {
+            nix_conf: Some(conf),
+            upstream_backoff_secs: Some(0),
+            ..raw()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--upstream-backoff"), "{err}");
     }
 
     #[test]

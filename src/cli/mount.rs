@@ -46,6 +46,22 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub stall_timeout: Option<u64>,
 
+    /// netrc file with HTTP Basic credentials for private caches, matched by host name (Cachix
+    /// and attic take a token as the password) [default: nix.conf's `netrc-file`, else
+    /// /etc/nix/netrc, if it exists].
+    #[arg(long, value_name = "FILE", help_heading = UPSTREAM_OPTIONS)]
+    pub netrc_file: Option<PathBuf>,
+
+    /// Send `Authorization: Bearer <token>` to the substituter URL, the token read from FILE
+    /// (e.g. attic); repeatable. Wins over a netrc entry for the same cache.
+    #[arg(long = "bearer-token-file", value_name = "URL=FILE", help_heading = UPSTREAM_OPTIONS)]
+    pub bearer_token_files: Vec<String>,
+
+    /// Seconds a cache is skipped, without any request, after its retries are exhausted; the
+    /// next request after that probes it [default: 60].
+    #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
+    pub upstream_backoff: Option<u64>,
+
     /// Local disk cache directory (created 0700; locked while in use).
     #[arg(long, value_name = "DIR", help_heading = CACHE_OPTIONS,
           default_value = crate::config::DEFAULT_CACHE_DIR)]
@@ -74,6 +90,9 @@ impl From<&MountArgs> for RawConfig {
             nix_conf: a.nix_conf.clone(),
             connect_timeout_secs: a.connect_timeout,
             stall_timeout_secs: a.stall_timeout,
+            netrc_file: a.netrc_file.clone(),
+            bearer_token_files: a.bearer_token_files.clone(),
+            upstream_backoff_secs: a.upstream_backoff,
         }
     }
 }
