@@ -267,3 +267,44 @@ async fn a_redirect_to_a_local_file_is_refused_and_not_retried() {
     assert_eq!(server.count(), 1);
     assert!(up.is_up(), "a refused redirect says nothing about the cache's health");
 }
+
+/// Env var telling a re-executed test binary which half of [`honours_http_proxy_and_no_proxy`]
+/// it runs: the proxy settings are process-wide, so they are tested in a child process.
+const PROXY_CHILD: &str = "STOREFS_TEST_PROXY_CHILD_TARGET";
+
+/// HTTP_PROXY is honoured, and NO_PROXY exempts a host (reqwest reads them when the client is
+/// built, i.e. before mounting).
+#[tokio::test]
+async fn honours_http_proxy_and_no_proxy() {
+    if let Ok(target) = std::env::var(PROXY_CHILD) {
+        let up = upstream(&target, 1000 * MS, 60_000 * MS);
+        let info = up.cache_info().await;
+        assert!(matches!(info, Ok(Some(_))), "{info:?}");
+        return;
+    }
+    let proxy = TestServer::start(|_, _| Reply::ok(CACHE_INFO));
+    let origin = TestServer::start(|_, _| Reply::ok(CACHE_INFO));
+    let child = |no_proxy: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "upstream::tests::honours_http_proxy_and_no_proxy", "--quiet"])
+            .env(PROXY_CHILD, origin.url())
+            .env("HTTP_PROXY", format!("http://{}", proxy.addr()))
+            .env("NO_PROXY", no_proxy)
+            .env_remove("http_proxy")
+            .env_remove("no_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "child: {}", String::from_utf8_lossy(&out.stdout));
+    };
+    child("");
+    let via_proxy = proxy.seen();
+    assert_eq!(via_proxy.len(), 1);
+    // A forward proxy gets the absolute URL.
+    assert_eq!(via_proxy[0].path, format!("{}/nix-cache-info", origin.url()));
+    assert_eq!(origin.count(), 0);
+    child("127.0.0.1");
+    assert_eq!(proxy.count(), 1, "NO_PROXY was not honoured");
+    assert_eq!(origin.seen()[0].path, "/cache/nix-cache-info");
+}
