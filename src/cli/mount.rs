@@ -37,7 +37,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "FILE", help_heading = UPSTREAM_OPTIONS)]
     pub nix_conf: Option<PathBuf>,
 
-    /// Seconds to wait for a TCP/TLS connection to a cache [default: 5].
+    /// Seconds to wait for a TCP/TLS connection to a cache; also the time after which a failing
+    /// request is not tried again [default: 5].
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub connect_timeout: Option<u64>,
 
