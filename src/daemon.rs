@@ -10,9 +10,12 @@ use crate::fs::StoreFs;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::session::{self, MountOptions};
 use crate::sync::Arc;
+use crate::upstream::UpstreamSet;
+use crate::upstream::auth::AuthSources;
 use crate::upstream::http::{HttpTimeouts, build_client};
 use crate::upstream::low_speed::{DEFAULT_MIN_BYTES_PER_SEC, LowSpeedLimit};
-use crate::upstream::{UpstreamSet, set::upstream_for_url};
+use crate::upstream::retry::RetryPolicy;
+use crate::upstream::set::{UpstreamOptions, upstream_for_url};
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -51,10 +54,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         build_client(HttpTimeouts { connect: config.connect_timeout, stall: config.stall_timeout })
             .context("cannot build the HTTP client")
             .map_err(setup)?;
+    let auth = AuthSources::load(config.netrc_file.as_deref(), &config.bearer_token_files)
+        .context("cannot load substituter credentials")
+        .map_err(setup)?;
+    if let Some(url) = auth
+        .bearer_urls()
+        .find(|u| !config.substituters.iter().any(|s| s.trim_end_matches('/') == *u))
+    {
+        return Err(setup(anyhow::anyhow!(
+            "--bearer-token-file names {url}, which is not a substituter"
+        )));
+    }
+    let options = UpstreamOptions {
+        // A cache gets about one connect timeout of retries, so a dead network fails a lookup
+        // within that, not after several timeouts.
+        retry: RetryPolicy::with_budget(config.connect_timeout),
+        backoff: config.upstream_backoff,
+        auth,
+    };
     let upstreams = config
         .substituters
         .iter()
-        .map(|url| upstream_for_url(url, &client))
+        .map(|url| upstream_for_url(url, &client, &options))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| setup(e.into()))?;
     // Ordered by nix-cache-info Priority lazily, at the first fetch.

@@ -5,6 +5,8 @@
 #![cfg(feature = "fuse_tests")]
 
 mod common;
+#[path = "fuse/upstream.rs"]
+mod upstream;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;

@@ -14,7 +14,7 @@ use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicU64, Ordering, lock};
 use crate::upstream::low_speed::LowSpeedReader;
-use crate::upstream::{Upstream, UpstreamSet};
+use crate::upstream::{Upstream, UpstreamError, UpstreamSet};
 
 impl NarCache {
     /// Asks each substituter in turn until one yields a verified copy.
@@ -63,6 +63,12 @@ impl NarCache {
                 Ok(Some(info)) => info,
                 Ok(None) => {
                     debug!(store_path = %sp, upstream = up.url(), "not in this cache");
+                    continue;
+                }
+                Err(err @ UpstreamError::Down { .. }) => {
+                    // Said once, when the cache went down; not again for every lookup.
+                    debug!(store_path = %sp, upstream = up.url(), error = %err, "cache skipped");
+                    failures.push(err.to_string());
                     continue;
                 }
                 Err(err) => {

@@ -1,15 +1,28 @@
-//! `http://` and `https://` binary caches, over one shared `reqwest` client (rustls, pooled).
+//! `http://` and `https://` binary caches, over one shared `reqwest` client (rustls, pooled):
+//! URL confinement, credentials, retries with backoff, and skipping a cache that is down.
+//!
+//! Every request goes through [`HttpUpstream::run`]: the cache's [`HostHealth`] decides whether
+//! it may touch the network at all, the [`RetryPolicy`] whether a failed try is tried again, and
+//! the outcome feeds back into the health. A NAR is retried only until its first body bytes
+//! arrive; after that a failure is the caller's (the cache layer tries the next substituter).
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use reqwest::{StatusCode, Url};
 use tokio_util::io::StreamReader;
+use tracing::{debug, info, warn};
 
+use super::auth::Credentials;
+use super::health::{Admission, DEFAULT_BACKOFF, HostHealth};
+use super::retry::{RetryPolicy, is_transient, parse_retry_after};
 use super::{NarBody, Upstream, UpstreamError};
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::{MAX_NARINFO_SIZE, NarInfo};
+use crate::sync::Arc;
 
 /// Largest `nix-cache-info` we read.
 const MAX_CACHE_INFO_SIZE: u64 = 64 * 1024;
@@ -38,19 +51,47 @@ pub fn build_client(timeouts: HttpTimeouts) -> Result<reqwest::Client, reqwest::
 }
 
 /// Follow at most `MAX_REDIRECTS` hops, never to another scheme than http(s), never https → http.
+/// (The client itself drops `Authorization` when a hop changes host, port or scheme.)
 fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
-            && attempt.url().scheme() != "https";
-        if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error("too many redirects")
-        } else if !matches!(attempt.url().scheme(), "http" | "https") || downgrade {
-            let refused = format!("refused redirect to {}", attempt.url());
-            attempt.error(refused)
-        } else {
-            attempt.follow()
+        match redirect_verdict(attempt.previous(), attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(reason) => attempt.error(reason),
         }
     })
+}
+
+/// Whether a redirect to `next` may be followed after visiting `previous` (oldest first).
+fn redirect_verdict(previous: &[Url], next: &Url) -> Result<(), String> {
+    let downgrade = previous.iter().any(|u| u.scheme() == "https") && next.scheme() != "https";
+    if previous.len() > MAX_REDIRECTS {
+        Err(format!("more than {MAX_REDIRECTS} redirects"))
+    } else if !matches!(next.scheme(), "http" | "https") || downgrade {
+        Err(format!("refused redirect to {next}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// How one HTTP cache is asked: retries, backoff when down, credentials.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Retries of one request.
+    pub retry: RetryPolicy,
+    /// How long the cache is skipped once its retries are exhausted.
+    pub backoff: Duration,
+    /// What every request to the cache carries, if anything.
+    pub credentials: Option<Credentials>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::with_budget(Duration::from_secs(5)),
+            backoff: DEFAULT_BACKOFF,
+            credentials: None,
+        }
+    }
 }
 
 /// One HTTP binary cache.
@@ -59,11 +100,44 @@ pub struct HttpUpstream {
     base: Url,
     display: String,
     client: reqwest::Client,
+    retry: RetryPolicy,
+    credentials: Option<Credentials>,
+    health: Arc<HostHealth>,
+}
+
+/// One failed try, with what the server asked for.
+struct Failure {
+    error: UpstreamError,
+    retry_after: Option<Duration>,
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(error: UpstreamError) -> Self {
+        Self { error, retry_after: None }
+    }
+}
+
+/// Undoes a probe whose request was dropped before it reached a verdict.
+struct ProbeGuard<'a> {
+    health: &'a HostHealth,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.health.probe_abandoned(Instant::now());
+        }
+    }
 }
 
 impl HttpUpstream {
     /// `base` is the substituter URL as configured (`https://cache.nixos.org`).
-    pub fn new(base: &str, client: reqwest::Client) -> Result<Self, UpstreamError> {
+    pub fn new(
+        base: &str,
+        client: reqwest::Client,
+        options: HttpOptions,
+    ) -> Result<Self, UpstreamError> {
         let bad = |reason: String| UpstreamError::BadBaseUrl { url: base.to_owned(), reason };
         let mut url = Url::parse(base).map_err(|e| bad(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -77,7 +151,19 @@ impl HttpUpstream {
             url.set_path(&path);
         }
         let display = base.trim_end_matches('/').to_owned();
-        Ok(Self { base: url, display, client })
+        Ok(Self {
+            base: url,
+            display,
+            client,
+            retry: options.retry,
+            credentials: options.credentials,
+            health: Arc::new(HostHealth::new(options.backoff)),
+        })
+    }
+
+    /// Whether the cache is up (not marked down), for tests and status output.
+    pub fn is_up(&self) -> bool {
+        self.health.is_up()
     }
 
     /// Resolves a cache-relative URL, refusing anything that leaves the cache base (NI-11).
@@ -104,34 +190,160 @@ impl HttpUpstream {
         Ok(url)
     }
 
+    /// Sends one GET, with the cache's credentials.
+    async fn send(&self, url: &Url) -> Result<reqwest::Response, Failure> {
+        let mut req = self.client.get(url.clone());
+        if let Some(credentials) = &self.credentials {
+            req = credentials.apply(req);
+        }
+        req.send().await.map_err(|source| transport(url, source).into())
+    }
+
+    /// Runs `attempt` as the cache's health and the retry policy allow, feeding the outcome back
+    /// into the health: a cache that answers is up; one whose tries all failed transiently is down.
+    async fn run<T, F, Fut>(&self, url: &Url, mut attempt: F) -> Result<T, UpstreamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let (policy, mut probe) = match self.health.admit(Instant::now()) {
+            Admission::Skip { until } => {
+                return Err(UpstreamError::Down { url: self.display.clone(), until });
+            }
+            // A cache that was down gets one try: if it is still dead, the reader should not
+            // wait for a whole retry loop again.
+            Admission::Probe => {
+                (RetryPolicy::once(), ProbeGuard { health: &self.health, armed: true })
+            }
+            Admission::Normal => (self.retry, ProbeGuard { health: &self.health, armed: false }),
+        };
+        let start = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let failure = match attempt().await {
+                Ok(value) => {
+                    probe.armed = false;
+                    self.answered();
+                    return Ok(value);
+                }
+                Err(failure) => failure,
+            };
+            if !is_transient(&failure.error) {
+                // The cache answered, just not with what we wanted: it is up.
+                probe.armed = false;
+                self.answered();
+                return Err(failure.error);
+            }
+            let elapsed = start.elapsed();
+            match policy.next_delay_jittered(tries, elapsed, failure.retry_after) {
+                Some(delay) => {
+                    debug!(upstream = %self.display, url = %url, attempt = tries,
+                           delay_ms = delay.as_millis() as u64, error = %failure.error,
+                           "request failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    probe.armed = false;
+                    self.failed(tries, elapsed, &failure.error);
+                    return Err(failure.error);
+                }
+            }
+        }
+    }
+
+    fn answered(&self) {
+        if self.health.succeeded() {
+            info!(upstream = %self.display, "cache answers again; marked up");
+        }
+    }
+
+    fn failed(&self, tries: u32, elapsed: Duration, err: &UpstreamError) {
+        mark_down(&self.health, &self.display, err, tries, elapsed);
+    }
+
     /// GETs a small document; `Ok(None)` on 404/403.
     async fn get_small(&self, url: Url, limit: u64) -> Result<Option<Vec<u8>>, UpstreamError> {
-        let transport = |source| UpstreamError::Transport { url: url.to_string(), source };
-        let resp = self.client.get(url.clone()).send().await.map_err(transport)?;
+        self.run(&url, || self.get_small_once(&url, limit)).await
+    }
+
+    async fn get_small_once(&self, url: &Url, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
+        let resp = self.send(url).await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),
-            s if !s.is_success() => {
-                return Err(UpstreamError::Status { url: url.to_string(), status: s.as_u16() });
-            }
+            s if !s.is_success() => return Err(status_failure(url, &resp)),
             _ => {}
         }
         let too_large = || UpstreamError::TooLarge { url: url.to_string(), limit };
         if resp.content_length().is_some_and(|len| len > limit) {
-            return Err(too_large());
+            return Err(too_large().into());
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.try_next().await.map_err(transport)? {
+        while let Some(chunk) = stream.try_next().await.map_err(|e| transport(url, e))? {
             if (body.len() + chunk.len()) as u64 > limit {
-                return Err(too_large());
+                return Err(too_large().into());
             }
             body.extend_from_slice(&chunk);
         }
         Ok(Some(body))
     }
 
+    /// One try at a NAR: the response and its first bytes (so a body that stalls before it
+    /// starts is retried like a failed request).
+    async fn nar_once(&self, url: &Url, max_bytes: u64) -> Result<NarStart, Failure> {
+        let resp = self.send(url).await?;
+        if !resp.status().is_success() {
+            // A 404 here is not "absent": the narinfo said the NAR exists (NET-12).
+            return Err(status_failure(url, &resp));
+        }
+        if resp.content_length().is_some_and(|len| len > max_bytes) {
+            return Err(UpstreamError::TooLarge { url: url.to_string(), limit: max_bytes }.into());
+        }
+        let mut rest = resp.bytes_stream().boxed();
+        let first = rest.try_next().await.map_err(|e| transport(url, e))?;
+        Ok(NarStart { first, rest })
+    }
+
     fn join(&self, name: &str) -> Url {
         self.base.join(name).expect("a plain file name always joins onto a valid base URL")
+    }
+}
+
+/// A NAR response whose first chunk has arrived.
+struct NarStart {
+    first: Option<Bytes>,
+    rest: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+}
+
+fn transport(url: &Url, source: reqwest::Error) -> UpstreamError {
+    UpstreamError::Transport { url: url.to_string(), source }
+}
+
+fn status_failure(url: &Url, resp: &reqwest::Response) -> Failure {
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let error = UpstreamError::Status { url: url.to_string(), status: resp.status().as_u16() };
+    Failure { error, retry_after }
+}
+
+fn mark_down(
+    health: &HostHealth,
+    upstream: &str,
+    err: &UpstreamError,
+    tries: u32,
+    elapsed: Duration,
+) {
+    let (_, was_up) = health.failed(Instant::now());
+    let backoff_secs = health.backoff().as_secs_f64();
+    if was_up {
+        warn!(upstream, tries, elapsed_ms = elapsed.as_millis() as u64, backoff_secs,
+              error = %err, "cache failing; marked down, skipped for the backoff period");
+    } else {
+        info!(upstream, backoff_secs, error = %err, "cache still failing; marked down again");
     }
 }
 
@@ -163,19 +375,16 @@ impl Upstream for HttpUpstream {
 
     async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
         let url = self.resolve(nar_url)?;
-        let transport = |source| UpstreamError::Transport { url: url.to_string(), source };
-        let resp = self.client.get(url.clone()).send().await.map_err(transport)?;
-        if !resp.status().is_success() {
-            // A 404 here is not "absent": the narinfo said the NAR exists (NET-12).
-            return Err(UpstreamError::Status {
-                url: url.to_string(),
-                status: resp.status().as_u16(),
-            });
-        }
-        if resp.content_length().is_some_and(|len| len > max_bytes) {
-            return Err(UpstreamError::TooLarge { url: url.to_string(), limit: max_bytes });
-        }
-        let stream = resp.bytes_stream().map_err(std::io::Error::other);
+        let NarStart { first, rest } = self.run(&url, || self.nar_once(&url, max_bytes)).await?;
+        // A body that breaks after it started cannot be retried here (its bytes were handed
+        // out); it still counts against the cache's health.
+        let (health, upstream, at) = (self.health.clone(), self.display.clone(), url.clone());
+        let rest = rest.map_err(move |source| {
+            let err = transport(&at, source);
+            mark_down(&health, &upstream, &err, 1, Duration::ZERO);
+            std::io::Error::other(err)
+        });
+        let stream = futures::stream::iter(first.map(Ok)).chain(rest);
         Ok(Box::pin(StreamReader::new(stream)))
     }
 }
@@ -185,7 +394,7 @@ mod tests {
     use super::*;
 
     fn upstream(base: &str) -> HttpUpstream {
-        HttpUpstream::new(base, reqwest::Client::new()).unwrap()
+        HttpUpstream::new(base, reqwest::Client::new(), HttpOptions::default()).unwrap()
     }
 
     #[test]
@@ -217,8 +426,27 @@ mod tests {
     }
 
     #[test]
+    fn redirects_never_leave_http_nor_downgrade_nor_loop() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let http = url("http://a.example/x");
+        let https = url("https://a.example/x");
+        let follows = |prev: &[Url], next: &str| redirect_verdict(prev, &url(next)).is_ok();
+        assert!(follows(std::slice::from_ref(&http), "https://b.example/presigned"));
+        assert!(follows(std::slice::from_ref(&http), "http://b.example/y"));
+        assert!(follows(std::slice::from_ref(&https), "https://s3.example/y?X-Amz=1"));
+        assert!(!follows(std::slice::from_ref(&https), "http://s3.example/y"), "downgrade");
+        assert!(!follows(&[https.clone(), http.clone()], "http://c.example/"), "later downgrade");
+        assert!(!follows(std::slice::from_ref(&http), "file:///etc/shadow"));
+        assert!(!follows(std::slice::from_ref(&http), "ftp://a.example/x"));
+        let many = vec![http.clone(); MAX_REDIRECTS + 1];
+        assert!(!follows(&many, "http://a.example/y"), "too many hops");
+        assert!(follows(&many[..MAX_REDIRECTS], "http://a.example/y"));
+    }
+
+    #[test]
     fn refuses_non_http_base_urls() {
-        let err = HttpUpstream::new("ftp://x/", reqwest::Client::new()).unwrap_err();
+        let err = HttpUpstream::new("ftp://x/", reqwest::Client::new(), HttpOptions::default())
+            .unwrap_err();
         assert!(err.to_string().contains("ftp"), "{err}");
     }
 }

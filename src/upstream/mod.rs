@@ -4,16 +4,24 @@
 //! An upstream only transports bytes. It never decides trust: signatures, NarHash and NarSize are
 //! checked by `cache::fetch`, so a hostile upstream can waste time but never publish bytes.
 
+pub mod auth;
 pub mod decompress;
 pub mod file;
+pub mod health;
 pub mod http;
 pub mod low_speed;
 #[cfg(any(test, feature = "testing"))]
 pub mod mock;
+pub mod retry;
 pub mod set;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testserver;
 
 use std::fmt::Debug;
 use std::pin::Pin;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::io::AsyncRead;
@@ -106,6 +114,15 @@ pub enum UpstreamError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The cache failed repeatedly and is skipped, without a request, until `until`.
+    #[error("{url} is marked down after repeated failures; next try in {} ms",
+            until.saturating_duration_since(Instant::now()).as_millis())]
+    Down {
+        /// The cache's base URL.
+        url: String,
+        /// When the cache will be probed again.
+        until: Instant,
     },
     /// The substituter URL itself is unusable.
     #[error("substituter {url:?}: {reason}")]

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::auth::AuthSources;
 use super::file::FileUpstream;
-use super::http::HttpUpstream;
+use super::health::DEFAULT_BACKOFF;
+use super::http::{HttpOptions, HttpUpstream};
+use super::retry::RetryPolicy;
 use super::{Upstream, UpstreamError};
 use crate::nix::store_path::STORE_DIR;
 use crate::sync::Arc;
@@ -15,15 +18,42 @@ pub const DEFAULT_PRIORITY: u64 = 50;
 /// How long start-up waits for one cache's nix-cache-info.
 const CACHE_INFO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How every HTTP substituter is asked: one retry policy and backoff, credentials per cache.
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    /// Retries of one request.
+    pub retry: RetryPolicy,
+    /// How long a cache whose retries are exhausted is skipped.
+    pub backoff: Duration,
+    /// netrc entries and bearer tokens.
+    pub auth: AuthSources,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            retry: HttpOptions::default().retry,
+            backoff: DEFAULT_BACKOFF,
+            auth: AuthSources::default(),
+        }
+    }
+}
+
 /// Builds one upstream from a substituter URL.
 pub fn upstream_for_url(
     url: &str,
     client: &reqwest::Client,
+    options: &UpstreamOptions,
 ) -> Result<Arc<dyn Upstream>, UpstreamError> {
     if url.starts_with("file://") {
         Ok(Arc::new(FileUpstream::new(url)?))
     } else if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(Arc::new(HttpUpstream::new(url, client.clone())?))
+        let credentials = options.auth.credentials_for(url);
+        if let Some(c) = &credentials {
+            info!(upstream = url, auth = c.scheme(), "substituter credentials");
+        }
+        let http = HttpOptions { retry: options.retry, backoff: options.backoff, credentials };
+        Ok(Arc::new(HttpUpstream::new(url, client.clone(), http)?))
     } else {
         Err(UpstreamError::BadBaseUrl {
             url: url.to_owned(),

@@ -1,0 +1,310 @@
+//! `HttpUpstream` against the scripted loopback server: retries, backoff, `Retry-After`, marking
+//! a cache down and probing it, silent and stalled servers, credentials and redirects.
+//! Timing bounds are wide on purpose (shared, slow CI machines); counts are exact.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use super::auth::Credentials;
+use super::http::{HttpOptions, HttpTimeouts, HttpUpstream, build_client};
+use super::retry::RetryPolicy;
+use super::testserver::{Reply, TestServer};
+use super::{Upstream, UpstreamError};
+use crate::sync::{Arc, AtomicBool, Ordering};
+
+const MS: Duration = Duration::from_millis(1);
+const CACHE_INFO: &[u8] = b"StoreDir: /nix/store\nPriority: 30\n";
+
+fn upstream(url: &str, budget: Duration, backoff: Duration) -> HttpUpstream {
+    upstream_with(url, budget, backoff, None, 2000 * MS)
+}
+
+fn upstream_with(
+    url: &str,
+    budget: Duration,
+    backoff: Duration,
+    credentials: Option<Credentials>,
+    stall: Duration,
+) -> HttpUpstream {
+    let client = build_client(HttpTimeouts { connect: 1000 * MS, stall }).unwrap();
+    let options = HttpOptions { retry: RetryPolicy::with_budget(budget), backoff, credentials };
+    HttpUpstream::new(url, client, options).unwrap()
+}
+
+fn status_of(err: &UpstreamError) -> Option<u16> {
+    match err {
+        UpstreamError::Status { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn retries_server_errors_with_growing_pauses_then_succeeds() {
+    let server = TestServer::start(|_, n| match n {
+        0 => Reply::status(500),
+        1 => Reply::status(502),
+        _ => Reply::ok(CACHE_INFO),
+    });
+    let up = upstream(&server.url(), 10_000 * MS, 60_000 * MS);
+    let start = Instant::now();
+    let info = up.cache_info().await.unwrap().unwrap();
+    let took = start.elapsed();
+    assert_eq!(info.priority, Some(30));
+    assert_eq!(server.count(), 3, "two failures, one success");
+    let at: Vec<Instant> = server.seen().iter().map(|s| s.at).collect();
+    let (first_pause, second_pause) = (at[1] - at[0], at[2] - at[1]);
+    // 100 ms then 200 ms, each up to half again longer with jitter.
+    assert!(first_pause >= 90 * MS && first_pause < 1000 * MS, "{first_pause:?}");
+    assert!(second_pause >= 190 * MS && second_pause < 1500 * MS, "{second_pause:?}");
+    assert!(took < 3000 * MS, "{took:?}");
+    assert!(up.is_up());
+}
+
+#[tokio::test]
+async fn honours_retry_after() {
+    let server = TestServer::start(|_, n| match n {
+        0 => Reply::with_header(503, "Retry-After", "1"),
+        _ => Reply::ok(CACHE_INFO),
+    });
+    let up = upstream(&server.url(), 10_000 * MS, 60_000 * MS);
+    up.cache_info().await.unwrap().unwrap();
+    let at: Vec<Instant> = server.seen().iter().map(|s| s.at).collect();
+    assert_eq!(at.len(), 2);
+    let pause = at[1] - at[0];
+    assert!(pause >= 950 * MS && pause < 3000 * MS, "Retry-After: 1 gave a {pause:?} pause");
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_cap_fails_at_once() {
+    let server = TestServer::start(|_, _| Reply::with_header(429, "Retry-After", "3600"));
+    let up = upstream(&server.url(), 10_000 * MS, 60_000 * MS);
+    let start = Instant::now();
+    let err = up.cache_info().await.unwrap_err();
+    assert_eq!(status_of(&err), Some(429));
+    assert_eq!(server.count(), 1);
+    assert!(start.elapsed() < 1000 * MS);
+    assert!(!up.is_up(), "a cache asking for an hour is down");
+}
+
+#[tokio::test]
+async fn other_client_errors_are_final_and_absent_is_not_an_error() {
+    let server = TestServer::start(|seen, _| {
+        if seen.path.ends_with("gone.narinfo") {
+            Reply::status(404)
+        } else if seen.path.ends_with("secret.narinfo") {
+            Reply::status(403)
+        } else {
+            Reply::status(401)
+        }
+    });
+    let up = upstream(&server.url(), 10_000 * MS, 60_000 * MS);
+    assert!(up.narinfo("gone").await.unwrap().is_none());
+    assert!(up.narinfo("secret").await.unwrap().is_none());
+    let err = up.narinfo("private").await.unwrap_err();
+    assert_eq!(status_of(&err), Some(401));
+    assert!(err.to_string().contains("401") && err.to_string().contains(&server.url()), "{err}");
+    assert_eq!(server.count(), 3, "nothing was retried");
+    assert!(up.is_up(), "a cache that answers is up, whatever it answers");
+}
+
+#[tokio::test]
+async fn a_failing_cache_is_skipped_without_requests_then_probed_once_then_back() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    let server = TestServer::start(move |_, _| {
+        if flag.load(Ordering::SeqCst) { Reply::ok(CACHE_INFO) } else { Reply::status(500) }
+    });
+    let backoff = 700 * MS;
+    let up = upstream(&server.url(), 10_000 * MS, backoff);
+    let err = up.cache_info().await.unwrap_err();
+    assert_eq!(status_of(&err), Some(500));
+    assert_eq!(server.count(), 5, "five tries, as Nix");
+    let down_at = Instant::now();
+    // While down: no request at all, and an immediate, distinct error.
+    for _ in 0..20 {
+        let start = Instant::now();
+        let err = up.narinfo("x").await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Down { .. }), "{err}");
+        assert!(start.elapsed() < 50 * MS);
+    }
+    assert!(err_mentions_down(&up).await);
+    assert_eq!(server.count(), 5, "requests while down");
+    // After the backoff, one probe (a single try) that fails: down again.
+    sleep_until(down_at + backoff + 50 * MS).await;
+    let err = up.cache_info().await.unwrap_err();
+    assert_eq!(status_of(&err), Some(500));
+    assert_eq!(server.count(), 6, "the probe is one request, not a retry loop");
+    assert!(matches!(up.cache_info().await, Err(UpstreamError::Down { .. })));
+    // The cache recovers; after the next backoff the probe succeeds and it is up again.
+    healthy.store(true, Ordering::SeqCst);
+    sleep_until(Instant::now() + backoff + 50 * MS).await;
+    assert!(up.cache_info().await.unwrap().is_some());
+    assert!(up.is_up());
+    assert_eq!(server.count(), 7);
+}
+
+async fn err_mentions_down(up: &HttpUpstream) -> bool {
+    let err = up.narinfo("y").await.unwrap_err();
+    err.to_string().contains("marked down") && err.to_string().contains(up.url())
+}
+
+async fn sleep_until(t: Instant) {
+    tokio::time::sleep(t.saturating_duration_since(Instant::now())).await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_within_the_budget_and_marks_the_cache_down() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let up = upstream(&format!("http://127.0.0.1:{port}/cache"), 1000 * MS, 60_000 * MS);
+    let start = Instant::now();
+    let err = up.narinfo("x").await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, UpstreamError::Transport { .. }), "{err}");
+    // Tries at about 0, 100, 300 and 700 ms; the next would start after the 1 s budget.
+    assert!(took >= 250 * MS && took < 2000 * MS, "{took:?}");
+    assert!(!up.is_up());
+    let start = Instant::now();
+    assert!(matches!(up.narinfo("x").await, Err(UpstreamError::Down { .. })));
+    assert!(start.elapsed() < 50 * MS);
+}
+
+#[tokio::test]
+async fn a_silent_server_costs_one_stall_timeout_not_five() {
+    let server = TestServer::start(|_, _| Reply::Silent);
+    let up = upstream_with(&server.url(), 300 * MS, 60_000 * MS, None, 500 * MS);
+    let start = Instant::now();
+    let err = up.narinfo("x").await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, UpstreamError::Transport { .. }), "{err}");
+    assert!(took >= 400 * MS && took < 2500 * MS, "{took:?}");
+    assert_eq!(server.count(), 1, "the budget was spent by the first try");
+    assert!(!up.is_up());
+}
+
+#[tokio::test]
+async fn a_nar_body_that_stalls_before_its_first_byte_is_retried() {
+    let nar = vec![42u8; 100_000];
+    let body = nar.clone();
+    let server = TestServer::start(move |_, n| match n {
+        0 => Reply::StallAfterHeaders { announced: body.len() },
+        _ => Reply::ok(&body),
+    });
+    let up = upstream_with(&server.url(), 5000 * MS, 60_000 * MS, None, 400 * MS);
+    let mut got = Vec::new();
+    up.nar("nar/x.nar", 1 << 20).await.unwrap().read_to_end(&mut got).await.unwrap();
+    assert!(got == nar, "body differs");
+    assert_eq!(server.count(), 2);
+    assert!(up.is_up());
+}
+
+#[tokio::test]
+async fn a_nar_body_cut_short_after_bytes_were_used_fails_and_marks_down() {
+    let server = TestServer::start(|_, _| Reply::CloseMidBody {
+        announced: 100_000,
+        sent: vec![1u8; 10_000],
+    });
+    let up = upstream(&server.url(), 5000 * MS, 60_000 * MS);
+    let mut body = up.nar("nar/x.nar", 1 << 20).await.unwrap();
+    let mut got = Vec::new();
+    let err = body.read_to_end(&mut got).await.unwrap_err();
+    assert!(got.len() < 100_000, "{err}");
+    assert_eq!(server.count(), 1, "bytes were handed out: no silent retry");
+    assert!(!up.is_up());
+}
+
+#[tokio::test]
+async fn a_nar_404_is_an_error_not_absent_and_not_retried() {
+    let server = TestServer::start(|_, _| Reply::status(404));
+    let up = upstream(&server.url(), 5000 * MS, 60_000 * MS);
+    let err = up.nar("nar/x.nar", 1 << 20).await.err().unwrap();
+    assert_eq!(status_of(&err), Some(404));
+    assert_eq!(server.count(), 1);
+}
+
+#[tokio::test]
+async fn credentials_are_sent_to_the_cache_only() {
+    let storage = TestServer::start(|_, _| Reply::ok(b"nar bytes"));
+    let target = format!("http://{}/presigned/x.nar?sig=1", storage.addr());
+    let cache = TestServer::start(move |seen, _| {
+        match (seen.header("Authorization"), seen.path.ends_with(".narinfo")) {
+            (Some("Bearer s3cret"), false) => Reply::with_header(302, "Location", &target),
+            (Some("Bearer s3cret"), true) => Reply::status(404),
+            _ => Reply::status(401),
+        }
+    });
+    let bearer = Some(Credentials::Bearer("s3cret".into()));
+    let up = upstream_with(&cache.url(), 5000 * MS, 60_000 * MS, bearer, 2000 * MS);
+    assert!(up.narinfo("x").await.unwrap().is_none(), "the token was accepted");
+    let mut got = Vec::new();
+    up.nar("nar/x.nar", 1 << 20).await.unwrap().read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"nar bytes");
+    let at_storage = storage.seen();
+    assert_eq!(at_storage.len(), 1);
+    assert_eq!(at_storage[0].header("Authorization"), None, "credentials leaked to another host");
+
+    let basic = Some(Credentials::Basic { login: "alice".into(), password: "pw".into() });
+    let up = upstream_with(&cache.url(), 5000 * MS, 60_000 * MS, basic, 2000 * MS);
+    assert_eq!(status_of(&up.narinfo("x").await.unwrap_err()), Some(401));
+    let last = cache.seen().pop().unwrap();
+    // base64("alice:pw")
+    assert_eq!(last.header("Authorization"), Some("Basic YWxpY2U6cHc="));
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_local_file_is_refused_and_not_retried() {
+    let server =
+        TestServer::start(|_, _| Reply::with_header(302, "Location", "file:///etc/passwd"));
+    let up = upstream(&server.url(), 5000 * MS, 60_000 * MS);
+    let err = up.nar("nar/x.nar", 1 << 20).await.err().unwrap();
+    // reqwest hands a non-http(s) Location back as the 3xx itself; our policy would refuse it
+    // too (see http.rs). Either way nothing local is read.
+    let refused = status_of(&err) == Some(302) || format!("{err:?}").contains("refused redirect");
+    assert!(refused, "{err:?}");
+    assert_eq!(server.count(), 1);
+    assert!(up.is_up(), "a refused redirect says nothing about the cache's health");
+}
+
+/// Env var telling a re-executed test binary which half of [`honours_http_proxy_and_no_proxy`]
+/// it runs: the proxy settings are process-wide, so they are tested in a child process.
+const PROXY_CHILD: &str = "STOREFS_TEST_PROXY_CHILD_TARGET";
+
+/// HTTP_PROXY is honoured, and NO_PROXY exempts a host (reqwest reads them when the client is
+/// built, i.e. before mounting).
+#[tokio::test]
+async fn honours_http_proxy_and_no_proxy() {
+    if let Ok(target) = std::env::var(PROXY_CHILD) {
+        let up = upstream(&target, 1000 * MS, 60_000 * MS);
+        let info = up.cache_info().await;
+        assert!(matches!(info, Ok(Some(_))), "{info:?}");
+        return;
+    }
+    let proxy = TestServer::start(|_, _| Reply::ok(CACHE_INFO));
+    let origin = TestServer::start(|_, _| Reply::ok(CACHE_INFO));
+    let child = |no_proxy: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "upstream::tests::honours_http_proxy_and_no_proxy", "--quiet"])
+            .env(PROXY_CHILD, origin.url())
+            .env("HTTP_PROXY", format!("http://{}", proxy.addr()))
+            .env("NO_PROXY", no_proxy)
+            .env_remove("http_proxy")
+            .env_remove("no_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "child: {}", String::from_utf8_lossy(&out.stdout));
+    };
+    child("");
+    let via_proxy = proxy.seen();
+    assert_eq!(via_proxy.len(), 1);
+    // A forward proxy gets the absolute URL.
+    assert_eq!(via_proxy[0].path, format!("{}/nix-cache-info", origin.url()));
+    assert_eq!(origin.count(), 0);
+    child("127.0.0.1");
+    assert_eq!(proxy.count(), 1, "NO_PROXY was not honoured");
+    assert_eq!(origin.seen()[0].path, "/cache/nix-cache-info");
+}
