@@ -15,26 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::big::hundred_mb_cache;
 use common::daemon::{Daemon, storefs_bin};
-use common::{Fixtures, Nginx, hash_part};
-
-const NEEDS: &[&str] = &["root", "/dev/fuse", "nix-store", "nix-hash", "nginx"];
-
-fn setup(test: &str) -> Option<&'static Fixtures> {
-    if common::require(NEEDS, test) {
-        return None;
-    }
-    Some(common::fixtures())
-}
-
-fn args(subs: &[String], key: &str, extra: &[&str]) -> Vec<String> {
-    let mut a = Vec::new();
-    for s in subs {
-        a.extend(["--substituter".to_owned(), s.clone()]);
-    }
-    a.extend(["--trusted-public-key".to_owned(), key.to_owned()]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
+use common::{Fixtures, Nginx, daemon_args as args, fuse_setup as setup, hash_part};
 
 fn nar_field(fx: &Fixtures, sp: &str, field: &str) -> String {
     let text = fs::read_to_string(fx.narinfo_path("zstd", sp)).unwrap();

@@ -22,29 +22,10 @@ use std::time::{Duration, Instant};
 use common::big::hundred_mb_cache;
 use common::daemon::{Daemon, storefs_bin};
 use common::hostile::{CacheWriter, Tamper, fake_basename, small_tree_nar};
-use common::{COMPRESSIONS, Fixtures, Nginx, hash_part};
+use common::{COMPRESSIONS, Fixtures, Nginx, daemon_args, fuse_setup as setup, hash_part};
 use sha2::{Digest, Sha256};
 use storefs::nix::nar::Node;
 use storefs::nix::signature::SigningKey;
-
-const NEEDS: &[&str] = &["root", "/dev/fuse", "nix-store", "nix-hash", "nginx"];
-
-fn setup(test: &str) -> Option<&'static Fixtures> {
-    if common::require(NEEDS, test) {
-        return None;
-    }
-    Some(common::fixtures())
-}
-
-fn daemon_args(substituters: &[String], key: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = Vec::new();
-    for s in substituters {
-        args.extend(["--substituter".to_owned(), s.clone()]);
-    }
-    args.extend(["--trusted-public-key".to_owned(), key.to_owned()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 fn nar_hash_of(fx: &Fixtures, compression: &str, store_path: &str) -> String {
     let text = fs::read_to_string(fx.narinfo_path(compression, store_path)).unwrap();

@@ -54,6 +54,28 @@ pub fn require(requirements: &[&str], test: &str) -> bool {
     true
 }
 
+/// What the real-FUSE tests need.
+pub const FUSE_NEEDS: &[&str] = &["root", "/dev/fuse", "nix-store", "nix-hash", "nginx"];
+
+/// For a real-FUSE test: the fixture, or None (after a loud skip) when something is missing.
+pub fn fuse_setup(test: &str) -> Option<&'static Fixtures> {
+    if require(FUSE_NEEDS, test) {
+        return None;
+    }
+    Some(fixtures())
+}
+
+/// `storefs mount` arguments: the substituters in order, one trusted key, then `extra`.
+pub fn daemon_args(substituters: &[String], key: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for s in substituters {
+        args.extend(["--substituter".to_owned(), s.clone()]);
+    }
+    args.extend(["--trusted-public-key".to_owned(), key.to_owned()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Whether `CI` is set to `true` (or `1`).
 pub fn is_ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
