@@ -27,8 +27,11 @@ impl NarCache {
     pub(super) fn start_scan(self: &Arc<Self>) {
         let this = self.clone();
         let scan = move || {
-            if let Err(err) = this.scan() {
-                warn!(error = %err, "cache scan failed; entries load on demand");
+            match this.scan() {
+                // Only a complete scan ends on-demand loading: after a failed one, entries not
+                // yet in memory are still found on disk when asked for.
+                Ok(()) => this.scan_complete.store(true, Ordering::Release),
+                Err(err) => warn!(error = %err, "cache scan failed; entries load on demand"),
             }
             this.scanned.send_replace(true);
         };
@@ -61,7 +64,12 @@ impl NarCache {
             }
             match self.load_entry(&dirent.path(), &name) {
                 Ok(entry) => found.push(entry),
-                Err(reason) => self.discard_bad(&dirent.path(), &reason)?,
+                Err(reason) => {
+                    // One unusable entry must not stop the scan of the others.
+                    if let Err(err) = self.discard_bad(&dirent.path(), &reason) {
+                        warn!(error = %err, "cannot move an unusable entry to trash");
+                    }
+                }
             }
         }
         found.sort_by_key(|e| e.touched_secs.load(Ordering::Relaxed));

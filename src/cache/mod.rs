@@ -40,7 +40,7 @@ use crate::nix::nar::NodeId;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signature::TrustedKeys;
 use crate::nix::store_path::StorePath;
-use crate::sync::{Arc, AtomicU64, Mutex, lock};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
 use crate::upstream::UpstreamSet;
 use crate::upstream::low_speed::LowSpeedLimit;
 
@@ -141,8 +141,10 @@ pub struct NarCache {
     state: Mutex<State>,
     inflight: Mutex<HashMap<String, SharedFetch>>,
     negative: Mutex<LruCache<String, Instant>>,
-    /// Becomes true when the start-up scan of `entries/` has finished.
+    /// Becomes true when the start-up scan of `entries/` has finished, well or not.
     scanned: tokio::sync::watch::Sender<bool>,
+    /// True once a scan completed: every entry on disk is in memory.
+    scan_complete: AtomicBool,
     /// What the cache did so far.
     pub stats: CacheStats,
 }
@@ -172,6 +174,7 @@ impl NarCache {
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
             scanned: tokio::sync::watch::Sender::new(false),
+            scan_complete: AtomicBool::new(false),
             stats: CacheStats::default(),
             layout,
             upstreams,
@@ -186,8 +189,12 @@ impl NarCache {
 
     /// The entry for `sp` if it is cached now (no network), marking it recently used.
     pub fn cached(&self, sp: &StorePath) -> Option<Arc<Entry>> {
-        let mut st = lock(&self.state);
-        st.lru.get(&sp.hash_part()).filter(|e| e.store_path == *sp).cloned()
+        let entry =
+            lock(&self.state).lru.get(&sp.hash_part()).filter(|e| e.store_path == *sp).cloned();
+        if let Some(entry) = &entry {
+            self.touch(entry);
+        }
+        entry
     }
 
     /// The entry for `sp`, fetched and verified from the substituters if needed.
@@ -195,7 +202,7 @@ impl NarCache {
         CacheStats::bump(&self.stats.lookups);
         let hash = sp.hash_part();
         let mut found = lock(&self.state).lru.get(&hash).cloned();
-        if found.is_none() && !*self.scanned.borrow() {
+        if found.is_none() && !self.scan_complete.load(Ordering::Acquire) {
             // Start-up scan still running: the entry may be on disk, not yet in memory.
             found = self.load_now(&hash).await;
         }

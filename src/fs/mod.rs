@@ -173,6 +173,9 @@ impl StoreFs {
             Some(Node::Directory { .. }) => return Err(FsError::IsADirectory),
             Some(Node::Symlink { .. }) | None => return Err(FsError::UnknownInode(ino)),
         }
+        // Reads count as use: the kernel caches lookups for a year, so without this a path in
+        // constant use could look least recently used.
+        self.cache.cached(&entry.store_path);
         let file = match entry.open_file(node) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
