@@ -36,7 +36,7 @@ pub struct VerifyReport {
     pub ok: Vec<StorePath>,
     /// Entries that did not, and why; each was evicted.
     pub corrupt: Vec<(StorePath, String)>,
-    /// Paths asked for that were not cached.
+    /// Paths asked for that were not cached (or were evicted while being checked).
     pub missing: Vec<StorePath>,
 }
 
@@ -172,7 +172,7 @@ impl NarCache {
             let mut st = lock(&self.state);
             let mut report = GcReport::default();
             let mut trashed: Trashed = Vec::new();
-            while st.used_bytes > target || (to_bytes.is_none() && st.lru.len() > st.pins.len()) {
+            while st.used_bytes > target {
                 let Some(trash) = self.evict_one(&mut st, false) else { break };
                 report.evicted += 1;
                 report.freed_bytes += trash.1;
@@ -225,16 +225,20 @@ impl NarCache {
                 Ok(Err(problem)) => problem,
                 Err(join) => format!("verify task: {join}"),
             };
-            warn!(store_path = %entry.store_path, problem, "corrupt cache entry; evicting");
             let mut st = lock(&self.state);
-            // Evict only this very entry: it may have been replaced meanwhile.
+            // Only this very entry is judged: evicted (its files moved to trash/) or replaced
+            // while it was being read, it is gone rather than corrupt.
             let hash = entry.store_path.hash_part();
-            if st.lru.peek(&hash).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-                match self.evict_hash(&mut st, &hash) {
-                    Ok(Some(trash)) => trashed.push(trash),
-                    Ok(None) => {}
-                    Err(err) => warn!(store_path = %entry.store_path, error = %err,
-                                      "cannot evict corrupt entry"),
+            if !st.lru.peek(&hash).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                report.missing.push(entry.store_path.clone());
+                continue;
+            }
+            warn!(store_path = %entry.store_path, problem, "corrupt cache entry; evicting");
+            match self.evict_hash(&mut st, &hash) {
+                Ok(Some(trash)) => trashed.push(trash),
+                Ok(None) => {}
+                Err(err) => {
+                    warn!(store_path = %entry.store_path, error = %err, "cannot evict corrupt entry")
                 }
             }
             report.corrupt.push((entry.store_path.clone(), problem));
