@@ -8,6 +8,7 @@
 //!   entries/<hash-part>/  published, verified entries: `manifest` + `f<node id>` files
 //!   trash/<name>/         evicted entries awaiting deletion (wiped at start)
 //!   narinfo/<hash-part>   verified narinfos, kept after eviction (see narinfo_store.rs)
+//!   pins/<basename>       one empty file per pinned store path (see pins.rs)
 //! ```
 //! An entry appears in `entries/` only by `rename(2)` of a complete staging directory after
 //! verification and `syncfs`, so after a crash every entry there is whole.
@@ -26,6 +27,8 @@ const VERSION_FILE: &str = "VERSION";
 const LOCK_FILE: &str = "lock";
 /// Where verified narinfos are kept, one file per hash part.
 pub const NARINFO_DIR: &str = "narinfo";
+/// Where pins are kept, one empty file per pinned store path, named by its basename.
+pub const PINS_DIR: &str = "pins";
 /// Name of the manifest inside an entry directory.
 pub const MANIFEST_FILE: &str = "manifest";
 
@@ -122,7 +125,7 @@ impl Layout {
         }
         let lock = take_lock(root)?;
         check_version(root)?;
-        for sub in ["staging", "entries", "trash", NARINFO_DIR] {
+        for sub in ["staging", "entries", "trash", NARINFO_DIR, PINS_DIR] {
             let dir = root.join(sub);
             fs::DirBuilder::new()
                 .mode(0o700)

@@ -9,13 +9,20 @@
 //!   least-recently-used whole paths, before a download (room for its NarSize) and after a publish.
 //!   A path larger than `max_bytes` is still served, alone. Readers holding a file open keep
 //!   reading it after eviction (the file descriptor outlives the unlink).
+//! - A pinned path is never evicted: not for the quota, not for a full disk, not by `evict` or
+//!   `gc`. Only `verify` drops a pinned entry, when it is corrupt; the pin stays and the next use
+//!   fetches it again.
 
+mod export;
 mod fetch;
 mod index;
 pub mod layout;
 pub mod manifest;
 mod narinfo_store;
+mod ops;
+mod pins;
 mod quota;
+pub mod renar;
 pub mod stats;
 pub mod unpack;
 
@@ -34,6 +41,7 @@ use lru::LruCache;
 
 use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
+pub use self::ops::{GcReport, VerifyReport};
 use self::stats::CacheStats;
 use crate::config::MinFree;
 use crate::nix::nar::NodeId;
@@ -107,6 +115,9 @@ pub enum CacheError {
         /// Size of the cache filesystem.
         limit: u64,
     },
+    /// The path is pinned, so it cannot be evicted.
+    #[error("{0} is pinned; unpin it first")]
+    Pinned(String),
     /// The local disk failed us.
     #[error("local cache failure for {path}: {reason}")]
     Local {
@@ -125,6 +136,8 @@ struct State {
     reserved_bytes: u64,
     /// Bytes of evicted entries in `trash/` not yet deleted: free space soon, not yet.
     trash_bytes: u64,
+    /// Pinned store paths by hash part: never evicted (see pins.rs).
+    pins: HashMap<String, StorePath>,
 }
 
 /// The cache. Cheap to share: wrap it in an `Arc`.
@@ -163,6 +176,7 @@ impl NarCache {
         keys: TrustedKeys,
     ) -> Result<Arc<Self>, LayoutError> {
         let layout = Layout::open(&config.dir)?;
+        let pins = pins::load(&layout.root().join(layout::PINS_DIR))?;
         let negative_cap = NonZeroUsize::new(NEGATIVE_CACHE_ENTRIES).expect("non-zero constant");
         let cache = Arc::new(Self {
             state: Mutex::new(State {
@@ -170,6 +184,7 @@ impl NarCache {
                 used_bytes: 0,
                 reserved_bytes: 0,
                 trash_bytes: 0,
+                pins,
             }),
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),

@@ -1,10 +1,12 @@
 //! Keeping the cache within its quota: `--max-size` and `--min-free`, by evicting whole paths in
 //! least-recently-used order, renaming them to `trash/` first and deleting them in the background.
+//! Pinned paths are skipped: they stay, and count, even when that leaves the cache over its limit.
 
 use std::path::PathBuf;
 
 use tracing::{debug, warn};
 
+use super::layout::LayoutError;
 use super::stats::CacheStats;
 use super::{NarCache, State};
 use crate::sync::{Arc, lock};
@@ -27,9 +29,9 @@ impl NarCache {
 
     /// Evicts least-recently-used entries until `extra` more bytes fit under `--max-size` and
     /// leave `--min-free` free on the filesystem. After a publish (`extra == 0`) the newest entry
-    /// is kept even when it alone is over the limit.
+    /// is kept even when it alone is over the limit. Pinned entries are never chosen.
     pub(super) fn evict_locked(&self, st: &mut State, extra: u64) -> Trashed {
-        let keep = usize::from(extra == 0);
+        let keep_newest = extra == 0;
         let (free_bytes, min_free_bytes) = match self.layout.space() {
             Ok(space) => (space.free_bytes, self.config.min_free.bytes_of(space.total_bytes)),
             Err(err) => {
@@ -44,10 +46,10 @@ impl NarCache {
             // Space already in trash/ is as good as free: it is being deleted.
             let free_soon = free_bytes.saturating_add(st.trash_bytes).saturating_add(freed);
             let under_free = free_soon < min_free_bytes.saturating_add(extra);
-            if !(over_size || under_free) || st.lru.len() <= keep {
+            if !(over_size || under_free) {
                 break;
             }
-            let Some(trash) = self.evict_one(st) else { break };
+            let Some(trash) = self.evict_one(st, keep_newest) else { break };
             freed += trash.1;
             trashed.push(trash);
         }
@@ -61,7 +63,7 @@ impl NarCache {
             let mut trashed = Vec::new();
             let mut freed = 0;
             while freed < bytes {
-                let Some(trash) = self.evict_one(&mut st) else { break };
+                let Some(trash) = self.evict_one(&mut st, false) else { break };
                 freed += trash.1;
                 trashed.push(trash);
             }
@@ -76,9 +78,29 @@ impl NarCache {
         }
     }
 
-    /// Moves the least recently used entry to trash; None when there is none or it failed.
-    fn evict_one(&self, st: &mut State) -> Option<(PathBuf, u64)> {
-        let (hash, entry) = st.lru.pop_lru()?;
+    /// Moves the least recently used unpinned entry (other than the newest, if `keep_newest`) to
+    /// trash; None when there is none or it failed.
+    pub(super) fn evict_one(&self, st: &mut State, keep_newest: bool) -> Option<(PathBuf, u64)> {
+        let newest = if keep_newest { st.lru.iter().next().map(|(k, _)| k.clone()) } else { None };
+        let hash = st
+            .lru
+            .iter()
+            .rev()
+            .map(|(k, _)| k)
+            .find(|k| !st.pins.contains_key(*k) && Some(*k) != newest.as_ref())?
+            .clone();
+        self.evict_hash(st, &hash).ok().flatten()
+    }
+
+    /// Moves the entry `hash` to trash, whether pinned or not (callers check); `Ok(None)` when
+    /// it is not cached.
+    pub(super) fn evict_hash(
+        &self,
+        st: &mut State,
+        hash: &str,
+    ) -> Result<Option<(PathBuf, u64)>, LayoutError> {
+        let Some(entry) = st.lru.pop(hash) else { return Ok(None) };
+        let hash = hash.to_owned();
         match self.layout.discard(&entry.dir) {
             Ok(trash) => {
                 let bytes = entry.manifest.disk_bytes;
@@ -86,13 +108,13 @@ impl NarCache {
                 st.trash_bytes += bytes;
                 CacheStats::bump(&self.stats.evictions);
                 debug!(store_path = %entry.store_path, bytes, "evicted");
-                Some((trash, bytes))
+                Ok(Some((trash, bytes)))
             }
             Err(err) => {
                 warn!(store_path = %entry.store_path, error = %err, "eviction failed");
                 // Keep accounting honest: the bytes are still on disk.
                 st.lru.put(hash, entry);
-                None
+                Err(err)
             }
         }
     }

@@ -43,14 +43,27 @@ pub(crate) fn publish(
     path: &StorePath,
     tree: &NarNode,
 ) -> Vec<u8> {
+    publish_refs(up, signer, path, tree, &[])
+}
+
+/// `publish`, with References.
+pub(crate) fn publish_refs(
+    up: &MockUpstream,
+    signer: &SigningKey,
+    path: &StorePath,
+    tree: &NarNode,
+    refs: &[&StorePath],
+) -> Vec<u8> {
     let nar = tree.to_nar();
+    let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
     let text = format!(
         "StorePath: {}\nURL: nar/{}.nar\nCompression: none\nNarHash: {}\nNarSize: {}\n\
-         References: \n",
+         References: {}\n",
         path.to_absolute_path(),
         path.hash_part(),
         NarHash::from_digest(Sha256::digest(&nar).into()),
-        nar.len()
+        nar.len(),
+        refs.join(" ")
     );
     let mut info = NarInfo::parse(text.as_bytes()).unwrap();
     info.signatures.push(signer.sign(&info));

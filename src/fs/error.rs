@@ -55,6 +55,7 @@ impl FsError {
             FsError::Cache(
                 CacheError::Unavailable { .. }
                 | CacheError::TooLarge { .. }
+                | CacheError::Pinned(_)
                 | CacheError::Local { .. },
             ) => libc::EIO,
             FsError::Io(_) => libc::EIO,
