@@ -1,7 +1,8 @@
 //! The control socket: how `storefs stats` (and later cache commands) talk to a running daemon.
 //!
 //! A Unix stream socket (default [`DEFAULT_SOCKET`], mode 0600: root only) speaking the
-//! line-delimited JSON of [`protocol`]. [`bind`] refuses to start when a live daemon answers on
+//! line-delimited JSON of [`protocol`]; connections from users other than the daemon's own (or
+//! root) are dropped. [`bind`] refuses to start when a live daemon answers on
 //! the path and removes a stale socket left by a dead one; [`serve`] runs one task per
 //! connection until its injected shutdown future resolves. Commands are answered by a
 //! [`ControlHandler`]: the daemon's is [`DaemonHandler`]; tests inject their own.
@@ -149,6 +150,21 @@ pub async fn serve(
                 }
             },
         };
+        // Mode 0600 already keeps others out; the peer check also covers the moment between
+        // bind and chmod, and a socket directory with looser permissions.
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
+            Ok(cred) => {
+                warn!(uid = cred.uid(), "control connection from another user refused");
+                continue;
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot read control peer credentials; refused");
+                continue;
+            }
+        }
         let handler = handler.clone();
         tokio::spawn(async move {
             if let Err(err) = connection(stream, handler.as_ref()).await {
