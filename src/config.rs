@@ -28,6 +28,8 @@ pub const DEFAULT_NIX_CONF: &str = "/etc/nix/nix.conf";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/storefs/storefs.toml";
 /// Nix's default `netrc-file` (`$NIX_CONF_DIR/netrc`), used when it exists and nothing names one.
 pub const DEFAULT_NETRC_FILE: &str = "/etc/nix/netrc";
+/// Where the daemon's control socket listens by default.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/storefs/control.sock";
 /// How long "no cache has this path" is believed (Nix: 3600 s; CI wants less).
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
 /// TCP/TLS connect timeout (CVMFS uses 5 s through a proxy, Nix 15 s).
@@ -168,6 +170,10 @@ pub struct Config {
     pub bearer_token_files: Vec<(String, PathBuf)>,
     /// How long a failing substituter is skipped before it is probed again.
     pub upstream_backoff: Duration,
+    /// The control socket path (absolute).
+    pub control_socket: PathBuf,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Raw values before validation (what the command line collected). `None` and empty lists mean
@@ -204,6 +210,10 @@ pub struct RawConfig {
     pub bearer_token_files: Vec<String>,
     /// `--config`.
     pub config_file: Option<PathBuf>,
+    /// `--control-socket`.
+    pub control_socket: Option<PathBuf>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
 }
 
 /// The files read when nothing names them. Tests point these into a temporary directory so the
@@ -337,6 +347,18 @@ impl Config {
             .map_or_else(|| DEFAULT_CACHE_DIR.into(), |(p, _)| p);
         let mountpoint = absolute(&mountpoint)?;
         let cache_dir = absolute(&cache_dir)?;
+        let control_socket =
+            pick(raw.control_socket.clone(), file.control_socket.clone(), &file_path)
+                .map_or_else(|| DEFAULT_CONTROL_SOCKET.into(), |(p, _)| p);
+        let control_socket = absolute(&control_socket)?;
+        let metrics_listen =
+            match pick(raw.metrics_listen.as_ref(), file.metrics_listen.as_ref(), &file_path) {
+                Some((addr, origin)) => Some(addr.parse().map_err(|_| {
+                    let why = format!("{addr:?} is not ADDR:PORT (e.g. 127.0.0.1:9101)");
+                    origin.err("metrics-listen", ConfigError::Invalid(why))
+                })?),
+                None => None,
+            };
         if cache_dir.starts_with(&mountpoint) {
             return Err(ConfigError::CacheInsideMount { cache: cache_dir, mountpoint });
         }
@@ -424,6 +446,8 @@ impl Config {
             netrc_file,
             bearer_token_files,
             upstream_backoff,
+            control_socket,
+            metrics_listen,
         })
     }
 }

@@ -1,14 +1,18 @@
-//! The composition root: upstreams → cache → filesystem → mount, then wait for shutdown.
+//! The composition root: upstreams → cache → filesystem → mount → control socket, metrics and
+//! systemd readiness, then wait for shutdown.
 
 use std::future::Future;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cache::{CacheConfig, NarCache};
 use crate::config::Config;
+use crate::control::{self, DaemonHandler};
 use crate::fs::StoreFs;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::session::{self, MountOptions};
+use crate::metrics::{self, Snapshot};
+use crate::notify::Notifier;
 use crate::sync::Arc;
 use crate::upstream::UpstreamSet;
 use crate::upstream::auth::AuthSources;
@@ -93,7 +97,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let cache = NarCache::open(cache_config, upstreams, config.trusted_keys.clone())
         .with_context(|| format!("cannot open cache directory {}", config.cache_dir.display()))
         .map_err(setup)?;
-    let fs = Arc::new(StoreFs::new(cache));
+    // Both sockets are bound before mounting: a second daemon fails here, not after mounting.
+    let control = control::bind(&config.control_socket)
+        .context("cannot open the control socket")
+        .map_err(setup)?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(|e| setup(e.into()))?),
+        None => None,
+    };
+    let fs = Arc::new(StoreFs::new(cache.clone()));
     let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
     let options = MountOptions { allow_other: config.allow_other };
     let mountpoint = config.mountpoint.clone();
@@ -105,13 +117,75 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .map_err(setup)?;
     info!(mountpoint = %config.mountpoint.display(), cache = %config.cache_dir.display(),
           max_bytes = config.max_size_bytes, "serving");
-    tokio::select! {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    info!(socket = %control.path().display(), "control socket");
+    let handler = Arc::new(DaemonHandler::new(cache.clone()));
+    let control_task = tokio::spawn(control::serve(control, handler, stopped()));
+    let metrics_task = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving /metrics");
+        }
+        let c = cache.clone();
+        let render = move || metrics::render(&c.snapshot(), &c.stats.histograms);
+        tokio::spawn(metrics::serve(listener, render, stopped()))
+    });
+    let notifier = Notifier::from_env();
+    notify(&notifier, "READY=1");
+    let status_task = notifier.enabled().then(|| {
+        let (n, c, stop) = (notifier.clone(), cache.clone(), stopped());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                notify(&n, &status_line(&c.snapshot()));
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(STATUS_INTERVAL) => {}
+                }
+            }
+        })
+    });
+    let result = tokio::select! {
         () = shutdown => {
+            notify(&notifier, "STOPPING=1");
             mounted.unmount().await.context("unmount failed").map_err(DaemonError::Runtime)
         }
         ended = mounted.ended() => {
             info!("mount went away; exiting");
+            notify(&notifier, "STOPPING=1");
             ended.context("FUSE session failed").map_err(DaemonError::Runtime)
         }
+    };
+    let _ = stop_tx.send(true);
+    // The control task owns the socket: waiting for it removes the socket file.
+    let _ = control_task.await;
+    for task in metrics_task.into_iter().chain(status_task) {
+        let _ = task.await;
+    }
+    result
+}
+
+/// How often systemd's STATUS= line is refreshed.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `STATUS=` for systemctl status: the figures an operator glances at.
+fn status_line(s: &Snapshot) -> String {
+    format!(
+        "STATUS=serving: {} paths, {} MiB cached, hit rate {:.0}%, {} fetches in flight",
+        s.cached_paths,
+        s.cache_bytes >> 20,
+        s.hit_rate * 100.0,
+        s.in_flight
+    )
+}
+
+fn notify(notifier: &Notifier, state: &str) {
+    if let Err(err) = notifier.notify(state) {
+        warn!(error = %err, "sd_notify failed");
     }
 }

@@ -1,13 +1,13 @@
 //! storefs: a lazy, verified, read-only /nix/store served over FUSE.
 //!
 //! # Layout
-//! Imports point only this way: `nix` ← `upstream` ← `cache` ← `fs` ← `daemon` ← `cli`.
+//! Imports point only this way: `nix` ← `upstream` ← `cache` ← `fs` ← `daemon`/`control` ← `cli`.
 //! - [`nix`]: Nix formats, pure (no I/O): base32, store paths, narinfo, signatures, NAR.
 //! - [`upstream`]: binary caches over HTTP(S) and `file://`, decompression.
 //! - [`cache`]: the verified local disk cache, single-flight fetch, LRU quota.
 //! - [`fs`]: filesystem semantics, plus the one fuser adapter and the mount session.
-//! - [`daemon`]: wires them together; [`cli`]: the command line.
-//! - [`config`], [`logging`], [`sync`]: used by anyone.
+//! - [`daemon`]: wires them together; [`control`]: the control socket; [`cli`]: the command line.
+//! - [`config`], [`logging`], [`metrics`], [`notify`], [`sync`]: used by anyone.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs, missing_debug_implementations)]
@@ -15,10 +15,13 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod failpoint;
 pub mod fs;
 pub mod logging;
+pub mod metrics;
 pub mod nix;
+pub mod notify;
 pub mod sync;
 pub mod upstream;

@@ -178,3 +178,37 @@ fn the_example_config_shows_every_mount_flag() {
         );
     }
 }
+
+/// `systemd-analyze verify` accepts the unit (with ExecStart pointing at the binary under test,
+/// since /usr/local/bin/storefs is not installed here). Skipped where systemd-analyze is absent.
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(status) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIPPING the_systemd_unit_verifies: systemd-analyze is not installed");
+        return;
+    };
+    assert!(status.status.success());
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/storefs.service"))
+            .unwrap();
+    assert!(unit.contains("\nType=notify\n"), "the unit must wait for READY=1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("storefs.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/storefs", env!("CARGO_BIN_EXE_storefs")))
+        .unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+}
+
+/// `stats` without a daemon says where it looked and exits 2; `--watch 0` is a usage error.
+#[test]
+fn stats_without_a_daemon_names_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let out = storefs(&["stats", "--control-socket", sock.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(sock.to_str().unwrap()), "{}", text(&out));
+    let out = storefs(&["stats", "--watch", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}

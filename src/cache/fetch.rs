@@ -10,6 +10,7 @@ use super::index;
 use super::layout::LayoutError;
 use super::stats::CacheStats;
 use super::{CacheError, Entry, NarCache, unpack};
+use crate::metrics::UpstreamCounters;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicU64, Ordering, lock};
@@ -59,7 +60,20 @@ impl NarCache {
         }
         for up in upstreams.iter() {
             CacheStats::bump(&self.stats.narinfo_requests);
-            let info = match up.narinfo(&hash).await {
+            let asked = Instant::now();
+            let answer = up.narinfo(&hash).await;
+            if !matches!(answer, Err(UpstreamError::Down { .. })) {
+                let latency = asked.elapsed();
+                self.stats.histograms.narinfo.observe(latency.as_secs_f64());
+                if let Some(c) = self.upstream_counters(up.url()) {
+                    CacheStats::bump(&c.requests);
+                    c.latency.record(latency);
+                    if answer.is_err() {
+                        CacheStats::bump(&c.errors);
+                    }
+                }
+            }
+            let info = match answer {
                 Ok(Some(info)) => info,
                 Ok(None) => {
                     debug!(store_path = %sp, upstream = up.url(), "not in this cache");
@@ -149,11 +163,28 @@ impl NarCache {
         self.download(up, info).await
     }
 
-    /// Downloads, verifies, unpacks and publishes one NAR from `up`.
+    /// Downloads, verifies, unpacks and publishes one NAR from `up`, counting it for `up`.
     async fn download(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
+    ) -> Result<Arc<Entry>, DownloadError> {
+        let started = Instant::now();
+        let counters = self.upstream_counters(up.url());
+        let result = self.download_counted(up, info, counters.clone()).await;
+        match (&result, counters) {
+            (Ok(_), _) => self.stats.histograms.nar.observe(started.elapsed().as_secs_f64()),
+            (Err(DownloadError::Remote(_)), Some(c)) => CacheStats::bump(&c.errors),
+            (Err(_), _) => {}
+        }
+        result
+    }
+
+    async fn download_counted(
+        self: &Arc<Self>,
+        up: &dyn Upstream,
+        info: &NarInfo,
+        counters: Option<Arc<UpstreamCounters>>,
     ) -> Result<Arc<Entry>, DownloadError> {
         let sp = &info.store_path;
         let hash = sp.hash_part();
@@ -161,13 +192,16 @@ impl NarCache {
         // Compression can only shrink real NARs much, but may grow incompressible ones a little.
         let max_compressed = info.nar_size + info.nar_size / 16 + (1 << 20);
         CacheStats::bump(&self.stats.nar_downloads);
-        let body = up
-            .nar(&info.url, max_compressed)
-            .await
-            .map_err(|e| DownloadError::Remote(e.to_string()))?;
+        let asked = Instant::now();
+        let body = up.nar(&info.url, max_compressed).await;
+        if let Some(c) = &counters {
+            CacheStats::bump(&c.requests);
+            c.latency.record(asked.elapsed());
+        }
+        let body = body.map_err(|e| DownloadError::Remote(e.to_string()))?;
         let staging = self.layout.new_staging(&hash).map_err(DownloadError::local)?;
         let wire = LowSpeedReader::new(SyncIoBridge::new(body), self.config.low_speed);
-        let reader = CountingReader { inner: wire, counter: self.clone() };
+        let reader = CountingReader { inner: wire, counter: self.clone(), upstream: counters };
         let (info2, staging2) = (info.clone(), staging.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
             unpack::unpack(reader, &info2, max_compressed, &staging2)
@@ -235,12 +269,16 @@ impl NarCache {
 struct CountingReader<R> {
     inner: R,
     counter: Arc<NarCache>,
+    upstream: Option<Arc<UpstreamCounters>>,
 }
 
 impl<R: std::io::Read> std::io::Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.counter.stats.bytes_downloaded.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(c) = &self.upstream {
+            c.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }

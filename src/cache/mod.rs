@@ -44,13 +44,14 @@ use self::manifest::Manifest;
 pub use self::ops::{GcReport, VerifyReport};
 use self::stats::CacheStats;
 use crate::config::MinFree;
+use crate::metrics::{Snapshot, UpstreamCounters, UpstreamSnapshot};
 use crate::nix::nar::NodeId;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signature::TrustedKeys;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
-use crate::upstream::UpstreamSet;
 use crate::upstream::low_speed::LowSpeedLimit;
+use crate::upstream::{Upstream, UpstreamSet};
 
 /// Most "absent" answers remembered at once.
 const NEGATIVE_CACHE_ENTRIES: usize = 65_536;
@@ -160,6 +161,8 @@ pub struct NarCache {
     scan_complete: AtomicBool,
     /// What the cache did so far.
     pub stats: CacheStats,
+    /// Counters of each configured substituter, in configured order.
+    upstream_stats: Vec<(Arc<dyn Upstream>, Arc<UpstreamCounters>)>,
 }
 
 impl std::fmt::Debug for NarCache {
@@ -191,6 +194,10 @@ impl NarCache {
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
             stats: CacheStats::default(),
+            upstream_stats: upstreams
+                .iter()
+                .map(|u| (u.clone(), Arc::new(UpstreamCounters::default())))
+                .collect(),
             layout,
             upstreams,
             ordered: tokio::sync::OnceCell::new(),
@@ -281,6 +288,52 @@ impl NarCache {
     /// The configured size limit.
     pub fn max_bytes(&self) -> u64 {
         self.config.max_bytes
+    }
+
+    /// Counters of the substituter with base URL `url` (shared by every request to it).
+    pub(crate) fn upstream_counters(&self, url: &str) -> Option<Arc<UpstreamCounters>> {
+        self.upstream_stats.iter().find(|(u, _)| u.url() == url).map(|(_, c)| c.clone())
+    }
+
+    /// Every figure `storefs stats` shows, read now.
+    pub fn snapshot(&self) -> Snapshot {
+        let get = CacheStats::get;
+        let s = &self.stats;
+        let (cache_bytes, cached_paths) = {
+            let st = lock(&self.state);
+            (st.used_bytes, st.lru.len() as u64)
+        };
+        let (lookups, hits) = (get(&s.lookups), get(&s.hits));
+        Snapshot {
+            hit_rate: Snapshot::rate(hits, lookups),
+            lookups,
+            cache_hits: hits,
+            narinfo_requests: get(&s.narinfo_requests),
+            negative_hits: get(&s.negative_hits),
+            nar_downloads: get(&s.nar_downloads),
+            bytes_downloaded: get(&s.bytes_downloaded),
+            bytes_served: get(&s.bytes_served),
+            cache_bytes,
+            cache_limit_bytes: self.config.max_bytes,
+            cached_paths,
+            pinned_paths: 0,
+            evictions: get(&s.evictions),
+            in_flight: lock(&self.inflight).len() as u64,
+            fetch_failures: get(&s.fetch_failures),
+            verify_failures: get(&s.verify_failures),
+            upstreams: self
+                .upstream_stats
+                .iter()
+                .map(|(u, c)| UpstreamSnapshot {
+                    url: u.url().to_owned(),
+                    online: u.online(),
+                    requests: get(&c.requests),
+                    errors: get(&c.errors),
+                    bytes: get(&c.bytes),
+                    latency_ms_p50: c.latency.p50_ms(),
+                })
+                .collect(),
+        }
     }
 
     fn negative_hit(&self, hash: &str) -> bool {

@@ -1,5 +1,6 @@
 //! Counters of what the cache did: the figures `storefs stats` and Prometheus will show.
 
+use crate::metrics::FetchHistograms;
 use crate::sync::{AtomicU64, Ordering};
 
 /// Cache and upstream counters. All monotonic except `cache_bytes` and `cached_paths`.
@@ -25,12 +26,21 @@ pub struct CacheStats {
     pub fetch_failures: AtomicU64,
     /// narinfos or NARs rejected by verification (signature, hash, size, grammar).
     pub verify_failures: AtomicU64,
+    /// File bytes returned to readers (bumped by the filesystem's read path).
+    pub bytes_served: AtomicU64,
+    /// narinfo and NAR fetch latency histograms, for `/metrics`.
+    pub histograms: FetchHistograms,
 }
 
 impl CacheStats {
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Reads `counter`.

@@ -356,3 +356,28 @@ async fn another_version_of_a_path_served_before_is_refused() {
     let err = cache.get(&a).await.unwrap_err();
     assert!(err.to_string().contains("served before"), "{err}");
 }
+
+/// The snapshot counts per substituter: a failing cache's error, an untrusted cache's request,
+/// and the serving cache's narinfo + NAR requests and bytes.
+#[tokio::test]
+async fn the_snapshot_counts_each_upstream() {
+    let fx = Fixture::new(3);
+    let path = sp('s', "counted");
+    *fx.ups[0].fail_status.lock().unwrap() = Some(503);
+    publish(&fx.ups[1], &SigningKey::generate("test-1", [2; 32]), &path, &tree("evil", 1));
+    let nar = publish(&fx.ups[2], &key(), &path, &tree("good", 1000));
+    let cache = fx.open();
+    cache.get(&path).await.unwrap();
+    cache.get(&path).await.unwrap();
+    let s = cache.snapshot();
+    assert_eq!((s.lookups, s.cache_hits, s.hit_rate), (2, 1, 0.5));
+    assert_eq!((s.narinfo_requests, s.nar_downloads, s.in_flight), (3, 1, 0));
+    assert_eq!(s.bytes_downloaded, nar.len() as u64, "Compression: none");
+    assert_eq!((s.cached_paths, s.cache_limit_bytes), (1, 1 << 30));
+    let per: Vec<_> = s.upstreams.iter().map(|u| (u.requests, u.errors, u.bytes)).collect();
+    assert_eq!(per, [(1, 1, 0), (1, 0, 0), (2, 0, nar.len() as u64)]);
+    assert!(s.upstreams.iter().all(|u| u.online && u.latency_ms_p50.is_some()));
+    let text = crate::metrics::render(&s, &cache.stats.histograms).unwrap();
+    assert!(text.contains("storefs_narinfo_fetch_seconds_count 3\n"), "{text}");
+    assert!(text.contains("storefs_nar_fetch_seconds_count 1\n"), "{text}");
+}

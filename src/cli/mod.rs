@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Nothing below `cli/` sees clap types.
 
 pub mod mount;
+pub mod stats;
 
 use std::process::ExitCode;
 
@@ -12,6 +13,8 @@ pub const UPSTREAM_OPTIONS: &str = "Upstream options";
 pub const CACHE_OPTIONS: &str = "Cache options";
 /// Help heading for mount options.
 pub const MOUNT_OPTIONS: &str = "Mount options";
+/// Help heading for operation options (control socket, metrics).
+pub const OPERATION_OPTIONS: &str = "Operation options";
 
 pub use crate::daemon::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 
@@ -35,7 +38,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount the store and serve it in the foreground until SIGINT or SIGTERM.
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
+    /// Show what the running daemon did: lookups, hit rate, downloads, cache use, upstreams.
+    Stats(stats::StatsArgs),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -43,5 +48,6 @@ pub fn run(cli: Cli) -> ExitCode {
     crate::logging::init(&cli.log);
     match cli.command {
         Command::Mount(args) => mount::run(&args),
+        Command::Stats(args) => stats::run(&args),
     }
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Args;
 use tracing::error;
 
-use super::{CACHE_OPTIONS, EXIT_RUNTIME, EXIT_USAGE, MOUNT_OPTIONS, UPSTREAM_OPTIONS};
+use super::{
+    CACHE_OPTIONS, EXIT_RUNTIME, EXIT_USAGE, MOUNT_OPTIONS, OPERATION_OPTIONS, UPSTREAM_OPTIONS,
+};
 use crate::config::{Config, RawConfig};
 
 /// Arguments of `storefs mount`, as typed: every option is `None` or empty when not given, so
@@ -97,6 +99,15 @@ pub struct MountArgs {
     /// default_permissions [default: off].
     #[arg(long, help_heading = MOUNT_OPTIONS)]
     pub allow_other: bool,
+
+    /// Unix socket for `storefs stats` and other commands (mode 0600; its directory is created
+    /// 0755 if missing) [default: /run/storefs/control.sock].
+    #[arg(long, value_name = "PATH", help_heading = OPERATION_OPTIONS)]
+    pub control_socket: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9101 [default: off].
+    #[arg(long, value_name = "ADDR:PORT", help_heading = OPERATION_OPTIONS)]
+    pub metrics_listen: Option<String>,
 }
 
 impl From<&MountArgs> for RawConfig {
@@ -117,6 +128,8 @@ impl From<&MountArgs> for RawConfig {
             netrc_file: a.netrc_file.clone(),
             bearer_token_files: a.bearer_token_files.clone(),
             config_file: a.config_file.clone(),
+            control_socket: a.control_socket.clone(),
+            metrics_listen: a.metrics_listen.clone(),
         }
     }
 }
@@ -187,6 +200,7 @@ mod tests {
             ("cache_dir", format!("[default: {DEFAULT_CACHE_DIR}]")),
             ("max_size", format!("[default: {}G]", DEFAULT_MAX_SIZE_BYTES >> 30)),
             ("min_free", format!("[default: {min_free}%]")),
+            ("control_socket", format!("[default: {DEFAULT_CONTROL_SOCKET}]")),
         ];
         let cli = crate::cli::Cli::command();
         let mount = cli.find_subcommand("mount").expect("mount subcommand");

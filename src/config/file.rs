@@ -46,6 +46,10 @@ pub struct FileConfig {
     pub min_free: Option<String>,
     /// `allow-other = false`.
     pub allow_other: Option<bool>,
+    /// `control-socket = "/run/storefs/control.sock"`.
+    pub control_socket: Option<PathBuf>,
+    /// `metrics-listen = "127.0.0.1:9101"`.
+    pub metrics_listen: Option<String>,
 }
 
 impl FileConfig {
@@ -85,8 +89,13 @@ impl FileConfig {
                 *p = dir.join(&*p);
             }
         };
-        let singles =
-            [&mut self.mountpoint, &mut self.nix_conf, &mut self.netrc_file, &mut self.cache_dir];
+        let singles = [
+            &mut self.mountpoint,
+            &mut self.nix_conf,
+            &mut self.netrc_file,
+            &mut self.cache_dir,
+            &mut self.control_socket,
+        ];
         singles.into_iter().flatten().for_each(fix);
         self.bearer_token_files.iter_mut().flat_map(BTreeMap::values_mut).for_each(fix);
     }
@@ -118,12 +127,15 @@ mod tests {
             max-size = "20G"
             min-free = "5%"
             allow-other = true
+            control-socket = "/run/storefs/control.sock"
+            metrics-listen = "127.0.0.1:9101"
             "#,
         )
         .unwrap();
         assert_eq!(conf.substituters.unwrap(), ["https://a", "https://b"]);
         assert_eq!(conf.negative_ttl, Some(0));
         assert_eq!(conf.allow_other, Some(true));
+        assert_eq!(conf.metrics_listen.as_deref(), Some("127.0.0.1:9101"));
         assert_eq!(
             conf.bearer_token_files.unwrap()["https://a"],
             Path::new("/etc/storefs/a.token")

@@ -483,6 +483,8 @@ fn the_example_file_uncommented_gives_the_documented_defaults() {
         max_size,
         min_free,
         allow_other,
+        control_socket,
+        metrics_listen,
     } = file;
     let shown = [
         mountpoint.is_some(),
@@ -497,10 +499,11 @@ fn the_example_file_uncommented_gives_the_documented_defaults() {
         max_size.is_some(),
         min_free.is_some(),
         allow_other.is_some(),
+        control_socket.is_some(),
     ];
     assert!(shown.iter().all(|&s| s), "a key lacks its `# key = default` line: {shown:?}");
     // These have no literal default ("…, if it exists"): the example shows them as `## `.
-    assert_eq!((nix_conf, netrc_file), (None, None));
+    assert_eq!((nix_conf, netrc_file, metrics_listen), (None, None, None));
 
     let cfg = host.resolve(&RawConfig::default()).unwrap();
     let defaults = Host::new().resolve(&RawConfig::default()).unwrap();

@@ -22,6 +22,7 @@ use self::attr::{Attr, IMMUTABLE_TTL, Kind, ROOT_TTL, node_attr, root_attr};
 use self::error::FsError;
 use self::inode::{Inode, SlotTable};
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
+use crate::cache::stats::CacheStats;
 use crate::cache::{Entry, NarCache};
 use crate::nix::nar::NodeId;
 use crate::nix::store_path::StorePath;
@@ -205,6 +206,7 @@ impl StoreFs {
             }
         }
         buf.truncate(filled);
+        CacheStats::add(&self.cache.stats.bytes_served, filled as u64);
         Ok(buf)
     }
 

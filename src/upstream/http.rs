@@ -349,6 +349,10 @@ fn mark_down(
 
 #[async_trait]
 impl Upstream for HttpUpstream {
+    fn online(&self) -> bool {
+        self.health.is_up()
+    }
+
     fn url(&self) -> &str {
         &self.display
     }

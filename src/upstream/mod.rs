@@ -40,6 +40,11 @@ pub trait Upstream: Send + Sync + Debug {
     /// The cache's base URL, for logs and metrics.
     fn url(&self) -> &str;
 
+    /// False while the cache is marked down after repeated failures (for status output).
+    fn online(&self) -> bool {
+        true
+    }
+
     /// `nix-cache-info`; `Ok(None)` when the cache has none (HTTP 404/403, missing file).
     async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError>;
 

@@ -17,6 +17,9 @@ pub struct Daemon {
     pub cache: PathBuf,
     /// File receiving the daemon's stderr.
     pub log: PathBuf,
+    /// The control socket: `--control-socket` from the arguments, else the log path with the
+    /// extension `.sock` (never the system-wide default, so tests can run side by side).
+    pub control: PathBuf,
 }
 
 /// Path of the storefs binary under test.
@@ -47,7 +50,27 @@ impl Daemon {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Daemon {
+        Self::spawn(mnt, cache, log, args, env).wait_mounted_ok()
+    }
+
+    /// Starts the daemon like `start_env` without waiting for the mount (readiness tests).
+    pub fn spawn(
+        mnt: &Path,
+        cache: &Path,
+        log: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut args = args.to_vec();
+        let control = match args.iter().position(|a| a == "--control-socket") {
+            Some(i) => PathBuf::from(&args[i + 1]),
+            None => {
+                let control = log.with_extension("sock");
+                args.extend(["--control-socket".to_owned(), control.display().to_string()]);
+                control
+            }
+        };
         let child = Command::new(storefs_bin())
             .arg("mount")
             .arg(mnt)
@@ -55,7 +78,7 @@ impl Daemon {
             .arg(cache)
             .arg("--nix-conf")
             .arg("/dev/null")
-            .args(args)
+            .args(&args)
             .env("STOREFS_LOG", "storefs=debug,info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -63,10 +86,18 @@ impl Daemon {
             .stderr(logfile)
             .spawn()
             .expect("spawn storefs");
-        let mut d =
-            Daemon { child: Some(child), mnt: mnt.into(), cache: cache.into(), log: log.into() };
-        d.wait_mounted();
-        d
+        Daemon {
+            child: Some(child),
+            mnt: mnt.into(),
+            cache: cache.into(),
+            log: log.into(),
+            control,
+        }
+    }
+
+    fn wait_mounted_ok(mut self) -> Daemon {
+        self.wait_mounted();
+        self
     }
 
     fn wait_mounted(&mut self) {

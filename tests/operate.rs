@@ -1,0 +1,326 @@
+//! Operating a real mount: `storefs stats --json` and `/metrics` report exactly what a scripted
+//! workload did, and systemd readiness (`READY=1`) arrives only once the mount answers. Needs
+//! root, /dev/fuse, nix-bin and nginx (like tests/fuse.rs); run with `--features fuse_tests`.
+//!
+//! The kernel caches lookups of store paths (their TTL is long), so the workload looks each
+//! valid path up once; cache hits come from a restarted daemon, whose kernel cache is empty.
+
+#![cfg(feature = "fuse_tests")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::daemon::{Daemon, is_storefs_mount, statfs_ok, storefs_bin};
+use common::hostile::fake_basename;
+use common::{Fixtures, Nginx, daemon_args, fuse_setup as setup};
+use serde_json::Value;
+
+/// `storefs stats --json --control-socket <the daemon's>`, parsed.
+fn stats(d: &Daemon) -> Value {
+    let out = Command::new(storefs_bin())
+        .args(["stats", "--json", "--control-socket"])
+        .arg(&d.control)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {v}"))
+}
+
+/// A free loopback port (bound and released; good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// Checks `text` line by line against the Prometheus text format and returns every sample as
+/// `name{labels}` → value.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let is_name = |s: &str| {
+        let mut c = s.chars();
+        c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+    };
+    let mut samples = BTreeMap::new();
+    let mut typed = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad: {line}"));
+            assert!(is_name(name), "bad metric name in {line:?}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "bad type: {line:?}");
+            typed.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ").or(line.strip_prefix("# UNIT ")) {
+            assert!(is_name(rest.split(' ').next().unwrap()), "bad: {line:?}");
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment line {line:?}");
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad: {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(is_name(k) && !v.contains('\n'), "bad label in {line:?}");
+                }
+                name
+            }
+            None => series,
+        };
+        assert!(is_name(name), "bad sample name in {line:?}");
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains_key(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "sample {name} has no # TYPE line");
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+fn mnt_path(d: &Daemon, full: &str) -> PathBuf {
+    d.mnt.join(full.trim_start_matches("/nix/store/"))
+}
+
+/// The three paths the workload fetches, and one file read in each.
+fn workload_paths(fx: &Fixtures) -> [(&str, String); 3] {
+    [
+        (fx.big.as_str(), fx.big_file.clone()),
+        (fx.deep.as_str(), fx.deep_file.clone()),
+        (fx.hello.as_str(), fx.exe.clone()),
+    ]
+}
+
+#[test]
+fn stats_and_metrics_report_exactly_what_the_workload_did() {
+    let Some(fx) = setup("stats_and_metrics_report_exactly_what_the_workload_did") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let url = nginx.url("zstd");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args =
+        daemon_args(std::slice::from_ref(&url), &fx.public_key, &["--metrics-listen", &listen]);
+    let mut d = Daemon::start(tmp.path(), &args);
+
+    // Each valid path looked up once (a miss each), one file of each read in full.
+    let mut served = 0u64;
+    for (path, file) in workload_paths(fx) {
+        assert!(std::fs::metadata(mnt_path(&d, path)).unwrap().is_dir());
+        served += std::fs::read(mnt_path(&d, &file)).unwrap().len() as u64;
+    }
+    // An absent path twice: the second answer comes from the negative cache. (ENOENT replies
+    // are not cached by the kernel, so both lookups reach the daemon.)
+    let absent = d.mnt.join(fake_basename(3, "absent-path"));
+    for _ in 0..2 {
+        assert_eq!(std::fs::metadata(&absent).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+    let nar_bytes: u64 = nginx
+        .entries()
+        .iter()
+        .filter(|e| e.path().contains("/nar/") && e.status == 200)
+        .map(|e| e.body_bytes)
+        .sum();
+    let narinfo_sent = nginx.count_requests(".narinfo") as u64;
+    assert_eq!(narinfo_sent, 4, "3 paths and one absent path, once each");
+
+    let s = stats(&d);
+    let expect = [
+        ("lookups", 5),
+        ("cache_hits", 0),
+        ("negative_hits", 1),
+        ("narinfo_requests", 4),
+        ("nar_downloads", 3),
+        ("bytes_downloaded", nar_bytes),
+        ("bytes_served", served),
+        ("cached_paths", 3),
+        ("pinned_paths", 0),
+        ("evictions", 0),
+        ("in_flight", 0),
+        ("fetch_failures", 0),
+    ];
+    for (key, want) in expect {
+        assert_eq!(n(&s, key), want, "{key} in {s:#}");
+    }
+    assert_eq!(s["hit_rate"].as_f64(), Some(0.0));
+    assert!(n(&s, "cache_bytes") > 4 << 20, "the 4 MiB file is cached: {s}");
+    assert_eq!(n(&s, "cache_limit_bytes"), 10 << 30);
+    let ups = s["upstreams"].as_array().unwrap();
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0]["url"], url.trim_end_matches('/'));
+    assert_eq!(ups[0]["online"], true);
+    assert_eq!(n(&ups[0], "requests"), 4 + 3, "narinfo + NAR requests");
+    assert_eq!(n(&ups[0], "errors"), 0, "404 is an answer, not an error");
+    assert_eq!(n(&ups[0], "bytes"), nar_bytes);
+    assert!(ups[0]["latency_ms_p50"].as_f64().is_some_and(|ms| ms > 0.0), "{s}");
+
+    // /metrics is Prometheus text and says the same.
+    let m = parse_prometheus(&scrape(port));
+    let same = [
+        ("storefs_lookups_total", "lookups"),
+        ("storefs_cache_hits_total", "cache_hits"),
+        ("storefs_negative_hits_total", "negative_hits"),
+        ("storefs_narinfo_requests_total", "narinfo_requests"),
+        ("storefs_nar_downloads_total", "nar_downloads"),
+        ("storefs_bytes_downloaded_total", "bytes_downloaded"),
+        ("storefs_bytes_served_total", "bytes_served"),
+        ("storefs_evictions_total", "evictions"),
+        ("storefs_cache_bytes", "cache_bytes"),
+        ("storefs_cache_limit_bytes", "cache_limit_bytes"),
+        ("storefs_cached_paths", "cached_paths"),
+        ("storefs_pinned_paths", "pinned_paths"),
+        ("storefs_in_flight", "in_flight"),
+    ];
+    let s = stats(&d);
+    for (metric, key) in same {
+        assert_eq!(m.get(metric).copied(), Some(n(&s, key) as f64), "{metric} vs {key}");
+    }
+    let label = format!("{{upstream=\"{}\"}}", url.trim_end_matches('/'));
+    assert_eq!(m[&format!("storefs_upstream_requests_total{label}")], 7.0);
+    assert_eq!(m[&format!("storefs_upstream_bytes_total{label}")], nar_bytes as f64);
+    assert_eq!(m[&format!("storefs_upstream_online{label}")], 1.0);
+    assert_eq!(m["storefs_narinfo_fetch_seconds_count"], 4.0);
+    assert_eq!(m["storefs_nar_fetch_seconds_count"], 3.0);
+    assert_eq!(m["storefs_nar_fetch_seconds_bucket{le=\"+Inf\"}"], 3.0);
+
+    // The human table names the same figures.
+    let out = Command::new(storefs_bin())
+        .args(["stats", "--control-socket"])
+        .arg(&d.control)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("lookups            5"), "{table}");
+    assert!(table.contains(url.trim_end_matches('/')), "{table}");
+
+    // A restarted daemon has an empty kernel cache: lookups of cached paths are hits now.
+    assert_eq!(d.stop(), Some(0));
+    assert!(!d.control.exists(), "the control socket is removed on exit");
+    nginx.clear_log();
+    let d =
+        Daemon::start(tmp.path(), &daemon_args(std::slice::from_ref(&url), &fx.public_key, &[]));
+    for (path, _) in &workload_paths(fx)[..2] {
+        assert!(std::fs::metadata(mnt_path(&d, path)).unwrap().is_dir());
+    }
+    let s = stats(&d);
+    for (key, want) in [("lookups", 2), ("cache_hits", 2), ("narinfo_requests", 0)] {
+        assert_eq!(n(&s, key), want, "{key} after restart in {s:#}");
+    }
+    assert_eq!(s["hit_rate"].as_f64(), Some(1.0));
+    assert_eq!(nginx.count_requests(".narinfo"), 0);
+}
+
+#[test]
+fn evictions_are_counted() {
+    let Some(fx) = setup("evictions_are_counted") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    // Smaller than any path: each new path evicts the one before (the newest is kept).
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &["--max-size", "1K"]);
+    let d = Daemon::start(tmp.path(), &args);
+    for (path, _) in workload_paths(fx) {
+        assert!(std::fs::metadata(mnt_path(&d, path)).unwrap().is_dir());
+    }
+    let s = stats(&d);
+    for (key, want) in [("nar_downloads", 3), ("evictions", 2), ("cached_paths", 1)] {
+        assert_eq!(n(&s, key), want, "{key} in {s:#}");
+    }
+    assert_eq!(n(&s, "cache_limit_bytes"), 1024);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_control_socket_is_refused() {
+    let Some(fx) = setup("a_second_daemon_on_the_same_control_socket_is_refused") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]);
+    let d = Daemon::start(tmp.path(), &args);
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(other.join("mnt")).unwrap();
+    let out = Command::new(storefs_bin())
+        .arg("mount")
+        .arg(other.join("mnt"))
+        .arg("--cache-dir")
+        .arg(other.join("cache"))
+        .args(["--nix-conf", "/dev/null", "--control-socket"])
+        .arg(&d.control)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already answers"));
+    assert!(!is_storefs_mount(&other.join("mnt")), "refused before mounting");
+    assert!(d.control.exists(), "the first daemon's socket is left alone");
+    stats(&d);
+}
+
+fn recv(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let len = sock.recv(&mut buf).expect("a notification before the timeout");
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+#[test]
+fn ready_is_sent_only_once_the_mount_answers() {
+    let Some(fx) = setup("ready_is_sent_only_once_the_mount_answers") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let notify_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let notify = notify_path.to_string_lossy().into_owned();
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]);
+    let log = tmp.path().join("storefs.log");
+    let mut d = Daemon::spawn(&mnt, &cache, &log, &args, &[("NOTIFY_SOCKET", notify.as_str())]);
+    let first = recv(&sock);
+    // At the moment READY=1 arrives, the mount and the control socket answer.
+    assert_eq!(first, "READY=1", "log:\n{}", d.log_text());
+    assert!(is_storefs_mount(&mnt) && statfs_ok(&mnt), "READY before the mount");
+    let hello = mnt.join(fx.hello.trim_start_matches("/nix/store/"));
+    assert!(std::fs::metadata(&hello).unwrap().is_dir());
+    assert!(d.control.exists());
+    let status = recv(&sock);
+    assert!(status.starts_with("STATUS=serving: "), "{status}");
+    let t0 = Instant::now();
+    assert_eq!(d.stop(), Some(0));
+    let mut rest = Vec::new();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let mut buf = [0u8; 4096];
+        match sock.recv(&mut buf) {
+            Ok(len) => rest.push(String::from_utf8_lossy(&buf[..len]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
