@@ -316,7 +316,7 @@ impl NarCache {
             cache_bytes,
             cache_limit_bytes: self.config.max_bytes,
             cached_paths,
-            pinned_paths: 0,
+            pinned_paths: self.pinned().len() as u64,
             evictions: get(&s.evictions),
             in_flight: lock(&self.inflight).len() as u64,
             fetch_failures: get(&s.fetch_failures),

@@ -73,7 +73,7 @@ impl NarCache {
         paths: &[StorePath],
         closure: bool,
         parallelism: usize,
-        progress: impl Fn(usize, usize, &StorePath),
+        progress: impl Fn(usize, usize, &StorePath) + Sync,
     ) -> Vec<(StorePath, Result<(), CacheError>)> {
         self.walk(paths, closure, parallelism, &progress).await
     }
@@ -84,7 +84,7 @@ impl NarCache {
         roots: &[StorePath],
         follow: bool,
         parallelism: usize,
-        progress: &dyn Fn(usize, usize, &StorePath),
+        progress: &(dyn Fn(usize, usize, &StorePath) + Sync),
     ) -> Vec<(StorePath, Result<(), CacheError>)> {
         let mut seen: HashSet<StorePath> = HashSet::new();
         let mut level: Vec<StorePath> =
@@ -94,8 +94,13 @@ impl NarCache {
         let mut out = Vec::new();
         while !level.is_empty() {
             let mut results: Vec<(usize, Result<Arc<Entry>, CacheError>)> =
-                futures::stream::iter(level.iter().enumerate())
-                    .map(|(i, sp)| async move { (i, self.get(sp).await) })
+                // Owned paths and cache handles: the future stays Send with no borrowed lifetimes
+                // (the control socket runs it on the multi-threaded runtime).
+                futures::stream::iter(level.clone().into_iter().enumerate())
+                    .map(|(i, sp)| {
+                        let this = self.clone();
+                        async move { (i, this.get(&sp).await) }
+                    })
                     .buffer_unordered(parallelism.max(1))
                     .inspect(|(i, _)| {
                         done += 1;

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Nothing below `cli/` sees clap types.
 
 pub mod mount;
+pub mod ops;
 pub mod stats;
 
 use std::process::ExitCode;
@@ -41,6 +42,20 @@ pub enum Command {
     Mount(Box<mount::MountArgs>),
     /// Show what the running daemon did: lookups, hit rate, downloads, cache use, upstreams.
     Stats(stats::StatsArgs),
+    /// Fetch store paths (optionally their closures) into the cache ahead of use.
+    Prefetch(ops::PrefetchArgs),
+    /// Keep store paths (optionally their closures) in the cache: pinned paths are never evicted.
+    Pin(ops::PinArgs),
+    /// Let pinned store paths be evicted again.
+    Unpin(ops::PinArgs),
+    /// Remove store paths from the cache now (a later access fetches them again).
+    Evict(ops::EvictArgs),
+    /// Evict least recently used unpinned paths, down to a size or entirely.
+    Gc(ops::GcArgs),
+    /// Re-hash cached paths against their signed NarHash; evict any that do not match.
+    Verify(ops::VerifyArgs),
+    /// Print registrations of cached paths for `nix-store --load-db` (Nix in job containers).
+    ExportDb(ops::ExportDbArgs),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -49,5 +64,12 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Mount(args) => mount::run(&args),
         Command::Stats(args) => stats::run(&args),
+        Command::Prefetch(args) => ops::prefetch(&args),
+        Command::Pin(args) => ops::pin(&args, true),
+        Command::Unpin(args) => ops::pin(&args, false),
+        Command::Evict(args) => ops::evict(&args),
+        Command::Gc(args) => ops::gc(&args),
+        Command::Verify(args) => ops::verify(&args),
+        Command::ExportDb(args) => ops::export_db(&args),
     }
 }

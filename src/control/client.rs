@@ -54,6 +54,14 @@ impl Client {
         Ok(Self { reader: BufReader::new(stream), writer })
     }
 
+    /// Waits up to `timeout` for each answer (None: as long as it takes). Fetching, verifying
+    /// or exporting a large closure can take much longer than [`REQUEST_TIMEOUT`]; the daemon
+    /// bounds the network work itself.
+    pub fn with_timeout(self, timeout: Option<Duration>) -> Result<Self, ClientError> {
+        self.reader.get_ref().set_read_timeout(timeout)?;
+        Ok(self)
+    }
+
     /// Sends `request` and returns its result.
     pub fn request(&mut self, request: &Request) -> Result<serde_json::Value, ClientError> {
         self.writer.write_all(encode_request(request).as_bytes())?;

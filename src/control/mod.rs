@@ -8,7 +8,10 @@
 //! [`ControlHandler`]: the daemon's is [`DaemonHandler`]; tests inject their own.
 
 pub mod client;
+pub mod handler;
 pub mod protocol;
+
+pub use handler::DaemonHandler;
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -20,7 +23,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use self::protocol::{MAX_LINE, Request, Response, decode_request, encode_response};
-use crate::cache::NarCache;
 use crate::sync::Arc;
 
 /// Where the daemon listens unless told otherwise.
@@ -50,34 +52,6 @@ pub enum ControlError {
 pub trait ControlHandler: Send + Sync + 'static {
     /// Runs `request`; the `Err` text goes back to the client as `error`.
     async fn handle(&self, request: Request) -> Result<serde_json::Value, String>;
-}
-
-/// The daemon's handler: answers from the cache.
-#[derive(Debug)]
-pub struct DaemonHandler {
-    cache: Arc<NarCache>,
-}
-
-impl DaemonHandler {
-    /// A handler over `cache`.
-    pub fn new(cache: Arc<NarCache>) -> Self {
-        Self { cache }
-    }
-}
-
-#[async_trait]
-impl ControlHandler for DaemonHandler {
-    async fn handle(&self, request: Request) -> Result<serde_json::Value, String> {
-        match request {
-            Request::Ping => Ok(serde_json::json!({
-                "pid": std::process::id(),
-                "version": env!("CARGO_PKG_VERSION"),
-            })),
-            Request::Stats => {
-                serde_json::to_value(self.cache.snapshot()).map_err(|e| e.to_string())
-            }
-        }
-    }
 }
 
 /// A bound control socket; the socket file is removed when this is dropped.
@@ -220,6 +194,7 @@ mod tests {
             match request {
                 Request::Ping => Ok(serde_json::json!({"pong": true})),
                 Request::Stats => Err("no stats here".into()),
+                other => Err(format!("fake handler: {other:?} not supported")),
             }
         }
     }

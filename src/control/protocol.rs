@@ -27,6 +27,50 @@ pub enum Request {
     Ping,
     /// The counters: a [`crate::metrics::Snapshot`].
     Stats,
+    /// Fetch one store path into the cache if needed; answers `{"path", "references"}`, so a
+    /// client can walk a closure itself and show progress.
+    Fetch {
+        /// A store path or basename.
+        path: String,
+    },
+    /// The closure of `paths`, every path fetched on the way; answers `{"paths": [...]}`.
+    Closure {
+        /// Store paths or basenames.
+        paths: Vec<String>,
+    },
+    /// Pin `paths` (fetching them first): never evicted. Answers per-path `results`.
+    Pin {
+        /// Store paths or basenames.
+        paths: Vec<String>,
+    },
+    /// Unpin `paths`. Answers per-path `results`.
+    Unpin {
+        /// Store paths or basenames.
+        paths: Vec<String>,
+    },
+    /// Evict `paths` (pinned ones are refused). Answers per-path `results`.
+    Evict {
+        /// Store paths or basenames.
+        paths: Vec<String>,
+    },
+    /// Evict unpinned least-recently-used paths down to `to_bytes` (all unpinned when absent).
+    Gc {
+        /// Target size in bytes.
+        #[serde(default)]
+        to_bytes: Option<u64>,
+    },
+    /// Re-hash cached entries against NarHash, evicting corrupt ones; empty `paths` = all.
+    Verify {
+        /// Store paths or basenames.
+        paths: Vec<String>,
+    },
+    /// Registrations for `nix-store --load-db`; answers `{"text": "..."}`.
+    ExportDb {
+        /// Store paths or basenames.
+        paths: Vec<String>,
+        /// Include their closure.
+        closure: bool,
+    },
 }
 
 /// One request line.

@@ -106,6 +106,18 @@ impl StorePath {
         Self::from_basename(basename)
     }
 
+    /// A store path as a user names it on a command line: `/nix/store/<basename>` (anything
+    /// below it, like `/nix/store/<basename>/bin/sh`, names the same store path) or a bare
+    /// `<basename>`.
+    pub fn from_user_arg(s: &str) -> Result<Self, Error> {
+        match s.strip_prefix(STORE_DIR).and_then(|rest| rest.strip_prefix('/')) {
+            Some(rest) => {
+                Self::from_basename(rest.split('/').next().unwrap_or_default().as_bytes())
+            }
+            None => Self::from_basename(s.as_bytes()),
+        }
+    }
+
     /// The 20-byte digest.
     #[must_use]
     pub fn digest(&self) -> &[u8; DIGEST_SIZE] {
