@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::daemon::{Daemon, storefs_bin};
-use common::{Fixtures, Nginx, daemon_args, fuse_setup as setup, hash_part};
+use common::{Nginx, daemon_args, fuse_setup as setup, hash_part};
 
 fn storefs(d: &Daemon, args: &[&str]) -> Output {
     Command::new(storefs_bin())
