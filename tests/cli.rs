@@ -164,7 +164,7 @@ fn docs_list_every_mount_flag() {
 fn the_example_config_shows_every_mount_flag() {
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/systemd/storefs.toml.example"
+        "/systemd/storefs.toml"
     ))
     .unwrap();
     for flag in mount_flags() {
@@ -174,7 +174,7 @@ fn the_example_config_shows_every_mount_flag() {
         let key = &flag[2..];
         assert!(
             example.lines().any(|l| l.trim_start_matches('#').trim_start().starts_with(key)),
-            "systemd/storefs.toml.example lacks a line for {key}"
+            "systemd/storefs.toml lacks a line for {key}"
         );
     }
 }

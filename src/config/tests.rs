@@ -440,7 +440,7 @@ fn relative_flag_paths_are_taken_against_the_current_directory() {
     assert_eq!(cfg.netrc_file, Some(cwd.join("Cargo.toml")));
 }
 
-const EXAMPLE: &str = include_str!("../../systemd/storefs.toml.example");
+const EXAMPLE: &str = include_str!("../../systemd/storefs.toml");
 
 #[test]
 fn the_example_file_as_shipped_gives_the_defaults() {
