@@ -162,11 +162,9 @@ fn docs_list_every_mount_flag() {
 /// plural, e.g. `--substituter` → `substituters`).
 #[test]
 fn the_example_config_shows_every_mount_flag() {
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/storefs.toml"
-    ))
-    .unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/storefs.toml"))
+            .unwrap();
     for flag in mount_flags() {
         if ["--help", "--log", "--config"].contains(&flag.as_str()) {
             continue;

@@ -1,4 +1,4 @@
-//! The control socket: how `storefs stats` (and later cache commands) talk to a running daemon.
+//! The control socket: how `storefs stats` and the cache commands talk to a running daemon.
 //!
 //! A Unix stream socket (default [`DEFAULT_SOCKET`], mode 0600: root only) speaking the
 //! line-delimited JSON of [`protocol`]; connections from users other than the daemon's own (or
