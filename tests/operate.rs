@@ -125,8 +125,9 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     let url = nginx.url("zstd");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let args =
-        daemon_args(std::slice::from_ref(&url), &fx.public_key, &["--metrics-listen", &listen]);
+    // Reads through the daemon, so bytes_served counts every byte the test reads.
+    let extra = ["--metrics-listen", listen.as_str(), "--no-passthrough"];
+    let args = daemon_args(std::slice::from_ref(&url), &fx.public_key, &extra);
     let mut d = Daemon::start(tmp.path(), &args);
 
     // Each valid path looked up once (a miss each), one file of each read in full.
@@ -323,4 +324,36 @@ fn ready_is_sent_only_once_the_mount_answers() {
         }
     }
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
+
+/// With kernel passthrough (the default where the kernel has it), an opened file's reads are
+/// served by the kernel from the cache file: correct bytes, and none of them through the daemon.
+#[test]
+fn passthrough_reads_bypass_the_daemon() {
+    let Some(fx) = setup("passthrough_reads_bypass_the_daemon") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]));
+    let log = d.log_text();
+    if !log.contains("FUSE passthrough on") {
+        // Kernels before 6.9 have no passthrough; the fallback is what every other test covers.
+        assert!(log.contains("passthrough unavailable"), "log:\n{log}");
+        eprintln!("passthrough not offered by this kernel ({})", log.lines().count());
+        return;
+    }
+    let want = std::fs::read(&fx.big_file).unwrap();
+    let mounted = d.path(&fx.big_file, "");
+    assert_eq!(std::fs::read(&mounted).unwrap(), want);
+    // Offset reads and a second open of the same inode share the backing file.
+    let f = std::fs::File::open(&mounted).unwrap();
+    let mut g = std::fs::File::open(&mounted).unwrap();
+    let mut buf = vec![0u8; 4096];
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(&mut buf, 1 << 20).unwrap();
+    assert_eq!(buf, want[1 << 20..(1 << 20) + 4096]);
+    let mut all = Vec::new();
+    g.read_to_end(&mut all).unwrap();
+    assert_eq!(all, want);
+    drop((f, g));
+    assert_eq!(n(&stats(&d), "bytes_served"), 0, "reads went through the daemon");
 }

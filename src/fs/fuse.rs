@@ -3,23 +3,25 @@
 //! Requests that may touch the network (lookup of a store path, open of an evicted file) run as
 //! tokio tasks, so the FUSE request loop never waits on a download.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
-use tracing::{Level, debug, event, warn};
+use tracing::{Level, debug, event, info, warn};
 
 use super::StoreFs;
 use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
 
 /// Largest read the kernel may send us at once.
 const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
@@ -29,12 +31,69 @@ const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
 pub struct FuseAdapter {
     fs: Arc<StoreFs>,
     rt: Handle,
+    backing: Arc<Backing>,
+}
+
+/// Kernel FUSE passthrough (Linux >= 6.9): an open file is backed by its cache file, and the
+/// kernel reads it directly, at local-disk speed, without a round trip through the daemon. The
+/// kernel wants one backing id per inode for all of its open handles, so ids are shared and
+/// counted; the last release closes the id.
+#[derive(Debug, Default)]
+struct Backing {
+    /// Wanted by the configuration (`--no-passthrough` turns it off).
+    wanted: bool,
+    /// Granted by the kernel at init, and not found unusable since.
+    enabled: AtomicBool,
+    /// Backing id and open handles per inode.
+    by_ino: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// The inode of each passthrough handle.
+    by_fh: Mutex<HashMap<u64, u64>>,
+}
+
+impl Backing {
+    /// The backing id for `ino`, registering `file` with the kernel on the first open.
+    fn acquire(
+        &self,
+        ino: u64,
+        fh: u64,
+        reply: &ReplyOpen,
+        file: &File,
+    ) -> std::io::Result<Arc<BackingId>> {
+        let mut by_ino = lock(&self.by_ino);
+        let id = match by_ino.get_mut(&ino) {
+            Some((id, opens)) => {
+                *opens += 1;
+                id.clone()
+            }
+            None => {
+                let id = Arc::new(reply.open_backing(file)?);
+                by_ino.insert(ino, (id.clone(), 1));
+                id
+            }
+        };
+        lock(&self.by_fh).insert(fh, ino);
+        Ok(id)
+    }
+
+    /// Forgets handle `fh`; the inode's backing id closes with its last handle.
+    fn release(&self, fh: u64) {
+        let Some(ino) = lock(&self.by_fh).remove(&fh) else { return };
+        let mut by_ino = lock(&self.by_ino);
+        if let Some((_, opens)) = by_ino.get_mut(&ino) {
+            *opens -= 1;
+            if *opens == 0 {
+                by_ino.remove(&ino);
+            }
+        }
+    }
 }
 
 impl FuseAdapter {
-    /// Serves `fs`, running request handlers on the runtime behind `rt`.
-    pub fn new(fs: Arc<StoreFs>, rt: Handle) -> Self {
-        Self { fs, rt }
+    /// Serves `fs`, running request handlers on the runtime behind `rt`; with `passthrough`, open
+    /// files are read by the kernel directly where the kernel allows it.
+    pub fn new(fs: Arc<StoreFs>, rt: Handle, passthrough: bool) -> Self {
+        let backing = Backing { wanted: passthrough, ..Backing::default() };
+        Self { fs, rt, backing: Arc::new(backing) }
     }
 }
 
@@ -90,6 +149,18 @@ impl Filesystem for FuseAdapter {
         if let Err(missing) = config.add_capabilities(wanted) {
             warn!(?missing, "kernel lacks FUSE capabilities; lookups may serialise");
         }
+        // Passthrough needs a stacking depth: 1 keeps the mount usable as an overlayfs lower
+        // layer and requires cache files on a non-stacked filesystem (else opens fall back).
+        if self.backing.wanted
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.backing.enabled.store(true, Ordering::Relaxed);
+            info!("FUSE passthrough on: the kernel reads cached files directly");
+        } else if self.backing.wanted {
+            info!("FUSE passthrough unavailable (kernel < 6.9?); reads go through the daemon");
+        }
         debug!("fuse session initialised");
         Ok(())
     }
@@ -123,13 +194,32 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
+        let (fs, backing) = (self.fs.clone(), self.backing.clone());
         self.rt.spawn(async move {
-            match fs.open(ino.0, flags.0).await {
-                // Immutable contents: let the kernel keep its page cache across opens.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(err) => reply.error(fail("open", ino.0, &err)),
+            // Immutable contents: let the kernel keep its page cache across opens.
+            let flags_out = FopenFlags::FOPEN_KEEP_CACHE;
+            let fh = match fs.open(ino.0, flags.0).await {
+                Ok(fh) => fh,
+                Err(err) => return reply.error(fail("open", ino.0, &err)),
+            };
+            if backing.enabled.load(Ordering::Relaxed) {
+                if let Some(file) = fs.file(fh) {
+                    match backing.acquire(ino.0, fh, &reply, &file) {
+                        // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with
+                        // EIO; passthrough reads use the cache file's own page cache anyway.
+                        Ok(id) => {
+                            return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                        }
+                        Err(err) => {
+                            // E.g. cache files on a stacked filesystem: say so once, read through
+                            // the daemon from now on.
+                            backing.enabled.store(false, Ordering::Relaxed);
+                            warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
+                        }
+                    }
+                }
             }
+            reply.opened(FileHandle(fh), flags_out);
         });
     }
 
@@ -161,6 +251,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.backing.release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }

@@ -192,6 +192,11 @@ impl StoreFs {
         Ok(fh)
     }
 
+    /// The cache file behind open file `fh` (for kernel passthrough).
+    pub fn file(&self, fh: u64) -> Option<Arc<File>> {
+        lock(&self.files).get(&fh).cloned()
+    }
+
     /// Reads up to `size` bytes at `offset` from open file `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let file = lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
