@@ -105,17 +105,17 @@ BB=$(readlink -f "${STOREFS_BUSYBOX:-/bin/busybox}")
 # Large tree: one store path per top-level site-packages entry (as nixpkgs has one path per
 # Python package) and an environment path of symlinks to them. Full run: the whole
 # site-packages minus the biggest entries until ~300 MB; quick run: the job's entries only.
-SYNTH=0
-if [[ -n $SITE_SRC ]] && (($(du -sm "$SITE_SRC" | cut -f1) >= 250)); then
+SYNTH=${BENCH_SYNTHETIC:-0}
+if ((!SYNTH)) && [[ -n $SITE_SRC ]] && (($(du -sm "$SITE_SRC" | cut -f1) >= 250)); then
     if ((QUICK)); then
         # The job's entries and the top-level extension modules (charset_normalizer needs mypyc's).
         SITE_INCLUDE="$JOB_SITE_ENTRIES $(cd "$SITE_SRC" && ls -d -- *.so 2>/dev/null | tr '\n' ' ')"
     else
-        # Drop the biggest entries until about 300 MB remain.
+        # Drop the biggest entries until about 400 MB (du) remain: about 300 MiB of NAR.
         total=$(du -sm "$SITE_SRC" | cut -f1)
         SITE_EXCLUDE=""
         while read -r mb name; do
-            ((total <= 320)) && break
+            ((total <= 400)) && break
             case " $JOB_SITE_ENTRIES " in *" $name "*) continue ;; esac
             SITE_EXCLUDE+=" $name"; total=$((total - mb))
         done < <(cd "$SITE_SRC" && du -sm -- * | sort -rn)
@@ -127,12 +127,23 @@ if [[ -n $SITE_SRC ]] && (($(du -sm "$SITE_SRC" | cut -f1) >= 250)); then
         done
     fi
 else
-    die "no site-packages of >= 250 MB at ${SITE_SRC:-<none>} (set BENCH_SITE_PACKAGES); a synthetic tree is not implemented"
+    # No big site-packages here (or BENCH_SYNTHETIC=1): a deterministic synthetic tree of the same
+    # shape, 120 packages of 333 files (~300 MB, ~40,000 files); the job imports some of them.
+    SYNTH=1 SITE_SRC=""
+    npk=120; ((QUICK)) && npk=6
+    SITE_INCLUDE=$(for ((i = 0; i < npk; i++)); do printf 'synthpkg%03d ' "$i"; done)
+    JOB_SITE=$(for i in 000 001 002 003; do printf 'synthpkg%s ' "$i"; for m in 000 010 020 030 040 050; do printf 'synthpkg%s.mod_%s ' "$i" "$m"; done; done)
+    log "no site-packages of >= 250 MB at ${BENCH_SITE_PACKAGES:-$STDLIB_SRC/site-packages}${BENCH_SYNTHETIC:+ (or BENCH_SYNTHETIC set)}: using a synthetic package tree"
 fi
+NAMES_NIX="[ $(for n in $SITE_INCLUDE; do [[ $n == .* || $n == __pycache__ ]] || printf '"%s" ' "$n"; done)]"
 CHAIN_LEN=80
 ((QUICK)) && CHAIN_LEN=20
 
-FIXTURE_KEY=$(printf '%s\n' "$(sha256sum "$SCRIPT" | cut -d' ' -f1)" "$PYHOME" "$SITE_SRC" "$SITE_INCLUDE" "$CHAIN_LEN" | sha256sum | cut -d' ' -f1)
+# The fixture is rebuilt when its expression, its inputs or FIXTURE_VERSION (bump it when
+# build_fixture changes) change.
+FIXTURE_VERSION=2
+FIXTURE_KEY=$(printf '%s\n' "$FIXTURE_VERSION" "$(sha256sum "$REPO/scripts/bench-fixture.nix" | cut -d' ' -f1)" \
+    "$PYHOME" "$SITE_SRC" "$NAMES_NIX" "$CHAIN_LEN" | sha256sum | cut -d' ' -f1)
 
 fixture_fresh() {
     [[ -f $DIR/stamp && $(head -n1 "$DIR/stamp") == "$FIXTURE_KEY" && -f $DIR/fixture.env ]] || return 1
@@ -141,77 +152,14 @@ fixture_fresh() {
 }
 
 build_fixture() {
-    log "fixture: building with $(nix-store --version) into $DIR (stdlib $STDLIB_SRC, site-packages $SITE_SRC, chain $CHAIN_LEN)"
+    log "fixture: building with $(nix-store --version) into $DIR (stdlib $STDLIB_SRC, site-packages ${SITE_SRC:-synthetic}, chain $CHAIN_LEN)"
     rm -f "$DIR/stamp"
-    local names="" n
-    for n in $SITE_INCLUDE; do
-        [[ $n == .* || $n == __pycache__ ]] && continue
-        names+="\"$n\" "
-    done
-    cat >"$DIR/fixture.nix" <<NIX
-{ busyboxSrc, stdlibSrc, siteSrc, chainLen }:
-let
-  names = [ $names ];
-NIX
-    cat >>"$DIR/fixture.nix" <<'NIX'
-  busybox = builtins.path { path = /. + busyboxSrc; name = "busybox"; };
-  bbbin = derivation {
-    name = "bench-busybox-bin"; system = builtins.currentSystem; builder = busyboxSrc;
-    args = [ "sh" "-e" "-c" "mkdir -p $out/bin; ln -s ${busybox} $out/bin/busybox; ln -s ${busybox} $out/bin/sh" ];
-  };
-  mk = name: script: derivation {
-    inherit name; system = builtins.currentSystem;
-    builder = "${bbbin}/bin/busybox"; args = [ "sh" "-e" "-c" script ];
-  };
-  elem = builtins.elem;
-  # The standard library, without site-packages, tests, IDLE and the static-link config dir.
-  stdlib = builtins.path {
-    name = "bench-python3.11-stdlib";
-    path = /. + stdlibSrc;
-    filter = p: t: let b = baseNameOf p; in
-      !(elem b [ "site-packages" "test" "tests" "idlelib" "idle_test" "ensurepip" ])
-      # Bytecode only at the top level (about 40 MB in all, as the issue asks).
-      && !(b == "__pycache__" && dirOf p != stdlibSrc)
-      && builtins.substring 0 7 b != "config-";
-  };
-  # The stdlib path has the layout of a PYTHONHOME: $out/lib/python3.11.
-  pyhome = mk "bench-python3.11-home" "mkdir -p $out/lib; ln -s ${stdlib} $out/lib/python3.11";
-  safe = n: builtins.replaceStrings [ "~" ] [ "-" ] n;
-  pkg = n: builtins.path { name = "bench-py-" + safe n; path = /. + (siteSrc + "/" + n); };
-  pkgs = map (n: { name = n; path = pkg n; }) names;
-  site = mk "bench-site-packages"
-    ("mkdir $out\n" + builtins.concatStringsSep "\n" (map (p: "ln -s ${p.path} \"$out/${p.name}\"") pkgs));
-  pad = i: if i < 10 then "0${toString i}" else toString i;
-  step = acc: i:
-    let
-      n = builtins.length acc;
-      prev = if n == 0 then bbbin else builtins.elemAt acc (n - 1);
-      prev2 = if n < 2 then bbbin else builtins.elemAt acc (n - 2);
-    in acc ++ [ (mk "bench-chain-${pad i}" ''
-      mkdir -p $out/share/doc $out/lib
-      echo ${prev} > $out/lib/deps
-      echo ${prev2} >> $out/lib/deps
-      ln -s ${prev} $out/lib/prev
-      awk 'BEGIN { srand(${toString i}); for (j = 0; j < 64; j++) { for (k = 0; k < 60; k++) printf "%c", 97 + int(rand() * 26); printf "\n" } }' > $out/share/doc/notes.txt
-      echo "chain link ${toString i}" > $out/index
-    '') ];
-  chain = builtins.foldl' step [ ] (builtins.genList (i: i + 1) chainLen);
-  chainLast = builtins.elemAt chain (chainLen - 1);
-in mk "bench-top" ''
-  mkdir $out
-  echo "PYHOME=${pyhome}" > $out/paths
-  echo "STDLIB=${stdlib}" >> $out/paths
-  echo "SITE=${site}" >> $out/paths
-  echo "CHAIN_LAST=${chainLast}" >> $out/paths
-  ln -s ${pyhome} $out/python
-  ln -s ${site} $out/site-packages
-  ln -s ${chainLast} $out/chain
-''
-NIX
+    cp "$REPO/scripts/bench-fixture.nix" "$DIR/fixture.nix"
+    printf '%s\n' "$NAMES_NIX" >"$DIR/names.nix"
     local top
     top=$(nix-build -Q --quiet --option max-jobs 2 "$DIR/fixture.nix" -o "$DIR/gcroot-top" \
         --argstr busyboxSrc "$BB" --argstr stdlibSrc "$STDLIB_SRC" --argstr siteSrc "$SITE_SRC" \
-        --arg chainLen "$CHAIN_LEN" "${NIXOPTS[@]}") || die "nix-build of the fixture failed"
+        --argstr namesFile "$DIR/names.nix" --argstr chainLen "$CHAIN_LEN" "${NIXOPTS[@]}") || die "nix-build of the fixture failed"
     log "fixture: built $top"
     nix-store -qR "$top" | LC_ALL=C sort >"$DIR/closure.txt"
     mkdir -p "$DIR/keys"
@@ -507,7 +455,7 @@ TABLE=$(
     echo "| e. storefs peak RSS (VmHWM, MiB) after full + warm reads | $(awk -v k="$(M sf_hwm_kb)" 'BEGIN {printf "%.1f", k / 1024}') | | | < 150 |"
 )
 RAW=$(for k in $(printf '%s\n' "${!R[@]}" | sort); do printf '%-14s %s\n' "$k" "${R[$k]}"; done)
-FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), site-packages ($SITE_MB MB, $SITE_FILES files, one store path per top-level entry), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
+FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), $( ((SYNTH)) && echo "synthetic site-packages" || echo site-packages) ($SITE_MB MB, $SITE_FILES files, one store path per top-level entry), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
 SETUP="link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')"
 echo
 echo "storefs benchmark, $DATE"
