@@ -61,7 +61,6 @@ now_ns() { date +%s%N; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces, mounts, Nix's store)"
 REPO=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)
-SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 for t in nix-store nix-build nix nginx ip tc unshare findmnt flock python3 cargo mountpoint; do
     command -v "$t" >/dev/null || [[ $t == nginx && -x /usr/sbin/nginx ]] ||
         die "$t not found (run scripts/install-deps.sh)"
