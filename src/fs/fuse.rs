@@ -51,28 +51,32 @@ struct Backing {
 }
 
 impl Backing {
-    /// The backing id for `ino`, registering `file` with the kernel on the first open.
+    /// The backing id for `ino`: the one its open handles share, else (when passthrough is still
+    /// enabled) a new one registering `file` with the kernel. None: open without passthrough.
+    /// An inode with passthrough handles must get passthrough for every further open too (the
+    /// kernel fails a mixed open with EIO), even after passthrough was switched off.
     fn acquire(
         &self,
         ino: u64,
         fh: u64,
         reply: &ReplyOpen,
         file: &File,
-    ) -> std::io::Result<Arc<BackingId>> {
+    ) -> std::io::Result<Option<Arc<BackingId>>> {
         let mut by_ino = lock(&self.by_ino);
         let id = match by_ino.get_mut(&ino) {
             Some((id, opens)) => {
                 *opens += 1;
                 id.clone()
             }
-            None => {
+            None if self.enabled.load(Ordering::Relaxed) => {
                 let id = Arc::new(reply.open_backing(file)?);
                 by_ino.insert(ino, (id.clone(), 1));
                 id
             }
+            None => return Ok(None),
         };
         lock(&self.by_fh).insert(fh, ino);
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// Forgets handle `fh`; the inode's backing id closes with its last handle.
@@ -202,20 +206,19 @@ impl Filesystem for FuseAdapter {
                 Ok(fh) => fh,
                 Err(err) => return reply.error(fail("open", ino.0, &err)),
             };
-            if backing.enabled.load(Ordering::Relaxed) {
-                if let Some(file) = fs.file(fh) {
-                    match backing.acquire(ino.0, fh, &reply, &file) {
-                        // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with
-                        // EIO; passthrough reads use the cache file's own page cache anyway.
-                        Ok(id) => {
-                            return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                        }
-                        Err(err) => {
-                            // E.g. cache files on a stacked filesystem: say so once, read through
-                            // the daemon from now on.
-                            backing.enabled.store(false, Ordering::Relaxed);
-                            warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
-                        }
+            if let Some(file) = fs.file(fh) {
+                match backing.acquire(ino.0, fh, &reply, &file) {
+                    // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
+                    // passthrough reads use the cache file's own page cache anyway.
+                    Ok(Some(id)) => {
+                        return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        // E.g. cache files on a stacked filesystem: say so once, and read through
+                        // the daemon from now on.
+                        backing.enabled.store(false, Ordering::Relaxed);
+                        warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
                     }
                 }
             }
