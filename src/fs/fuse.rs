@@ -23,6 +23,13 @@ use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
 
+/// Smallest file opened with passthrough. Registering and closing a backing file costs two
+/// ioctls per open; for small files that is more than reading them through the daemon once, after
+/// which the kernel keeps them in its page cache anyway (scripts/bench.sh: ~37,000 small files
+/// read no faster with passthrough). The size of an inode never changes, so every open of one
+/// inode makes the same choice, as the kernel requires.
+const PASSTHROUGH_MIN_BYTES: u64 = 256 * 1024;
+
 /// Largest read the kernel may send us at once.
 const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
 
@@ -206,7 +213,8 @@ impl Filesystem for FuseAdapter {
                 Ok(fh) => fh,
                 Err(err) => return reply.error(fail("open", ino.0, &err)),
             };
-            if let Some(file) = fs.file(fh) {
+            let large = |f: &File| f.metadata().is_ok_and(|m| m.len() >= PASSTHROUGH_MIN_BYTES);
+            if let Some(file) = fs.file(fh).filter(|f| large(f)) {
                 match backing.acquire(ino.0, fh, &reply, &file) {
                     // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
                     // passthrough reads use the cache file's own page cache anyway.
