@@ -46,6 +46,9 @@ impl NarCache {
         if let Some((from, info)) = self.narinfos.get(&hash) {
             if info.store_path == *sp && self.keys.verify(&info).is_ok() {
                 pinned = Some(info.nar_hash);
+                if let Some(err) = self.cannot_fit(&info) {
+                    return Err(err);
+                }
                 if let Some(up) = upstreams.iter().find(|u| u.url() == from) {
                     match self.download_retrying(up.as_ref(), &info).await {
                         Ok(entry) => return Ok(entry),
@@ -113,16 +116,8 @@ impl NarCache {
                 ));
                 continue;
             }
-            // A path larger than --max-size is still served (alone, evicting everything else):
-            // failing a job is worse than overshooting the quota by one path. A path larger than
-            // the whole cache filesystem can never fit, so it is refused before downloading.
-            let room = self.layout.space().map_or(u64::MAX, |s| s.total_bytes);
-            if info.nar_size > room {
-                return Err(CacheError::TooLarge {
-                    path: sp.to_string(),
-                    needed: info.nar_size,
-                    limit: room,
-                });
+            if let Some(err) = self.cannot_fit(&info) {
+                return Err(err);
             }
             match self.download_retrying(up.as_ref(), &info).await {
                 Ok(entry) => return Ok(entry),
@@ -141,19 +136,24 @@ impl NarCache {
         }
     }
 
+    /// A path larger than --max-size is still served (alone, evicting everything else): failing
+    /// a job is worse than overshooting the quota by one path. A path larger than the whole cache
+    /// filesystem can never fit; it is refused before downloading, whichever cache offers it.
+    fn cannot_fit(&self, info: &NarInfo) -> Option<CacheError> {
+        let room = self.layout.space().map_or(u64::MAX, |s| s.total_bytes);
+        (info.nar_size > room).then(|| CacheError::TooLarge {
+            path: info.store_path.to_string(),
+            needed: info.nar_size,
+            limit: room,
+        })
+    }
+
     /// `download`, retried once after evicting when the disk was full (DSK-1).
     async fn download_retrying(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
     ) -> Result<Arc<Entry>, DownloadError> {
-        let room = self.layout.space().map_or(u64::MAX, |s| s.total_bytes);
-        if info.nar_size > room {
-            return Err(DownloadError::Local(format!(
-                "{} needs {} bytes, more than the cache filesystem's {room}",
-                info.store_path, info.nar_size
-            )));
-        }
         let result = self.download(up, info).await;
         if !matches!(result, Err(DownloadError::NoSpace(_))) {
             return result;
