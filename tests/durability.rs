@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::big::hundred_mb_cache;
 use common::daemon::{Daemon, storefs_bin};
-use common::{Fixtures, Nginx, daemon_args as args, fuse_setup as setup, hash_part};
+use common::{Fixtures, Nginx, daemon_args as args, du_bytes, fuse_setup as setup, hash_part};
 
 fn nar_field(fx: &Fixtures, sp: &str, field: &str) -> String {
     let text = fs::read_to_string(fx.narinfo_path("zstd", sp)).unwrap();
@@ -31,11 +31,6 @@ fn nix_hash(path: &Path) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-}
-
-fn du(path: &Path) -> u64 {
-    let out = Command::new("du").args(["-s", "--block-size=1"]).arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap()
 }
 
 fn count(dir: &Path) -> usize {
@@ -63,7 +58,7 @@ fn check_cache_is_whole(fx: &Fixtures, d: &Daemon) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let entries_dir = 4096;
-    assert_eq!(du(&d.cache.join("entries")), bytes + entries_dir, "accounting vs du");
+    assert_eq!(du_bytes(&d.cache.join("entries")), bytes + entries_dir, "accounting vs du");
     for entry in fs::read_dir(&d.mnt).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         let sp = format!("/nix/store/{name}");

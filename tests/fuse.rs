@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use common::big::hundred_mb_cache;
 use common::daemon::{Daemon, storefs_bin};
 use common::hostile::{CacheWriter, Tamper, fake_basename, small_tree_nar};
-use common::{COMPRESSIONS, Fixtures, Nginx, daemon_args, fuse_setup as setup, hash_part};
+use common::{
+    COMPRESSIONS, Fixtures, Nginx, daemon_args, du_bytes, fuse_setup as setup, hash_part, run,
+};
 use sha2::{Digest, Sha256};
 use storefs::nix::nar::Node;
 use storefs::nix::signature::SigningKey;
@@ -31,12 +33,6 @@ fn nar_hash_of(fx: &Fixtures, compression: &str, store_path: &str) -> String {
     let text = fs::read_to_string(fx.narinfo_path(compression, store_path)).unwrap();
     let line = text.lines().find(|l| l.starts_with("NarHash: ")).unwrap();
     line.trim_start_matches("NarHash: sha256:").to_owned()
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
 }
 
 fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
@@ -355,11 +351,6 @@ fn mutations_are_erofs() {
         (-1, Some(libc::EROFS)),
         "chown"
     );
-}
-
-fn du_bytes(path: &Path) -> u64 {
-    let out = run(Command::new("du").args(["-s", "--block-size=1"]).arg(path));
-    String::from_utf8_lossy(&out).split_whitespace().next().unwrap().parse().unwrap()
 }
 
 fn closure_nar_sizes(fx: &Fixtures) -> Vec<(String, u64)> {

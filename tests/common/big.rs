@@ -4,13 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Fixtures;
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
+use super::{Fixtures, run};
 
 /// A 100 MB store path made by real Nix, in an uncompressed cache (built once per machine).
 pub fn hundred_mb_cache(fx: &Fixtures) -> (PathBuf, String) {

@@ -54,6 +54,19 @@ pub fn require(requirements: &[&str], test: &str) -> bool {
     true
 }
 
+/// Runs `cmd`, panics with its stderr unless it succeeds, returns its stdout.
+pub fn run(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Bytes allocated under `path`, as `du -s --block-size=1` counts them.
+pub fn du_bytes(path: &Path) -> u64 {
+    let out = run(std::process::Command::new("du").args(["-s", "--block-size=1"]).arg(path));
+    String::from_utf8_lossy(&out).split_whitespace().next().unwrap().parse().unwrap()
+}
+
 /// What the real-FUSE tests need.
 pub const FUSE_NEEDS: &[&str] = &["root", "/dev/fuse", "nix-store", "nix-hash", "nginx"];
 
