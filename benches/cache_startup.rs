@@ -73,6 +73,7 @@ fn main() {
                 negative_ttl: Duration::from_secs(60),
                 low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(30) },
                 min_free: MinFree::Bytes(0),
+                prefetch_jobs: 0,
             };
             let keys = TrustedKeys::new(vec![key.public()]).unwrap();
             let c = rt.block_on(async { NarCache::open(config, UpstreamSet::default(), keys) });

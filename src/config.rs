@@ -44,6 +44,10 @@ pub const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
 
 /// Free space the cache filesystem keeps by default: 5 % (as mountpoint-s3 does).
 pub const DEFAULT_MIN_FREE: MinFree = MinFree::Percent(5);
+/// Default background downloads of referenced paths at once (`--prefetch-jobs`).
+pub const DEFAULT_PREFETCH_JOBS: usize = crate::cache::DEFAULT_PREFETCH_JOBS;
+/// Most background downloads `--prefetch-jobs` accepts.
+pub const MAX_PREFETCH_JOBS: u64 = 64;
 
 /// Free space to leave on the cache's filesystem; eviction runs when less is free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +165,8 @@ pub struct Config {
     pub no_passthrough: bool,
     /// How long absent answers are cached (zero: not cached).
     pub negative_ttl: Duration,
+    /// Background downloads of referenced paths at once (zero: closure prefetch off).
+    pub prefetch_jobs: usize,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Stall timeout.
@@ -208,6 +214,8 @@ pub struct RawConfig {
     pub negative_ttl_secs: Option<u64>,
     /// `--upstream-backoff` seconds.
     pub upstream_backoff_secs: Option<u64>,
+    /// `--prefetch-jobs`.
+    pub prefetch_jobs: Option<u64>,
     /// `--netrc-file`.
     pub netrc_file: Option<PathBuf>,
     /// `--bearer-token-file` values, `URL=FILE` as typed.
@@ -409,6 +417,14 @@ impl Config {
             1,
             DEFAULT_UPSTREAM_BACKOFF,
         )?;
+        let prefetch_jobs = match pick(raw.prefetch_jobs, file.prefetch_jobs, &file_path) {
+            Some((n, _)) if n <= MAX_PREFETCH_JOBS => n as usize,
+            Some((n, origin)) => {
+                let why = format!("{n} is out of range: expected 0 (off) to {MAX_PREFETCH_JOBS}");
+                return Err(origin.err("prefetch-jobs", ConfigError::Invalid(why)));
+            }
+            None => DEFAULT_PREFETCH_JOBS,
+        };
 
         let netrc_file = match pick(raw.netrc_file.clone(), file.netrc_file.clone(), &file_path) {
             Some((path, origin)) => Some(existing_file(&path, "netrc-file", origin)?),
@@ -446,6 +462,7 @@ impl Config {
             allow_other: raw.allow_other || file.allow_other.unwrap_or(false),
             no_passthrough: raw.no_passthrough || file.no_passthrough.unwrap_or(false),
             negative_ttl,
+            prefetch_jobs,
             connect_timeout,
             stall_timeout,
             netrc_file,

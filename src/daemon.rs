@@ -89,6 +89,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_bytes: config.max_size_bytes,
         negative_ttl: config.negative_ttl,
         min_free: config.min_free,
+        prefetch_jobs: config.prefetch_jobs,
         low_speed: LowSpeedLimit {
             min_bytes_per_sec: DEFAULT_MIN_BYTES_PER_SEC,
             window: config.stall_timeout,

@@ -35,6 +35,10 @@ pub const BYTES_DOWNLOADED: &str = "storefs_bytes_downloaded";
 pub const BYTES_SERVED: &str = "storefs_bytes_served";
 /// Paths evicted.
 pub const EVICTIONS: &str = "storefs_evictions";
+/// Paths fetched by closure prefetch.
+pub const PREFETCHED_PATHS: &str = "storefs_prefetched_paths";
+/// References not prefetched for want of room.
+pub const PREFETCH_SKIPPED: &str = "storefs_prefetch_skipped";
 /// Fetches that ended with no verified copy.
 pub const FETCH_FAILURES: &str = "storefs_fetch_failures";
 /// narinfos or NARs rejected by verification.
@@ -118,6 +122,8 @@ pub const METRICS: &[MetricDef] = &[
     def(BYTES_DOWNLOADED, Kind::Counter, "Compressed NAR bytes received, in bytes."),
     def(BYTES_SERVED, Kind::Counter, "File bytes returned to readers, in bytes."),
     def(EVICTIONS, Kind::Counter, "Store paths evicted from the cache."),
+    def(PREFETCHED_PATHS, Kind::Counter, "Store paths fetched by closure prefetch."),
+    def(PREFETCH_SKIPPED, Kind::Counter, "References not prefetched: no room without evicting."),
     def(FETCH_FAILURES, Kind::Counter, "Fetches that ended with no verified copy."),
     def(VERIFY_FAILURES, Kind::Counter, "narinfos or NARs rejected by verification."),
     def(HIT_RATE, Kind::Gauge, "Lookups answered from the cache / all lookups (0 before any)."),
@@ -254,6 +260,12 @@ pub struct Snapshot {
     pub evictions: u64,
     /// Fetches running now.
     pub in_flight: u64,
+    /// Paths fetched by closure prefetch (absent from older daemons' answers).
+    #[serde(default)]
+    pub prefetched_paths: u64,
+    /// References not prefetched because they did not fit without evicting.
+    #[serde(default)]
+    pub prefetch_skipped: u64,
     /// Fetches that ended with no verified copy.
     pub fetch_failures: u64,
     /// narinfos or NARs rejected by verification.
@@ -301,6 +313,8 @@ pub fn render(snap: &Snapshot, hist: &FetchHistograms) -> Result<String, Metrics
         (BYTES_DOWNLOADED, snap.bytes_downloaded),
         (BYTES_SERVED, snap.bytes_served),
         (EVICTIONS, snap.evictions),
+        (PREFETCHED_PATHS, snap.prefetched_paths),
+        (PREFETCH_SKIPPED, snap.prefetch_skipped),
         (FETCH_FAILURES, snap.fetch_failures),
         (VERIFY_FAILURES, snap.verify_failures),
     ];

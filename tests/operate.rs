@@ -125,8 +125,9 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     let url = nginx.url("zstd");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    // Reads through the daemon, so bytes_served counts every byte the test reads.
-    let extra = ["--metrics-listen", listen.as_str(), "--no-passthrough"];
+    // Reads through the daemon, so bytes_served counts every byte the test reads; no closure
+    // prefetch, so requests are exactly those of the workload's lookups.
+    let extra = ["--metrics-listen", listen.as_str(), "--no-passthrough", "--prefetch-jobs", "0"];
     let args = daemon_args(std::slice::from_ref(&url), &fx.public_key, &extra);
     let mut d = Daemon::start(tmp.path(), &args);
 
@@ -253,6 +254,51 @@ fn evictions_are_counted() {
         assert_eq!(n(&s, key), want, "{key} in {s:#}");
     }
     assert_eq!(n(&s, "cache_limit_bytes"), 1024);
+}
+
+/// Closure prefetch (on by default): looking up the top path alone brings its whole closure in
+/// the background, each narinfo and NAR requested once; a job walking the closure afterwards
+/// sends no request at all. With `--prefetch-jobs 0` only the path looked up is fetched.
+#[test]
+fn closure_prefetch_brings_the_closure_once() {
+    let Some(fx) = setup("closure_prefetch_brings_the_closure_once") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]));
+    assert!(std::fs::metadata(mnt_path(&d, &fx.top)).unwrap().is_dir());
+    let others = fx.closure.len() as u64 - 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let s = stats(&d);
+        if n(&s, "prefetched_paths") == others && n(&s, "in_flight") == 0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "prefetch did not finish: {s:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(n(&s, "cached_paths"), fx.closure.len() as u64, "{s:#}");
+    assert_eq!(n(&s, "lookups"), 1, "prefetch is not a lookup: {s:#}");
+    for sp in &fx.closure {
+        let h = common::hash_part(sp);
+        assert_eq!(nginx.count_requests(&format!("/zstd/{h}.narinfo")), 1, "{sp}");
+    }
+    assert_eq!(nginx.count_requests("/zstd/nar/"), fx.closure.len(), "{:?}", nginx.requests());
+    let before = nginx.requests().len();
+    for sp in &fx.closure {
+        assert!(std::fs::symlink_metadata(mnt_path(&d, sp)).is_ok(), "{sp}");
+    }
+    assert_eq!(nginx.requests().len(), before, "walking the prefetched closure asked upstream");
+    assert_eq!(n(&stats(&d), "cache_hits"), others);
+    drop(d);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let off = daemon_args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let d = Daemon::start(tmp.path(), &off);
+    nginx.clear_log();
+    assert!(std::fs::metadata(mnt_path(&d, &fx.top)).unwrap().is_dir());
+    let s = stats(&d);
+    assert_eq!((n(&s, "cached_paths"), n(&s, "prefetched_paths")), (1, 0), "{s:#}");
+    assert_eq!(nginx.count_requests(".narinfo"), 1, "{:?}", nginx.requests());
 }
 
 #[test]

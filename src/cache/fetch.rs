@@ -8,20 +8,78 @@ use tracing::{debug, info, warn};
 
 use super::index;
 use super::layout::LayoutError;
+use super::quota::Reservation;
 use super::stats::CacheStats;
 use super::{CacheError, Entry, NarCache, unpack};
 use crate::metrics::UpstreamCounters;
+use crate::nix::hash::NarHash;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StorePath;
-use crate::sync::{Arc, AtomicU64, Ordering, lock};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering, lock};
 use crate::upstream::low_speed::LowSpeedReader;
 use crate::upstream::{Upstream, UpstreamError, UpstreamSet};
 
 impl NarCache {
-    /// Asks each substituter in turn until one yields a verified copy.
-    pub(super) async fn fetch(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
+    /// Asks each substituter in turn until one yields a verified copy. Until `wanted` (a reader
+    /// waits for it), the fetch is a prefetch: it downloads only into room free now.
+    pub(super) async fn fetch(
+        self: &Arc<Self>,
+        sp: &StorePath,
+        wanted: &AtomicBool,
+    ) -> Result<Arc<Entry>, CacheError> {
         let hash = sp.hash_part();
         let mut failures = Vec::new();
+        let upstreams = self.ordered_upstreams(sp).await?;
+        // A path served before: same substituter, same narinfo, no narinfo request (if it still
+        // carries a trusted signature). Whatever happens, only that NarHash is acceptable now.
+        let mut pinned = None;
+        let served_before = self
+            .narinfos
+            .get(&hash)
+            .filter(|(_, info)| info.store_path == *sp && self.keys.verify(info).is_ok());
+        if let Some((_, info)) = &served_before {
+            pinned = Some(info.nar_hash);
+        }
+        if let Some((from, info)) = served_before {
+            if let Some(err) = self.cannot_fit(&info) {
+                return Err(err);
+            }
+            self.prefetch_references(&info);
+            if let Some(up) = upstreams.iter().find(|u| u.url() == from) {
+                let room = self.room_for(&info, wanted)?;
+                match self.download_retrying(up.as_ref(), &info, room).await {
+                    Ok(entry) => return Ok(entry),
+                    Err(err) => {
+                        warn!(store_path = %sp, upstream = up.url(), error = %err,
+                              "NAR rejected");
+                        failures.push(format!("{}: {err}", up.url()));
+                    }
+                }
+            }
+        }
+        for up in upstreams.iter() {
+            let Some(info) = self.verified_narinfo(up.as_ref(), sp, pinned, &mut failures).await
+            else {
+                continue;
+            };
+            if let Some(err) = self.cannot_fit(&info) {
+                return Err(err);
+            }
+            self.prefetch_references(&info);
+            let room = self.room_for(&info, wanted)?;
+            match self.download_retrying(up.as_ref(), &info, room).await {
+                Ok(entry) => return Ok(entry),
+                Err(err) => {
+                    warn!(store_path = %sp, upstream = up.url(), error = %err, "NAR rejected");
+                    failures.push(format!("{}: {err}", up.url()));
+                }
+            }
+        }
+        Err(self.not_served(sp, failures))
+    }
+
+    /// The substituters in priority order, asked for their nix-cache-info at the first fetch.
+    async fn ordered_upstreams(&self, sp: &StorePath) -> Result<&UpstreamSet, CacheError> {
         let ordered = self
             .ordered
             .get_or_init(|| async {
@@ -30,109 +88,110 @@ impl NarCache {
                     .map_err(|e| e.to_string())
             })
             .await;
-        let upstreams = match ordered {
-            Ok(set) => set,
-            Err(reason) => {
-                CacheStats::bump(&self.stats.fetch_failures);
-                return Err(CacheError::Unavailable {
-                    path: sp.to_string(),
-                    reasons: reason.clone(),
-                });
+        ordered.as_ref().map_err(|reason| {
+            CacheStats::bump(&self.stats.fetch_failures);
+            CacheError::Unavailable { path: sp.to_string(), reasons: reason.clone() }
+        })
+    }
+
+    /// Asks `up` for the narinfo of `sp` and checks it: it names `sp`, carries a trusted
+    /// signature and (when `pinned`) the NarHash served before. None, with the reason added to
+    /// `failures` when it is one, if `up` gave no such narinfo.
+    async fn verified_narinfo(
+        &self,
+        up: &dyn Upstream,
+        sp: &StorePath,
+        pinned: Option<NarHash>,
+        failures: &mut Vec<String>,
+    ) -> Option<NarInfo> {
+        CacheStats::bump(&self.stats.narinfo_requests);
+        let asked = Instant::now();
+        let answer = up.narinfo(&sp.hash_part()).await;
+        if !matches!(answer, Err(UpstreamError::Down { .. })) {
+            let latency = asked.elapsed();
+            self.stats.histograms.narinfo.observe(latency.as_secs_f64());
+            if let Some(c) = self.upstream_counters(up.url()) {
+                CacheStats::bump(&c.requests);
+                c.latency.record(latency);
+                if answer.is_err() {
+                    CacheStats::bump(&c.errors);
+                }
+            }
+        }
+        let info = match answer {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                debug!(store_path = %sp, upstream = up.url(), "not in this cache");
+                return None;
+            }
+            Err(err @ UpstreamError::Down { .. }) => {
+                // Said once, when the cache went down; not again for every lookup.
+                debug!(store_path = %sp, upstream = up.url(), error = %err, "cache skipped");
+                failures.push(err.to_string());
+                return None;
+            }
+            Err(err) => {
+                warn!(store_path = %sp, upstream = up.url(), error = %err, "narinfo failed");
+                failures.push(err.to_string());
+                return None;
             }
         };
-        // A path served before: same substituter, same narinfo, no narinfo request (if it still
-        // carries a trusted signature). Whatever happens, only that NarHash is acceptable now.
-        let mut pinned = None;
-        if let Some((from, info)) = self.narinfos.get(&hash) {
-            if info.store_path == *sp && self.keys.verify(&info).is_ok() {
-                pinned = Some(info.nar_hash);
-                if let Some(err) = self.cannot_fit(&info) {
-                    return Err(err);
-                }
-                if let Some(up) = upstreams.iter().find(|u| u.url() == from) {
-                    match self.download_retrying(up.as_ref(), &info).await {
-                        Ok(entry) => return Ok(entry),
-                        Err(err) => {
-                            warn!(store_path = %sp, upstream = up.url(), error = %err,
-                                  "NAR rejected");
-                            failures.push(format!("{}: {err}", up.url()));
-                        }
-                    }
-                }
-            }
+        if info.store_path != *sp {
+            // NI-3: a narinfo for another path under this hash; that is "not here".
+            warn!(store_path = %sp, upstream = up.url(), claimed = %info.store_path,
+                  "narinfo names another store path; ignored");
+            return None;
         }
-        for up in upstreams.iter() {
-            CacheStats::bump(&self.stats.narinfo_requests);
-            let asked = Instant::now();
-            let answer = up.narinfo(&hash).await;
-            if !matches!(answer, Err(UpstreamError::Down { .. })) {
-                let latency = asked.elapsed();
-                self.stats.histograms.narinfo.observe(latency.as_secs_f64());
-                if let Some(c) = self.upstream_counters(up.url()) {
-                    CacheStats::bump(&c.requests);
-                    c.latency.record(latency);
-                    if answer.is_err() {
-                        CacheStats::bump(&c.errors);
-                    }
-                }
-            }
-            let info = match answer {
-                Ok(Some(info)) => info,
-                Ok(None) => {
-                    debug!(store_path = %sp, upstream = up.url(), "not in this cache");
-                    continue;
-                }
-                Err(err @ UpstreamError::Down { .. }) => {
-                    // Said once, when the cache went down; not again for every lookup.
-                    debug!(store_path = %sp, upstream = up.url(), error = %err, "cache skipped");
-                    failures.push(err.to_string());
-                    continue;
-                }
-                Err(err) => {
-                    warn!(store_path = %sp, upstream = up.url(), error = %err, "narinfo failed");
-                    failures.push(err.to_string());
-                    continue;
-                }
-            };
-            if info.store_path != *sp {
-                // NI-3: a narinfo for another path under this hash; that is "not here".
-                warn!(store_path = %sp, upstream = up.url(), claimed = %info.store_path,
-                      "narinfo names another store path; ignored");
-                continue;
-            }
-            if let Err(err) = self.keys.verify(&info) {
-                CacheStats::bump(&self.stats.verify_failures);
-                warn!(store_path = %sp, upstream = up.url(), error = %err, "untrusted narinfo");
-                failures.push(format!("{}: untrusted narinfo: {err}", up.url()));
-                continue;
-            }
-            if let Some(pinned) = pinned.filter(|p| *p != info.nar_hash) {
-                warn!(store_path = %sp, upstream = up.url(), served_before = %pinned,
-                      offered = %info.nar_hash, "another version of a path served before; refused");
-                failures.push(format!(
-                    "{}: NarHash {} differs from {pinned} served before",
-                    up.url(),
-                    info.nar_hash
-                ));
-                continue;
-            }
-            if let Some(err) = self.cannot_fit(&info) {
-                return Err(err);
-            }
-            match self.download_retrying(up.as_ref(), &info).await {
-                Ok(entry) => return Ok(entry),
-                Err(err) => {
-                    warn!(store_path = %sp, upstream = up.url(), error = %err, "NAR rejected");
-                    failures.push(format!("{}: {err}", up.url()));
-                }
-            }
+        if let Err(err) = self.keys.verify(&info) {
+            CacheStats::bump(&self.stats.verify_failures);
+            warn!(store_path = %sp, upstream = up.url(), error = %err, "untrusted narinfo");
+            failures.push(format!("{}: untrusted narinfo: {err}", up.url()));
+            return None;
         }
+        if let Some(pinned) = pinned.filter(|p| *p != info.nar_hash) {
+            warn!(store_path = %sp, upstream = up.url(), served_before = %pinned,
+                  offered = %info.nar_hash, "another version of a path served before; refused");
+            failures.push(format!(
+                "{}: NarHash {} differs from {pinned} served before",
+                up.url(),
+                info.nar_hash
+            ));
+            return None;
+        }
+        Some(info)
+    }
+
+    /// The error for a path no substituter served: absent (and remembered so) when none failed.
+    fn not_served(&self, sp: &StorePath, failures: Vec<String>) -> CacheError {
         if failures.is_empty() {
-            lock(&self.negative).put(hash, Instant::now());
-            Err(CacheError::NotFound(sp.to_string()))
+            lock(&self.negative).put(sp.hash_part(), Instant::now());
+            CacheError::NotFound(sp.to_string())
         } else {
             CacheStats::bump(&self.stats.fetch_failures);
-            Err(CacheError::Unavailable { path: sp.to_string(), reasons: failures.join("; ") })
+            CacheError::Unavailable { path: sp.to_string(), reasons: failures.join("; ") }
+        }
+    }
+
+    /// Room for downloading `info`: for a reader, None (the download makes room, evicting);
+    /// for a prefetch no reader waits for, room free now, or `NoRoomToPrefetch`.
+    fn room_for(
+        self: &Arc<Self>,
+        info: &NarInfo,
+        wanted: &AtomicBool,
+    ) -> Result<Option<Reservation>, CacheError> {
+        if wanted.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match self.reserve_without_evicting(info.nar_size) {
+            Some(room) => Ok(Some(room)),
+            // A reader may have joined since.
+            None if wanted.load(Ordering::Acquire) => Ok(None),
+            None => {
+                CacheStats::bump(&self.stats.prefetch_skipped);
+                debug!(store_path = %info.store_path, nar_size = info.nar_size,
+                       "not prefetched: no room without evicting");
+                Err(CacheError::NoRoomToPrefetch(info.store_path.to_string()))
+            }
         }
     }
 
@@ -148,30 +207,34 @@ impl NarCache {
         })
     }
 
-    /// `download`, retried once after evicting when the disk was full (DSK-1).
+    /// `download`, retried once after evicting when the disk was full (DSK-1). `room`: room
+    /// already reserved for the first try.
     async fn download_retrying(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
+        room: Option<Reservation>,
     ) -> Result<Arc<Entry>, DownloadError> {
-        let result = self.download(up, info).await;
+        let result = self.download(up, info, room).await;
         if !matches!(result, Err(DownloadError::NoSpace(_))) {
             return result;
         }
         warn!(store_path = %info.store_path, "cache filesystem full; evicting and retrying once");
         self.evict_for(info.nar_size);
-        self.download(up, info).await
+        self.download(up, info, None).await
     }
 
-    /// Downloads, verifies, unpacks and publishes one NAR from `up`, counting it for `up`.
+    /// Downloads, verifies, unpacks and publishes one NAR from `up`, counting it for `up`, in
+    /// `room` if given (else room is made for it).
     async fn download(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
+        room: Option<Reservation>,
     ) -> Result<Arc<Entry>, DownloadError> {
         let started = Instant::now();
         let counters = self.upstream_counters(up.url());
-        let result = self.download_counted(up, info, counters.clone()).await;
+        let result = self.download_counted(up, info, counters.clone(), room).await;
         match (&result, counters) {
             (Ok(_), _) => self.stats.histograms.nar.observe(started.elapsed().as_secs_f64()),
             (Err(DownloadError::Remote(_)), Some(c)) => CacheStats::bump(&c.errors),
@@ -185,10 +248,11 @@ impl NarCache {
         up: &dyn Upstream,
         info: &NarInfo,
         counters: Option<Arc<UpstreamCounters>>,
+        room: Option<Reservation>,
     ) -> Result<Arc<Entry>, DownloadError> {
         let sp = &info.store_path;
         let hash = sp.hash_part();
-        let reservation = self.reserve(info.nar_size);
+        let reservation = room.unwrap_or_else(|| self.reserve(info.nar_size));
         // Compression can only shrink real NARs much, but may grow incompressible ones a little.
         let max_compressed = info.nar_size + info.nar_size / 16 + (1 << 20);
         CacheStats::bump(&self.stats.nar_downloads);

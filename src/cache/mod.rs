@@ -21,6 +21,7 @@ pub mod manifest;
 mod narinfo_store;
 mod ops;
 mod pins;
+mod prefetch;
 mod quota;
 pub mod renar;
 pub mod stats;
@@ -42,6 +43,8 @@ use lru::LruCache;
 use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
 pub use self::ops::{GcReport, VerifyReport};
+pub use self::prefetch::DEFAULT_PREFETCH_JOBS;
+use self::prefetch::Prefetcher;
 use self::stats::CacheStats;
 use crate::config::MinFree;
 use crate::metrics::{Snapshot, UpstreamCounters, UpstreamSnapshot};
@@ -69,6 +72,8 @@ pub struct CacheConfig {
     pub low_speed: LowSpeedLimit,
     /// Free space to keep on the cache filesystem.
     pub min_free: MinFree,
+    /// Background downloads of referenced paths at once; 0 turns closure prefetch off.
+    pub prefetch_jobs: usize,
 }
 
 /// One verified store path in the cache.
@@ -119,6 +124,9 @@ pub enum CacheError {
     /// The path is pinned, so it cannot be evicted.
     #[error("{0} is pinned; unpin it first")]
     Pinned(String),
+    /// A prefetch gave up: the path does not fit without evicting. Readers never see this.
+    #[error("{0} was not prefetched: no room without evicting")]
+    NoRoomToPrefetch(String),
     /// The local disk failed us.
     #[error("local cache failure for {path}: {reason}")]
     Local {
@@ -130,6 +138,12 @@ pub enum CacheError {
 }
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Entry>, CacheError>>>;
+
+/// A fetch running now, and whether a reader waits for it (else it is a prefetch).
+struct InFlight {
+    fetch: SharedFetch,
+    wanted: Arc<AtomicBool>,
+}
 
 struct State {
     lru: LruCache<String, Arc<Entry>>,
@@ -153,8 +167,9 @@ pub struct NarCache {
     config: CacheConfig,
     narinfos: narinfo_store::NarInfoStore,
     state: Mutex<State>,
-    inflight: Mutex<HashMap<String, SharedFetch>>,
+    inflight: Mutex<HashMap<String, InFlight>>,
     negative: Mutex<LruCache<String, Instant>>,
+    prefetcher: Prefetcher,
     /// Becomes true when the start-up scan of `entries/` has finished, well or not.
     scanned: tokio::sync::watch::Sender<bool>,
     /// True once a scan completed: every entry on disk is in memory.
@@ -191,6 +206,7 @@ impl NarCache {
             }),
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
+            prefetcher: Prefetcher::new(config.prefetch_jobs),
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
             stats: CacheStats::default(),
@@ -241,38 +257,74 @@ impl NarCache {
             CacheStats::bump(&self.stats.negative_hits);
             return Err(CacheError::NotFound(sp.to_string()));
         }
-        let fetch = {
-            let mut inflight = lock(&self.inflight);
-            match inflight.get(&hash) {
-                Some(fetch) => fetch.clone(),
-                None => {
-                    let (this, sp2, key) = (self.clone(), sp.clone(), hash.clone());
-                    // A task, not a plain future: the fetch finishes for the other waiters even
-                    // when the reader who started it is interrupted.
-                    let task = tokio::spawn(async move {
-                        let result = this.fetch(&sp2).await;
-                        lock(&this.inflight).remove(&key);
-                        result
-                    });
-                    let path = sp.to_string();
-                    let fetch = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(CacheError::Local { path, reason: format!("fetch task: {e}") })
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    inflight.insert(hash, fetch.clone());
-                    fetch
-                }
+        // A prefetch this reader joined may have given up for want of room just before it was
+        // told a reader waits; then the reader fetches the path itself.
+        let mut tries = 0;
+        let entry = loop {
+            tries += 1;
+            match self.start_or_join(sp).await {
+                Err(CacheError::NoRoomToPrefetch(_)) if tries < 3 => continue,
+                result => break result?,
             }
         };
-        let entry = fetch.await?;
         // Another basename with the same hash part may have been asked for.
         if entry.store_path != *sp {
             return Err(CacheError::NotFound(sp.to_string()));
         }
         Ok(entry)
+    }
+
+    /// The fetch of `sp` running now (marked as waited for by a reader), or a new one.
+    fn start_or_join(self: &Arc<Self>, sp: &StorePath) -> SharedFetch {
+        let hash = sp.hash_part();
+        let mut inflight = lock(&self.inflight);
+        if let Some(running) = inflight.get(&hash) {
+            running.wanted.store(true, Ordering::Release);
+            return running.fetch.clone();
+        }
+        self.spawn_fetch(&mut inflight, sp, true)
+    }
+
+    /// A new fetch of `sp` that no reader waits for yet; None when `sp` is cached or being
+    /// fetched already.
+    fn start_prefetch(self: &Arc<Self>, sp: &StorePath) -> Option<SharedFetch> {
+        let hash = sp.hash_part();
+        let mut inflight = lock(&self.inflight);
+        // A fetch publishes its entry before it leaves `inflight`: checked in this order, under
+        // the inflight lock, a path just fetched is not fetched again.
+        if inflight.contains_key(&hash) || lock(&self.state).lru.contains(&hash) {
+            return None;
+        }
+        Some(self.spawn_fetch(&mut inflight, sp, false))
+    }
+
+    /// Starts fetching `sp` in a task and registers it in `inflight`.
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        inflight: &mut HashMap<String, InFlight>,
+        sp: &StorePath,
+        wanted: bool,
+    ) -> SharedFetch {
+        let hash = sp.hash_part();
+        let wanted = Arc::new(AtomicBool::new(wanted));
+        let (this, sp2, key, wanted2) = (self.clone(), sp.clone(), hash.clone(), wanted.clone());
+        // A task, not a plain future: the fetch finishes for the other waiters even when the
+        // reader who started it is interrupted.
+        let task = tokio::spawn(async move {
+            let result = this.fetch(&sp2, &wanted2).await;
+            lock(&this.inflight).remove(&key);
+            result
+        });
+        let path = sp.to_string();
+        let fetch = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(CacheError::Local { path, reason: format!("fetch task: {e}") })
+            })
+        }
+        .boxed()
+        .shared();
+        inflight.insert(hash, InFlight { fetch: fetch.clone(), wanted });
+        fetch
     }
 
     /// Entries cached now, most recently used first.
@@ -319,6 +371,8 @@ impl NarCache {
             pinned_paths: self.pinned().len() as u64,
             evictions: get(&s.evictions),
             in_flight: lock(&self.inflight).len() as u64,
+            prefetched_paths: get(&s.prefetched),
+            prefetch_skipped: get(&s.prefetch_skipped),
             fetch_failures: get(&s.fetch_failures),
             verify_failures: get(&s.verify_failures),
             upstreams: self

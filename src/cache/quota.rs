@@ -32,28 +32,42 @@ impl NarCache {
     /// is kept even when it alone is over the limit. Pinned entries are never chosen.
     pub(super) fn evict_locked(&self, st: &mut State, extra: u64) -> Trashed {
         let keep_newest = extra == 0;
-        let (free_bytes, min_free_bytes) = match self.layout.space() {
-            Ok(space) => (space.free_bytes, self.config.min_free.bytes_of(space.total_bytes)),
-            Err(err) => {
-                warn!(error = %err, "cannot read free space of the cache filesystem");
-                (u64::MAX, 0)
-            }
-        };
+        let room = self.room();
         let mut freed = 0u64;
         let mut trashed = Vec::new();
-        loop {
-            let over_size = st.used_bytes + st.reserved_bytes + extra > self.config.max_bytes;
-            // Space already in trash/ is as good as free: it is being deleted.
-            let free_soon = free_bytes.saturating_add(st.trash_bytes).saturating_add(freed);
-            let under_free = free_soon < min_free_bytes.saturating_add(extra);
-            if !(over_size || under_free) {
-                break;
-            }
+        while !room.fits(st, extra, freed) {
             let Some(trash) = self.evict_one(st, keep_newest) else { break };
             freed += trash.1;
             trashed.push(trash);
         }
         trashed
+    }
+
+    /// Holds `bytes` of room if they fit under `--max-size` and above `--min-free` without
+    /// evicting anything; None otherwise.
+    pub(super) fn reserve_without_evicting(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
+        let room = self.room();
+        let mut st = lock(&self.state);
+        if !room.fits(&st, bytes, 0) {
+            return None;
+        }
+        st.reserved_bytes += bytes;
+        Some(Reservation { cache: self.clone(), bytes })
+    }
+
+    /// The cache filesystem's free space now, and how much `--min-free` keeps.
+    fn room(&self) -> Room {
+        match self.layout.space() {
+            Ok(space) => Room {
+                max_bytes: self.config.max_bytes,
+                free_bytes: space.free_bytes,
+                min_free_bytes: self.config.min_free.bytes_of(space.total_bytes),
+            },
+            Err(err) => {
+                warn!(error = %err, "cannot read free space of the cache filesystem");
+                Room { max_bytes: self.config.max_bytes, free_bytes: u64::MAX, min_free_bytes: 0 }
+            }
+        }
     }
 
     /// Evicts least-recently-used entries worth at least `bytes` (the disk was full).
@@ -162,5 +176,22 @@ pub(super) struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         lock(&self.cache.state).reserved_bytes -= self.bytes;
+    }
+}
+
+/// The limits a download must stay within.
+struct Room {
+    max_bytes: u64,
+    free_bytes: u64,
+    min_free_bytes: u64,
+}
+
+impl Room {
+    /// Whether `extra` more bytes fit, once `freed` bytes were evicted since `free_bytes` was read.
+    fn fits(&self, st: &State, extra: u64, freed: u64) -> bool {
+        let within_size = st.used_bytes + st.reserved_bytes + extra <= self.max_bytes;
+        // Space already in trash/ is as good as free: it is being deleted.
+        let free_soon = self.free_bytes.saturating_add(st.trash_bytes).saturating_add(freed);
+        within_size && free_soon >= self.min_free_bytes.saturating_add(extra)
     }
 }

@@ -26,6 +26,10 @@ pub struct CacheStats {
     pub fetch_failures: AtomicU64,
     /// narinfos or NARs rejected by verification (signature, hash, size, grammar).
     pub verify_failures: AtomicU64,
+    /// Paths fetched by closure prefetch (not asked for by a reader at the time).
+    pub prefetched: AtomicU64,
+    /// References not prefetched because they did not fit without evicting.
+    pub prefetch_skipped: AtomicU64,
     /// File bytes returned to readers (bumped by the filesystem's read path).
     pub bytes_served: AtomicU64,
     /// narinfo and NAR fetch latency histograms, for `/metrics`.

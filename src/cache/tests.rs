@@ -88,6 +88,7 @@ impl Fixture {
             negative_ttl: Duration::from_secs(3600),
             low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(60) },
             min_free: MinFree::Bytes(0),
+            prefetch_jobs: 0,
         };
         let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
         Self { _dir: dir, config, ups, previous: std::sync::Mutex::new(std::sync::Weak::new()) }

@@ -80,6 +80,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub negative_ttl: Option<u64>,
 
+    /// Referenced paths fetched in the background at once, once a path's narinfo is known, so
+    /// a job walking its closure finds it cached; never evicts to make room; 0 turns closure
+    /// prefetch off, at most 64 [default: 8].
+    #[arg(long, value_name = "N", help_heading = UPSTREAM_OPTIONS)]
+    pub prefetch_jobs: Option<u64>,
+
     /// Local disk cache directory (created 0700; locked while in use) [default:
     /// /var/cache/storefs].
     #[arg(long, value_name = "DIR", help_heading = CACHE_OPTIONS)]
@@ -132,6 +138,7 @@ impl From<&MountArgs> for RawConfig {
             stall_timeout_secs: a.stall_timeout,
             negative_ttl_secs: a.negative_ttl,
             upstream_backoff_secs: a.upstream_backoff,
+            prefetch_jobs: a.prefetch_jobs,
             netrc_file: a.netrc_file.clone(),
             bearer_token_files: a.bearer_token_files.clone(),
             config_file: a.config_file.clone(),
@@ -204,6 +211,7 @@ mod tests {
             ("stall_timeout", secs(DEFAULT_STALL_TIMEOUT)),
             ("upstream_backoff", secs(DEFAULT_UPSTREAM_BACKOFF)),
             ("negative_ttl", secs(DEFAULT_NEGATIVE_TTL)),
+            ("prefetch_jobs", format!("[default: {DEFAULT_PREFETCH_JOBS}]")),
             ("cache_dir", format!("[default: {DEFAULT_CACHE_DIR}]")),
             ("max_size", format!("[default: {}G]", DEFAULT_MAX_SIZE_BYTES >> 30)),
             ("min_free", format!("[default: {min_free}%]")),

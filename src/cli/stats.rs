@@ -102,6 +102,8 @@ pub fn table(s: &Snapshot) -> String {
         ("pinned paths", s.pinned_paths.to_string()),
         ("evictions", s.evictions.to_string()),
         ("in flight", s.in_flight.to_string()),
+        ("prefetched paths", s.prefetched_paths.to_string()),
+        ("prefetch skipped", s.prefetch_skipped.to_string()),
         ("fetch failures", s.fetch_failures.to_string()),
         ("verify failures", s.verify_failures.to_string()),
     ];

@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub upstream_backoff: Option<u64>,
     /// `negative-ttl = 60` (seconds).
     pub negative_ttl: Option<u64>,
+    /// `prefetch-jobs = 8`.
+    pub prefetch_jobs: Option<u64>,
     /// `netrc-file = "/etc/nix/netrc"`.
     pub netrc_file: Option<PathBuf>,
     /// `bearer-token-files = { "https://cache.example.org" = "/etc/storefs/example.token" }`.

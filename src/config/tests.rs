@@ -157,7 +157,7 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 "storefs.toml",
                 "substituters = [\"https://file\"]\nmax-size = \"20G\"\nmin-free = \"1G\"\n\
                  negative-ttl = 5\nupstream-backoff = 5\nconnect-timeout = 5\n\
-                 stall-timeout = 5\ncache-dir = \"/file/cache\"\nmountpoint = \"/file/mnt\"\n",
+                 prefetch-jobs = 5\nstall-timeout = 5\ncache-dir = \"/file/cache\"\nmountpoint = \"/file/mnt\"\n",
             )],
             flags: |_| RawConfig {
                 substituters: vec!["https://flag".into()],
@@ -167,6 +167,7 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 upstream_backoff_secs: Some(7),
                 connect_timeout_secs: Some(7),
                 stall_timeout_secs: Some(7),
+                prefetch_jobs: Some(7),
                 cache_dir: Some("/flag/cache".into()),
                 mountpoint: Some("/flag/mnt".into()),
                 ..RawConfig::default()
@@ -178,6 +179,7 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 let seven = Duration::from_secs(7);
                 assert_eq!([c.negative_ttl, c.upstream_backoff], [seven; 2]);
                 assert_eq!([c.connect_timeout, c.stall_timeout], [seven; 2]);
+                assert_eq!(c.prefetch_jobs, 7);
                 assert_eq!(c.cache_dir, Path::new("/flag/cache"));
                 assert_eq!(c.mountpoint, Path::new("/flag/mnt"));
             },
@@ -187,7 +189,8 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
             files: &[(
                 "storefs.toml",
                 "max-size = \"20G\"\nmin-free = \"0\"\nnegative-ttl = 0\n\
-                 upstream-backoff = 1\nallow-other = true\ncache-dir = \"cache\"\n",
+                 upstream-backoff = 1\nallow-other = true\ncache-dir = \"cache\"\n\
+                 prefetch-jobs = 0\n",
             )],
             flags: no_flags,
             check: |h, c| {
@@ -195,6 +198,7 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 assert_eq!(c.min_free, MinFree::Bytes(0));
                 assert_eq!(c.negative_ttl, Duration::ZERO);
                 assert_eq!(c.upstream_backoff, Duration::from_secs(1));
+                assert_eq!(c.prefetch_jobs, 0, "0 turns prefetch off");
                 assert!(c.allow_other);
                 assert_eq!(c.cache_dir, h.path("cache"), "relative to the file's directory");
             },
@@ -298,7 +302,7 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
 #[test]
 fn bad_values_are_refused_naming_the_setting_and_the_value() {
     type Flags = fn(&Host) -> RawConfig;
-    let cases: [(&str, &str, Flags, &[&str]); 20] = [
+    let cases: [(&str, &str, Flags, &[&str]); 22] = [
         (
             "cache_inside_the_mount",
             "mountpoint = \"/nix/store\"\n",
@@ -350,6 +354,13 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
             |_| RawConfig { negative_ttl_secs: Some(u64::MAX), ..Default::default() },
             &["--negative-ttl", "18446744073709551615"],
         ),
+        (
+            "too_many_prefetch_jobs",
+            "",
+            |_| RawConfig { prefetch_jobs: Some(65), ..Default::default() },
+            &["--prefetch-jobs", "65 is out of range", "0 (off) to 64"],
+        ),
+        ("negative_prefetch_jobs", "prefetch-jobs = -1\n", no_flags, &["`prefetch-jobs`"]),
         ("empty_substituters", "substituters = []\n", no_flags, &["substituters in", "empty list"]),
         (
             "bad_key_in_file",
@@ -477,6 +488,7 @@ fn the_example_file_uncommented_gives_the_documented_defaults() {
         stall_timeout,
         upstream_backoff,
         negative_ttl,
+        prefetch_jobs,
         netrc_file,
         bearer_token_files,
         cache_dir,
@@ -495,6 +507,7 @@ fn the_example_file_uncommented_gives_the_documented_defaults() {
         stall_timeout.is_some(),
         upstream_backoff.is_some(),
         negative_ttl.is_some(),
+        prefetch_jobs.is_some(),
         bearer_token_files.is_some(),
         cache_dir.is_some(),
         max_size.is_some(),

@@ -56,6 +56,7 @@ impl FsError {
                 CacheError::Unavailable { .. }
                 | CacheError::TooLarge { .. }
                 | CacheError::Pinned(_)
+                | CacheError::NoRoomToPrefetch(_)
                 | CacheError::Local { .. },
             ) => libc::EIO,
             FsError::Io(_) => libc::EIO,

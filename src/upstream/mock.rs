@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use super::{NarBody, Upstream, UpstreamError};
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::NarInfo;
-use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 
 /// A binary cache held in memory: narinfos by hash part, NAR bodies by URL.
 #[derive(Debug, Default)]
@@ -21,6 +21,12 @@ pub struct MockUpstream {
     pub narinfo_requests: AtomicUsize,
     /// Number of NAR requests seen.
     pub nar_requests: AtomicUsize,
+    /// When set, each NAR request waits for (and uses up) one permit before it is answered.
+    pub nar_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// NAR requests not yet answered.
+    pub nars_waiting: AtomicUsize,
+    /// The most NAR requests ever unanswered at once.
+    pub most_nars_waiting: AtomicUsize,
 }
 
 impl MockUpstream {
@@ -34,6 +40,13 @@ impl MockUpstream {
         self.nars.lock().expect("mock lock").insert(info.url.clone(), body);
         let hash = info.store_path.hash_part();
         self.narinfos.lock().expect("mock lock").insert(hash, info);
+    }
+
+    /// Holds every NAR request until a permit is added to the returned gate.
+    pub fn close_gate(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.nar_gate.lock().expect("mock lock") = Some(gate.clone());
+        gate
     }
 
     /// Requests seen so far: (narinfo, nar).
@@ -62,6 +75,13 @@ impl Upstream for MockUpstream {
 
     async fn nar(&self, nar_url: &str, _max_bytes: u64) -> Result<NarBody, UpstreamError> {
         self.nar_requests.fetch_add(1, Ordering::SeqCst);
+        let waiting = self.nars_waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_nars_waiting.fetch_max(waiting, Ordering::SeqCst);
+        let gate = self.nar_gate.lock().expect("mock lock").clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.expect("gate never closes").forget();
+        }
+        self.nars_waiting.fetch_sub(1, Ordering::SeqCst);
         let body = self.nars.lock().expect("mock lock").get(nar_url).cloned();
         match body {
             Some(body) => Ok(Box::pin(std::io::Cursor::new(body))),

@@ -16,8 +16,18 @@ use super::{daemon_args, errno_of, setup};
 /// to wait for.
 const BACKOFF: Duration = Duration::from_secs(4);
 /// Fast failure detection for tests: 1 s connect timeout (and so a 1 s retry budget), 2 s stall.
-const FAST: &[&str] =
-    &["--connect-timeout", "1", "--stall-timeout", "2", "--upstream-backoff", "4"];
+/// Short timeouts, and no closure prefetch: these tests count the requests each lookup makes,
+/// which background fetches of references would blur.
+const FAST: &[&str] = &[
+    "--connect-timeout",
+    "1",
+    "--stall-timeout",
+    "2",
+    "--upstream-backoff",
+    "4",
+    "--prefetch-jobs",
+    "0",
+];
 
 /// A TCP port that accepts connections and never answers a byte (a silent server), counting
 /// accepted connections. Dropping it closes the port (later connections are refused).
