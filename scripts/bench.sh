@@ -25,6 +25,10 @@ Options:
   --compression C     which cache to serve: zstd (default) or none (both are built)
   --rate RATE         tc tbf rate of the link (default 100mbit)
   --delay-ms MS       one-way delay added by the proxy in each direction (default 10 = 20 ms RTT)
+  --only LETTERS      run only these measurements, e.g. --only ab (cold runs only, no page-cache
+                      drops) or --only c (the storefs full read still fills the cache first)
+                      (default abc; d and e come with them)
+  --storefs-args ARGS extra flags for `storefs mount`, e.g. "--prefetch-jobs 0" (word-split)
   --no-drop-caches    do not drop the page cache before warm measurements
   --write-doc FILE    also write the results section of docs/PERFORMANCE.md to FILE
   -h, --help          this help
@@ -35,7 +39,7 @@ BENCH_SITE_PACKAGES overrides the site-packages tree.
 EOF
 }
 
-REPS=3 QUICK=0 DIR="" COMPRESSION=zstd RATE=100mbit DELAY_MS=10 DROP=1 WRITE_DOC=""
+REPS=3 QUICK=0 DIR="" COMPRESSION=zstd RATE=100mbit DELAY_MS=10 DROP=1 WRITE_DOC="" ONLY=abc SF_ARGS=""
 while (($#)); do
     case $1 in
         --reps) REPS=${2:?--reps needs N}; shift 2 ;;
@@ -44,12 +48,16 @@ while (($#)); do
         --compression) COMPRESSION=${2:?}; shift 2 ;;
         --rate) RATE=${2:?}; shift 2 ;;
         --delay-ms) DELAY_MS=${2:?}; shift 2 ;;
+        --only) ONLY=${2:?--only needs letters from abc}; shift 2 ;;
+        --storefs-args) SF_ARGS=${2?--storefs-args needs a value}; shift 2 ;;
         --no-drop-caches) DROP=0; shift ;;
         --write-doc) WRITE_DOC=${2:?}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown option $1 (see --help)" >&2; exit 1 ;;
     esac
 done
+[[ $ONLY =~ ^[abc]+$ ]] || { echo "bench: --only takes letters from abc, not '$ONLY'" >&2; exit 1; }
+want() { [[ $ONLY == *$1* ]]; }
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --reps must be a positive integer" >&2; exit 1; }
 [[ $COMPRESSION == zstd || $COMPRESSION == none ]] || { echo "bench: --compression is zstd or none" >&2; exit 1; }
 [[ -n $DIR ]] || { if ((QUICK)); then DIR=/var/tmp/storefs-bench-quick; else DIR=/var/tmp/storefs-bench; fi; }
@@ -338,7 +346,7 @@ start_storefs() { # MNT CACHE
     mkdir -p "$1"
     "$STOREFS" mount "$1" --cache-dir "$2" --nix-conf /dev/null --substituter "$CACHE_URL" \
         --trusted-public-key "$PUBLIC_KEY" --max-size 50G --min-free 0 --negative-ttl 0 \
-        --control-socket "$WORK/storefs.sock" >>"$WORK/storefs.log" 2>&1 &
+        --control-socket "$WORK/storefs.sock" $SF_ARGS >>"$WORK/storefs.log" 2>&1 &
     SF_PID=$!
     PIDS_TO_STOP+=("$SF_PID"); MOUNTS_TO_DROP+=("$1")
     local deadline=$(($(date +%s) + 20))
@@ -376,67 +384,87 @@ ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 declare -A R  # R[metric]="v1 v2 ..."
 add() { R[$1]="${R[$1]:-} $2"; }
 
-mnt_paths() { local p; for p in "${CLOSURE[@]}"; do printf '%s/%s\n' "$1" "$(basename "$p")"; done; }
+# The closure's paths under mountpoint $1, the top path first: a job starts from its entry point
+# (the top path), as `nix-store -r TOP` does, and then reads its way through the closure.
+mnt_paths() {
+    local p
+    printf '%s/%s\n' "$1" "$(basename "$TOP")"
+    for p in "${CLOSURE[@]}"; do [[ $p == "$TOP" ]] || printf '%s/%s\n' "$1" "$(basename "$p")"; done
+}
 
 for rep in $(seq 1 "$REPS"); do
-    log "rep $rep/$REPS: a. cold job through storefs"
     R_DIR=$WORK/rep$rep; mkdir -p "$R_DIR"
-    log_reset
-    t=$(now_ns)
-    start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
-    run_job "$R_DIR/mnt"
-    add sf_job_ms "$(ms_since "$t")"
-    read -r n b < <(log_count); add sf_job_req "$n"; add sf_job_bytes "$b"
-    stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
+    if want a; then
+        log "rep $rep/$REPS: a. cold job through storefs"
+        log_reset
+        t=$(now_ns)
+        start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
+        run_job "$R_DIR/mnt"
+        add sf_job_ms "$(ms_since "$t")"
+        read -r n b < <(log_count); add sf_job_req "$n"; add sf_job_bytes "$b"
+        stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
 
-    log "rep $rep/$REPS: a. cold job with Nix (nix-store -r, then the job)"
-    log_reset
-    t=$(now_ns)
-    nix_subst "$R_DIR/nixroot-a"
-    run_job "$R_DIR/nixroot-a/nix/store"
-    add nix_job_ms "$(ms_since "$t")"
-    read -r n b < <(log_count); add nix_job_req "$n"; add nix_job_bytes "$b"
-    rm -rf "$R_DIR/nixroot-a" "$R_DIR/nixroot-a.xdg"
+        log "rep $rep/$REPS: a. cold job with Nix (nix-store -r, then the job)"
+        log_reset
+        t=$(now_ns)
+        nix_subst "$R_DIR/nixroot-a"
+        run_job "$R_DIR/nixroot-a/nix/store"
+        add nix_job_ms "$(ms_since "$t")"
+        read -r n b < <(log_count); add nix_job_req "$n"; add nix_job_bytes "$b"
+        rm -rf "$R_DIR/nixroot-a" "$R_DIR/nixroot-a.xdg"
+    fi
 
-    log "rep $rep/$REPS: b. cold full read through storefs"
-    log_reset
-    t=$(now_ns)
-    start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
-    mapfile -t MP < <(mnt_paths "$R_DIR/mnt")
-    got=$(read_all "${MP[@]}")
-    add sf_full_ms "$(ms_since "$t")"
-    read -r n b < <(log_count); add sf_full_req "$n"; add sf_full_bytes "$b"
-    log "rep $rep/$REPS:    read $((got / 1048576)) MiB"
+    if want b || want c; then
+        log "rep $rep/$REPS: b. cold full read through storefs"
+        log_reset
+        t=$(now_ns)
+        start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
+        mapfile -t MP < <(mnt_paths "$R_DIR/mnt")
+        got=$(read_all "${MP[@]}")
+        add sf_full_ms "$(ms_since "$t")"
+        read -r n b < <(log_count); add sf_full_req "$n"; add sf_full_bytes "$b"
+        log "rep $rep/$REPS:    read $((got / 1048576)) MiB"
+    fi
 
-    log "rep $rep/$REPS: c. warm reads through storefs (page cache $( ((DROP)) && echo dropped || echo kept))"
-    drop_caches; t=$(now_ns); got=$(read_all "${MP[@]}"); ms=$(ms_since "$t")
-    add sf_warm_ms "$ms"; add sf_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
-    drop_caches; t=$(now_ns); find_stat "${MP[@]}" >/dev/null; add sf_stat_ms "$(ms_since "$t")"
-    add sf_hwm_kb "$(hwm_kb)"
-    log_reset
-    stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
+    if want c; then
+        log "rep $rep/$REPS: c. warm reads through storefs (page cache $( ((DROP)) && echo dropped || echo kept))"
+        drop_caches; t=$(now_ns); got=$(read_all "${MP[@]}"); ms=$(ms_since "$t")
+        add sf_warm_ms "$ms"; add sf_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
+        drop_caches; t=$(now_ns); find_stat "${MP[@]}" >/dev/null; add sf_stat_ms "$(ms_since "$t")"
+    fi
+    if want b || want c; then
+        add sf_hwm_kb "$(hwm_kb)"
+        log_reset
+        stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
+    fi
 
-    log "rep $rep/$REPS: c. warm reads on the local disk (/nix/store)"
-    drop_caches; t=$(now_ns); got=$(read_all "${CLOSURE[@]}"); ms=$(ms_since "$t")
-    add nat_warm_ms "$ms"; add nat_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
-    drop_caches; t=$(now_ns); find_stat "${CLOSURE[@]}" >/dev/null; add nat_stat_ms "$(ms_since "$t")"
+    if want c; then
+        log "rep $rep/$REPS: c. warm reads on the local disk (/nix/store)"
+        drop_caches; t=$(now_ns); got=$(read_all "${CLOSURE[@]}"); ms=$(ms_since "$t")
+        add nat_warm_ms "$ms"; add nat_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
+        drop_caches; t=$(now_ns); find_stat "${CLOSURE[@]}" >/dev/null; add nat_stat_ms "$(ms_since "$t")"
+    fi
 
-    log "rep $rep/$REPS: b. cold full copy with Nix (nix-store -r)"
-    log_reset
-    t=$(now_ns)
-    nix_subst "$R_DIR/nixroot-b"
-    add nix_full_ms "$(ms_since "$t")"
-    read -r n b < <(log_count); add nix_full_req "$n"; add nix_full_bytes "$b"
+    if want b; then
+        log "rep $rep/$REPS: b. cold full copy with Nix (nix-store -r)"
+        log_reset
+        t=$(now_ns)
+        nix_subst "$R_DIR/nixroot-b"
+        add nix_full_ms "$(ms_since "$t")"
+        read -r n b < <(log_count); add nix_full_req "$n"; add nix_full_bytes "$b"
+    fi
     rm -rf "$R_DIR"
 done
 
 # ---------------------------------------------------------------------------------------------
 # 4. The table.
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
-M() { median <<<"${R[$1]}"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
-sec() { awk -v m="$1" 'BEGIN { printf "%.2f s", m / 1000 }'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR] = $1} END {if (NR == 0) exit; if (NR % 2) print a[(NR + 1) / 2]; else print int((a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+M() { local m; m=$(median <<<"${R[$1]:-}"); echo "${m:--}"; }
+# Measurements left out with --only show as "-".
+ratio() { [[ $1 == - || $2 == - ]] && { echo -; return; }; awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+mib() { [[ $1 == - ]] && { echo -; return; }; awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+kib_mib() { [[ $1 == - ]] && { echo -; return; }; awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+sec() { [[ $1 == - ]] && { echo -; return; }; awk -v m="$1" 'BEGIN { printf "%.2f s", m / 1000 }'; }
 
 MACHINE="$(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
 DATE=$(date -u +%FT%TZ)
@@ -451,11 +479,11 @@ TABLE=$(
     echo "| d. MiB downloaded, cold job, vs Nix | $(mib "$(M sf_job_bytes)") | $(mib "$(M nix_job_bytes)") | $(ratio "$(M sf_job_bytes)" "$(M nix_job_bytes)") | |"
     echo "| d. requests, full read, vs Nix | $(M sf_full_req) | $(M nix_full_req) | $(ratio "$(M sf_full_req)" "$(M nix_full_req)") | |"
     echo "| d. MiB downloaded, full read, vs Nix | $(mib "$(M sf_full_bytes)") | $(mib "$(M nix_full_bytes)") | $(ratio "$(M sf_full_bytes)" "$(M nix_full_bytes)") | |"
-    echo "| e. storefs peak RSS (VmHWM, MiB) after full + warm reads | $(awk -v k="$(M sf_hwm_kb)" 'BEGIN {printf "%.1f", k / 1024}') | | | < 150 |"
+    echo "| e. storefs peak RSS (VmHWM, MiB) after full + warm reads | $(kib_mib "$(M sf_hwm_kb)") | | | < 150 |"
 )
 RAW=$(for k in $(printf '%s\n' "${!R[@]}" | sort); do printf '%-14s %s\n' "$k" "${R[$k]}"; done)
 FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), $( ((SYNTH)) && echo "synthetic site-packages" || echo site-packages) ($SITE_MB MB, $SITE_FILES files, one store path per top-level entry), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
-SETUP="link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')"
+SETUP="link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
 echo
 echo "storefs benchmark, $DATE"
 echo "machine: $MACHINE"
