@@ -21,8 +21,9 @@ use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, Mutex, Ordering, lock};
 
-/// Default number of background downloads at once.
-pub const DEFAULT_PREFETCH_JOBS: usize = 8;
+/// Default number of background downloads at once: on the 2-core bench machine 4 beat 8 both for
+/// a cold job (less competition with its own fetches) and for a full read (docs/PERFORMANCE.md).
+pub const DEFAULT_PREFETCH_JOBS: usize = 4;
 
 /// The prefetch queue.
 #[derive(Debug)]

@@ -82,7 +82,7 @@ pub struct MountArgs {
 
     /// Referenced paths fetched in the background at once, once a path's narinfo is known, so
     /// a job walking its closure finds it cached; never evicts to make room; 0 turns closure
-    /// prefetch off, at most 64 [default: 8].
+    /// prefetch off, at most 64 [default: 4].
     #[arg(long, value_name = "N", help_heading = UPSTREAM_OPTIONS)]
     pub prefetch_jobs: Option<u64>,
 
