@@ -1,18 +1,65 @@
-//! NAR throughput from memory: strict parse only, and verify + unpack to disk (what a cold read
-//! costs after the network). Prints the median of several runs in MB/s.
+//! Criterion benches for NAR throughput from memory, in MB/s: strict parse only, and
+//! hash + parse + unpack to disk (what a cold read costs once the bytes are off the network).
 //!
-//! cargo bench --bench nar_unpack
+//!     cargo bench --bench nar_unpack                        # all groups
+//!     cargo bench --bench nar_unpack -- nar_unpack/large    # a filter (a regex on the ids)
+//!     STOREFS_BENCH_DIR=/var/tmp cargo bench --bench nar_unpack
+//!
+//! `STOREFS_BENCH_DIR` is where the unpack benches write their scratch trees (default: the
+//! system temp dir); pick the filesystem the cache will live on, or a tmpfs such as `/dev/shm`
+//! to see the CPU cost without the disk's. Each tree is written to a fresh directory and removed
+//! outside the timed region.
+//!
+//! Under `cargo test --benches` (or `--all-targets`) criterion runs every bench once as a smoke
+//! test; the trees are then tiny so that it stays fast in a debug build.
 
-use std::time::{Duration, Instant};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group,
+    criterion_main, measurement::WallTime,
+};
 use sha2::{Digest, Sha256};
 use storefs::cache::unpack::unpack;
 use storefs::nix::hash::NarHash;
+use storefs::nix::nar::reader::NullVisitor;
 use storefs::nix::nar::{self, Node};
 use storefs::nix::narinfo::NarInfo;
 
-const RUNS: usize = 7;
+const LARGE: &str = "large_files";
+const SMALL: &str = "small_files";
 
+/// One benchmark input: a serialised NAR and a narinfo that vouches for it.
+struct Input {
+    /// Bench id suffix, e.g. `large_files`.
+    label: &'static str,
+    nar: Vec<u8>,
+    info: NarInfo,
+}
+
+impl Input {
+    fn new(label: &'static str, tree: &Node) -> Self {
+        let nar = tree.to_nar();
+        let info = narinfo_for(&nar);
+        Self { label, nar, info }
+    }
+
+    /// Decimal units (MB/s, as in the issue's 500 MB/s target), not criterion's default MiB/s.
+    fn throughput(&self) -> Throughput {
+        Throughput::BytesDecimal(self.nar.len() as u64)
+    }
+}
+
+/// Criterion benchmarks unless `--bench` is on the command line (its own rule): `cargo bench`
+/// passes it, `cargo test --benches` does not.
+fn test_mode() -> bool {
+    !std::env::args().any(|arg| arg == "--bench")
+}
+
+/// `big_files` files of `big_bytes` each, plus a `small/` directory of `small_files` files of
+/// 100 to 999 bytes (every seventh executable). Sorted, so it is a valid NAR.
 fn tree(big_files: usize, big_bytes: usize, small_files: usize) -> Node {
     let mut entries = Vec::new();
     for i in 0..big_files {
@@ -30,6 +77,15 @@ fn tree(big_files: usize, big_bytes: usize, small_files: usize) -> Node {
     Node::Directory(entries).sorted()
 }
 
+/// The two trees: large files (8 x 16 MiB, hashing and copying dominate) and many small files
+/// (20,000 of about 550 B, per-file syscalls dominate).
+fn inputs() -> Vec<Input> {
+    if test_mode() {
+        return vec![Input::new(LARGE, &tree(2, 64 << 10, 0)), Input::new(SMALL, &tree(0, 0, 200))];
+    }
+    vec![Input::new(LARGE, &tree(8, 16 << 20, 0)), Input::new(SMALL, &tree(0, 0, 20_000))]
+}
+
 fn narinfo_for(nar: &[u8]) -> NarInfo {
     let text = format!(
         "StorePath: /nix/store/00000000000000000000000000000000-bench\nURL: nar/x.nar\n\
@@ -40,45 +96,99 @@ fn narinfo_for(nar: &[u8]) -> NarInfo {
     NarInfo::parse(text.as_bytes()).expect("bench narinfo parses")
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+fn scratch_dir() -> PathBuf {
+    std::env::var_os("STOREFS_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
 }
 
-fn report(what: &str, bytes: usize, times: Vec<Duration>) {
-    let t = median(times);
-    let mbps = bytes as f64 / t.as_secs_f64() / 1e6;
-    println!("{what:<44} {:>8.1} MB/s  (median of {RUNS}, {:.1} MB)", mbps, bytes as f64 / 1e6);
+/// Settings for benches whose one iteration takes tens to hundreds of milliseconds: few samples
+/// of equal size, so `cargo bench` stays within minutes on a 2-core machine.
+fn slow_group(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
 }
 
-fn main() {
-    let scratch = std::env::var_os("STOREFS_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    for (label, t) in [
-        ("large files (8 x 16 MB)", tree(8, 16 << 20, 0)),
-        ("many small files (20,000 x ~550 B)", tree(0, 0, 20_000)),
-    ] {
-        let bytes = t.to_nar();
-        let info = narinfo_for(&bytes);
-        let parse: Vec<_> = (0..RUNS)
-            .map(|_| {
-                let start = Instant::now();
-                nar::validate(&bytes[..], bytes.len() as u64).expect("valid NAR");
-                start.elapsed()
-            })
-            .collect();
-        report(&format!("parse, {label}"), bytes.len(), parse);
-        let unpacked: Vec<_> = (0..RUNS)
-            .map(|_| {
-                let dir = tempfile::tempdir_in(&scratch).expect("scratch dir");
-                let staging = dir.path().join("s");
-                std::fs::create_dir(&staging).expect("staging dir");
-                let start = Instant::now();
-                unpack(&bytes[..], &info, bytes.len() as u64, &staging).expect("unpack");
-                start.elapsed()
-            })
-            .collect();
-        report(&format!("hash + parse + unpack, {label}"), bytes.len(), unpacked);
+/// Strict parse only, with a visitor that does nothing.
+///
+/// `validate` is the figure to quote: like `unpack`, it reads through the parser's own read
+/// buffer, so every content byte is copied once. `parse_buf` reads the tokens straight from the
+/// slice; it is run on the small-files tree only, because with a do-nothing visitor it skips file
+/// contents without touching them, which would make a large-files MB/s meaningless.
+fn parse(c: &mut Criterion, inputs: &[Input]) {
+    let mut group = c.benchmark_group("nar_parse");
+    slow_group(&mut group);
+    for input in inputs {
+        let (nar, len) = (&input.nar[..], input.nar.len() as u64);
+        group.throughput(input.throughput());
+        group.bench_function(format!("validate/{}", input.label), |b| {
+            b.iter(|| nar::validate(black_box(nar), len).expect("valid NAR"));
+        });
+        if input.label == SMALL {
+            group.bench_function(format!("parse_buf/{}", input.label), |b| {
+                b.iter(|| {
+                    nar::parse_buf(black_box(nar), len, &mut NullVisitor).expect("valid NAR")
+                });
+            });
+        }
     }
+    group.finish();
 }
+
+/// SHA-256 of the NAR alone: the floor under `nar_unpack`, which must hash every byte.
+fn hash(c: &mut Criterion, inputs: &[Input]) {
+    let mut group = c.benchmark_group("nar_hash");
+    slow_group(&mut group);
+    for input in inputs.iter().filter(|i| i.label == LARGE) {
+        group.throughput(input.throughput());
+        group.bench_function(format!("sha256/{}", input.label), |b| {
+            b.iter(|| Sha256::digest(black_box(&input.nar[..])));
+        });
+    }
+    group.finish();
+}
+
+/// A fresh, empty staging directory inside a temp dir that is removed when dropped.
+fn staging(scratch: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in(scratch).expect("scratch dir");
+    let staging = dir.path().join("s");
+    std::fs::create_dir(&staging).expect("staging dir");
+    (dir, staging)
+}
+
+/// What a cold fetch does after the network: SHA-256 + NarSize check, strict parse, one file
+/// written per regular file, and the manifest. Creating and removing the scratch directory is
+/// not timed.
+fn unpack_to_disk(c: &mut Criterion, inputs: &[Input]) {
+    let scratch = scratch_dir();
+    let mut group = c.benchmark_group("nar_unpack");
+    slow_group(&mut group);
+    for input in inputs {
+        let (nar, len) = (&input.nar[..], input.nar.len() as u64);
+        group.throughput(input.throughput());
+        group.bench_function(input.label, |b| {
+            b.iter_batched(
+                || staging(&scratch),
+                |(dir, staging)| {
+                    unpack(black_box(nar), &input.info, len, &staging).expect("unpack");
+                    // Returned, so the tree is removed after the clock stops.
+                    dir
+                },
+                // One tree on disk at a time (the large one is 128 MiB).
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let inputs = inputs();
+    parse(c, &inputs);
+    hash(c, &inputs);
+    unpack_to_disk(c, &inputs);
+}
+
+criterion_group!(nar_benches, benches);
+criterion_main!(nar_benches);
