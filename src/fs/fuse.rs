@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{Level, debug, event, info, warn};
@@ -160,6 +160,12 @@ impl Filesystem for FuseAdapter {
         if let Err(missing) = config.add_capabilities(wanted) {
             warn!(?missing, "kernel lacks FUSE capabilities; lookups may serialise");
         }
+        // READDIRPLUS: a listing carries each entry's attributes, so `find`, `ls -l` and the
+        // opens that follow a listing find the names in the kernel's dentry cache instead of
+        // sending one LOOKUP each.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            warn!(?missing, "kernel lacks READDIRPLUS; listed names are looked up one by one");
+        }
         // Passthrough needs a stacking depth: 1 keeps the mount usable as an overlayfs lower
         // layer and requires cache files on a non-stacked filesystem (else opens fall back).
         if self.backing.wanted
@@ -304,6 +310,31 @@ impl Filesystem for FuseAdapter {
                 reply.ok();
             }
             Err(err) => reply.error(fail("readdir", ino.0, &err)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listed = self.fs.readdirplus(ino.0, fh.0, offset, |e, l| {
+            let name = OsStr::from_bytes(&e.name);
+            reply.add(
+                INodeNo(e.ino),
+                e.next_offset,
+                name,
+                &l.ttl,
+                &to_file_attr(&l.attr),
+                Generation(0),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(fail("readdirplus", ino.0, &err)),
         }
     }
 

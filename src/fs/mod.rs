@@ -6,6 +6,7 @@
 //! through the cache. Everything inside a store path comes from its manifest and cached files.
 
 pub mod attr;
+mod dir;
 pub mod error;
 pub mod fuse;
 pub mod inode;
@@ -18,7 +19,10 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use tracing::debug;
+
 use self::attr::{Attr, IMMUTABLE_TTL, Kind, ROOT_TTL, node_attr, root_attr};
+use self::dir::RootListing;
 use self::error::FsError;
 use self::inode::{Inode, SlotTable};
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
@@ -58,9 +62,6 @@ pub struct FsStats {
     /// Cached store paths.
     pub paths: u64,
 }
-
-/// A snapshot of the mount root's entries, taken at opendir so offsets stay stable.
-type RootListing = Arc<Vec<(StorePath, Kind)>>;
 
 /// The read-only store filesystem.
 #[derive(Debug)]
@@ -105,8 +106,7 @@ impl StoreFs {
                 let sp = StorePath::from_basename(name)
                     .map_err(|_| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
                 let entry = self.cache.get(&sp).await?;
-                let slot = self.remember(entry.clone());
-                *lock(&self.lookups).entry(slot).or_default() += 1;
+                let slot = self.hold(&entry, 1, true);
                 let ino = Inode::Node { slot, node: ROOT_NODE }.ino();
                 Ok(Lookup { attr: attr_of(&entry.manifest, ino, ROOT_NODE)?, ttl: IMMUTABLE_TTL })
             }
@@ -123,7 +123,7 @@ impl StoreFs {
                     .ok_or_else(|| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
                 let ino = Inode::Node { slot, node: child }.ino();
                 let attr = attr_of(&entry.manifest, ino, child)?;
-                *lock(&self.lookups).entry(slot).or_default() += 1;
+                self.hold(&entry, 1, false);
                 Ok(Lookup { attr, ttl: IMMUTABLE_TTL })
             }
         }
@@ -138,7 +138,10 @@ impl StoreFs {
         *count = count.saturating_sub(nlookup);
         if *count == 0 {
             lookups.remove(&slot);
-            self.paths.write().expect("paths lock poisoned by an earlier panic").remove(&slot);
+            let mut paths = self.paths.write().expect("paths lock poisoned by an earlier panic");
+            if let Some(entry) = paths.remove(&slot) {
+                debug!(store_path = %entry.store_path, "kernel forgot the path; manifest released");
+            }
         }
     }
 
@@ -220,76 +223,6 @@ impl StoreFs {
         lock(&self.files).remove(&fh);
     }
 
-    /// Opens directory `ino`; the root's listing is snapshotted so offsets stay stable.
-    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        match self.inode(ino)? {
-            Inode::Root => {
-                let mut listing: Vec<_> = (self.cache.entries().iter())
-                    .map(|e| (e.store_path.clone(), root_kind(&e.manifest)))
-                    .collect();
-                listing.sort_by(|a, b| a.0.cmp(&b.0));
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                lock(&self.root_listings).insert(fh, Arc::new(listing));
-                Ok(fh)
-            }
-            Inode::Node { slot, node } => match self.entry(slot)?.manifest.node(node) {
-                Some(Node::Directory { .. }) => Ok(0),
-                Some(_) => Err(FsError::NotADirectory),
-                None => Err(FsError::UnknownInode(ino)),
-            },
-        }
-    }
-
-    /// Entries of directory `ino` from `offset` on (0 = start), including "." and "..".
-    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
-        let mut out = Vec::new();
-        let mut push = |index: usize, ino: u64, kind: Kind, name: &[u8]| {
-            if index as u64 >= offset {
-                out.push(DirEntry {
-                    ino,
-                    next_offset: index as u64 + 1,
-                    kind,
-                    name: name.to_vec(),
-                });
-            }
-        };
-        match self.inode(ino)? {
-            Inode::Root => {
-                let listing = lock(&self.root_listings).get(&fh).cloned().unwrap_or_default();
-                push(0, ino, Kind::Directory, b".");
-                push(1, ino, Kind::Directory, b"..");
-                let mut slots = lock(&self.slots);
-                for (i, (sp, kind)) in listing.iter().enumerate() {
-                    let child = Inode::Node { slot: slots.slot_of(sp), node: ROOT_NODE }.ino();
-                    push(i + 2, child, *kind, sp.to_string().as_bytes());
-                }
-            }
-            Inode::Node { slot, node } => {
-                let entry = self.entry(slot)?;
-                let Some(Node::Directory { parent, entries }) = entry.manifest.node(node) else {
-                    return Err(FsError::NotADirectory);
-                };
-                let parent_ino = if node == ROOT_NODE {
-                    Inode::Root.ino()
-                } else {
-                    Inode::Node { slot, node: *parent }.ino()
-                };
-                push(0, ino, Kind::Directory, b".");
-                push(1, parent_ino, Kind::Directory, b"..");
-                for (i, (name, child)) in entries.iter().enumerate() {
-                    let kind = kind_of(&entry.manifest, *child);
-                    push(i + 2, Inode::Node { slot, node: *child }.ino(), kind, name);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Closes directory handle `fh`.
-    pub fn releasedir(&self, fh: u64) {
-        lock(&self.root_listings).remove(&fh);
-    }
-
     /// Totals for `statfs`.
     pub fn statfs(&self) -> FsStats {
         FsStats { used_bytes: self.cache.used_bytes(), paths: self.cache.entries().len() as u64 }
@@ -309,6 +242,23 @@ impl StoreFs {
             Inode::Root => Err(FsError::IsADirectory),
             Inode::Node { slot, node } => Ok((self.entry(slot)?, node)),
         }
+    }
+
+    /// Counts `n` kernel references (lookups) to inodes of `entry`'s store path and keeps its
+    /// manifest while any is held; `fresh` replaces the entry already kept, else it is kept only
+    /// if none is. Both happen under the `lookups` lock (taken before `paths`, as in `forget`), so
+    /// a concurrent forget cannot drop the manifest between them. Returns the slot.
+    fn hold(&self, entry: &Arc<Entry>, n: u64, fresh: bool) -> u64 {
+        let slot = lock(&self.slots).slot_of(&entry.store_path);
+        let mut lookups = lock(&self.lookups);
+        *lookups.entry(slot).or_default() += n;
+        let mut paths = self.paths.write().expect("paths lock poisoned by an earlier panic");
+        if fresh {
+            paths.insert(slot, entry.clone());
+        } else {
+            paths.entry(slot).or_insert_with(|| entry.clone());
+        }
+        slot
     }
 
     /// Records `entry` under its slot, returning the slot.
@@ -339,8 +289,4 @@ fn kind_of(manifest: &Manifest, id: NodeId) -> Kind {
         Some(Node::File { .. }) => Kind::File,
         Some(Node::Symlink { .. }) | None => Kind::Symlink,
     }
-}
-
-fn root_kind(manifest: &Manifest) -> Kind {
-    kind_of(manifest, ROOT_NODE)
 }

@@ -140,3 +140,106 @@ async fn forgotten_paths_release_their_manifest() {
     assert_eq!(again.attr.ino, root.attr.ino, "same inode number after a reload");
     assert_eq!(fx.ups[0].requests(), (1, 1), "reloaded from the cache, not upstream");
 }
+
+/// Lists `ino` with readdirplus from `offset`, taking at most `room` entries, as a reply buffer
+/// with room for that many would.
+fn list_plus(fs: &StoreFs, ino: u64, fh: u64, offset: u64, room: usize) -> Vec<(DirEntry, Lookup)> {
+    let mut out = Vec::new();
+    fs.readdirplus(ino, fh, offset, |e, l| {
+        if out.len() == room {
+            return true;
+        }
+        out.push((e.clone(), *l));
+        false
+    })
+    .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn readdirplus_gives_what_lookup_gives_and_fetches_nothing() {
+    let fx = Fixture::new(1);
+    let path = sp('m', "plus");
+    publish(&fx.ups[0], &key(), &path, &tree("#!/bin/sh\n", 3));
+    let fs = mounted(&fx);
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
+    let bin = fs.lookup(root.attr.ino, b"bin").await.unwrap();
+    for (dir, parent) in [(root.attr.ino, inode::ROOT_INO), (bin.attr.ino, root.attr.ino)] {
+        let listed = list_plus(&fs, dir, 0, 0, usize::MAX);
+        let plain = fs.readdir(dir, 0, 0).unwrap();
+        assert_eq!(listed.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(), plain);
+        assert_eq!(
+            (listed[0].0.name.as_slice(), listed[0].1.attr),
+            (&b"."[..], fs.getattr(dir).unwrap().attr)
+        );
+        assert_eq!(
+            (listed[1].0.name.as_slice(), listed[1].1.attr),
+            (&b".."[..], fs.getattr(parent).unwrap().attr)
+        );
+        for (entry, got) in &listed[2..] {
+            let want = fs.lookup(dir, &entry.name).await.unwrap();
+            assert_eq!((got.attr, got.ttl), (want.attr, want.ttl), "{:?}", entry.name);
+            assert_eq!((entry.ino, entry.kind), (got.attr.ino, got.attr.kind));
+        }
+    }
+    let by_name = |dir, name: &[u8]| {
+        let listed = list_plus(&fs, dir, 0, 0, usize::MAX);
+        listed.into_iter().find(|(e, _)| e.name == name).unwrap().1.attr
+    };
+    let link = by_name(root.attr.ino, b"link");
+    assert_eq!((link.kind, link.size, link.perm), (Kind::Symlink, 8, 0o777));
+    let data = by_name(root.attr.ino, b"data");
+    assert_eq!((data.kind, data.size, data.perm), (Kind::File, 3, 0o444));
+    let tool = by_name(bin.attr.ino, b"tool");
+    assert_eq!((tool.kind, tool.size, tool.perm), (Kind::File, 10, 0o555));
+
+    // The mount root lists what is cached, with the attributes a lookup gives, and asks nobody.
+    let requests = fx.ups[0].requests();
+    let fh = fs.opendir(inode::ROOT_INO).unwrap();
+    let listed = list_plus(&fs, inode::ROOT_INO, fh, 0, usize::MAX);
+    fs.releasedir(fh);
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[2].0.name, path.to_string().as_bytes());
+    assert_eq!((listed[2].1.attr, listed[2].1.ttl), (root.attr, root.ttl));
+    assert_eq!(fx.ups[0].requests(), requests, "a listing fetches nothing");
+}
+
+/// Every entry readdirplus hands out, except "." and "..", is a kernel lookup that the kernel will
+/// FORGET: entries a full reply left out are not counted, and the manifest goes exactly when the
+/// last reference is forgotten.
+#[tokio::test]
+async fn readdirplus_entries_are_counted_like_lookups() {
+    let fx = Fixture::new(1);
+    let path = sp('n', "counted");
+    publish(&fx.ups[0], &key(), &path, &tree("n", 5));
+    let fs = mounted(&fx);
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
+    // Room for ".", ".." and "bin" only; then the rest ("data", "link") in a second reply.
+    let first = list_plus(&fs, root.attr.ino, 0, 0, 3);
+    assert_eq!(first.len(), 3);
+    let rest = list_plus(&fs, root.attr.ino, 0, first[2].0.next_offset, usize::MAX);
+    let names: Vec<_> = rest.iter().map(|(e, _)| e.name.clone()).collect();
+    assert_eq!(names, [&b"data"[..], b"link"]);
+    let mut held: Vec<u64> = first[2..].iter().chain(&rest).map(|(e, _)| e.ino).collect();
+    held.push(root.attr.ino);
+    let last = held.pop().unwrap();
+    for ino in held {
+        fs.forget(ino, 1);
+        assert!(fs.getattr(root.attr.ino).is_ok(), "released while the kernel still holds {last}");
+    }
+    fs.forget(last, 1);
+    assert_eq!(fs.getattr(root.attr.ino).unwrap_err().errno(), libc::ESTALE, "released");
+
+    // The mount root: a listed path is held by its listing alone, and released by its forget.
+    let fh = fs.opendir(inode::ROOT_INO).unwrap();
+    let listed = list_plus(&fs, inode::ROOT_INO, fh, 0, usize::MAX);
+    fs.releasedir(fh);
+    assert_eq!(listed[2].1.attr.ino, root.attr.ino);
+    assert!(fs.getattr(root.attr.ino).is_ok(), "held by the listing");
+    assert!(fs.lookup(root.attr.ino, b"bin").await.is_ok());
+    fs.forget(root.attr.ino, 1);
+    assert!(fs.getattr(root.attr.ino).is_ok(), "bin is still held");
+    fs.forget(fs.lookup(root.attr.ino, b"bin").await.unwrap().attr.ino, 2);
+    assert_eq!(fs.getattr(root.attr.ino).unwrap_err().errno(), libc::ESTALE, "released");
+    assert_eq!(fx.ups[0].requests(), (1, 1), "listings fetched nothing");
+}
