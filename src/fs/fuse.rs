@@ -213,8 +213,9 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, backing) = (self.fs.clone(), self.backing.clone());
         self.rt.spawn(async move {
-            // Immutable contents: let the kernel keep its page cache across opens.
-            let flags_out = FopenFlags::FOPEN_KEEP_CACHE;
+            // Immutable contents: let the kernel keep its page cache across opens. Nothing to
+            // flush on close (see `flush`).
+            let flags_out = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
             let fh = match fs.open(ino.0, flags.0).await {
                 Ok(fh) => fh,
                 Err(err) => return reply.error(fail("open", ino.0, &err)),
@@ -225,7 +226,8 @@ impl Filesystem for FuseAdapter {
                     // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
                     // passthrough reads use the cache file's own page cache anyway.
                     Ok(Some(id)) => {
-                        return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                        let flags = FopenFlags::FOPEN_NOFLUSH;
+                        return reply.opened_passthrough(FileHandle(fh), flags, &id);
                     }
                     Ok(None) => {}
                     Err(err) => {
@@ -281,7 +283,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush in a read-only store. Opens set FOPEN_NOFLUSH, so the kernel sends no
+        // FLUSH on close; should one come anyway, ENOSYS makes the kernel stop sending them
+        // (`fc->no_flush`) and close(2) still succeeds. Either way a close costs no round trip.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
