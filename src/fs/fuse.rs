@@ -1,7 +1,9 @@
 //! The fuser adapter: one kernel request in, one `StoreFs` call, one reply out. Nothing else.
 //!
 //! Requests that may touch the network (lookup of a store path, open of an evicted file) run as
-//! tokio tasks, so the FUSE request loop never waits on a download.
+//! tokio tasks, so the FUSE request loop never waits on a download. Everything else is answered
+//! on the session thread from memory or the local disk: a hop to another thread would cost more
+//! than the work.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -141,6 +143,31 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
+/// Replies to an open of `ino` as handle `fh`: through kernel passthrough for a large file when
+/// the kernel allows it, else with the page cache kept across opens.
+fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: ReplyOpen) {
+    let large = |f: &File| f.metadata().is_ok_and(|m| m.len() >= PASSTHROUGH_MIN_BYTES);
+    if let Some(file) = fs.file(fh).filter(|f| large(f)) {
+        match backing.acquire(ino, fh, &reply, &file) {
+            // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
+            // passthrough reads use the cache file's own page cache anyway.
+            Ok(Some(id)) => {
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                // E.g. cache files on a stacked filesystem: say so once, and read through the
+                // daemon from now on.
+                backing.enabled.store(false, Ordering::Relaxed);
+                warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
+            }
+        }
+    }
+    // Immutable contents: let the kernel keep its page cache across opens. Nothing to flush on
+    // close (see `flush`).
+    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH);
+}
+
 /// Logs a failed request at the level its error deserves and returns the errno to reply with.
 fn fail(op: &'static str, ino: u64, err: &FsError) -> Errno {
     match err.level() {
@@ -183,6 +210,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // Inside a store path the answer is in memory: reply at once. Only a name in the mount
+        // root may need a fetch, so only those run as tasks.
+        if let Some(found) = self.fs.lookup_local(parent.0, name.as_bytes()) {
+            return match found {
+                Ok(l) => reply.entry(&l.ttl, &to_file_attr(&l.attr), Generation(0)),
+                Err(err) => reply.error(fail("lookup", parent.0, &err)),
+            };
+        }
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
@@ -211,35 +246,20 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (fs, backing) = (self.fs.clone(), self.backing.clone());
-        self.rt.spawn(async move {
-            // Immutable contents: let the kernel keep its page cache across opens. Nothing to
-            // flush on close (see `flush`).
-            let flags_out = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
-            let fh = match fs.open(ino.0, flags.0).await {
-                Ok(fh) => fh,
-                Err(err) => return reply.error(fail("open", ino.0, &err)),
-            };
-            let large = |f: &File| f.metadata().is_ok_and(|m| m.len() >= PASSTHROUGH_MIN_BYTES);
-            if let Some(file) = fs.file(fh).filter(|f| large(f)) {
-                match backing.acquire(ino.0, fh, &reply, &file) {
-                    // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
-                    // passthrough reads use the cache file's own page cache anyway.
-                    Ok(Some(id)) => {
-                        let flags = FopenFlags::FOPEN_NOFLUSH;
-                        return reply.opened_passthrough(FileHandle(fh), flags, &id);
+        // A cached file opens at once, here; only an evicted one waits for a fetch, on tokio.
+        match self.fs.open_cached(ino.0, flags.0) {
+            Ok(Some(fh)) => reply_opened(&self.fs, &self.backing, ino.0, fh, reply),
+            Ok(None) => {
+                let (fs, backing) = (self.fs.clone(), self.backing.clone());
+                self.rt.spawn(async move {
+                    match fs.open(ino.0, flags.0).await {
+                        Ok(fh) => reply_opened(&fs, &backing, ino.0, fh, reply),
+                        Err(err) => reply.error(fail("open", ino.0, &err)),
                     }
-                    Ok(None) => {}
-                    Err(err) => {
-                        // E.g. cache files on a stacked filesystem: say so once, and read through
-                        // the daemon from now on.
-                        backing.enabled.store(false, Ordering::Relaxed);
-                        warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
-                    }
-                }
+                });
             }
-            reply.opened(FileHandle(fh), flags_out);
-        });
+            Err(err) => reply.error(fail("open", ino.0, &err)),
+        }
     }
 
     fn read(
@@ -253,11 +273,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = self.fs.clone();
-        self.rt.spawn_blocking(move || match fs.read(fh.0, offset, size) {
+        // A pread of a local cache file: cheaper here than a hop to a blocking-pool thread.
+        match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(fail("read", ino.0, &err)),
-        });
+        }
     }
 
     fn release(

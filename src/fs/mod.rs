@@ -74,7 +74,8 @@ pub struct StoreFs {
     /// Kernel references (lookups not yet forgotten) per slot; at zero the manifest is dropped,
     /// which bounds memory by what the kernel holds, not by what was ever looked up.
     lookups: Mutex<HashMap<u64, u64>>,
-    files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Open files and their sizes (from the manifest).
+    files: Mutex<HashMap<u64, (Arc<File>, u64)>>,
     root_listings: Mutex<HashMap<u64, RootListing>>,
     next_handle: AtomicU64,
 }
@@ -110,23 +111,41 @@ impl StoreFs {
                 let ino = Inode::Node { slot, node: ROOT_NODE }.ino();
                 Ok(Lookup { attr: attr_of(&entry.manifest, ino, ROOT_NODE)?, ttl: IMMUTABLE_TTL })
             }
-            Inode::Node { slot, node } => {
-                let entry = self.entry(slot)?;
-                match entry.manifest.node(node) {
-                    Some(Node::Directory { .. }) => {}
-                    Some(_) => return Err(FsError::NotADirectory),
-                    None => return Err(FsError::UnknownInode(parent)),
-                }
-                let child = entry
-                    .manifest
-                    .child(node, name)
-                    .ok_or_else(|| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-                let ino = Inode::Node { slot, node: child }.ino();
-                let attr = attr_of(&entry.manifest, ino, child)?;
-                self.hold(&entry, 1, false);
-                Ok(Lookup { attr, ttl: IMMUTABLE_TTL })
-            }
+            Inode::Node { slot, node } => self.lookup_in_path(parent, slot, node, name),
         }
+    }
+
+    /// `lookup`, when it needs no fetch: inside a store path, whose manifest is in memory. None
+    /// in the mount root, where a name may have to be fetched first.
+    pub fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Result<Lookup, FsError>> {
+        match self.inode(parent) {
+            Ok(Inode::Root) => None,
+            Ok(Inode::Node { slot, node }) => Some(self.lookup_in_path(parent, slot, node, name)),
+            Err(err) => Some(Err(err)),
+        }
+    }
+
+    fn lookup_in_path(
+        &self,
+        parent: u64,
+        slot: u64,
+        node: NodeId,
+        name: &[u8],
+    ) -> Result<Lookup, FsError> {
+        let entry = self.entry(slot)?;
+        match entry.manifest.node(node) {
+            Some(Node::Directory { .. }) => {}
+            Some(_) => return Err(FsError::NotADirectory),
+            None => return Err(FsError::UnknownInode(parent)),
+        }
+        let child = entry
+            .manifest
+            .child(node, name)
+            .ok_or_else(|| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+        let ino = Inode::Node { slot, node: child }.ino();
+        let attr = attr_of(&entry.manifest, ino, child)?;
+        self.hold(&entry, 1, false);
+        Ok(Lookup { attr, ttl: IMMUTABLE_TTL })
     }
 
     /// The kernel dropped `nlookup` references to `ino`. When no inode of a store path is
@@ -166,44 +185,67 @@ impl StoreFs {
         }
     }
 
-    /// Opens regular file `ino` for reading; any write access is EROFS.
+    /// Opens regular file `ino` for reading if its path is still cached, without waiting:
+    /// `Ok(None)` means it was evicted and `open` must fetch it again. Write access is EROFS.
+    pub fn open_cached(&self, ino: u64, flags: i32) -> Result<Option<u64>, FsError> {
+        let (entry, node, size) = self.file_node(ino, flags)?;
+        // Reads count as use: the kernel caches lookups for a year, so without this a path in
+        // constant use could look least recently used.
+        self.cache.cached(&entry.store_path);
+        match entry.open_file(node) {
+            Ok(file) => Ok(Some(self.add_handle(file, size))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens regular file `ino` for reading, fetching its path again if it was evicted since it
+    /// was looked up (same NarHash, same tree); any write access is EROFS.
     pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        if let Some(fh) = self.open_cached(ino, flags)? {
+            return Ok(fh);
+        }
+        let (entry, node, size) = self.file_node(ino, flags)?;
+        let fresh = self.cache.get(&entry.store_path).await?;
+        self.remember(fresh.clone());
+        Ok(self.add_handle(fresh.open_file(node)?, size))
+    }
+
+    /// The entry, node and size of regular file `ino`, if `flags` open it read-only.
+    fn file_node(&self, ino: u64, flags: i32) -> Result<(Arc<Entry>, NodeId, u64), FsError> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnly);
         }
         let (entry, node) = self.node_entry(ino)?;
         match entry.manifest.node(node) {
-            Some(Node::File { .. }) => {}
-            Some(Node::Directory { .. }) => return Err(FsError::IsADirectory),
-            Some(Node::Symlink { .. }) | None => return Err(FsError::UnknownInode(ino)),
-        }
-        // Reads count as use: the kernel caches lookups for a year, so without this a path in
-        // constant use could look least recently used.
-        self.cache.cached(&entry.store_path);
-        let file = match entry.open_file(node) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Evicted since it was looked up: fetch it again (same NarHash, same tree).
-                let fresh = self.cache.get(&entry.store_path).await?;
-                self.remember(fresh.clone());
-                fresh.open_file(node)?
+            Some(Node::File { size, .. }) => {
+                let size = *size;
+                Ok((entry, node, size))
             }
-            Err(e) => return Err(e.into()),
-        };
+            Some(Node::Directory { .. }) => Err(FsError::IsADirectory),
+            Some(Node::Symlink { .. }) | None => Err(FsError::UnknownInode(ino)),
+        }
+    }
+
+    /// A new handle for `file` of `size` bytes.
+    fn add_handle(&self, file: File, size: u64) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, Arc::new(file));
-        Ok(fh)
+        lock(&self.files).insert(fh, (Arc::new(file), size));
+        fh
     }
 
     /// The cache file behind open file `fh` (for kernel passthrough).
     pub fn file(&self, fh: u64) -> Option<Arc<File>> {
-        lock(&self.files).get(&fh).cloned()
+        lock(&self.files).get(&fh).map(|(file, _)| file.clone())
     }
 
-    /// Reads up to `size` bytes at `offset` from open file `fh`.
+    /// Reads up to `size` bytes at `offset` from open file `fh`: a `pread` of the cache file,
+    /// which is quick (local disk or page cache), so callers may run it on a FUSE thread.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let file = lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
-        let mut buf = vec![0u8; size as usize];
+        let (file, len) = lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+        // The size is known, so a read never needs a second pread to find the end of the file.
+        let want = len.saturating_sub(offset).min(u64::from(size));
+        let mut buf = vec![0u8; usize::try_from(want).expect("at most a u32")];
         let mut filled = 0;
         while filled < buf.len() {
             match file.read_at(&mut buf[filled..], offset + filled as u64) {

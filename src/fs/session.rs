@@ -18,7 +18,8 @@ use super::fuse::FuseAdapter;
 
 /// Filesystem type shown in /proc/mounts.
 pub const FS_TYPE: &str = "fuse.storefs";
-/// Threads reading kernel requests; handlers run on the tokio runtime, so few are needed.
+/// Threads reading kernel requests. Handlers that may wait on the network run on the tokio
+/// runtime; the rest (memory, local disk) are quick, so few threads are needed.
 const SESSION_THREADS: usize = 2;
 
 /// How to mount.

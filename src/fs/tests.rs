@@ -39,7 +39,7 @@ async fn a_store_path_reads_like_the_nar_said() {
     assert_eq!(fs.readlink(data.attr.ino).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(fs.getattr(tool.attr.ino).unwrap().attr, tool.attr);
 
-    let fh = fs.open(tool.attr.ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs.open_cached(tool.attr.ino, libc::O_RDONLY).unwrap().expect("cached");
     assert_eq!(fs.read(fh, 2, 100).unwrap(), b"/bin/sh\n");
     assert_eq!(fs.read(fh, 10, 100).unwrap(), b"");
     fs.release(fh);
@@ -119,6 +119,7 @@ async fn opening_an_evicted_file_fetches_the_path_again() {
     let data = fs.lookup(ra.attr.ino, b"data").await.unwrap();
     fs.lookup(inode::ROOT_INO, b.to_string().as_bytes()).await.unwrap();
     assert!(fs.cache().cached(&a).is_none(), "a was evicted by b");
+    assert!(fs.open_cached(data.attr.ino, libc::O_RDONLY).unwrap().is_none(), "needs a fetch");
     let fh = fs.open(data.attr.ino, libc::O_RDONLY).await.unwrap();
     assert_eq!(fs.read(fh, 0, 4).unwrap(), [7, 7, 7, 7]);
     assert_eq!(fx.ups[0].requests().1, 3, "a's NAR was fetched a second time");
