@@ -310,8 +310,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel may cache listings. Those of store paths never change, so the cache also
+        // survives the next opendir (KEEP_CACHE); the root's listing changes as paths come and go,
+        // so the kernel drops its copy at each opendir.
+        let flags = if ino == INodeNo(super::inode::ROOT_INO) {
+            FopenFlags::FOPEN_CACHE_DIR
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        };
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR),
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(err) => reply.error(fail("opendir", ino.0, &err)),
         }
     }
