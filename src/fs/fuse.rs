@@ -25,13 +25,6 @@ use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
 
-/// Smallest file opened with passthrough. Registering and closing a backing file costs two
-/// ioctls per open; for small files that is more than reading them through the daemon once, after
-/// which the kernel keeps them in its page cache anyway (scripts/bench.sh: ~37,000 small files
-/// read no faster with passthrough). The size of an inode never changes, so every open of one
-/// inode makes the same choice, as the kernel requires.
-const PASSTHROUGH_MIN_BYTES: u64 = 256 * 1024;
-
 /// Largest read the kernel may send us at once.
 const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
 
@@ -143,11 +136,16 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
-/// Replies to an open of `ino` as handle `fh`: through kernel passthrough for a large file when
-/// the kernel allows it, else with the page cache kept across opens.
+/// Replies to an open of `ino` as handle `fh`: through kernel passthrough when the kernel allows
+/// it, else with the page cache kept across opens.
+///
+/// Every file gets passthrough, small ones too: registering a backing file is two ioctls in the
+/// daemon, while a read through the daemon is a round trip through the kernel and another thread
+/// for the first read of every file (in docs/PERFORMANCE.md, reading ~37,000 small files with a
+/// dropped page cache took a quarter less time that way), and the file's data is then cached once,
+/// as the cache file's pages, rather than a second time in the mount's own page cache.
 fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: ReplyOpen) {
-    let large = |f: &File| f.metadata().is_ok_and(|m| m.len() >= PASSTHROUGH_MIN_BYTES);
-    if let Some(file) = fs.file(fh).filter(|f| large(f)) {
+    if let Some(file) = fs.file(fh) {
         match backing.acquire(ino, fh, &reply, &file) {
             // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
             // passthrough reads use the cache file's own page cache anyway.
