@@ -129,6 +129,44 @@ fn metadata_is_canonical_and_inodes_are_stable() {
     assert!(statfs > 0, "statfs reports the cache's bytes");
 }
 
+/// The mount root is listed without OPENDIR and its listing is kept by the kernel, yet `ls`
+/// shows a path right after it was fetched and stops showing it once evicted: the root's mtime
+/// moves with its contents and is re-read at each listing.
+#[test]
+fn the_root_listing_follows_fetches_and_evictions() {
+    let Some(fx) = setup("the_root_listing_follows_fetches_and_evictions") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let d = Daemon::start(tmp.path(), &args);
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&d.mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(names().is_empty());
+    let base = |p: &str| p.trim_start_matches("/nix/store/").to_owned();
+    for (i, p) in [&fx.hello, &fx.deep, &fx.big].into_iter().enumerate() {
+        assert!(fs::symlink_metadata(d.path(p, "")).is_ok());
+        let listed = names();
+        assert_eq!(listed.len(), i + 1, "{listed:?}");
+        assert!(listed.contains(&base(p)), "{p} missing from {listed:?}");
+    }
+    let out = std::process::Command::new(common::daemon::storefs_bin())
+        .args(["evict", "--control-socket"])
+        .arg(&d.control)
+        .arg(&fx.deep)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = names();
+    assert!(!listed.contains(&base(&fx.deep)), "evicted path still listed: {listed:?}");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+}
+
 fn nix_statfs(path: &Path) -> u64 {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };

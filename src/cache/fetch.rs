@@ -322,6 +322,7 @@ impl NarCache {
             let mut st = lock(&self.state);
             st.used_bytes += entry.manifest.disk_bytes;
             st.lru.put(hash, entry.clone());
+            st.generation += 1;
             self.evict_locked(&mut st, 0)
         };
         self.purge(trashed);

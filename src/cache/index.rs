@@ -81,6 +81,7 @@ impl NarCache {
                 if !st.lru.contains(&hash) {
                     st.used_bytes += entry.manifest.disk_bytes;
                     st.lru.put(hash, Arc::new(entry));
+                    st.generation += 1;
                 }
             }
             // Entries used since start are the most recently used ones.
@@ -119,6 +120,7 @@ impl NarCache {
             }
             st.used_bytes += entry.manifest.disk_bytes;
             st.lru.put(hash, entry.clone());
+            st.generation += 1;
             Some(entry)
         })
         .await

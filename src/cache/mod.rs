@@ -153,6 +153,8 @@ struct State {
     trash_bytes: u64,
     /// Pinned store paths by hash part: never evicted (see pins.rs).
     pins: HashMap<String, StorePath>,
+    /// Bumped whenever a path joins or leaves `lru`: the mount root's listing changed.
+    generation: u64,
 }
 
 /// The cache. Cheap to share: wrap it in an `Arc`.
@@ -203,6 +205,7 @@ impl NarCache {
                 reserved_bytes: 0,
                 trash_bytes: 0,
                 pins,
+                generation: 0,
             }),
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
@@ -330,6 +333,12 @@ impl NarCache {
     /// Entries cached now, most recently used first.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
         lock(&self.state).lru.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// A number that changes whenever the set of cached paths changes (the mount root's mtime
+    /// is derived from it, so the kernel drops its copy of the root's listing).
+    pub fn generation(&self) -> u64 {
+        lock(&self.state).generation
     }
 
     /// Bytes the cache holds on disk now.

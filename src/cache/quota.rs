@@ -114,6 +114,7 @@ impl NarCache {
         hash: &str,
     ) -> Result<Option<(PathBuf, u64)>, LayoutError> {
         let Some(entry) = st.lru.pop(hash) else { return Ok(None) };
+        st.generation += 1;
         let hash = hash.to_owned();
         match self.layout.discard(&entry.dir) {
             Ok(trash) => {

@@ -104,7 +104,16 @@ impl Fixture {
             assert!(std::time::Instant::now() < deadline, "previous cache never released");
             std::thread::yield_now();
         }
-        let cache = NarCache::open(self.config.clone(), set, keys).unwrap();
+        // The last reference may be gone while its drop, which releases the lock, still runs on
+        // another thread: wait for the lock too.
+        let cache = loop {
+            match NarCache::open(self.config.clone(), set.clone(), keys.clone()) {
+                Err(LayoutError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::yield_now();
+                }
+                result => break result.unwrap(),
+            }
+        };
         *self.previous.lock().unwrap() = Arc::downgrade(&cache);
         cache
     }

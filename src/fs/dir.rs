@@ -1,7 +1,10 @@
-//! Directory listings: `opendir`, `readdir`, `readdirplus` and `releasedir` of `StoreFs`.
+//! Directory listings: `readdir` and `readdirplus` of `StoreFs`. There is no opendir: the kernel
+//! is told it is not needed (fuse.rs), which saves a round trip per directory listed.
 //!
-//! The mount root lists the store paths cached now (a snapshot taken at opendir, never a fetch);
-//! a directory inside a store path lists its manifest node. `readdirplus` also hands out each
+//! The mount root lists the store paths cached now (never a fetch), ordered by inode slot; an
+//! entry's offset cookie is its slot (+ 3, after "." and ".."), so a listing continued after
+//! paths came or went neither repeats nor skips a path that stayed. A directory inside a store
+//! path lists its manifest node, by index. `readdirplus` also hands out each
 //! entry's attributes, and every entry it hands out except "." and ".." is a kernel lookup: the
 //! kernel counts it and will FORGET it, so it is counted here exactly like `lookup` counts.
 
@@ -12,12 +15,14 @@ use super::{DirEntry, Lookup, StoreFs, attr_of, kind_of};
 use crate::cache::Entry;
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
 use crate::nix::nar::NodeId;
-use crate::sync::{Arc, Ordering, lock};
+use crate::sync::{Arc, lock};
 
-/// A snapshot of the mount root's entries, taken at opendir so offsets stay stable. It holds the
-/// entries themselves, so attributes of a path evicted since are still at hand (as they are for a
-/// looked-up path) while the directory is open.
-pub(super) type RootListing = Arc<Vec<Arc<Entry>>>;
+/// The mount root's entries at one cache generation, by slot. It holds the entries themselves, so
+/// attributes of a path evicted since are still at hand (as they are for a looked-up path).
+pub(super) type RootListing = Arc<Vec<(u64, Arc<Entry>)>>;
+
+/// Offset cookies of "." and ".."; a root entry's cookie is its slot plus this.
+const FIRST_COOKIE: u64 = 3;
 
 /// What a listed name refers to, so its attributes are computed only when asked for.
 enum Target<'a> {
@@ -38,28 +43,30 @@ enum DotAttr<'a> {
 }
 
 impl StoreFs {
-    /// Opens directory `ino`; the root's listing is snapshotted so offsets stay stable.
-    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        match self.inode(ino)? {
-            Inode::Root => {
-                let mut listing = self.cache.entries();
-                listing.sort_by(|a, b| a.store_path.cmp(&b.store_path));
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                lock(&self.root_listings).insert(fh, Arc::new(listing));
-                Ok(fh)
-            }
-            Inode::Node { slot, node } => match self.entry(slot)?.manifest.node(node) {
-                Some(Node::Directory { .. }) => Ok(0),
-                Some(_) => Err(FsError::NotADirectory),
-                None => Err(FsError::UnknownInode(ino)),
-            },
+    /// The mount root's listing now: computed once per cache generation, so a listing read in
+    /// many replies does not sort the cache for each.
+    fn root_listing(&self) -> RootListing {
+        let generation = self.cache.generation();
+        let mut cached = lock(&self.root_listing);
+        if let Some((at, listing)) = cached.as_ref().filter(|(at, _)| *at == generation) {
+            debug_assert_eq!(*at, generation);
+            return listing.clone();
         }
+        let entries = self.cache.entries();
+        let mut listing: Vec<(u64, Arc<Entry>)> = {
+            let mut slots = lock(&self.slots);
+            entries.into_iter().map(|e| (slots.slot_of(&e.store_path), e)).collect()
+        };
+        listing.sort_by_key(|(slot, _)| *slot);
+        let listing = Arc::new(listing);
+        *cached = Some((generation, listing.clone()));
+        listing
     }
 
     /// Entries of directory `ino` from `offset` on (0 = start), including "." and "..".
-    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
         let mut out = Vec::new();
-        self.walk(ino, fh, offset, |entry, _| {
+        self.walk(ino, offset, |entry, _| {
             out.push(entry);
             false
         })?;
@@ -74,7 +81,6 @@ impl StoreFs {
     pub fn readdirplus(
         &self,
         ino: u64,
-        fh: u64,
         offset: u64,
         mut add: impl FnMut(&DirEntry, &Lookup) -> bool,
     ) -> Result<(), FsError> {
@@ -83,9 +89,10 @@ impl StoreFs {
         let mut nodes: Option<(Arc<Entry>, u64)> = None;
         let mut taken = 0;
         let mut failed = None;
-        self.walk(ino, fh, offset, |entry, target| {
+        let generation = self.cache.generation();
+        self.walk(ino, offset, |entry, target| {
             let attr = match &target {
-                Target::Dot(DotAttr::Root) => Ok(root_attr()),
+                Target::Dot(DotAttr::Root) => Ok(root_attr(generation)),
                 Target::Dot(DotAttr::Node(manifest, ino, node)) => attr_of(manifest, *ino, *node),
                 Target::Path(path) => attr_of(&path.manifest, entry.ino, ROOT_NODE),
                 Target::Node(path, node) => attr_of(&path.manifest, entry.ino, *node),
@@ -121,42 +128,34 @@ impl StoreFs {
         Ok(())
     }
 
-    /// Closes directory handle `fh`.
-    pub fn releasedir(&self, fh: u64) {
-        lock(&self.root_listings).remove(&fh);
-    }
-
     /// Calls `f` with each entry of directory `ino` from `offset` on and what it refers to,
     /// until `f` returns true.
     fn walk(
         &self,
         ino: u64,
-        fh: u64,
         offset: u64,
         mut f: impl FnMut(DirEntry, Target<'_>) -> bool,
     ) -> Result<(), FsError> {
-        let mut emit = |index: usize, ino: u64, kind: Kind, name: &[u8], target: Target<'_>| {
-            let next_offset = index as u64 + 1;
-            index as u64 >= offset
-                && f(DirEntry { ino, next_offset, kind, name: name.to_vec() }, target)
+        // An entry's cookie is the offset the kernel passes back to continue after it.
+        let mut emit = |cookie: u64, ino: u64, kind: Kind, name: &[u8], target: Target<'_>| {
+            cookie > offset
+                && f(DirEntry { ino, next_offset: cookie, kind, name: name.to_vec() }, target)
         };
         match self.inode(ino)? {
             Inode::Root => {
-                let listing = lock(&self.root_listings).get(&fh).cloned().unwrap_or_default();
                 let dot = || Target::Dot(DotAttr::Root);
-                if emit(0, ino, Kind::Directory, b".", dot())
-                    || emit(1, ino, Kind::Directory, b"..", dot())
+                if emit(1, ino, Kind::Directory, b".", dot())
+                    || emit(2, ino, Kind::Directory, b"..", dot())
                 {
                     return Ok(());
                 }
-                for (i, path) in
-                    listing.iter().enumerate().skip((offset as usize).saturating_sub(2))
-                {
-                    let slot = lock(&self.slots).slot_of(&path.store_path);
-                    let child = Inode::Node { slot, node: ROOT_NODE }.ino();
+                let listing = self.root_listing();
+                let start = listing.partition_point(|(slot, _)| slot + FIRST_COOKIE <= offset);
+                for (slot, path) in &listing[start..] {
+                    let child = Inode::Node { slot: *slot, node: ROOT_NODE }.ino();
                     let name = path.store_path.to_string();
                     let kind = kind_of(&path.manifest, ROOT_NODE);
-                    if emit(i + 2, child, kind, name.as_bytes(), Target::Path(path)) {
+                    if emit(slot + FIRST_COOKIE, child, kind, name.as_bytes(), Target::Path(path)) {
                         break;
                     }
                 }
@@ -174,8 +173,8 @@ impl StoreFs {
                     (parent_ino, DotAttr::Node(manifest, parent_ino, *parent))
                 };
                 let this = Target::Dot(DotAttr::Node(manifest, ino, node));
-                if emit(0, ino, Kind::Directory, b".", this)
-                    || emit(1, parent_ino, Kind::Directory, b"..", Target::Dot(parent_attr))
+                if emit(1, ino, Kind::Directory, b".", this)
+                    || emit(2, parent_ino, Kind::Directory, b"..", Target::Dot(parent_attr))
                 {
                     return Ok(());
                 }
@@ -184,7 +183,13 @@ impl StoreFs {
                 {
                     let kind = kind_of(manifest, *child);
                     let child_ino = Inode::Node { slot, node: *child }.ino();
-                    if emit(i + 2, child_ino, kind, name, Target::Node(&entry, *child)) {
+                    if emit(
+                        i as u64 + FIRST_COOKIE,
+                        child_ino,
+                        kind,
+                        name,
+                        Target::Node(&entry, *child),
+                    ) {
                         break;
                     }
                 }

@@ -104,7 +104,7 @@ impl FuseAdapter {
 }
 
 fn to_file_attr(attr: &Attr) -> FileAttr {
-    let mtime = Attr::mtime();
+    let mtime = attr.mtime();
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
@@ -180,8 +180,12 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(MAX_READAHEAD_BYTES);
         // Without PARALLEL_DIROPS the kernel serialises every lookup and readdir in a directory,
         // so one store path downloading would stall every other lookup in the mount root.
-        // Symlinks are immutable, so the kernel may cache readlink answers too.
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS;
+        // Symlinks are immutable, so the kernel may cache readlink answers too. AUTO_INVAL_DATA
+        // makes the kernel re-read the root's attributes (TTL 0) when a listing of it starts,
+        // and drop its kept copy of the listing when the root's mtime moved.
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
         if let Err(missing) = config.add_capabilities(wanted) {
             warn!(?missing, "kernel lacks FUSE capabilities; lookups may serialise");
         }
@@ -307,30 +311,23 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::ENOSYS);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // The kernel may cache listings. Those of store paths never change, so the cache also
-        // survives the next opendir (KEEP_CACHE); the root's listing changes as paths come and go,
-        // so the kernel drops its copy at each opendir.
-        let flags = if ino == INodeNo(super::inode::ROOT_INO) {
-            FopenFlags::FOPEN_CACHE_DIR
-        } else {
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-        };
-        match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), flags),
-            Err(err) => reply.error(fail("opendir", ino.0, &err)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS tells the kernel that directories need no OPENDIR (nor RELEASEDIR): it stops
+        // sending them, one round trip saved per directory listed. It then keeps every listing
+        // (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): right for store paths, which never change; the
+        // root's listing is re-read whenever the root's mtime moved (see `init`).
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset) {
+        match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 for e in entries {
                     let name = OsStr::from_bytes(&e.name);
@@ -348,11 +345,11 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listed = self.fs.readdirplus(ino.0, fh.0, offset, |e, l| {
+        let listed = self.fs.readdirplus(ino.0, offset, |e, l| {
             let name = OsStr::from_bytes(&e.name);
             reply.add(
                 INodeNo(e.ino),
@@ -367,18 +364,6 @@ impl Filesystem for FuseAdapter {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(fail("readdirplus", ino.0, &err)),
         }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -76,7 +76,8 @@ pub struct StoreFs {
     lookups: Mutex<HashMap<u64, u64>>,
     /// Open files and their sizes (from the manifest).
     files: Mutex<HashMap<u64, (Arc<File>, u64)>>,
-    root_listings: Mutex<HashMap<u64, RootListing>>,
+    /// The mount root's listing and the cache generation it was taken at.
+    root_listing: Mutex<Option<(u64, RootListing)>>,
     next_handle: AtomicU64,
 }
 
@@ -89,7 +90,7 @@ impl StoreFs {
             paths: RwLock::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
-            root_listings: Mutex::new(HashMap::new()),
+            root_listing: Mutex::new(None),
             next_handle: AtomicU64::new(1),
         }
     }
@@ -167,7 +168,7 @@ impl StoreFs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Lookup, FsError> {
         match self.inode(ino)? {
-            Inode::Root => Ok(Lookup { attr: root_attr(), ttl: ROOT_TTL }),
+            Inode::Root => Ok(Lookup { attr: root_attr(self.cache.generation()), ttl: ROOT_TTL }),
             Inode::Node { slot, node } => {
                 let entry = self.entry(slot)?;
                 Ok(Lookup { attr: attr_of(&entry.manifest, ino, node)?, ttl: IMMUTABLE_TTL })

@@ -45,17 +45,15 @@ async fn a_store_path_reads_like_the_nar_said() {
     fs.release(fh);
     assert_eq!(fs.read(fh, 0, 1).unwrap_err().errno(), libc::EBADF);
 
-    let names: Vec<_> =
-        fs.readdir(root.attr.ino, 0, 0).unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<_> = fs.readdir(root.attr.ino, 0).unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names, [&b"."[..], b"..", b"bin", b"data", b"link"]);
-    let rest = fs.readdir(root.attr.ino, 0, 3).unwrap();
+    let rest = fs.readdir(root.attr.ino, 3).unwrap();
     assert_eq!(rest.len(), 2, "offsets resume where the kernel left off");
     assert_eq!(rest[0].name, b"data");
-    let listing = fs.opendir(inode::ROOT_INO).unwrap();
-    let roots = fs.readdir(inode::ROOT_INO, listing, 2).unwrap();
+    let roots = fs.readdir(inode::ROOT_INO, 2).unwrap();
     assert_eq!(roots.len(), 1);
     assert_eq!(roots[0].name, path.to_string().as_bytes());
-    fs.releasedir(listing);
+    assert!(fs.readdir(inode::ROOT_INO, roots[0].next_offset).unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -144,9 +142,9 @@ async fn forgotten_paths_release_their_manifest() {
 
 /// Lists `ino` with readdirplus from `offset`, taking at most `room` entries, as a reply buffer
 /// with room for that many would.
-fn list_plus(fs: &StoreFs, ino: u64, fh: u64, offset: u64, room: usize) -> Vec<(DirEntry, Lookup)> {
+fn list_plus(fs: &StoreFs, ino: u64, offset: u64, room: usize) -> Vec<(DirEntry, Lookup)> {
     let mut out = Vec::new();
-    fs.readdirplus(ino, fh, offset, |e, l| {
+    fs.readdirplus(ino, offset, |e, l| {
         if out.len() == room {
             return true;
         }
@@ -166,8 +164,8 @@ async fn readdirplus_gives_what_lookup_gives_and_fetches_nothing() {
     let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
     let bin = fs.lookup(root.attr.ino, b"bin").await.unwrap();
     for (dir, parent) in [(root.attr.ino, inode::ROOT_INO), (bin.attr.ino, root.attr.ino)] {
-        let listed = list_plus(&fs, dir, 0, 0, usize::MAX);
-        let plain = fs.readdir(dir, 0, 0).unwrap();
+        let listed = list_plus(&fs, dir, 0, usize::MAX);
+        let plain = fs.readdir(dir, 0).unwrap();
         assert_eq!(listed.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(), plain);
         assert_eq!(
             (listed[0].0.name.as_slice(), listed[0].1.attr),
@@ -184,7 +182,7 @@ async fn readdirplus_gives_what_lookup_gives_and_fetches_nothing() {
         }
     }
     let by_name = |dir, name: &[u8]| {
-        let listed = list_plus(&fs, dir, 0, 0, usize::MAX);
+        let listed = list_plus(&fs, dir, 0, usize::MAX);
         listed.into_iter().find(|(e, _)| e.name == name).unwrap().1.attr
     };
     let link = by_name(root.attr.ino, b"link");
@@ -196,9 +194,7 @@ async fn readdirplus_gives_what_lookup_gives_and_fetches_nothing() {
 
     // The mount root lists what is cached, with the attributes a lookup gives, and asks nobody.
     let requests = fx.ups[0].requests();
-    let fh = fs.opendir(inode::ROOT_INO).unwrap();
-    let listed = list_plus(&fs, inode::ROOT_INO, fh, 0, usize::MAX);
-    fs.releasedir(fh);
+    let listed = list_plus(&fs, inode::ROOT_INO, 0, usize::MAX);
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[2].0.name, path.to_string().as_bytes());
     assert_eq!((listed[2].1.attr, listed[2].1.ttl), (root.attr, root.ttl));
@@ -216,9 +212,9 @@ async fn readdirplus_entries_are_counted_like_lookups() {
     let fs = mounted(&fx);
     let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
     // Room for ".", ".." and "bin" only; then the rest ("data", "link") in a second reply.
-    let first = list_plus(&fs, root.attr.ino, 0, 0, 3);
+    let first = list_plus(&fs, root.attr.ino, 0, 3);
     assert_eq!(first.len(), 3);
-    let rest = list_plus(&fs, root.attr.ino, 0, first[2].0.next_offset, usize::MAX);
+    let rest = list_plus(&fs, root.attr.ino, first[2].0.next_offset, usize::MAX);
     let names: Vec<_> = rest.iter().map(|(e, _)| e.name.clone()).collect();
     assert_eq!(names, [&b"data"[..], b"link"]);
     let mut held: Vec<u64> = first[2..].iter().chain(&rest).map(|(e, _)| e.ino).collect();
@@ -232,9 +228,7 @@ async fn readdirplus_entries_are_counted_like_lookups() {
     assert_eq!(fs.getattr(root.attr.ino).unwrap_err().errno(), libc::ESTALE, "released");
 
     // The mount root: a listed path is held by its listing alone, and released by its forget.
-    let fh = fs.opendir(inode::ROOT_INO).unwrap();
-    let listed = list_plus(&fs, inode::ROOT_INO, fh, 0, usize::MAX);
-    fs.releasedir(fh);
+    let listed = list_plus(&fs, inode::ROOT_INO, 0, usize::MAX);
     assert_eq!(listed[2].1.attr.ino, root.attr.ino);
     assert!(fs.getattr(root.attr.ino).is_ok(), "held by the listing");
     assert!(fs.lookup(root.attr.ino, b"bin").await.is_ok());
@@ -243,4 +237,42 @@ async fn readdirplus_entries_are_counted_like_lookups() {
     fs.forget(fs.lookup(root.attr.ino, b"bin").await.unwrap().attr.ino, 2);
     assert_eq!(fs.getattr(root.attr.ino).unwrap_err().errno(), libc::ESTALE, "released");
     assert_eq!(fx.ups[0].requests(), (1, 1), "listings fetched nothing");
+}
+
+/// The mount root's listing has no opendir snapshot: an entry's cookie is its slot, so a listing
+/// continued after paths arrived repeats nothing, and the root's mtime moves with every change so
+/// the kernel drops the listing it kept.
+#[tokio::test]
+async fn the_root_listing_continues_by_slot_and_its_mtime_moves() {
+    let fx = Fixture::new(1);
+    let paths = [sp('a', "first"), sp('b', "second"), sp('c', "third")];
+    for p in &paths {
+        publish(&fx.ups[0], &key(), p, &tree("r", 5));
+    }
+    let fs = mounted(&fx);
+    let before = fs.getattr(inode::ROOT_INO).unwrap();
+    assert_eq!(before.ttl, std::time::Duration::ZERO, "re-read at every listing");
+    fs.lookup(inode::ROOT_INO, paths[0].to_string().as_bytes()).await.unwrap();
+    let after_one = fs.getattr(inode::ROOT_INO).unwrap().attr;
+    assert_ne!(after_one.mtime(), before.attr.mtime(), "a new path moves the root's mtime");
+    let first = fs.readdir(inode::ROOT_INO, 0).unwrap();
+    assert_eq!(first.len(), 3);
+    let cookie = first[2].next_offset;
+    for p in &paths[1..] {
+        fs.lookup(inode::ROOT_INO, p.to_string().as_bytes()).await.unwrap();
+    }
+    let all: Vec<_> = fs.readdir(inode::ROOT_INO, 2).unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let rest = fs.readdir(inode::ROOT_INO, cookie).unwrap();
+    assert!(rest.iter().all(|e| e.name != first[2].name), "nothing repeats: {rest:?}");
+    let mut seen: Vec<_> = rest.iter().map(|e| e.name.clone()).collect();
+    seen.push(first[2].name.clone());
+    let earlier = all.iter().take_while(|e| e.name != first[2].name).count();
+    assert_eq!(
+        seen.len() + earlier,
+        3,
+        "only paths ordered before the cookie are not listed again"
+    );
+    let cookies: Vec<_> = all.iter().map(|e| e.next_offset).collect();
+    assert!(cookies.windows(2).all(|w| w[0] < w[1]), "cookies ascend: {cookies:?}");
 }
