@@ -32,29 +32,15 @@ impl NarCache {
         let upstreams = self.ordered_upstreams(sp).await?;
         // A path served before: same substituter, same narinfo, no narinfo request (if it still
         // carries a trusted signature). Whatever happens, only that NarHash is acceptable now.
-        let mut pinned = None;
         let served_before = self
             .narinfos
             .get(&hash)
             .filter(|(_, info)| info.store_path == *sp && self.keys.verify(info).is_ok());
-        if let Some((_, info)) = &served_before {
-            pinned = Some(info.nar_hash);
-        }
+        let pinned = served_before.as_ref().map(|(_, info)| info.nar_hash);
         if let Some((from, info)) = served_before {
-            if let Some(err) = self.cannot_fit(&info) {
-                return Err(err);
-            }
-            self.prefetch_references(&info);
-            if let Some(up) = upstreams.iter().find(|u| u.url() == from) {
-                let room = self.room_for(&info, wanted)?;
-                match self.download_retrying(up.as_ref(), &info, room).await {
-                    Ok(entry) => return Ok(entry),
-                    Err(err) => {
-                        warn!(store_path = %sp, upstream = up.url(), error = %err,
-                              "NAR rejected");
-                        failures.push(format!("{}: {err}", up.url()));
-                    }
-                }
+            let up = upstreams.iter().find(|u| u.url() == from).map(|u| u.as_ref());
+            if let Some(entry) = self.fetch_verified(up, &info, wanted, &mut failures).await? {
+                return Ok(entry);
             }
         }
         for up in upstreams.iter() {
@@ -62,20 +48,40 @@ impl NarCache {
             else {
                 continue;
             };
-            if let Some(err) = self.cannot_fit(&info) {
-                return Err(err);
-            }
-            self.prefetch_references(&info);
-            let room = self.room_for(&info, wanted)?;
-            match self.download_retrying(up.as_ref(), &info, room).await {
-                Ok(entry) => return Ok(entry),
-                Err(err) => {
-                    warn!(store_path = %sp, upstream = up.url(), error = %err, "NAR rejected");
-                    failures.push(format!("{}: {err}", up.url()));
-                }
+            let up = Some(up.as_ref());
+            if let Some(entry) = self.fetch_verified(up, &info, wanted, &mut failures).await? {
+                return Ok(entry);
             }
         }
         Err(self.not_served(sp, failures))
+    }
+
+    /// With `info` verified: refuses a path that can never fit, queues its references for
+    /// prefetch, then downloads it from `up` (when that substituter is configured). `Ok(None)`
+    /// when there was nothing to download from or the download failed (its reason then added to
+    /// `failures`), so the next substituter may be tried.
+    async fn fetch_verified(
+        self: &Arc<Self>,
+        up: Option<&dyn Upstream>,
+        info: &NarInfo,
+        wanted: &AtomicBool,
+        failures: &mut Vec<String>,
+    ) -> Result<Option<Arc<Entry>>, CacheError> {
+        if let Some(err) = self.cannot_fit(info) {
+            return Err(err);
+        }
+        self.prefetch_references(info);
+        let Some(up) = up else { return Ok(None) };
+        let room = self.room_for(info, wanted)?;
+        match self.download_retrying(up, info, room).await {
+            Ok(entry) => Ok(Some(entry)),
+            Err(err) => {
+                warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
+                      "NAR rejected");
+                failures.push(format!("{}: {err}", up.url()));
+                Ok(None)
+            }
+        }
     }
 
     /// The substituters in priority order, asked for their nix-cache-info at the first fetch.
@@ -320,9 +326,7 @@ impl NarCache {
         drop(reservation);
         let trashed = {
             let mut st = lock(&self.state);
-            st.used_bytes += entry.manifest.disk_bytes;
-            st.lru.put(hash, entry.clone());
-            st.generation += 1;
+            st.admit(hash, entry.clone());
             self.evict_locked(&mut st, 0)
         };
         self.purge(trashed);

@@ -79,9 +79,7 @@ impl NarCache {
             for entry in found {
                 let hash = entry.store_path.hash_part();
                 if !st.lru.contains(&hash) {
-                    st.used_bytes += entry.manifest.disk_bytes;
-                    st.lru.put(hash, Arc::new(entry));
-                    st.generation += 1;
+                    st.admit(hash, Arc::new(entry));
                 }
             }
             // Entries used since start are the most recently used ones.
@@ -118,9 +116,7 @@ impl NarCache {
             if let Some(existing) = st.lru.get(&hash) {
                 return Some(existing.clone());
             }
-            st.used_bytes += entry.manifest.disk_bytes;
-            st.lru.put(hash, entry.clone());
-            st.generation += 1;
+            st.admit(hash, entry.clone());
             Some(entry)
         })
         .await

@@ -157,6 +157,16 @@ struct State {
     generation: u64,
 }
 
+impl State {
+    /// Adds `entry` to the cached paths (most recently used), counting its bytes; a new
+    /// generation, since the mount root's listing changed.
+    fn admit(&mut self, hash: String, entry: Arc<Entry>) {
+        self.used_bytes += entry.manifest.disk_bytes;
+        self.lru.put(hash, entry);
+        self.generation += 1;
+    }
+}
+
 /// The cache. Cheap to share: wrap it in an `Arc`.
 pub struct NarCache {
     layout: Layout,
