@@ -11,17 +11,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::daemon::{Daemon, storefs_bin};
+use common::daemon::Daemon;
 use common::{Nginx, daemon_args, fuse_setup as setup, hash_part};
 
 fn storefs(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(storefs_bin())
-        .args(args)
-        .arg("--control-socket")
-        .arg(&d.control)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    d.client(args)
 }
 
 fn text(out: &Output) -> String {

@@ -155,12 +155,7 @@ fn the_root_listing_follows_fetches_and_evictions() {
         assert_eq!(listed.len(), i + 1, "{listed:?}");
         assert!(listed.contains(&base(p)), "{p} missing from {listed:?}");
     }
-    let out = std::process::Command::new(common::daemon::storefs_bin())
-        .args(["evict", "--control-socket"])
-        .arg(&d.control)
-        .arg(&fx.deep)
-        .output()
-        .unwrap();
+    let out = d.client(&["evict", &fx.deep]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed = names();
     assert!(!listed.contains(&base(&fx.deep)), "evicted path still listed: {listed:?}");

@@ -23,11 +23,7 @@ use serde_json::Value;
 
 /// `storefs stats --json --control-socket <the daemon's>`, parsed.
 fn stats(d: &Daemon) -> Value {
-    let out = Command::new(storefs_bin())
-        .args(["stats", "--json", "--control-socket"])
-        .arg(&d.control)
-        .output()
-        .unwrap();
+    let out = d.client(&["stats", "--json"]);
     assert!(out.status.success(), "stats failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -212,11 +208,7 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     assert_eq!(m["storefs_nar_fetch_seconds_bucket{le=\"+Inf\"}"], 3.0);
 
     // The human table names the same figures.
-    let out = Command::new(storefs_bin())
-        .args(["stats", "--control-socket"])
-        .arg(&d.control)
-        .output()
-        .unwrap();
+    let out = d.client(&["stats"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("lookups            5"), "{table}");
     assert!(table.contains(url.trim_end_matches('/')), "{table}");

@@ -28,6 +28,18 @@ pub fn storefs_bin() -> &'static str {
 }
 
 impl Daemon {
+    /// Runs the client command `storefs ARGS --control-socket <this daemon's>` (stats, prefetch,
+    /// evict, ...) with no input, and returns its output.
+    pub fn client(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(storefs_bin())
+            .args(args)
+            .arg("--control-socket")
+            .arg(&self.control)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Starts `storefs mount <dir>/mnt --cache-dir <dir>/cache` with `args` appended
     /// (substituters, keys, limits) and waits until the mount is live.
     pub fn start(dir: &Path, args: &[String]) -> Daemon {
