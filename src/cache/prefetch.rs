@@ -30,7 +30,7 @@ pub const DEFAULT_PREFETCH_JOBS: usize = 4;
 pub(super) struct Prefetcher {
     /// Downloads at once; 0 turns prefetch off.
     jobs: usize,
-    permits: Arc<Semaphore>,
+    permits: Semaphore,
     /// Hash parts queued or being prefetched, so each is queued once.
     queued: Mutex<HashSet<String>>,
 }
@@ -38,7 +38,7 @@ pub(super) struct Prefetcher {
 impl Prefetcher {
     /// A queue running at most `jobs` prefetches at once (none when 0).
     pub(super) fn new(jobs: usize) -> Self {
-        Self { jobs, permits: Arc::new(Semaphore::new(jobs)), queued: Mutex::default() }
+        Self { jobs, permits: Semaphore::new(jobs), queued: Mutex::default() }
     }
 }
 

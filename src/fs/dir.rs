@@ -48,8 +48,7 @@ impl StoreFs {
     fn root_listing(&self) -> RootListing {
         let generation = self.cache.generation();
         let mut cached = lock(&self.root_listing);
-        if let Some((at, listing)) = cached.as_ref().filter(|(at, _)| *at == generation) {
-            debug_assert_eq!(*at, generation);
+        if let Some((_, listing)) = cached.as_ref().filter(|(at, _)| *at == generation) {
             return listing.clone();
         }
         let entries = self.cache.entries();
