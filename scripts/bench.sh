@@ -13,7 +13,8 @@ its binary cache with nginx in a network namespace behind a 100 Mbit/s tc-tbf ve
 delaying TCP proxy (~20 ms round trip), and measures, side by side, with medians over repetitions:
   a. cold job    (import modules from two Python trees) storefs vs nix-store -r + the same job
   b. cold full read of the whole closure                storefs vs nix-store -r
-  c. warm reads: read every file, and find + stat, through storefs vs the same tree in /nix/store
+  c. warm reads: read every file (page cache dropped, then again with it hot), and find + stat,
+     through storefs vs the same tree in /nix/store
   d. upstream requests and bytes (nginx access log)     e. storefs peak RSS (VmHWM)
 Prints one table with medians and ratios.
 
@@ -430,6 +431,8 @@ for rep in $(seq 1 "$REPS"); do
         log "rep $rep/$REPS: c. warm reads through storefs (page cache $( ((DROP)) && echo dropped || echo kept))"
         drop_caches; t=$(now_ns); got=$(read_all "${MP[@]}"); ms=$(ms_since "$t")
         add sf_warm_ms "$ms"; add sf_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
+        t=$(now_ns); got=$(read_all "${MP[@]}"); ms=$(ms_since "$t")
+        add sf_hot_mbs "$((got * 1000 / (ms + 1) / 1048576))"
         drop_caches; t=$(now_ns); find_stat "${MP[@]}" >/dev/null; add sf_stat_ms "$(ms_since "$t")"
     fi
     if want b || want c; then
@@ -442,6 +445,8 @@ for rep in $(seq 1 "$REPS"); do
         log "rep $rep/$REPS: c. warm reads on the local disk (/nix/store)"
         drop_caches; t=$(now_ns); got=$(read_all "${CLOSURE[@]}"); ms=$(ms_since "$t")
         add nat_warm_ms "$ms"; add nat_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
+        t=$(now_ns); got=$(read_all "${CLOSURE[@]}"); ms=$(ms_since "$t")
+        add nat_hot_mbs "$((got * 1000 / (ms + 1) / 1048576))"
         drop_caches; t=$(now_ns); find_stat "${CLOSURE[@]}" >/dev/null; add nat_stat_ms "$(ms_since "$t")"
     fi
 
@@ -473,7 +478,8 @@ TABLE=$(
     echo "|---|---|---|---|---|"
     echo "| a. cold job (s), vs Nix substitution + job | $(sec "$(M sf_job_ms)") | $(sec "$(M nix_job_ms)") | $(ratio "$(M sf_job_ms)" "$(M nix_job_ms)") | <= 0.75 |"
     echo "| b. cold full read (s), vs Nix substitution | $(sec "$(M sf_full_ms)") | $(sec "$(M nix_full_ms)") | $(ratio "$(M sf_full_ms)" "$(M nix_full_ms)") | <= 1.05 |"
-    echo "| c. warm read throughput (MiB/s), vs local disk | $(M sf_warm_mbs) | $(M nat_warm_mbs) | $(ratio "$(M sf_warm_mbs)" "$(M nat_warm_mbs)") | >= 0.9 |"
+    echo "| c. warm read throughput, page cache $( ((DROP)) && echo dropped || echo kept) (MiB/s), vs local disk | $(M sf_warm_mbs) | $(M nat_warm_mbs) | $(ratio "$(M sf_warm_mbs)" "$(M nat_warm_mbs)") | >= 0.9 |"
+    echo "| c. warm read throughput, page cache hot (read again, MiB/s), vs local disk | $(M sf_hot_mbs) | $(M nat_hot_mbs) | $(ratio "$(M sf_hot_mbs)" "$(M nat_hot_mbs)") | >= 0.9 |"
     echo "| c. warm find + stat (s), vs local disk | $(sec "$(M sf_stat_ms)") | $(sec "$(M nat_stat_ms)") | $(ratio "$(M sf_stat_ms)" "$(M nat_stat_ms)") | <= 1.5 |"
     echo "| d. requests, cold job, vs Nix | $(M sf_job_req) | $(M nix_job_req) | $(ratio "$(M sf_job_req)" "$(M nix_job_req)") | |"
     echo "| d. MiB downloaded, cold job, vs Nix | $(mib "$(M sf_job_bytes)") | $(mib "$(M nix_job_bytes)") | $(ratio "$(M sf_job_bytes)" "$(M nix_job_bytes)") | |"

@@ -161,8 +161,9 @@ pub struct Config {
     pub min_free: MinFree,
     /// Mount with allow_other + default_permissions.
     pub allow_other: bool,
-    /// Never use kernel FUSE passthrough (reads always go through the daemon).
-    pub no_passthrough: bool,
+    /// Open files through kernel FUSE passthrough (one round trip per open) instead of no OPEN
+    /// at all and reads through the kernel page cache.
+    pub passthrough: bool,
     /// How long absent answers are cached (zero: not cached).
     pub negative_ttl: Duration,
     /// Background downloads of referenced paths at once (zero: closure prefetch off).
@@ -202,8 +203,8 @@ pub struct RawConfig {
     pub min_free: Option<String>,
     /// `--allow-other` (a flag can only turn it on; false = not given).
     pub allow_other: bool,
-    /// `--no-passthrough` (likewise, only turns it on).
-    pub no_passthrough: bool,
+    /// `--passthrough` (likewise, only turns it on).
+    pub passthrough: bool,
     /// `--nix-conf`.
     pub nix_conf: Option<PathBuf>,
     /// `--connect-timeout` seconds.
@@ -460,7 +461,7 @@ impl Config {
             max_size_bytes,
             min_free,
             allow_other: raw.allow_other || file.allow_other.unwrap_or(false),
-            no_passthrough: raw.no_passthrough || file.no_passthrough.unwrap_or(false),
+            passthrough: raw.passthrough || file.passthrough.unwrap_or(false),
             negative_ttl,
             prefetch_jobs,
             connect_timeout,

@@ -107,7 +107,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
     let fs = Arc::new(StoreFs::new(cache.clone()));
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), !config.no_passthrough);
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), config.passthrough);
     let options = MountOptions { allow_other: config.allow_other };
     let mountpoint = config.mountpoint.clone();
     let mut mounted =

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, is_storefs_mount, statfs_ok, storefs_bin};
 use common::hostile::fake_basename;
-use common::{Fixtures, Nginx, daemon_args, fuse_setup as setup};
+use common::{Fixtures, Nginx, daemon_args, fuse_setup as setup, hash_part};
 use serde_json::Value;
 
 /// `storefs stats --json --control-socket <the daemon's>`, parsed.
@@ -121,9 +121,10 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     let url = nginx.url("zstd");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    // Reads through the daemon, so bytes_served counts every byte the test reads; no closure
-    // prefetch, so requests are exactly those of the workload's lookups.
-    let extra = ["--metrics-listen", listen.as_str(), "--no-passthrough", "--prefetch-jobs", "0"];
+    // Reads through the daemon (no passthrough, the default), so bytes_served counts every byte
+    // the test reads; no closure prefetch, so requests are exactly those of the workload's
+    // lookups.
+    let extra = ["--metrics-listen", listen.as_str(), "--prefetch-jobs", "0"];
     let args = daemon_args(std::slice::from_ref(&url), &fx.public_key, &extra);
     let mut d = Daemon::start(tmp.path(), &args);
 
@@ -364,14 +365,17 @@ fn ready_is_sent_only_once_the_mount_answers() {
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
 }
 
-/// With kernel passthrough (the default where the kernel has it), an opened file's reads are
+/// With kernel passthrough (`--passthrough`, where the kernel has it), an opened file's reads are
 /// served by the kernel from the cache file: correct bytes, and none of them through the daemon.
 #[test]
 fn passthrough_reads_bypass_the_daemon() {
     let Some(fx) = setup("passthrough_reads_bypass_the_daemon") else { return };
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let tmp = tempfile::tempdir().unwrap();
-    let d = Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]));
+    let d = Daemon::start(
+        tmp.path(),
+        &daemon_args(&[nginx.url("zstd")], &fx.public_key, &["--passthrough"]),
+    );
     let log = d.log_text();
     if !log.contains("FUSE passthrough on") {
         // Kernels before 6.9 have no passthrough; the fallback is what every other test covers.
@@ -394,4 +398,50 @@ fn passthrough_reads_bypass_the_daemon() {
     assert_eq!(all, want);
     drop((f, g));
     assert_eq!(n(&stats(&d), "bytes_served"), 0, "reads went through the daemon");
+}
+
+/// By default an open costs no round trip (the kernel sends no OPEN) and the kernel keeps a
+/// file's pages across opens: reading a file again, even after its path was evicted, asks the
+/// daemon for nothing. Pages the kernel drops come back through the daemon, which fetches the
+/// evicted path again to serve them. (With `--passthrough`, each of those opens would reach the
+/// daemon, and the first one after eviction would fetch the path.)
+#[test]
+fn opens_cost_no_round_trip_and_kept_pages_outlive_eviction() {
+    let Some(fx) = setup("opens_cost_no_round_trip_and_kept_pages_outlive_eviction") else {
+        return;
+    };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let d = Daemon::start(tmp.path(), &args);
+    let want = std::fs::read(&fx.big_file).unwrap();
+    let mounted = d.path(&fx.big_file, "");
+    assert_eq!(std::fs::read(&mounted).unwrap(), want);
+    let served = n(&stats(&d), "bytes_served");
+    assert_eq!(served, want.len() as u64, "the first read goes through the daemon");
+    let nars = || nginx.count_requests("/nar/");
+    assert_eq!(nars(), 1);
+
+    for _ in 0..5 {
+        assert_eq!(std::fs::read(&mounted).unwrap(), want);
+    }
+    assert_eq!(n(&stats(&d), "bytes_served"), served, "reads again came from the page cache");
+
+    let out = d.client(&["evict", &fx.big]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!d.cache.join("entries").join(hash_part(&fx.big)).exists(), "not evicted");
+    assert_eq!(std::fs::read(&mounted).unwrap(), want, "kept pages after eviction");
+    assert_eq!(nars(), 1, "an open or read after eviction fetched the path again");
+    assert_eq!(n(&stats(&d), "bytes_served"), served);
+
+    // Without its pages, the file is read through the daemon, which fetches the path again.
+    let f = std::fs::File::open(&mounted).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: an advice call on a descriptor we own.
+    assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+    let mut again = Vec::new();
+    (&f).read_to_end(&mut again).unwrap();
+    assert!(again == want, "wrong bytes after the path was fetched again");
+    assert_eq!(nars(), 2, "the dropped pages were served from a second fetch");
+    assert_eq!(n(&stats(&d), "bytes_served"), 2 * served);
 }

@@ -48,8 +48,8 @@ pub struct FileConfig {
     pub min_free: Option<String>,
     /// `allow-other = false`.
     pub allow_other: Option<bool>,
-    /// `no-passthrough = false`.
-    pub no_passthrough: Option<bool>,
+    /// `passthrough = false`.
+    pub passthrough: Option<bool>,
     /// `control-socket = "/run/storefs/control.sock"`.
     pub control_socket: Option<PathBuf>,
     /// `metrics-listen = "127.0.0.1:9101"`.

@@ -495,7 +495,7 @@ fn the_example_file_uncommented_gives_the_documented_defaults() {
         max_size,
         min_free,
         allow_other,
-        no_passthrough,
+        passthrough,
         control_socket,
         metrics_listen,
     } = file;
@@ -513,7 +513,7 @@ fn the_example_file_uncommented_gives_the_documented_defaults() {
         max_size.is_some(),
         min_free.is_some(),
         allow_other.is_some(),
-        no_passthrough.is_some(),
+        passthrough.is_some(),
         control_socket.is_some(),
     ];
     assert!(shown.iter().all(|&s| s), "a key lacks its `# key = default` line: {shown:?}");

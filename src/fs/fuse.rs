@@ -1,7 +1,13 @@
 //! The fuser adapter: one kernel request in, one `StoreFs` call, one reply out. Nothing else.
 //!
-//! Requests that may touch the network (lookup of a store path, open of an evicted file) run as
-//! tokio tasks, so the FUSE request loop never waits on a download. Everything else is answered
+//! Files open without a round trip: the daemon answers the first OPEN with ENOSYS, so the kernel
+//! sends no more (`FUSE_NO_OPEN_SUPPORT`), keeps each file's data in its page cache across opens,
+//! and asks for a page only when it lacks it; a READ then names just the inode. `--passthrough`
+//! instead answers each OPEN with the cache file as backing file, which the kernel then reads
+//! directly.
+//!
+//! Requests that may touch the network (lookup of a store path, read or open of an evicted file)
+//! run as tokio tasks, so the FUSE request loop never waits on a download. Everything else is answered
 //! on the session thread from memory or the local disk: a hop to another thread would cost more
 //! than the work.
 
@@ -34,6 +40,9 @@ pub struct FuseAdapter {
     fs: Arc<StoreFs>,
     rt: Handle,
     backing: Arc<Backing>,
+    /// Opens reach the daemon: passthrough was wanted and granted at init. Otherwise the first
+    /// OPEN is answered ENOSYS and the kernel sends none again.
+    opens: bool,
 }
 
 /// Kernel FUSE passthrough (Linux >= 6.9): an open file is backed by its cache file, and the
@@ -99,7 +108,7 @@ impl FuseAdapter {
     /// files are read by the kernel directly where the kernel allows it.
     pub fn new(fs: Arc<StoreFs>, rt: Handle, passthrough: bool) -> Self {
         let backing = Backing { wanted: passthrough, ..Backing::default() };
-        Self { fs, rt, backing: Arc::new(backing) }
+        Self { fs, rt, backing: Arc::new(backing), opens: false }
     }
 }
 
@@ -203,9 +212,13 @@ impl Filesystem for FuseAdapter {
             && config.set_max_stack_depth(1).is_ok()
         {
             self.backing.enabled.store(true, Ordering::Relaxed);
-            info!("FUSE passthrough on: the kernel reads cached files directly");
-        } else if self.backing.wanted {
-            info!("FUSE passthrough unavailable (kernel < 6.9?); reads go through the daemon");
+            self.opens = true;
+            info!("FUSE passthrough on: each open asks the daemon, the kernel reads cache files");
+        } else {
+            if self.backing.wanted {
+                warn!("FUSE passthrough unavailable (kernel < 6.9?); files open without it");
+            }
+            info!("files open without a round trip; the kernel page cache keeps their data");
         }
         debug!("fuse session initialised");
         Ok(())
@@ -248,6 +261,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.opens {
+            // ENOSYS: the kernel opens this file and every later one by itself (`fc->no_open`),
+            // keeping their page cache (FOPEN_KEEP_CACHE); the mount is read-only (MS_RDONLY),
+            // so the VFS refuses any write access before it gets here.
+            return reply.error(Errno::ENOSYS);
+        }
         // A cached file opens at once, here; only an evicted one waits for a fetch, on tokio.
         match self.fs.open_cached(ino.0, flags.0) {
             Ok(Some(fh)) => reply_opened(&self.fs, &self.backing, ino.0, fh, reply),
@@ -276,6 +295,22 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         // A pread of a local cache file: cheaper here than a hop to a blocking-pool thread.
+        // Handle 0: no OPEN was sent (see `open`), the read names the inode alone.
+        if fh.0 == 0 {
+            return match self.fs.read_ino_cached(ino.0, offset, size) {
+                Ok(Some(data)) => reply.data(&data),
+                Ok(None) => {
+                    let fs = self.fs.clone();
+                    self.rt.spawn(async move {
+                        match fs.read_ino(ino.0, offset, size).await {
+                            Ok(data) => reply.data(&data),
+                            Err(err) => reply.error(fail("read", ino.0, &err)),
+                        }
+                    });
+                }
+                Err(err) => reply.error(fail("read", ino.0, &err)),
+            };
+        }
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(fail("read", ino.0, &err)),

@@ -244,6 +244,47 @@ impl StoreFs {
     /// which is quick (local disk or page cache), so callers may run it on a FUSE thread.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let (file, len) = lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+        self.read_file(&file, len, offset, size)
+    }
+
+    /// Reads up to `size` bytes at `offset` of regular file `ino` without an open handle (the
+    /// kernel sends no OPEN, see `fuse.rs`), if its path is still cached. Quick, like `read`.
+    /// `Ok(None)`: the path was evicted and `read_ino` must fetch it again.
+    ///
+    /// The cache file is opened for each read and closed after it: an open costs a path walk in
+    /// the dentry cache, small beside the round trip that brought the READ (at most 1 MiB each),
+    /// and a descriptor kept past the read would keep an evicted file's blocks allocated.
+    pub fn read_ino_cached(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Option<Vec<u8>>, FsError> {
+        let (entry, node, len) = self.file_node(ino, libc::O_RDONLY)?;
+        // A read counts as use, as an open does: the kernel caches lookups for a year, so
+        // without this a path in constant use could look least recently used.
+        self.cache.cached(&entry.store_path);
+        match entry.open_file(node) {
+            Ok(file) => self.read_file(&file, len, offset, size).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `read_ino_cached`, fetching the path again if it was evicted since it was looked up (same
+    /// NarHash, same tree).
+    pub async fn read_ino(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        if let Some(data) = self.read_ino_cached(ino, offset, size)? {
+            return Ok(data);
+        }
+        let (entry, node, len) = self.file_node(ino, libc::O_RDONLY)?;
+        let fresh = self.cache.get(&entry.store_path).await?;
+        self.remember(fresh.clone());
+        self.read_file(&fresh.open_file(node)?, len, offset, size)
+    }
+
+    /// Up to `size` bytes at `offset` of `file`, which holds `len` bytes.
+    fn read_file(&self, file: &File, len: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         // The size is known, so a read never needs a second pread to find the end of the file.
         let want = len.saturating_sub(offset).min(u64::from(size));
         let mut buf = vec![0u8; usize::try_from(want).expect("at most a u32")];

@@ -123,6 +123,33 @@ async fn opening_an_evicted_file_fetches_the_path_again() {
     assert_eq!(fx.ups[0].requests().1, 3, "a's NAR was fetched a second time");
 }
 
+/// Reads without an open handle (the kernel sends no OPEN) name the inode: served from the cache
+/// file while the path is cached, after a fetch once it was evicted; the LRU sees them as use.
+#[tokio::test]
+async fn reads_by_inode_serve_cached_files_and_fetch_evicted_ones() {
+    let mut fx = Fixture::new(1);
+    fx.config.max_bytes = 200 * 1024;
+    let (a, b) = (sp('g', "a"), sp('h', "b"));
+    publish(&fx.ups[0], &key(), &a, &tree("#!/bin/sh\n", 150 * 1024));
+    publish(&fx.ups[0], &key(), &b, &tree("b", 150 * 1024));
+    let fs = mounted(&fx);
+    let ra = fs.lookup(inode::ROOT_INO, a.to_string().as_bytes()).await.unwrap();
+    let bin = fs.lookup(ra.attr.ino, b"bin").await.unwrap();
+    let tool = fs.lookup(bin.attr.ino, b"tool").await.unwrap();
+    let data = fs.lookup(ra.attr.ino, b"data").await.unwrap();
+    let read = |ino, offset, size| fs.read_ino_cached(ino, offset, size).unwrap();
+    assert_eq!(read(tool.attr.ino, 2, 100).as_deref(), Some(&b"/bin/sh\n"[..]));
+    assert_eq!(read(tool.attr.ino, 10, 100).as_deref(), Some(&b""[..]), "at the end");
+    assert_eq!(fs.read_ino_cached(bin.attr.ino, 0, 1).unwrap_err().errno(), libc::EISDIR);
+
+    fs.lookup(inode::ROOT_INO, b.to_string().as_bytes()).await.unwrap();
+    assert!(fs.cache().cached(&a).is_none(), "a was evicted by b");
+    assert_eq!(read(data.attr.ino, 0, 4), None, "needs a fetch");
+    assert_eq!(fs.read_ino(data.attr.ino, 0, 4).await.unwrap(), [7, 7, 7, 7]);
+    assert_eq!(fx.ups[0].requests().1, 3, "a's NAR was fetched a second time");
+    assert_eq!(read(data.attr.ino, 4, 2).as_deref(), Some(&[7u8, 7][..]), "cached again");
+}
+
 #[tokio::test]
 async fn forgotten_paths_release_their_manifest() {
     let fx = Fixture::new(1);
