@@ -345,6 +345,11 @@ impl NarCache {
         lock(&self.state).lru.iter().map(|(_, e)| e.clone()).collect()
     }
 
+    /// How many store paths are cached.
+    pub fn entry_count(&self) -> usize {
+        lock(&self.state).lru.len()
+    }
+
     /// A number that changes whenever the set of cached paths changes (the mount root's mtime
     /// is derived from it, so the kernel drops its copy of the root's listing).
     pub fn generation(&self) -> u64 {

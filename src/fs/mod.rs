@@ -309,7 +309,7 @@ impl StoreFs {
 
     /// Totals for `statfs`.
     pub fn statfs(&self) -> FsStats {
-        FsStats { used_bytes: self.cache.used_bytes(), paths: self.cache.entries().len() as u64 }
+        FsStats { used_bytes: self.cache.used_bytes(), paths: self.cache.entry_count() as u64 }
     }
 
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {
