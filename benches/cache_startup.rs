@@ -50,7 +50,7 @@ fn populate(root: &Path, key: &SigningKey, entries: usize) -> String {
         let manifest = Manifest {
             narinfo: info.to_string(),
             disk_bytes: 8192,
-            nodes: vec![Node::File { parent: 0, executable: false, size: 5 }],
+            nodes: vec![Node::File { parent: 0, executable: false, size: 5, packed: None }],
         };
         let dir = root.join("entries").join(&hash);
         std::fs::create_dir(&dir).unwrap();

@@ -31,6 +31,8 @@ pub const NARINFO_DIR: &str = "narinfo";
 pub const PINS_DIR: &str = "pins";
 /// Name of the manifest inside an entry directory.
 pub const MANIFEST_FILE: &str = "manifest";
+/// An entry's small files, one after another (see `manifest.rs`).
+pub const PACK_FILE: &str = "pack";
 
 /// Why the cache directory cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,18 +1,22 @@
 //! The tree of one cached store path, and its on-disk encoding.
 //!
 //! A NAR's names never become local file names: the manifest keeps the tree (names, kinds, sizes,
-//! symlink targets) and each regular file's bytes live in a plain file named after its node number
-//! (`f<id>`). The manifest also carries the verified narinfo, so a cached entry is self-describing.
+//! symlink targets) and each regular file's bytes live either in a plain file named after its node
+//! number (`f<id>`) or, for small files, at an offset of the entry's one `pack` file (one file
+//! written sequentially instead of thousands created). The manifest also carries the verified
+//! narinfo, so a cached entry is self-describing.
 //!
 //! Encoding (all integers little-endian), version `MANIFEST_VERSION`:
 //! ```text
 //! magic "storefs-manifest\n" | u32 version | u32 len + narinfo text | u64 disk_bytes
 //! | u32 node count | nodes | 32-byte SHA-256 of everything before it
 //! node = u8 kind | u32 parent | kind 0 dir: u32 n, n × (u16 len + name, u32 child)
-//!                             | kind 1 file: u8 executable, u64 size
+//!                             | kind 1 file: u8 executable, u64 size, u64 pack offset
 //!                             | kind 2 symlink: u16 len + target
 //! ```
-//! Changing this layout means bumping `MANIFEST_VERSION`; a golden test pins it.
+//! A pack offset of `u64::MAX` means the file is `f<id>`. Version 1 (still read) had no pack
+//! offset: every file was `f<id>`. Changing this layout means bumping `MANIFEST_VERSION`; a golden
+//! test pins it.
 
 use sha2::{Digest, Sha256};
 
@@ -21,7 +25,11 @@ use crate::nix::nar::NodeId;
 /// Magic at the start of every manifest file.
 pub const MANIFEST_MAGIC: &[u8] = b"storefs-manifest\n";
 /// Version of the manifest encoding.
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 2;
+/// The previous version, still read: no pack offsets.
+const MANIFEST_VERSION_UNPACKED: u32 = 1;
+/// The pack offset written for a file that has a cache file of its own.
+const OWN_FILE: u64 = u64::MAX;
 /// The root node of every store path.
 pub const ROOT_NODE: NodeId = 0;
 const DIGEST_LEN: usize = 32;
@@ -36,7 +44,7 @@ pub enum Node {
         /// Children, sorted by name.
         entries: Vec<(Vec<u8>, NodeId)>,
     },
-    /// A regular file whose bytes are in `f<id>`.
+    /// A regular file.
     File {
         /// The parent directory.
         parent: NodeId,
@@ -44,6 +52,8 @@ pub enum Node {
         executable: bool,
         /// Size in bytes.
         size: u64,
+        /// Where its bytes start in the entry's pack file; None: in a file of its own, `f<id>`.
+        packed: Option<u64>,
     },
     /// A symbolic link, target kept verbatim.
     Symlink {
@@ -136,11 +146,12 @@ impl Manifest {
                         out.extend_from_slice(&child.to_le_bytes());
                     }
                 }
-                Node::File { parent, executable, size } => {
+                Node::File { parent, executable, size, packed } => {
                     out.push(1);
                     out.extend_from_slice(&parent.to_le_bytes());
                     out.push(u8::from(*executable));
                     out.extend_from_slice(&size.to_le_bytes());
+                    out.extend_from_slice(&packed.unwrap_or(OWN_FILE).to_le_bytes());
                 }
                 Node::Symlink { parent, target } => {
                     out.push(2);
@@ -162,7 +173,7 @@ impl Manifest {
         }
         let mut r = Cursor { bytes, pos: MANIFEST_MAGIC.len() };
         let version = r.u32()?;
-        if version != MANIFEST_VERSION {
+        if version != MANIFEST_VERSION && version != MANIFEST_VERSION_UNPACKED {
             return Err(ManifestError::Version { found: version });
         }
         let body_len = bytes.len().checked_sub(DIGEST_LEN).ok_or(ManifestError::Truncated(0))?;
@@ -192,7 +203,17 @@ impl Manifest {
                     }
                     Node::Directory { parent, entries }
                 }
-                1 => Node::File { parent, executable: r.u8()? != 0, size: r.u64()? },
+                1 => {
+                    let (executable, size) = (r.u8()? != 0, r.u64()?);
+                    let packed = match version {
+                        MANIFEST_VERSION_UNPACKED => None,
+                        _ => Some(r.u64()?).filter(|&offset| offset != OWN_FILE),
+                    };
+                    if packed.is_some_and(|offset| offset.checked_add(size).is_none()) {
+                        return Err(ManifestError::Invalid("packed file beyond 2^64 bytes"));
+                    }
+                    Node::File { parent, executable, size, packed }
+                }
                 2 => {
                     let len = r.u16()? as usize;
                     Node::Symlink { parent, target: r.take(len)?.to_vec() }
@@ -289,11 +310,16 @@ mod tests {
             nodes: vec![
                 Node::Directory {
                     parent: 0,
-                    entries: vec![(b"bin".to_vec(), 1), (b"link".to_vec(), 3)],
+                    entries: vec![
+                        (b"bin".to_vec(), 1),
+                        (b"link".to_vec(), 3),
+                        (b"small".to_vec(), 4),
+                    ],
                 },
                 Node::Directory { parent: 0, entries: vec![(b"hello".to_vec(), 2)] },
-                Node::File { parent: 1, executable: true, size: 5 },
+                Node::File { parent: 1, executable: true, size: 5, packed: None },
                 Node::Symlink { parent: 0, target: b"bin/hello".to_vec() },
+                Node::File { parent: 0, executable: false, size: 3, packed: Some(5) },
             ],
         }
     }
@@ -314,11 +340,12 @@ mod tests {
         let hex: String = sample().encode().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             &hex[..hex.len() - 64],
-            "73746f726566732d6d616e69666573740a010000001800000053746f72655061\
-             74683a202f6e69782f73746f72652f780a002000000000000004000000000000\
-             000002000000030062696e0100000004006c696e6b0300000000000000000100\
-             0000050068656c6c6f0200000001010000000105000000000000000200000000\
-             090062696e2f68656c6c6f"
+            "73746f726566732d6d616e69666573740a020000001800000053746f72655061\
+             74683a202f6e69782f73746f72652f780a002000000000000005000000000000\
+             000003000000030062696e0100000004006c696e6b030000000500736d616c6c\
+             04000000000000000001000000050068656c6c6f020000000101000000010500\
+             000000000000ffffffffffffffff0200000000090062696e2f68656c6c6f0100\
+             0000000003000000000000000500000000000000"
         );
     }
 
@@ -338,8 +365,27 @@ mod tests {
     #[test]
     fn rejects_other_versions() {
         let mut bytes = sample().encode();
-        bytes[MANIFEST_MAGIC.len()] = 2;
-        assert_eq!(Manifest::decode(&bytes), Err(ManifestError::Version { found: 2 }));
+        bytes[MANIFEST_MAGIC.len()] = 3;
+        assert_eq!(Manifest::decode(&bytes), Err(ManifestError::Version { found: 3 }));
+    }
+
+    /// Version 1, written before pack files, is still read: every file is a file of its own.
+    #[test]
+    fn reads_version_1_manifests() {
+        let hex = "73746f726566732d6d616e69666573740a010000001800000053746f72655061\
+                   74683a202f6e69782f73746f72652f780a002000000000000004000000000000\
+                   000002000000030062696e0100000004006c696e6b0300000000000000000100\
+                   0000050068656c6c6f0200000001010000000105000000000000000200000000\
+                   090062696e2f68656c6c6f";
+        let mut bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        bytes.extend_from_slice(&Sha256::digest(&bytes));
+        let m = Manifest::decode(&bytes).unwrap();
+        let file = Node::File { parent: 1, executable: true, size: 5, packed: None };
+        assert_eq!(m.node(2), Some(&file));
+        assert_eq!(m.nodes.len(), 4);
     }
 
     proptest! {

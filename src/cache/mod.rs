@@ -13,6 +13,7 @@
 //!   `gc`. Only `verify` drops a pinned entry, when it is corrupt; the pin stays and the next use
 //!   fetches it again.
 
+pub mod contents;
 mod export;
 mod fetch;
 mod index;
@@ -30,8 +31,9 @@ pub mod unpack;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use self::contents::FileContents;
+use self::manifest::Node;
 use std::collections::HashMap;
-use std::fs::File;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -92,8 +94,13 @@ pub struct Entry {
 
 impl Entry {
     /// Opens regular file `id` of this entry. Fails with `NotFound` once the entry was evicted.
-    pub fn open_file(&self, id: NodeId) -> std::io::Result<File> {
-        unpack::open_file(&self.dir, id)
+    pub fn open_file(&self, id: NodeId) -> std::io::Result<FileContents> {
+        match self.manifest.node(id) {
+            Some(Node::File { size, packed, .. }) => {
+                FileContents::open(&self.dir, id, *size, *packed)
+            }
+            _ => Err(std::io::Error::other(format!("node {id} is not a regular file"))),
+        }
     }
 }
 

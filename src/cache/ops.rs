@@ -270,9 +270,23 @@ fn check_entry(entry: &Entry) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::layout::PACK_FILE;
+    use crate::cache::manifest::Node;
     use crate::cache::stats::CacheStats;
     use crate::cache::tests::{Fixture, key, publish, publish_refs, sp, tree};
     use crate::cache::unpack;
+    use crate::nix::nar::NodeId;
+
+    /// The cache file holding regular file `id` of `entry`, and where its bytes start in it.
+    fn where_bytes_are(entry: &Entry, id: NodeId) -> (std::path::PathBuf, usize) {
+        match entry.manifest.node(id) {
+            Some(Node::File { packed: Some(start), .. }) => {
+                (entry.dir.join(PACK_FILE), usize::try_from(*start).unwrap())
+            }
+            Some(Node::File { packed: None, .. }) => (entry.dir.join(unpack::file_name(id)), 0),
+            other => panic!("node {id} is not a file: {other:?}"),
+        }
+    }
 
     /// top -> (b, c); b -> (d, top); c -> (d); d -> (d). e is unrelated.
     fn graph(fx: &Fixture) -> [StorePath; 5] {
@@ -438,13 +452,13 @@ mod tests {
         assert!(report.is_clean());
 
         let data = entry.manifest.child(0, b"data").unwrap();
-        let file = entry.dir.join(unpack::file_name(data));
+        let (file, start) = where_bytes_are(&entry, data);
         let mut perms = std::fs::metadata(&file).unwrap().permissions();
         #[allow(clippy::permissions_set_readonly_false, reason = "test writes a 0444 file")]
         perms.set_readonly(false);
         std::fs::set_permissions(&file, perms).unwrap();
         let mut bytes = std::fs::read(&file).unwrap();
-        bytes[3] ^= 0x20;
+        bytes[start + 3] ^= 0x20;
         std::fs::write(&file, bytes).unwrap();
 
         let report = cache.verify(Some(&[e.clone(), top.clone(), b.clone()])).await;
@@ -457,7 +471,7 @@ mod tests {
         assert!(cache.is_pinned(&e), "the pin stays");
         let again = cache.get(&e).await.unwrap();
         let id = again.manifest.child(0, b"data").unwrap();
-        assert_eq!(std::fs::read(again.dir.join(unpack::file_name(id))).unwrap(), vec![7; 10]);
+        assert_eq!(again.open_file(id).unwrap().read_at(0, 100).unwrap(), vec![7; 10]);
         assert!(cache.verify(None).await.is_clean());
     }
 
@@ -469,7 +483,7 @@ mod tests {
         let cache = fx.open();
         let entry = cache.get(&a).await.unwrap();
         let data = entry.manifest.child(0, b"data").unwrap();
-        std::fs::remove_file(entry.dir.join(unpack::file_name(data))).unwrap();
+        std::fs::remove_file(where_bytes_are(&entry, data).0).unwrap();
         let report = cache.verify(None).await;
         assert_eq!(report.corrupt.len(), 1);
         assert!(report.corrupt[0].1.contains("cannot read"), "{}", report.corrupt[0].1);

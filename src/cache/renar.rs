@@ -1,21 +1,23 @@
-//! Re-serialising a cached entry as the NAR it was unpacked from (manifest + `f<id>` files),
+//! Re-serialising a cached entry as the NAR it was unpacked from (manifest + `f<id>` and pack files),
 //! streamed into any writer, so `verify` can hash it against NarHash without holding a file in
 //! memory. The wire format is the one `nix::nar::writer` writes.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::contents::FileContents;
 use super::manifest::{Manifest, Node, ROOT_NODE};
-use super::unpack;
 use crate::nix::nar::NodeId;
 use crate::nix::nar::wire::{
     NAR_MAGIC, TOK_CLOSE, TOK_CONTENTS, TOK_DIRECTORY, TOK_ENTRY, TOK_EXECUTABLE, TOK_NAME,
     TOK_NODE, TOK_OPEN, TOK_REGULAR, TOK_SYMLINK, TOK_TARGET, TOK_TYPE,
 };
 use crate::nix::nar::writer::{write_padding, write_raw_len, write_str};
+
+/// How much of a file is read at once.
+const COPY_CHUNK_BYTES: u64 = 64 * 1024;
 
 /// Why an entry could not be re-serialised.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,7 @@ fn write_node(
         write_str(out, tok).map_err(w)?;
     }
     match node {
-        Node::File { executable, size, .. } => {
+        Node::File { executable, size, packed, .. } => {
             write_str(out, TOK_REGULAR).map_err(w)?;
             if *executable {
                 write_str(out, TOK_EXECUTABLE).map_err(w)?;
@@ -84,7 +86,7 @@ fn write_node(
             }
             write_str(out, TOK_CONTENTS).map_err(w)?;
             write_raw_len(out, *size).map_err(w)?;
-            copy_file(dir, id, *size, out)?;
+            copy_file(dir, id, *size, *packed, out)?;
             write_padding(out, *size).map_err(w)?;
         }
         Node::Symlink { target, .. } => {
@@ -106,29 +108,28 @@ fn write_node(
     write_str(out, TOK_CLOSE).map_err(w)
 }
 
-/// Copies exactly `size` bytes of file `id` to `out`, failing when the file is shorter or longer.
-fn copy_file(dir: &Path, id: NodeId, size: u64, out: &mut impl Write) -> Result<(), RenarError> {
+/// Copies exactly `size` bytes of file `id` (a file of its own, or at `packed` in the pack) to
+/// `out`, failing when its own file is shorter or longer, or the pack ends before it does.
+fn copy_file(
+    dir: &Path,
+    id: NodeId,
+    size: u64,
+    packed: Option<u64>,
+    out: &mut impl Write,
+) -> Result<(), RenarError> {
     let read = |source| RenarError::Read { id, source };
-    let file = File::open(dir.join(unpack::file_name(id))).map_err(read)?;
-    let found = file.metadata().map_err(read)?.len();
-    if found != size {
-        return Err(RenarError::Size { id, expected: size, found });
+    let contents = FileContents::open(dir, id, size, packed).map_err(read)?;
+    if let Some(file) = contents.own_file() {
+        let found = file.metadata().map_err(read)?.len();
+        if found != size {
+            return Err(RenarError::Size { id, expected: size, found });
+        }
     }
-    let mut limited = file.take(size);
-    let mut buf = vec![0u8; 64 * 1024];
     let mut copied = 0u64;
-    loop {
-        let n = match limited.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read(e)),
-        };
-        out.write_all(&buf[..n]).map_err(RenarError::Write)?;
-        copied += n as u64;
-    }
-    if copied != size {
-        return Err(RenarError::Size { id, expected: size, found: copied });
+    while copied < size {
+        let chunk = contents.read_at(copied, COPY_CHUNK_BYTES).map_err(read)?;
+        out.write_all(&chunk).map_err(RenarError::Write)?;
+        copied += chunk.len() as u64;
     }
     Ok(())
 }

@@ -121,7 +121,7 @@ impl Fixture {
 
 fn read_file(entry: &Entry, name: &[u8]) -> Vec<u8> {
     let id = entry.manifest.child(manifest::ROOT_NODE, name).unwrap();
-    std::fs::read(entry.dir.join(unpack::file_name(id))).unwrap()
+    entry.open_file(id).unwrap().read_at(0, u64::MAX).unwrap()
 }
 
 #[tokio::test]
@@ -191,7 +191,7 @@ async fn a_failing_or_untrusted_cache_falls_through_to_the_next() {
     let entry = cache.get(&path).await.unwrap();
     let tool_dir = entry.manifest.child(0, b"bin").unwrap();
     let tool = entry.manifest.child(tool_dir, b"tool").unwrap();
-    assert_eq!(std::fs::read(entry.dir.join(unpack::file_name(tool))).unwrap(), b"good");
+    assert_eq!(entry.open_file(tool).unwrap().read_at(0, 100).unwrap(), b"good");
     assert_eq!(fx.ups[1].requests(), (1, 0), "no NAR is fetched for an untrusted narinfo");
     assert_eq!(CacheStats::get(&cache.stats.verify_failures), 1);
 }
@@ -228,15 +228,14 @@ async fn eviction_keeps_open_files_readable_and_limits_disk() {
     let cache = fx.open();
     let first = cache.get(&paths[0]).await.unwrap();
     let data = first.manifest.child(0, b"data").unwrap();
-    let mut open = first.open_file(data).unwrap();
+    let open = first.open_file(data).unwrap();
     for p in &paths[1..] {
         cache.get(p).await.unwrap();
         assert!(cache.used_bytes() <= fx.config.max_bytes, "{} bytes", cache.used_bytes());
     }
     assert!(cache.cached(&paths[0]).is_none(), "the least recently used path was evicted");
     assert!(CacheStats::get(&cache.stats.evictions) >= 1);
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut open, &mut bytes).unwrap();
+    let bytes = open.read_at(0, u64::MAX).unwrap();
     assert_eq!(bytes, vec![7; 120 * 1024], "an open file survives eviction");
     // Fetched again on demand, with the same tree.
     let again = cache.get(&paths[0]).await.unwrap();
@@ -281,13 +280,52 @@ async fn a_removed_key_stops_vouching_for_cached_entries() {
     assert!(matches!(cache.get(&path).await, Err(CacheError::Unavailable { .. })));
 }
 
+/// Files up to PACK_MAX_FILE_BYTES go one after another into the entry's pack; larger ones get a
+/// cache file of their own. Either way they read back exactly.
+#[tokio::test]
+async fn small_files_share_the_pack_and_large_ones_keep_their_own() {
+    let fx = Fixture::new(1);
+    let path = sp('p', "mixed");
+    let max = unpack::PACK_MAX_FILE_BYTES as usize;
+    let file = |n: usize| NarNode::File { executable: false, contents: vec![n as u8; n] };
+    let sizes = [0, 10, max, max + 1, 3];
+    let names: Vec<Vec<u8>> = (0..sizes.len()).map(|i| format!("f{i}").into_bytes()).collect();
+    let nar = NarNode::Directory(names.iter().cloned().zip(sizes.map(file)).collect());
+    publish(&fx.ups[0], &key(), &path, &nar);
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let mut packed = Vec::new();
+    for (name, size) in names.iter().zip(sizes) {
+        let id = entry.manifest.child(0, name).unwrap();
+        assert_eq!(
+            entry.open_file(id).unwrap().read_at(0, u64::MAX).unwrap(),
+            vec![size as u8; size]
+        );
+        match entry.manifest.node(id) {
+            Some(Node::File { packed: Some(start), .. }) => packed.push((*start, size)),
+            Some(Node::File { packed: None, .. }) => assert!(size > max, "{size} B not packed"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(packed, [(0, 0), (0, 10), (10, max), (10 + max as u64, 3)], "in NAR order");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&entry.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let big = entry.manifest.child(0, b"f3").unwrap();
+    assert_eq!(on_disk, [format!("f{big}"), "manifest".into(), "pack".into()]);
+}
+
 #[tokio::test]
 async fn accounting_matches_what_is_on_disk() {
     let fx = Fixture::new(1);
     let cache = fx.open();
     for (i, c) in "qrsv".chars().enumerate() {
         let path = sp(c, "sized");
-        publish(&fx.ups[0], &key(), &path, &tree(&"x".repeat(i * 5000), 3000 * i + 1));
+        // Packed files only, then one of its own too (above PACK_MAX_FILE_BYTES).
+        let data = if i == 3 { 70_000 } else { 3000 * i + 1 };
+        publish(&fx.ups[0], &key(), &path, &tree(&"x".repeat(i * 5000), data));
         cache.get(&path).await.unwrap();
     }
     let out = std::process::Command::new("du")

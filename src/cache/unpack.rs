@@ -1,18 +1,19 @@
 //! Turns a NAR byte stream into a staged cache entry, verifying it on the way.
 //!
 //! One pass: compressed body → decoder → `HashingReader` (SHA-256 + NarSize bound) → NAR parser →
-//! `Unpacker`, which writes each regular file to `f<node id>` in a fresh staging directory and builds
+//! `Unpacker`, which writes each regular file to `f<node id>` in a fresh staging directory (files of
+//! at most `PACK_MAX_FILE_BYTES` are appended to the entry's one `pack` file instead) and builds
 //! the manifest. Nothing here is visible to readers: the caller publishes the staging directory by
 //! rename only after `unpack` returned Ok, i.e. after NarHash and NarSize matched.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::layout::MANIFEST_FILE;
+use super::layout::{MANIFEST_FILE, PACK_FILE};
 use super::manifest::{Manifest, Node};
 use crate::nix::hash::NarHash;
 use crate::nix::nar::{self, NodeId, ParseError, VisitError, Visitor};
@@ -24,6 +25,12 @@ pub const MAX_NODES: u64 = 1 << 24;
 /// Filesystem block size assumed for quota accounting.
 pub const BLOCK_BYTES: u64 = 4096;
 const COPY_BUF_BYTES: usize = 256 * 1024;
+/// Files up to this size go to the entry's pack file rather than a file of their own. Creating a
+/// file costs 10 to 100 µs on a real disk (docs/PERFORMANCE.md), as long as writing 10 to 100 KiB,
+/// and a store path often has thousands of small files; larger files keep their own cache file,
+/// which kernel passthrough (`--passthrough`) can hand to the kernel.
+pub const PACK_MAX_FILE_BYTES: u64 = 64 * 1024;
+const PACK_BUF_BYTES: usize = 1024 * 1024;
 
 /// Why a NAR was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +121,7 @@ pub fn unpack(
     let mut unpacker = Unpacker::new(staging);
     // The parser itself refuses to read past NarSize and requires EOF after the last token.
     nar::parse(&mut hashing, info.nar_size, &mut unpacker).map_err(UnpackError::Nar)?;
+    unpacker.finish_pack()?;
     if hashing.count != info.nar_size {
         return Err(UnpackError::SizeMismatch { expected: info.nar_size, actual: hashing.count });
     }
@@ -172,18 +180,27 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Builds the manifest and writes file contents under their node numbers.
+/// Builds the manifest and writes file contents under their node numbers, or into the pack.
 struct Unpacker<'a> {
     dir: &'a Path,
     nodes: Vec<Node>,
     disk_bytes: u64,
     buf: Vec<u8>,
     wrote_a_file: bool,
+    /// The pack file, once a small file was seen, and how many bytes it holds.
+    pack: Option<(BufWriter<std::fs::File>, u64)>,
 }
 
 impl<'a> Unpacker<'a> {
     fn new(dir: &'a Path) -> Self {
-        Self { dir, nodes: Vec::new(), disk_bytes: 0, buf: Vec::new(), wrote_a_file: false }
+        Self {
+            dir,
+            nodes: Vec::new(),
+            disk_bytes: 0,
+            buf: Vec::new(),
+            wrote_a_file: false,
+            pack: None,
+        }
     }
 
     /// Appends node `id`, linking it into its parent directory.
@@ -200,6 +217,16 @@ impl<'a> Unpacker<'a> {
         self.nodes.push(node);
         Ok(())
     }
+
+    /// Flushes the pack file, if any, and counts its blocks.
+    fn finish_pack(&mut self) -> Result<(), UnpackError> {
+        let Some((pack, _)) = self.pack.take() else { return Ok(()) };
+        let path = self.dir.join(PACK_FILE);
+        let local = |source| UnpackError::Local { path: path.clone(), source };
+        let file = pack.into_inner().map_err(|e| local(e.into_error()))?;
+        self.disk_bytes += file.metadata().map_err(local)?.blocks() * 512;
+        Ok(())
+    }
 }
 
 type VisitResult = Result<(), VisitError>;
@@ -208,6 +235,89 @@ impl Unpacker<'_> {
     /// True exactly once: after the first regular file was written.
     fn first_file_done(&mut self) -> bool {
         !std::mem::replace(&mut self.wrote_a_file, true)
+    }
+
+    /// Copies exactly `size` bytes of `contents` to `out`.
+    fn copy(
+        buf: &mut Vec<u8>,
+        contents: &mut dyn Read,
+        size: u64,
+        id: NodeId,
+        out: &mut dyn Write,
+        local: &dyn Fn(io::Error) -> VisitError,
+    ) -> VisitResult {
+        if buf.is_empty() {
+            *buf = vec![0; COPY_BUF_BYTES];
+        }
+        let mut written = 0u64;
+        loop {
+            let n = contents.read(buf)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(local)?;
+            written += n as u64;
+        }
+        if written != size {
+            return Err(format!("file node {id}: {written} of {size} bytes").into());
+        }
+        Ok(())
+    }
+
+    /// Appends a small file to the pack, returning where it starts.
+    fn write_packed(
+        &mut self,
+        id: NodeId,
+        size: u64,
+        contents: &mut dyn Read,
+    ) -> Result<u64, VisitError> {
+        let path = self.dir.join(PACK_FILE);
+        let local =
+            |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
+        if self.pack.is_none() {
+            // create_new + O_NOFOLLOW, as for `f<id>`; 0444 like every cache file.
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(local)?;
+            self.pack = Some((BufWriter::with_capacity(PACK_BUF_BYTES, file), 0));
+        }
+        let (pack, len) = self.pack.as_mut().expect("created above");
+        let start = *len;
+        Self::copy(&mut self.buf, contents, size, id, pack, &local)?;
+        *len += size;
+        Ok(start)
+    }
+
+    /// Writes a file to `f<id>` of its own.
+    fn write_own(
+        &mut self,
+        id: NodeId,
+        executable: bool,
+        size: u64,
+        contents: &mut dyn Read,
+    ) -> VisitResult {
+        let path = self.dir.join(file_name(id));
+        let local =
+            |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
+        // create_new + O_NOFOLLOW: the name is ours, and nothing may already sit there. The mode
+        // applies to later opens only, so this descriptor can still write.
+        let mode = if executable { 0o555 } else { 0o444 };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(local)?;
+        Self::copy(&mut self.buf, contents, size, id, &mut file, &local)?;
+        // What the filesystem really allocated (ext4 counts delayed allocations too), so the
+        // accounting matches `du`.
+        self.disk_bytes += file.metadata().map_err(local)?.blocks() * 512;
+        Ok(())
     }
 }
 
@@ -229,38 +339,13 @@ impl Visitor for Unpacker<'_> {
         size: u64,
         contents: &mut dyn Read,
     ) -> VisitResult {
-        self.push(id, parent, Node::File { parent: parent_id(parent), executable, size })?;
-        let path = self.dir.join(file_name(id));
-        let local =
-            |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
-        // create_new + O_NOFOLLOW: the name is ours, and nothing may already sit there. The mode
-        // applies to later opens only, so this descriptor can still write.
-        let mode = if executable { 0o555 } else { 0o444 };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(local)?;
-        if self.buf.is_empty() {
-            self.buf = vec![0; COPY_BUF_BYTES];
-        }
-        let mut written = 0u64;
-        loop {
-            let n = contents.read(&mut self.buf)?;
-            if n == 0 {
-                break;
-            }
-            file.write_all(&self.buf[..n]).map_err(local)?;
-            written += n as u64;
-        }
-        if written != size {
-            return Err(format!("file node {id}: {written} of {size} bytes").into());
-        }
-        // What the filesystem really allocated (ext4 counts delayed allocations too), so the
-        // accounting matches `du`.
-        self.disk_bytes += file.metadata().map_err(local)?.blocks() * 512;
+        let packed = if size <= PACK_MAX_FILE_BYTES {
+            Some(self.write_packed(id, size, contents)?)
+        } else {
+            self.write_own(id, executable, size, contents)?;
+            None
+        };
+        self.push(id, parent, Node::File { parent: parent_id(parent), executable, size, packed })?;
         if id > 0 && self.first_file_done() {
             crate::failpoint::hit("unpack::after_first_file");
         }
@@ -276,12 +361,4 @@ impl Visitor for Unpacker<'_> {
         let node = Node::Symlink { parent: parent_id(parent), target: target.to_vec() };
         self.push(id, parent, node)
     }
-}
-
-/// Opens regular file `id` of the entry in `dir` for reading, refusing to follow a symlink.
-pub fn open_file(dir: &Path, id: NodeId) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(dir.join(file_name(id)))
 }

@@ -148,14 +148,12 @@ fn file_type(kind: Kind) -> FileType {
 /// Replies to an open of `ino` as handle `fh`: through kernel passthrough when the kernel allows
 /// it, else with the page cache kept across opens.
 ///
-/// Every file gets passthrough, small ones too: registering a backing file is two ioctls in the
-/// daemon, while a read through the daemon is a round trip through the kernel and another thread
-/// for the first read of every file (in docs/PERFORMANCE.md, reading ~37,000 small files with a
-/// dropped page cache took a quarter less time that way), and the file's data is then cached once,
-/// as the cache file's pages, rather than a second time in the mount's own page cache.
+/// Every file with a cache file of its own gets passthrough. Small files (at most
+/// `PACK_MAX_FILE_BYTES`) are ranges of their entry's pack file, which cannot back a handle:
+/// the daemon reads them.
 fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: ReplyOpen) {
-    if let Some(file) = fs.file(fh) {
-        match backing.acquire(ino, fh, &reply, &file) {
+    if let Some(file) = fs.file(fh).as_deref().and_then(|contents| contents.own_file()) {
+        match backing.acquire(ino, fh, &reply, file) {
             // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
             // passthrough reads use the cache file's own page cache anyway.
             Ok(Some(id)) => {

@@ -16,8 +16,6 @@ pub mod session;
 mod tests;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use tracing::debug;
 
@@ -25,6 +23,7 @@ use self::attr::{Attr, IMMUTABLE_TTL, Kind, ROOT_TTL, node_attr, root_attr};
 use self::dir::RootListing;
 use self::error::FsError;
 use self::inode::{Inode, SlotTable};
+use crate::cache::contents::FileContents;
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
 use crate::cache::stats::CacheStats;
 use crate::cache::{Entry, NarCache};
@@ -74,8 +73,8 @@ pub struct StoreFs {
     /// Kernel references (lookups not yet forgotten) per slot; at zero the manifest is dropped,
     /// which bounds memory by what the kernel holds, not by what was ever looked up.
     lookups: Mutex<HashMap<u64, u64>>,
-    /// Open files and their sizes (from the manifest).
-    files: Mutex<HashMap<u64, (Arc<File>, u64)>>,
+    /// Open files.
+    files: Mutex<HashMap<u64, Arc<FileContents>>>,
     /// The mount root's listing and the cache generation it was taken at.
     root_listing: Mutex<Option<(u64, RootListing)>>,
     next_handle: AtomicU64,
@@ -189,12 +188,12 @@ impl StoreFs {
     /// Opens regular file `ino` for reading if its path is still cached, without waiting:
     /// `Ok(None)` means it was evicted and `open` must fetch it again. Write access is EROFS.
     pub fn open_cached(&self, ino: u64, flags: i32) -> Result<Option<u64>, FsError> {
-        let (entry, node, size) = self.file_node(ino, flags)?;
+        let (entry, node) = self.file_node(ino, flags)?;
         // Reads count as use: the kernel caches lookups for a year, so without this a path in
         // constant use could look least recently used.
         self.cache.cached(&entry.store_path);
         match entry.open_file(node) {
-            Ok(file) => Ok(Some(self.add_handle(file, size))),
+            Ok(contents) => Ok(Some(self.add_handle(contents))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -206,45 +205,42 @@ impl StoreFs {
         if let Some(fh) = self.open_cached(ino, flags)? {
             return Ok(fh);
         }
-        let (entry, node, size) = self.file_node(ino, flags)?;
+        let (entry, node) = self.file_node(ino, flags)?;
         let fresh = self.cache.get(&entry.store_path).await?;
         self.remember(fresh.clone());
-        Ok(self.add_handle(fresh.open_file(node)?, size))
+        Ok(self.add_handle(fresh.open_file(node)?))
     }
 
-    /// The entry, node and size of regular file `ino`, if `flags` open it read-only.
-    fn file_node(&self, ino: u64, flags: i32) -> Result<(Arc<Entry>, NodeId, u64), FsError> {
+    /// The entry and node of regular file `ino`, if `flags` open it read-only.
+    fn file_node(&self, ino: u64, flags: i32) -> Result<(Arc<Entry>, NodeId), FsError> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnly);
         }
         let (entry, node) = self.node_entry(ino)?;
         match entry.manifest.node(node) {
-            Some(Node::File { size, .. }) => {
-                let size = *size;
-                Ok((entry, node, size))
-            }
+            Some(Node::File { .. }) => Ok((entry, node)),
             Some(Node::Directory { .. }) => Err(FsError::IsADirectory),
             Some(Node::Symlink { .. }) | None => Err(FsError::UnknownInode(ino)),
         }
     }
 
-    /// A new handle for `file` of `size` bytes.
-    fn add_handle(&self, file: File, size: u64) -> u64 {
+    /// A new handle for `contents`.
+    fn add_handle(&self, contents: FileContents) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, (Arc::new(file), size));
+        lock(&self.files).insert(fh, Arc::new(contents));
         fh
     }
 
-    /// The cache file behind open file `fh` (for kernel passthrough).
-    pub fn file(&self, fh: u64) -> Option<Arc<File>> {
-        lock(&self.files).get(&fh).map(|(file, _)| file.clone())
+    /// The cached file behind open file `fh` (for kernel passthrough).
+    pub fn file(&self, fh: u64) -> Option<Arc<FileContents>> {
+        lock(&self.files).get(&fh).cloned()
     }
 
     /// Reads up to `size` bytes at `offset` from open file `fh`: a `pread` of the cache file,
     /// which is quick (local disk or page cache), so callers may run it on a FUSE thread.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let (file, len) = lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
-        self.read_file(&file, len, offset, size)
+        let contents = self.file(fh).ok_or(FsError::BadHandle(fh))?;
+        self.read_contents(&contents, offset, size)
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino` without an open handle (the
@@ -260,12 +256,12 @@ impl StoreFs {
         offset: u64,
         size: u32,
     ) -> Result<Option<Vec<u8>>, FsError> {
-        let (entry, node, len) = self.file_node(ino, libc::O_RDONLY)?;
+        let (entry, node) = self.file_node(ino, libc::O_RDONLY)?;
         // A read counts as use, as an open does: the kernel caches lookups for a year, so
         // without this a path in constant use could look least recently used.
         self.cache.cached(&entry.store_path);
         match entry.open_file(node) {
-            Ok(file) => self.read_file(&file, len, offset, size).map(Some),
+            Ok(contents) => self.read_contents(&contents, offset, size).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -277,29 +273,22 @@ impl StoreFs {
         if let Some(data) = self.read_ino_cached(ino, offset, size)? {
             return Ok(data);
         }
-        let (entry, node, len) = self.file_node(ino, libc::O_RDONLY)?;
+        let (entry, node) = self.file_node(ino, libc::O_RDONLY)?;
         let fresh = self.cache.get(&entry.store_path).await?;
         self.remember(fresh.clone());
-        self.read_file(&fresh.open_file(node)?, len, offset, size)
+        self.read_contents(&fresh.open_file(node)?, offset, size)
     }
 
-    /// Up to `size` bytes at `offset` of `file`, which holds `len` bytes.
-    fn read_file(&self, file: &File, len: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        // The size is known, so a read never needs a second pread to find the end of the file.
-        let want = len.saturating_sub(offset).min(u64::from(size));
-        let mut buf = vec![0u8; usize::try_from(want).expect("at most a u32")];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        buf.truncate(filled);
-        CacheStats::add(&self.cache.stats.bytes_served, filled as u64);
-        Ok(buf)
+    /// Up to `size` bytes at `offset` of `contents`, counted as served.
+    fn read_contents(
+        &self,
+        contents: &FileContents,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let data = contents.read_at(offset, u64::from(size))?;
+        CacheStats::add(&self.cache.stats.bytes_served, data.len() as u64);
+        Ok(data)
     }
 
     /// Closes open file `fh`.
