@@ -232,17 +232,29 @@ fn a_full_disk_is_handled_by_eviction() {
 }
 
 /// Acceptance: a process holding a file open, and one with it mmapped, read correct bytes while
-/// the path is evicted under them.
+/// the path is evicted under them. By default the daemon does not know the file is open, so
+/// pages the kernel dropped come from fetching the path again.
 #[test]
 fn open_and_mapped_files_survive_eviction() {
     let Some(fx) = setup("open_and_mapped_files_survive_eviction") else { return };
-    let nginx = Nginx::start(&fx.caches_dir(), "");
+    open_and_mapped_files_read_after_eviction(fx, &[], false);
+}
+
+/// With `--passthrough` the open handle keeps the cache file open: after eviction it reads
+/// correct bytes with every substituter down.
+#[test]
+fn with_passthrough_open_files_survive_eviction_offline() {
+    let Some(fx) = setup("with_passthrough_open_files_survive_eviction_offline") else { return };
+    open_and_mapped_files_read_after_eviction(fx, &["--passthrough"], true);
+}
+
+fn open_and_mapped_files_read_after_eviction(fx: &Fixtures, extra: &[&str], offline: bool) {
+    let mut nginx = Nginx::start(&fx.caches_dir(), "");
     let tmp = tempfile::tempdir().unwrap();
     let limit = (2u64 << 20).to_string();
-    let d = Daemon::start(
-        tmp.path(),
-        &args(&[nginx.url("zstd")], &fx.public_key, &["--max-size", &limit]),
-    );
+    let mut flags = vec!["--max-size", limit.as_str()];
+    flags.extend_from_slice(extra);
+    let d = Daemon::start(tmp.path(), &args(&[nginx.url("zstd")], &fx.public_key, &flags));
     let want = fs::read(&fx.big_file).unwrap();
     let mut file = fs::File::open(d.path(&fx.big_file, "")).unwrap();
     let len = want.len();
@@ -265,6 +277,9 @@ fn open_and_mapped_files_survive_eviction() {
         nix_hash(&d.path(sp, "")).unwrap();
     }
     assert!(!d.cache.join("entries").join(hash_part(&fx.big)).exists(), "big path not evicted");
+    if offline {
+        nginx.stop();
+    }
     // Drop the kernel's cached pages so the reads below really reach the daemon.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     let mut rest = Vec::new();

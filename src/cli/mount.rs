@@ -107,7 +107,8 @@ pub struct MountArgs {
     pub allow_other: bool,
 
     /// Open files through kernel FUSE passthrough (Linux >= 6.9, as root): each open(2) asks
-    /// the daemon, then the kernel reads the cache file directly. Without it an open costs no
+    /// the daemon, then the kernel reads a file larger than 64 KiB from its cache file directly,
+    /// and open files stay readable after eviction with no network. Without it an open costs no
     /// round trip and the kernel keeps file data in its own page cache, asking the daemon only
     /// for pages it lacks: faster for many small files and for files read again [default: off].
     #[arg(long, help_heading = MOUNT_OPTIONS)]

@@ -40,9 +40,8 @@ pub struct FuseAdapter {
     fs: Arc<StoreFs>,
     rt: Handle,
     backing: Arc<Backing>,
-    /// Opens reach the daemon: passthrough was wanted and granted at init. Otherwise the first
-    /// OPEN is answered ENOSYS and the kernel sends none again.
-    opens: bool,
+    /// The kernel needs an answer to OPENDIR (it lacks `FUSE_NO_OPENDIR_SUPPORT`).
+    opendirs: bool,
 }
 
 /// Kernel FUSE passthrough (Linux >= 6.9): an open file is backed by its cache file, and the
@@ -51,10 +50,15 @@ pub struct FuseAdapter {
 /// counted; the last release closes the id.
 #[derive(Debug, Default)]
 struct Backing {
-    /// Wanted by the configuration (`--no-passthrough` turns it off).
+    /// Wanted by the configuration (`--passthrough`).
     wanted: bool,
     /// Granted by the kernel at init, and not found unusable since.
     enabled: AtomicBool,
+    /// OPENs are answered: passthrough is on, or the kernel lacks `FUSE_NO_OPEN_SUPPORT`.
+    /// Otherwise they get ENOSYS and the kernel sends no more (see `open`).
+    opens: AtomicBool,
+    /// The kernel accepts ENOSYS for OPEN (`FUSE_NO_OPEN_SUPPORT`).
+    can_skip_opens: AtomicBool,
     /// Backing id and open handles per inode.
     by_ino: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
     /// The inode of each passthrough handle.
@@ -63,28 +67,30 @@ struct Backing {
 
 impl Backing {
     /// The backing id for `ino`: the one its open handles share, else (when passthrough is still
-    /// enabled) a new one registering `file` with the kernel. None: open without passthrough.
-    /// An inode with passthrough handles must get passthrough for every further open too (the
-    /// kernel fails a mixed open with EIO), even after passthrough was switched off.
+    /// enabled and the file has a cache file of its own) a new one registering `file` with the
+    /// kernel. None: open without passthrough. An inode with passthrough handles must get
+    /// passthrough for every further open too (the kernel fails a mixed open with EIO), even
+    /// after passthrough was switched off, or when its path was fetched again with the file now
+    /// in a pack: the shared backing file holds the same bytes.
     fn acquire(
         &self,
         ino: u64,
         fh: u64,
         reply: &ReplyOpen,
-        file: &File,
+        file: Option<&File>,
     ) -> std::io::Result<Option<Arc<BackingId>>> {
         let mut by_ino = lock(&self.by_ino);
-        let id = match by_ino.get_mut(&ino) {
-            Some((id, opens)) => {
+        let id = match (by_ino.get_mut(&ino), file) {
+            (Some((id, opens)), _) => {
                 *opens += 1;
                 id.clone()
             }
-            None if self.enabled.load(Ordering::Relaxed) => {
+            (None, Some(file)) if self.enabled.load(Ordering::Relaxed) => {
                 let id = Arc::new(reply.open_backing(file)?);
                 by_ino.insert(ino, (id.clone(), 1));
                 id
             }
-            None => return Ok(None),
+            (None, _) => return Ok(None),
         };
         lock(&self.by_fh).insert(fh, ino);
         Ok(Some(id))
@@ -108,7 +114,7 @@ impl FuseAdapter {
     /// files are read by the kernel directly where the kernel allows it.
     pub fn new(fs: Arc<StoreFs>, rt: Handle, passthrough: bool) -> Self {
         let backing = Backing { wanted: passthrough, ..Backing::default() };
-        Self { fs, rt, backing: Arc::new(backing), opens: false }
+        Self { fs, rt, backing: Arc::new(backing), opendirs: false }
     }
 }
 
@@ -152,8 +158,8 @@ fn file_type(kind: Kind) -> FileType {
 /// `PACK_MAX_FILE_BYTES`) are ranges of their entry's pack file, which cannot back a handle:
 /// the daemon reads them.
 fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: ReplyOpen) {
-    if let Some(file) = fs.file(fh).as_deref().and_then(|contents| contents.own_file()) {
-        match backing.acquire(ino, fh, &reply, file) {
+    if let Some(contents) = fs.file(fh) {
+        match backing.acquire(ino, fh, &reply, contents.own_file()) {
             // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
             // passthrough reads use the cache file's own page cache anyway.
             Ok(Some(id)) => {
@@ -161,9 +167,12 @@ fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: Reply
             }
             Ok(None) => {}
             Err(err) => {
-                // E.g. cache files on a stacked filesystem: say so once, and read through the
-                // daemon from now on.
+                // E.g. cache files on a stacked filesystem: say so once, and from now on open
+                // files without a round trip where the kernel allows it (`open`).
                 backing.enabled.store(false, Ordering::Relaxed);
+                if backing.can_skip_opens.load(Ordering::Relaxed) {
+                    backing.opens.store(false, Ordering::Relaxed);
+                }
                 warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
             }
         }
@@ -210,12 +219,21 @@ impl Filesystem for FuseAdapter {
             && config.set_max_stack_depth(1).is_ok()
         {
             self.backing.enabled.store(true, Ordering::Relaxed);
-            self.opens = true;
+            self.backing.opens.store(true, Ordering::Relaxed);
             info!("FUSE passthrough on: each open asks the daemon, the kernel reads cache files");
-        } else {
-            if self.backing.wanted {
-                warn!("FUSE passthrough unavailable (kernel < 6.9?); files open without it");
-            }
+        } else if self.backing.wanted {
+            warn!("FUSE passthrough unavailable (kernel < 6.9?); files open without it");
+        }
+        // A kernel without FUSE_NO_OPEN_SUPPORT (before 4.19) or FUSE_NO_OPENDIR_SUPPORT (before
+        // 5.1) would fail an open answered ENOSYS: it gets the classic answers.
+        let caps = config.capabilities();
+        let can_skip_opens = caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.backing.can_skip_opens.store(can_skip_opens, Ordering::Relaxed);
+        if !can_skip_opens {
+            self.backing.opens.store(true, Ordering::Relaxed);
+        }
+        self.opendirs = !caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        if !self.backing.opens.load(Ordering::Relaxed) {
             info!("files open without a round trip; the kernel page cache keeps their data");
         }
         debug!("fuse session initialised");
@@ -259,7 +277,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if !self.opens {
+        if !self.backing.opens.load(Ordering::Relaxed) {
             // ENOSYS: the kernel opens this file and every later one by itself (`fc->no_open`),
             // keeping their page cache (FOPEN_KEEP_CACHE); the mount is read-only (MS_RDONLY),
             // so the VFS refuses any write access before it gets here.
@@ -338,9 +356,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to flush in a read-only store. Opens set FOPEN_NOFLUSH, so the kernel sends no
-        // FLUSH on close; should one come anyway, ENOSYS makes the kernel stop sending them
-        // (`fc->no_flush`) and close(2) still succeeds. Either way a close costs no round trip.
+        // Nothing to flush in a read-only store. Passthrough opens set FOPEN_NOFLUSH; files
+        // opened without OPEN do send one FLUSH at the first close, and ENOSYS makes the kernel
+        // stop sending them (`fc->no_flush`) while close(2) still succeeds. After that a close
+        // costs no round trip.
         reply.error(Errno::ENOSYS);
     }
 
@@ -348,7 +367,11 @@ impl Filesystem for FuseAdapter {
         // ENOSYS tells the kernel that directories need no OPENDIR (nor RELEASEDIR): it stops
         // sending them, one round trip saved per directory listed. It then keeps every listing
         // (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): right for store paths, which never change; the
-        // root's listing is re-read whenever the root's mtime moved (see `init`).
+        // root's listing is re-read whenever the root's mtime moved (see `init`). A kernel
+        // without FUSE_NO_OPENDIR_SUPPORT gets a plain handle, and keeps nothing.
+        if self.opendirs {
+            return reply.opened(FileHandle(0), FopenFlags::empty());
+        }
         reply.error(Errno::ENOSYS);
     }
 

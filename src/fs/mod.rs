@@ -189,11 +189,20 @@ impl StoreFs {
     /// `Ok(None)` means it was evicted and `open` must fetch it again. Write access is EROFS.
     pub fn open_cached(&self, ino: u64, flags: i32) -> Result<Option<u64>, FsError> {
         let (entry, node) = self.file_node(ino, flags)?;
-        // Reads count as use: the kernel caches lookups for a year, so without this a path in
-        // constant use could look least recently used.
+        Ok(self.cached_contents(&entry, node)?.map(|contents| self.add_handle(contents)))
+    }
+
+    /// File `node` of `entry`, opened, if its path is still cached (None: evicted). Opening a
+    /// file counts as use of its path: the kernel caches lookups for a year, so without this a
+    /// path in constant use could look least recently used.
+    fn cached_contents(
+        &self,
+        entry: &Entry,
+        node: NodeId,
+    ) -> Result<Option<FileContents>, FsError> {
         self.cache.cached(&entry.store_path);
         match entry.open_file(node) {
-            Ok(contents) => Ok(Some(self.add_handle(contents))),
+            Ok(contents) => Ok(Some(contents)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -216,6 +225,11 @@ impl StoreFs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnly);
         }
+        self.regular_file(ino)
+    }
+
+    /// The entry and node of regular file `ino`.
+    fn regular_file(&self, ino: u64) -> Result<(Arc<Entry>, NodeId), FsError> {
         let (entry, node) = self.node_entry(ino)?;
         match entry.manifest.node(node) {
             Some(Node::File { .. }) => Ok((entry, node)),
@@ -256,14 +270,10 @@ impl StoreFs {
         offset: u64,
         size: u32,
     ) -> Result<Option<Vec<u8>>, FsError> {
-        let (entry, node) = self.file_node(ino, libc::O_RDONLY)?;
-        // A read counts as use, as an open does: the kernel caches lookups for a year, so
-        // without this a path in constant use could look least recently used.
-        self.cache.cached(&entry.store_path);
-        match entry.open_file(node) {
-            Ok(contents) => self.read_contents(&contents, offset, size).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let (entry, node) = self.regular_file(ino)?;
+        match self.cached_contents(&entry, node)? {
+            Some(contents) => self.read_contents(&contents, offset, size).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -273,7 +283,7 @@ impl StoreFs {
         if let Some(data) = self.read_ino_cached(ino, offset, size)? {
             return Ok(data);
         }
-        let (entry, node) = self.file_node(ino, libc::O_RDONLY)?;
+        let (entry, node) = self.regular_file(ino)?;
         let fresh = self.cache.get(&entry.store_path).await?;
         self.remember(fresh.clone());
         self.read_contents(&fresh.open_file(node)?, offset, size)
