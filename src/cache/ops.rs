@@ -490,4 +490,26 @@ mod tests {
         assert!(cache.entries().is_empty());
         assert_eq!(cache.used_bytes(), 0);
     }
+
+    /// A pack with bytes after its last file does not pass as clean, though every file reads.
+    #[tokio::test]
+    async fn verify_reports_a_pack_that_grew() {
+        let fx = Fixture::new(1);
+        let a = sp('a', "a");
+        publish(&fx.ups[0], &key(), &a, &tree("a", 1000));
+        let cache = fx.open();
+        let entry = cache.get(&a).await.unwrap();
+        let data = entry.manifest.child(0, b"data").unwrap();
+        let (pack, _) = where_bytes_are(&entry, data);
+        assert!(pack.ends_with(PACK_FILE), "a 1000-byte file is packed");
+        let mut perms = std::fs::metadata(&pack).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false, reason = "test writes a 0444 file")]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&pack, perms).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&pack).unwrap();
+        std::io::Write::write_all(&mut file, b"junk").unwrap();
+        let report = cache.verify(None).await;
+        assert_eq!(report.corrupt.len(), 1);
+        assert!(report.corrupt[0].1.contains("pack file has"), "{}", report.corrupt[0].1);
+    }
 }

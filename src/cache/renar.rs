@@ -8,6 +8,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::contents::FileContents;
+use super::layout::PACK_FILE;
 use super::manifest::{Manifest, Node, ROOT_NODE};
 use crate::nix::nar::NodeId;
 use crate::nix::nar::wire::{
@@ -44,6 +45,14 @@ pub enum RenarError {
     /// The manifest refers to a node it does not have.
     #[error("manifest has no node {0}")]
     BadNode(NodeId),
+    /// The pack file is not as long as the small files the manifest puts in it.
+    #[error("the pack file has {found} bytes, the manifest's small files {expected}")]
+    PackSize {
+        /// The sum of the packed files' sizes.
+        expected: u64,
+        /// Its length on disk.
+        found: u64,
+    },
     /// The output failed.
     #[error("cannot write: {0}")]
     Write(#[source] io::Error),
@@ -56,7 +65,25 @@ pub fn write_entry_nar(
     out: &mut impl Write,
 ) -> Result<(), RenarError> {
     write_str(out, NAR_MAGIC).map_err(RenarError::Write)?;
-    write_node(manifest, dir, ROOT_NODE, out)
+    write_node(manifest, dir, ROOT_NODE, out)?;
+    check_pack_len(manifest, dir)
+}
+
+/// A pack holds exactly its files, one after another: reading each file's range catches a pack
+/// cut short, this catches one that grew.
+fn check_pack_len(manifest: &Manifest, dir: &Path) -> Result<(), RenarError> {
+    let packed = manifest.nodes.iter().filter_map(|node| match node {
+        Node::File { size, packed: Some(start), .. } => Some(start.saturating_add(*size)),
+        _ => None,
+    });
+    let Some(expected) = packed.max() else { return Ok(()) };
+    // lstat: a symlink planted as the pack reports its own length, never its target's.
+    let pack = std::fs::symlink_metadata(dir.join(PACK_FILE));
+    let found = pack.map_err(|source| RenarError::Read { id: ROOT_NODE, source })?.len();
+    if found != expected {
+        return Err(RenarError::PackSize { expected, found });
+    }
+    Ok(())
 }
 
 /// The SHA-256 and length of the entry's NAR.
