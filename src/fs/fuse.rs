@@ -168,9 +168,12 @@ fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: Reply
             Ok(None) => {}
             Err(err) => {
                 // E.g. cache files on a stacked filesystem: say so once, and from now on open
-                // files without a round trip where the kernel allows it (`open`).
+                // files without a round trip where the kernel allows it (`open`); not while
+                // passthrough handles are open, whose inodes must not get a plain open.
                 backing.enabled.store(false, Ordering::Relaxed);
-                if backing.can_skip_opens.load(Ordering::Relaxed) {
+                if backing.can_skip_opens.load(Ordering::Relaxed)
+                    && lock(&backing.by_ino).is_empty()
+                {
                     backing.opens.store(false, Ordering::Relaxed);
                 }
                 warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
