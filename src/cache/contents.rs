@@ -56,6 +56,16 @@ impl FileContents {
     pub fn read_at(&self, offset: u64, size: u64) -> io::Result<Vec<u8>> {
         let want = self.len.saturating_sub(offset).min(size);
         let mut buf = vec![0u8; usize::try_from(want).map_err(io::Error::other)?];
+        self.read_exact_at(offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` from `offset`, which with `buf` must lie within the file; a cache file that
+    /// ends early is an error.
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "read beyond the file's end"));
+        }
         let mut filled = 0;
         while filled < buf.len() {
             match self.file.read_at(&mut buf[filled..], self.start + offset + filled as u64) {
@@ -70,7 +80,7 @@ impl FileContents {
                 Err(e) => return Err(e),
             }
         }
-        Ok(buf)
+        Ok(())
     }
 }
 
@@ -91,6 +101,9 @@ mod tests {
         assert_eq!(packed.read_at(0, 100).unwrap(), b"bbbb", "stops at its own end");
         assert_eq!(packed.read_at(2, 1).unwrap(), b"b");
         assert_eq!(packed.read_at(4, 10).unwrap(), b"");
+        let mut past_its_end = [0u8; 2];
+        let err = packed.read_exact_at(3, &mut past_its_end).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "never into the next packed file");
         let truncated = FileContents::open(dir.path(), 5, 4, Some(7)).unwrap();
         assert_eq!(truncated.read_at(0, 4).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         let gone = FileContents::open(dir.path(), 9, 1, None).unwrap_err();

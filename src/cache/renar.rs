@@ -152,11 +152,13 @@ fn copy_file(
             return Err(RenarError::Size { id, expected: size, found });
         }
     }
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES.min(size) as usize];
     let mut copied = 0u64;
     while copied < size {
-        let chunk = contents.read_at(copied, COPY_CHUNK_BYTES).map_err(read)?;
-        out.write_all(&chunk).map_err(RenarError::Write)?;
-        copied += chunk.len() as u64;
+        let n = buf.len().min(usize::try_from(size - copied).unwrap_or(usize::MAX));
+        contents.read_exact_at(copied, &mut buf[..n]).map_err(read)?;
+        out.write_all(&buf[..n]).map_err(RenarError::Write)?;
+        copied += n as u64;
     }
     Ok(())
 }

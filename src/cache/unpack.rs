@@ -275,14 +275,7 @@ impl Unpacker<'_> {
         let local =
             |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
         if self.pack.is_none() {
-            // create_new + O_NOFOLLOW, as for `f<id>`; 0444 like every cache file.
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(local)?;
+            let file = create_cache_file(&path, 0o444).map_err(local)?;
             self.pack = Some((BufWriter::with_capacity(PACK_BUF_BYTES, file), 0));
         }
         let (pack, len) = self.pack.as_mut().expect("created above");
@@ -303,22 +296,26 @@ impl Unpacker<'_> {
         let path = self.dir.join(file_name(id));
         let local =
             |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
-        // create_new + O_NOFOLLOW: the name is ours, and nothing may already sit there. The mode
-        // applies to later opens only, so this descriptor can still write.
         let mode = if executable { 0o555 } else { 0o444 };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(local)?;
+        let mut file = create_cache_file(&path, mode).map_err(local)?;
         Self::copy(&mut self.buf, contents, size, id, &mut file, &local)?;
         // What the filesystem really allocated (ext4 counts delayed allocations too), so the
         // accounting matches `du`.
         self.disk_bytes += file.metadata().map_err(local)?.blocks() * 512;
         Ok(())
     }
+}
+
+/// Creates cache file `path` for writing, with its final `mode`. create_new + O_NOFOLLOW: the
+/// name is ours, and nothing may already sit there. The mode applies to later opens only, so
+/// this descriptor can still write.
+fn create_cache_file(path: &Path, mode: u32) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn parent_id(parent: Option<(NodeId, &[u8])>) -> NodeId {
