@@ -39,8 +39,10 @@ pub const EVICTIONS: &str = "storefs_evictions";
 pub const PREFETCHED_PATHS: &str = "storefs_prefetched_paths";
 /// References not prefetched for want of room.
 pub const PREFETCH_SKIPPED: &str = "storefs_prefetch_skipped";
-/// Fetches that ended with no verified copy.
+/// Fetches a reader waited for that ended with no verified copy.
 pub const FETCH_FAILURES: &str = "storefs_fetch_failures";
+/// Prefetches that ended with no verified copy.
+pub const PREFETCH_FAILURES: &str = "storefs_prefetch_failures";
 /// narinfos or NARs rejected by verification.
 pub const VERIFY_FAILURES: &str = "storefs_verify_failures";
 /// Share of lookups answered from the cache.
@@ -124,7 +126,8 @@ pub const METRICS: &[MetricDef] = &[
     def(EVICTIONS, Kind::Counter, "Store paths evicted from the cache."),
     def(PREFETCHED_PATHS, Kind::Counter, "Store paths fetched by closure prefetch."),
     def(PREFETCH_SKIPPED, Kind::Counter, "References not prefetched: no room without evicting."),
-    def(FETCH_FAILURES, Kind::Counter, "Fetches that ended with no verified copy."),
+    def(FETCH_FAILURES, Kind::Counter, "Fetches a reader waited for that got no verified copy."),
+    def(PREFETCH_FAILURES, Kind::Counter, "Closure prefetches that got no verified copy."),
     def(VERIFY_FAILURES, Kind::Counter, "narinfos or NARs rejected by verification."),
     def(HIT_RATE, Kind::Gauge, "Lookups answered from the cache / all lookups (0 before any)."),
     def(CACHE_BYTES, Kind::Gauge, "Bytes the cache holds on disk."),
@@ -266,8 +269,11 @@ pub struct Snapshot {
     /// References not prefetched because they did not fit without evicting.
     #[serde(default)]
     pub prefetch_skipped: u64,
-    /// Fetches that ended with no verified copy.
+    /// Fetches a reader waited for that ended with no verified copy.
     pub fetch_failures: u64,
+    /// Prefetches that ended with no verified copy (absent from older daemons' answers).
+    #[serde(default)]
+    pub prefetch_failures: u64,
     /// narinfos or NARs rejected by verification.
     pub verify_failures: u64,
     /// The substituters, in configured order.
@@ -316,6 +322,7 @@ pub fn render(snap: &Snapshot, hist: &FetchHistograms) -> Result<String, Metrics
         (PREFETCHED_PATHS, snap.prefetched_paths),
         (PREFETCH_SKIPPED, snap.prefetch_skipped),
         (FETCH_FAILURES, snap.fetch_failures),
+        (PREFETCH_FAILURES, snap.prefetch_failures),
         (VERIFY_FAILURES, snap.verify_failures),
     ];
     for (name, value) in counters {

@@ -163,6 +163,7 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
         ("evictions", 0),
         ("in_flight", 0),
         ("fetch_failures", 0),
+        ("prefetch_failures", 0),
     ];
     for (key, want) in expect {
         assert_eq!(n(&s, key), want, "{key} in {s:#}");

@@ -27,6 +27,25 @@ impl NarCache {
         sp: &StorePath,
         wanted: &AtomicBool,
     ) -> Result<Arc<Entry>, CacheError> {
+        let result = self.fetch_from_substituters(sp, wanted).await;
+        if let Err(CacheError::Unavailable { .. }) = &result {
+            // Counted apart, so that an alert on reader failures stays quiet when only
+            // prefetches of a failing substituter fail. A reader that joined counts.
+            let failures = match wanted.load(Ordering::Acquire) {
+                true => &self.stats.fetch_failures,
+                false => &self.stats.prefetch_failures,
+            };
+            CacheStats::bump(failures);
+        }
+        result
+    }
+
+    /// `fetch`, before counting a failure.
+    async fn fetch_from_substituters(
+        self: &Arc<Self>,
+        sp: &StorePath,
+        wanted: &AtomicBool,
+    ) -> Result<Arc<Entry>, CacheError> {
         let hash = sp.hash_part();
         let mut failures = Vec::new();
         let upstreams = self.ordered_upstreams(sp).await?;
@@ -94,9 +113,9 @@ impl NarCache {
                     .map_err(|e| e.to_string())
             })
             .await;
-        ordered.as_ref().map_err(|reason| {
-            CacheStats::bump(&self.stats.fetch_failures);
-            CacheError::Unavailable { path: sp.to_string(), reasons: reason.clone() }
+        ordered.as_ref().map_err(|reason| CacheError::Unavailable {
+            path: sp.to_string(),
+            reasons: reason.clone(),
         })
     }
 
@@ -173,7 +192,6 @@ impl NarCache {
             lock(&self.negative).put(sp.hash_part(), Instant::now());
             CacheError::NotFound(sp.to_string())
         } else {
-            CacheStats::bump(&self.stats.fetch_failures);
             CacheError::Unavailable { path: sp.to_string(), reasons: failures.join("; ") }
         }
     }

@@ -405,6 +405,7 @@ impl NarCache {
             prefetched_paths: get(&s.prefetched),
             prefetch_skipped: get(&s.prefetch_skipped),
             fetch_failures: get(&s.fetch_failures),
+            prefetch_failures: get(&s.prefetch_failures),
             verify_failures: get(&s.verify_failures),
             upstreams: self
                 .upstream_stats

@@ -93,6 +93,7 @@ mod tests {
 
     use super::*;
     use crate::cache::tests::{Fixture, key, publish_refs, sp, tree};
+    use crate::nix::signature::SigningKey;
     use crate::upstream::mock::MockUpstream;
 
     /// Waits (up to 10 s) until `cond` holds; fails the test otherwise.
@@ -218,6 +219,29 @@ mod tests {
         // A reader gets the skipped path all the same, evicting for it.
         cache.get(skipped[0]).await.unwrap();
         assert!(CacheStats::get(&cache.stats.evictions) >= 1);
+    }
+
+    /// A prefetch that finds no verified copy counts in `prefetch_failures`, not in
+    /// `fetch_failures`, which counts what readers saw.
+    #[tokio::test]
+    async fn failed_prefetches_are_counted_apart_from_readers_failures() {
+        let fx = fixture(2);
+        let (top, bad) = (sp('p', "top"), sp('q', "untrusted"));
+        publish_refs(
+            &fx.ups[0],
+            &SigningKey::generate("test-1", [2; 32]),
+            &bad,
+            &tree("u", 10),
+            &[],
+        );
+        publish_refs(&fx.ups[0], &key(), &top, &tree("t", 10), &[&bad]);
+        let cache = fx.open();
+        cache.get(&top).await.unwrap();
+        until("the prefetch failed", || CacheStats::get(&cache.stats.prefetch_failures) == 1).await;
+        assert_eq!(CacheStats::get(&cache.stats.fetch_failures), 0);
+        assert!(cache.get(&bad).await.is_err(), "a reader asks for it too");
+        assert_eq!(CacheStats::get(&cache.stats.fetch_failures), 1);
+        assert_eq!(CacheStats::get(&cache.stats.prefetch_failures), 1);
     }
 
     #[tokio::test]

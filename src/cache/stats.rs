@@ -22,8 +22,10 @@ pub struct CacheStats {
     pub published: AtomicU64,
     /// Paths evicted.
     pub evictions: AtomicU64,
-    /// Fetches that ended with no verified copy.
+    /// Fetches a reader waited for that ended with no verified copy.
     pub fetch_failures: AtomicU64,
+    /// Prefetches no reader waited for that ended with no verified copy.
+    pub prefetch_failures: AtomicU64,
     /// narinfos or NARs rejected by verification (signature, hash, size, grammar).
     pub verify_failures: AtomicU64,
     /// Paths fetched by closure prefetch (not asked for by a reader at the time).

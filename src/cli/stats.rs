@@ -105,6 +105,7 @@ pub fn table(s: &Snapshot) -> String {
         ("prefetched paths", s.prefetched_paths.to_string()),
         ("prefetch skipped", s.prefetch_skipped.to_string()),
         ("fetch failures", s.fetch_failures.to_string()),
+        ("prefetch failures", s.prefetch_failures.to_string()),
         ("verify failures", s.verify_failures.to_string()),
     ];
     let mut t = String::new();
