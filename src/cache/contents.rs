@@ -35,16 +35,6 @@ impl FileContents {
         Ok(Self { file, start: packed.unwrap_or(0), len, own: packed.is_none() })
     }
 
-    /// The file's size.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the file is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The cache file holding exactly these bytes, for kernel passthrough; None when they are
     /// a range of the pack.
     pub fn own_file(&self) -> Option<&File> {

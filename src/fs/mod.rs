@@ -188,18 +188,22 @@ impl StoreFs {
     /// Opens regular file `ino` for reading if its path is still cached, without waiting:
     /// `Ok(None)` means it was evicted and `open` must fetch it again. Write access is EROFS.
     pub fn open_cached(&self, ino: u64, flags: i32) -> Result<Option<u64>, FsError> {
-        let (entry, node) = self.file_node(ino, flags)?;
-        Ok(self.cached_contents(&entry, node)?.map(|contents| self.add_handle(contents)))
+        read_only(flags)?;
+        Ok(self.contents_cached(ino)?.map(|contents| self.add_handle(contents)))
     }
 
-    /// File `node` of `entry`, opened, if its path is still cached (None: evicted). Opening a
-    /// file counts as use of its path: the kernel caches lookups for a year, so without this a
-    /// path in constant use could look least recently used.
-    fn cached_contents(
-        &self,
-        entry: &Entry,
-        node: NodeId,
-    ) -> Result<Option<FileContents>, FsError> {
+    /// Opens regular file `ino` for reading, fetching its path again if it was evicted since it
+    /// was looked up (same NarHash, same tree); any write access is EROFS.
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        read_only(flags)?;
+        Ok(self.add_handle(self.contents(ino).await?))
+    }
+
+    /// Regular file `ino`, opened, if its path is still cached (None: evicted). Opening a file
+    /// counts as use of its path: the kernel caches lookups for a year, so without this a path
+    /// in constant use could look least recently used.
+    fn contents_cached(&self, ino: u64) -> Result<Option<FileContents>, FsError> {
+        let (entry, node) = self.regular_file(ino)?;
         self.cache.cached(&entry.store_path);
         match entry.open_file(node) {
             Ok(contents) => Ok(Some(contents)),
@@ -208,24 +212,15 @@ impl StoreFs {
         }
     }
 
-    /// Opens regular file `ino` for reading, fetching its path again if it was evicted since it
-    /// was looked up (same NarHash, same tree); any write access is EROFS.
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
-        if let Some(fh) = self.open_cached(ino, flags)? {
-            return Ok(fh);
+    /// `contents_cached`, fetching the path again if it was evicted since it was looked up.
+    async fn contents(&self, ino: u64) -> Result<FileContents, FsError> {
+        if let Some(contents) = self.contents_cached(ino)? {
+            return Ok(contents);
         }
-        let (entry, node) = self.file_node(ino, flags)?;
+        let (entry, node) = self.regular_file(ino)?;
         let fresh = self.cache.get(&entry.store_path).await?;
         self.remember(fresh.clone());
-        Ok(self.add_handle(fresh.open_file(node)?))
-    }
-
-    /// The entry and node of regular file `ino`, if `flags` open it read-only.
-    fn file_node(&self, ino: u64, flags: i32) -> Result<(Arc<Entry>, NodeId), FsError> {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(FsError::ReadOnly);
-        }
-        self.regular_file(ino)
+        Ok(fresh.open_file(node)?)
     }
 
     /// The entry and node of regular file `ino`.
@@ -270,23 +265,14 @@ impl StoreFs {
         offset: u64,
         size: u32,
     ) -> Result<Option<Vec<u8>>, FsError> {
-        let (entry, node) = self.regular_file(ino)?;
-        match self.cached_contents(&entry, node)? {
-            Some(contents) => self.read_contents(&contents, offset, size).map(Some),
-            None => Ok(None),
-        }
+        let contents = self.contents_cached(ino)?;
+        contents.map(|contents| self.read_contents(&contents, offset, size)).transpose()
     }
 
     /// `read_ino_cached`, fetching the path again if it was evicted since it was looked up (same
     /// NarHash, same tree).
     pub async fn read_ino(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        if let Some(data) = self.read_ino_cached(ino, offset, size)? {
-            return Ok(data);
-        }
-        let (entry, node) = self.regular_file(ino)?;
-        let fresh = self.cache.get(&entry.store_path).await?;
-        self.remember(fresh.clone());
-        self.read_contents(&fresh.open_file(node)?, offset, size)
+        self.read_contents(&self.contents(ino).await?, offset, size)
     }
 
     /// Up to `size` bytes at `offset` of `contents`, counted as served.
@@ -351,6 +337,14 @@ impl StoreFs {
         paths.insert(slot, entry);
         slot
     }
+}
+
+/// EROFS unless `flags` open a file read-only (no write access, no `O_TRUNC`).
+fn read_only(flags: i32) -> Result<(), FsError> {
+    if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+        return Err(FsError::ReadOnly);
+    }
+    Ok(())
 }
 
 /// Attributes of node `id` of `manifest`.
