@@ -271,11 +271,11 @@ impl Unpacker<'_> {
         size: u64,
         contents: &mut dyn Read,
     ) -> Result<u64, VisitError> {
-        let path = self.dir.join(PACK_FILE);
-        let local =
-            |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
+        // The path is built only for an error: this runs for every small file.
+        let dir = self.dir;
+        let local = |source| local_write_error(dir.join(PACK_FILE), source);
         if self.pack.is_none() {
-            let file = create_cache_file(&path, 0o444).map_err(local)?;
+            let file = create_cache_file(&self.dir.join(PACK_FILE), 0o444).map_err(local)?;
             self.pack = Some((BufWriter::with_capacity(PACK_BUF_BYTES, file), 0));
         }
         let (pack, len) = self.pack.as_mut().expect("created above");
@@ -294,8 +294,7 @@ impl Unpacker<'_> {
         contents: &mut dyn Read,
     ) -> VisitResult {
         let path = self.dir.join(file_name(id));
-        let local =
-            |source| -> VisitError { Box::new(LocalWriteError { path: path.clone(), source }) };
+        let local = |source| local_write_error(path.clone(), source);
         let mode = if executable { 0o555 } else { 0o444 };
         let mut file = create_cache_file(&path, mode).map_err(local)?;
         Self::copy(&mut self.buf, contents, size, id, &mut file, &local)?;
@@ -304,6 +303,11 @@ impl Unpacker<'_> {
         self.disk_bytes += file.metadata().map_err(local)?.blocks() * 512;
         Ok(())
     }
+}
+
+/// A failed write of cache file `path`, for the NAR parser to pass back.
+fn local_write_error(path: PathBuf, source: io::Error) -> VisitError {
+    Box::new(LocalWriteError { path, source })
 }
 
 /// Creates cache file `path` for writing, with its final `mode`. create_new + O_NOFOLLOW: the
