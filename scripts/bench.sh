@@ -385,6 +385,17 @@ ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 declare -A R  # R[metric]="v1 v2 ..."
 add() { R[$1]="${R[$1]:-} $2"; }
 
+# Row c for PREFIX (sf or nat) over the trees DIR...: every file read with the page cache dropped
+# (ms, MiB/s), read again with it hot (MiB/s), then find + stat with it dropped (ms).
+warm_reads() {
+    local prefix=$1 t got ms; shift
+    drop_caches; t=$(now_ns); got=$(read_all "$@"); ms=$(ms_since "$t")
+    add "${prefix}_warm_ms" "$ms"; add "${prefix}_warm_mbs" "$((got * 1000 / (ms + 1) / 1048576))"
+    t=$(now_ns); got=$(read_all "$@"); ms=$(ms_since "$t")
+    add "${prefix}_hot_mbs" "$((got * 1000 / (ms + 1) / 1048576))"
+    drop_caches; t=$(now_ns); find_stat "$@" >/dev/null; add "${prefix}_stat_ms" "$(ms_since "$t")"
+}
+
 # The closure's paths under mountpoint $1, the top path first: a job starts from its entry point
 # (the top path), as `nix-store -r TOP` does, and then reads its way through the closure.
 mnt_paths() {
@@ -429,11 +440,7 @@ for rep in $(seq 1 "$REPS"); do
 
     if want c; then
         log "rep $rep/$REPS: c. warm reads through storefs (page cache $( ((DROP)) && echo dropped || echo kept))"
-        drop_caches; t=$(now_ns); got=$(read_all "${MP[@]}"); ms=$(ms_since "$t")
-        add sf_warm_ms "$ms"; add sf_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
-        t=$(now_ns); got=$(read_all "${MP[@]}"); ms=$(ms_since "$t")
-        add sf_hot_mbs "$((got * 1000 / (ms + 1) / 1048576))"
-        drop_caches; t=$(now_ns); find_stat "${MP[@]}" >/dev/null; add sf_stat_ms "$(ms_since "$t")"
+        warm_reads sf "${MP[@]}"
     fi
     if want b || want c; then
         add sf_hwm_kb "$(hwm_kb)"
@@ -443,11 +450,7 @@ for rep in $(seq 1 "$REPS"); do
 
     if want c; then
         log "rep $rep/$REPS: c. warm reads on the local disk (/nix/store)"
-        drop_caches; t=$(now_ns); got=$(read_all "${CLOSURE[@]}"); ms=$(ms_since "$t")
-        add nat_warm_ms "$ms"; add nat_warm_mbs "$((got * 1000 / (ms + 1) / 1048576))"
-        t=$(now_ns); got=$(read_all "${CLOSURE[@]}"); ms=$(ms_since "$t")
-        add nat_hot_mbs "$((got * 1000 / (ms + 1) / 1048576))"
-        drop_caches; t=$(now_ns); find_stat "${CLOSURE[@]}" >/dev/null; add nat_stat_ms "$(ms_since "$t")"
+        warm_reads nat "${CLOSURE[@]}"
     fi
 
     if want b; then
