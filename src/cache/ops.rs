@@ -277,6 +277,14 @@ mod tests {
     use crate::cache::unpack;
     use crate::nix::nar::NodeId;
 
+    /// Lets the test corrupt a cache file (they are created 0444).
+    fn make_writable(path: &std::path::Path) {
+        let mut perms = std::fs::metadata(path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false, reason = "test writes a 0444 file")]
+        perms.set_readonly(false);
+        std::fs::set_permissions(path, perms).unwrap();
+    }
+
     /// The cache file holding regular file `id` of `entry`, and where its bytes start in it.
     fn where_bytes_are(entry: &Entry, id: NodeId) -> (std::path::PathBuf, usize) {
         match entry.manifest.node(id) {
@@ -453,10 +461,7 @@ mod tests {
 
         let data = entry.manifest.child(0, b"data").unwrap();
         let (file, start) = where_bytes_are(&entry, data);
-        let mut perms = std::fs::metadata(&file).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false, reason = "test writes a 0444 file")]
-        perms.set_readonly(false);
-        std::fs::set_permissions(&file, perms).unwrap();
+        make_writable(&file);
         let mut bytes = std::fs::read(&file).unwrap();
         bytes[start + 3] ^= 0x20;
         std::fs::write(&file, bytes).unwrap();
@@ -502,10 +507,7 @@ mod tests {
         let data = entry.manifest.child(0, b"data").unwrap();
         let (pack, _) = where_bytes_are(&entry, data);
         assert!(pack.ends_with(PACK_FILE), "a 1000-byte file is packed");
-        let mut perms = std::fs::metadata(&pack).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false, reason = "test writes a 0444 file")]
-        perms.set_readonly(false);
-        std::fs::set_permissions(&pack, perms).unwrap();
+        make_writable(&pack);
         let mut file = std::fs::OpenOptions::new().append(true).open(&pack).unwrap();
         std::io::Write::write_all(&mut file, b"junk").unwrap();
         let report = cache.verify(None).await;
