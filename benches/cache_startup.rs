@@ -13,57 +13,22 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-use storefs::cache::manifest::{Manifest, Node};
 use storefs::cache::{CacheConfig, NarCache};
 use storefs::config::MinFree;
-use storefs::nix::hash::NarHash;
-use storefs::nix::narinfo::NarInfo;
-use storefs::nix::nixbase32;
 use storefs::nix::signature::{SigningKey, TrustedKeys};
 use storefs::upstream::UpstreamSet;
 use storefs::upstream::low_speed::LowSpeedLimit;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{median, populate};
 
 const RUNS: usize = 5;
 
 /// `cargo bench` passes `--bench`; `cargo test --benches` does not (criterion's rule too).
 fn smoke_test() -> bool {
     !std::env::args().any(|arg| arg == "--bench")
-}
-
-/// Writes `entries` cached paths; returns the basename of the last one.
-fn populate(root: &Path, key: &SigningKey, entries: usize) -> String {
-    let mut last = String::new();
-    std::fs::create_dir_all(root.join("entries")).unwrap();
-    std::fs::write(root.join("VERSION"), "storefs-cache 1\n").unwrap();
-    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    for i in 0..entries {
-        let digest: [u8; 20] = Sha256::digest(i.to_le_bytes())[..20].try_into().unwrap();
-        let hash = nixbase32::encode(&digest);
-        let text = format!(
-            "StorePath: /nix/store/{hash}-bench-{i}\nURL: nar/x.nar\nCompression: none\n\
-             NarHash: {}\nNarSize: 120\nReferences: \n",
-            NarHash::from_digest(Sha256::digest(hash.as_bytes()).into())
-        );
-        let mut info = NarInfo::parse(text.as_bytes()).unwrap();
-        info.signatures.push(key.sign(&info));
-        let manifest = Manifest {
-            narinfo: info.to_string(),
-            disk_bytes: 8192,
-            nodes: vec![Node::File { parent: 0, executable: false, size: 5, packed: None }],
-        };
-        let dir = root.join("entries").join(&hash);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("manifest"), manifest.encode()).unwrap();
-        std::fs::write(dir.join("f0"), "hello").unwrap();
-        last = format!("{hash}-bench-{i}");
-    }
-    last
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -76,7 +41,7 @@ fn main() {
     let key = SigningKey::generate("bench-1", [5; 32]);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let probe = populate(&cache, &key, entries);
+    let probe = populate(&cache, &key, entries).pop().unwrap();
     let open: Vec<_> = (0..runs)
         .map(|_| {
             let rt = tokio::runtime::Runtime::new().unwrap();

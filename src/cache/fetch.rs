@@ -6,11 +6,11 @@ use std::time::Instant;
 use tokio_util::io::SyncIoBridge;
 use tracing::{debug, info, warn};
 
-use super::index;
-use super::layout::LayoutError;
-use super::quota::Reservation;
+use super::error::Failures;
+use super::evict::Reservation;
+use super::scan;
 use super::stats::CacheStats;
-use super::{CacheError, Entry, NarCache, unpack};
+use super::{CacheError, Cause, Entry, Failure, NarCache, unpack};
 use crate::metrics::UpstreamCounters;
 use crate::nix::hash::NarHash;
 use crate::nix::narinfo::NarInfo;
@@ -47,7 +47,7 @@ impl NarCache {
         wanted: &AtomicBool,
     ) -> Result<Arc<Entry>, CacheError> {
         let hash = sp.hash_part();
-        let mut failures = Vec::new();
+        let mut failures: Vec<Failure> = Vec::new();
         let upstreams = self.ordered_upstreams(sp).await?;
         // A path served before: same substituter, same narinfo, no narinfo request (if it still
         // carries a trusted signature). Whatever happens, only that NarHash is acceptable now.
@@ -84,7 +84,7 @@ impl NarCache {
         up: Option<&dyn Upstream>,
         info: &NarInfo,
         wanted: &AtomicBool,
-        failures: &mut Vec<String>,
+        failures: &mut Vec<Failure>,
     ) -> Result<Option<Arc<Entry>>, CacheError> {
         if let Some(err) = self.cannot_fit(info) {
             return Err(err);
@@ -97,7 +97,7 @@ impl NarCache {
             Err(err) => {
                 warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
                       "NAR rejected");
-                failures.push(format!("{}: {err}", up.url()));
+                failures.push(Failure::of(up.url(), err));
                 Ok(None)
             }
         }
@@ -110,12 +110,12 @@ impl NarCache {
             .get_or_init(|| async {
                 UpstreamSet::discover(self.upstreams.iter().cloned().collect())
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(Cause::new)
             })
             .await;
-        ordered.as_ref().map_err(|reason| CacheError::Unavailable {
+        ordered.as_ref().map_err(|cause| CacheError::Unavailable {
             path: sp.to_string(),
-            reasons: reason.clone(),
+            failures: Failures(vec![Failure { upstream: None, cause: cause.clone() }]),
         })
     }
 
@@ -127,7 +127,7 @@ impl NarCache {
         up: &dyn Upstream,
         sp: &StorePath,
         pinned: Option<NarHash>,
-        failures: &mut Vec<String>,
+        failures: &mut Vec<Failure>,
     ) -> Option<NarInfo> {
         CacheStats::bump(&self.stats.narinfo_requests);
         let asked = Instant::now();
@@ -152,12 +152,12 @@ impl NarCache {
             Err(err @ UpstreamError::Down { .. }) => {
                 // Said once, when the cache went down; not again for every lookup.
                 debug!(store_path = %sp, upstream = up.url(), error = %err, "cache skipped");
-                failures.push(err.to_string());
+                failures.push(Failure { upstream: None, cause: Cause::new(err) });
                 return None;
             }
             Err(err) => {
                 warn!(store_path = %sp, upstream = up.url(), error = %err, "narinfo failed");
-                failures.push(err.to_string());
+                failures.push(Failure { upstream: None, cause: Cause::new(err) });
                 return None;
             }
         };
@@ -170,29 +170,26 @@ impl NarCache {
         if let Err(err) = self.keys.verify(&info) {
             CacheStats::bump(&self.stats.verify_failures);
             warn!(store_path = %sp, upstream = up.url(), error = %err, "untrusted narinfo");
-            failures.push(format!("{}: untrusted narinfo: {err}", up.url()));
+            failures.push(Failure::of(up.url(), Rejected::Untrusted(err)));
             return None;
         }
         if let Some(pinned) = pinned.filter(|p| *p != info.nar_hash) {
             warn!(store_path = %sp, upstream = up.url(), served_before = %pinned,
                   offered = %info.nar_hash, "another version of a path served before; refused");
-            failures.push(format!(
-                "{}: NarHash {} differs from {pinned} served before",
-                up.url(),
-                info.nar_hash
-            ));
+            let offered = info.nar_hash;
+            failures.push(Failure::of(up.url(), Rejected::OtherNarHash { offered, pinned }));
             return None;
         }
         Some(info)
     }
 
     /// The error for a path no substituter served: absent (and remembered so) when none failed.
-    fn not_served(&self, sp: &StorePath, failures: Vec<String>) -> CacheError {
+    fn not_served(&self, sp: &StorePath, failures: Vec<Failure>) -> CacheError {
         if failures.is_empty() {
             lock(&self.negative).put(sp.hash_part(), Instant::now());
             CacheError::NotFound(sp.to_string())
         } else {
-            CacheError::Unavailable { path: sp.to_string(), reasons: failures.join("; ") }
+            CacheError::Unavailable { path: sp.to_string(), failures: Failures(failures) }
         }
     }
 
@@ -244,7 +241,7 @@ impl NarCache {
             return result;
         }
         warn!(store_path = %info.store_path, "cache filesystem full; evicting and retrying once");
-        self.evict_for(info.nar_size);
+        self.evict_for(info.nar_size).await;
         self.download(up, info, None).await
     }
 
@@ -276,7 +273,10 @@ impl NarCache {
     ) -> Result<Arc<Entry>, DownloadError> {
         let sp = &info.store_path;
         let hash = sp.hash_part();
-        let reservation = room.unwrap_or_else(|| self.reserve(info.nar_size));
+        let reservation = match room {
+            Some(room) => room,
+            None => self.reserve(info.nar_size).await,
+        };
         // Compression can only shrink real NARs much, but may grow incompressible ones a little.
         let max_compressed = info.nar_size + info.nar_size / 16 + (1 << 20);
         CacheStats::bump(&self.stats.nar_downloads);
@@ -286,7 +286,7 @@ impl NarCache {
             CacheStats::bump(&c.requests);
             c.latency.record(asked.elapsed());
         }
-        let body = body.map_err(|e| DownloadError::Remote(e.to_string()))?;
+        let body = body.map_err(DownloadError::remote)?;
         let staging = self.layout.new_staging(&hash).map_err(DownloadError::local)?;
         let wire = LowSpeedReader::new(SyncIoBridge::new(body), self.config.low_speed);
         let reader = CountingReader { inner: wire, counter: self.clone(), upstream: counters };
@@ -295,34 +295,37 @@ impl NarCache {
             unpack::unpack(reader, &info2, max_compressed, &staging2)
         })
         .await
-        .map_err(|e| DownloadError::Local(format!("unpack task: {e}")))?;
+        .map_err(DownloadError::local)?;
         let manifest = match unpacked {
             Ok(m) => m,
             Err(err) => {
                 self.discard_in_background(staging);
                 if err.is_no_space() {
-                    return Err(DownloadError::NoSpace(err.to_string()));
+                    return Err(DownloadError::NoSpace(Cause::new(err)));
                 }
                 if err.is_local() {
-                    return Err(DownloadError::Local(err.to_string()));
+                    return Err(DownloadError::local(err));
                 }
                 if !err.is_transport() {
                     CacheStats::bump(&self.stats.verify_failures);
                 }
-                return Err(DownloadError::Remote(err.to_string()));
+                return Err(DownloadError::remote(err));
             }
         };
         let layout_publish = {
             let this = self.clone();
             let (staging, hash) = (staging.clone(), hash.clone());
-            tokio::task::spawn_blocking(move || this.layout.publish(&staging, &hash))
+            tokio::task::spawn_blocking(move || {
+                let _moves = lock(&this.moves);
+                this.layout.publish(&staging, &hash)
+            })
         };
-        let dir = match layout_publish.await.map_err(|e| DownloadError::Local(e.to_string()))? {
+        let dir = match layout_publish.await.map_err(DownloadError::local)? {
             Ok(dir) => dir,
             Err(err) => {
                 self.discard_in_background(staging);
                 if err.is_no_space() {
-                    return Err(DownloadError::NoSpace(err.to_string()));
+                    return Err(DownloadError::NoSpace(Cause::new(err)));
                 }
                 return Err(DownloadError::local(err));
             }
@@ -332,7 +335,7 @@ impl NarCache {
             narinfo: info.clone(),
             manifest,
             dir,
-            touched_secs: AtomicU64::new(index::unix_now()),
+            touched_secs: AtomicU64::new(scan::unix_now()),
         });
         CacheStats::bump(&self.stats.published);
         if let Err(err) = self.narinfos.put(up.url(), info) {
@@ -342,12 +345,12 @@ impl NarCache {
               upstream = up.url(), "published");
         // The reservation ends before the entry is counted, so it is not counted twice.
         drop(reservation);
-        let trashed = {
-            let mut st = lock(&self.state);
-            st.admit(hash, entry.clone());
-            self.evict_locked(&mut st, 0)
-        };
-        self.purge(trashed);
+        lock(&self.catalog).admit(hash.clone(), entry.clone());
+        let this = self.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || this.evict_after_publish(&hash)).await
+        {
+            warn!(error = %err, "eviction after publish failed");
+        }
         Ok(entry)
     }
 }
@@ -370,18 +373,35 @@ impl<R: std::io::Read> std::io::Read for CountingReader<R> {
     }
 }
 
+/// Why one download from one substituter failed; each keeps its cause's source chain.
 #[derive(Debug, thiserror::Error)]
 enum DownloadError {
+    /// The substituter or its bytes: the next substituter may do better.
     #[error("{0}")]
-    Remote(String),
+    Remote(#[source] Cause),
+    /// The cache filesystem is full: evicting may help.
     #[error("local disk full: {0}")]
-    NoSpace(String),
+    NoSpace(#[source] Cause),
+    /// The cache filesystem failed otherwise.
     #[error("local disk: {0}")]
-    Local(String),
+    Local(#[source] Cause),
 }
 
 impl DownloadError {
-    fn local(err: LayoutError) -> Self {
-        DownloadError::Local(err.to_string())
+    fn remote(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DownloadError::Remote(Cause::new(err))
     }
+
+    fn local(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DownloadError::Local(Cause::new(err))
+    }
+}
+
+/// Why a narinfo that was served is not used.
+#[derive(Debug, thiserror::Error)]
+enum Rejected {
+    #[error("untrusted narinfo: {0}")]
+    Untrusted(#[source] crate::nix::signature::VerifyError),
+    #[error("NarHash {offered} differs from {pinned} served before")]
+    OtherNarHash { offered: NarHash, pinned: NarHash },
 }

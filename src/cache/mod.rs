@@ -13,18 +13,20 @@
 //!   `gc`. Only `verify` drops a pinned entry, when it is corrupt; the pin stays and the next use
 //!   fetches it again.
 
+mod catalog;
 pub mod contents;
+mod error;
+mod evict;
 mod export;
 mod fetch;
-mod index;
 pub mod layout;
 pub mod manifest;
 mod narinfo_store;
 mod ops;
 mod pins;
 mod prefetch;
-mod quota;
 pub mod renar;
+mod scan;
 pub mod stats;
 pub mod unpack;
 
@@ -42,6 +44,8 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use lru::LruCache;
 
+use self::catalog::Catalog;
+pub use self::error::{CacheError, Cause, Failure};
 use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
 pub use self::ops::{GcReport, VerifyReport};
@@ -104,74 +108,12 @@ impl Entry {
     }
 }
 
-/// Why a store path cannot be served.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum CacheError {
-    /// Every cache answered that it does not have the path.
-    #[error("{0} is not in any configured binary cache")]
-    NotFound(String),
-    /// No cache gave a trusted, verified copy.
-    #[error("no verified copy of {path}: {reasons}")]
-    Unavailable {
-        /// The store path.
-        path: String,
-        /// Each cache's failure, `; `-separated.
-        reasons: String,
-    },
-    /// The path cannot fit in the cache at all.
-    #[error("{path} needs {needed} bytes, more than the cache filesystem's {limit} bytes")]
-    TooLarge {
-        /// The store path.
-        path: String,
-        /// Its NarSize.
-        needed: u64,
-        /// Size of the cache filesystem.
-        limit: u64,
-    },
-    /// The path is pinned, so it cannot be evicted.
-    #[error("{0} is pinned; unpin it first")]
-    Pinned(String),
-    /// A prefetch gave up: the path does not fit without evicting. Readers never see this.
-    #[error("{0} was not prefetched: no room without evicting")]
-    NoRoomToPrefetch(String),
-    /// The local disk failed us.
-    #[error("local cache failure for {path}: {reason}")]
-    Local {
-        /// The store path.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
 type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Entry>, CacheError>>>;
 
 /// A fetch running now, and whether a reader waits for it (else it is a prefetch).
 struct InFlight {
     fetch: SharedFetch,
     wanted: Arc<AtomicBool>,
-}
-
-struct State {
-    lru: LruCache<String, Arc<Entry>>,
-    used_bytes: u64,
-    reserved_bytes: u64,
-    /// Bytes of evicted entries in `trash/` not yet deleted: free space soon, not yet.
-    trash_bytes: u64,
-    /// Pinned store paths by hash part: never evicted (see pins.rs).
-    pins: HashMap<String, StorePath>,
-    /// Bumped whenever a path joins or leaves `lru`: the mount root's listing changed.
-    generation: u64,
-}
-
-impl State {
-    /// Adds `entry` to the cached paths (most recently used), counting its bytes; a new
-    /// generation, since the mount root's listing changed.
-    fn admit(&mut self, hash: String, entry: Arc<Entry>) {
-        self.used_bytes += entry.manifest.disk_bytes;
-        self.lru.put(hash, entry);
-        self.generation += 1;
-    }
 }
 
 /// The cache. Cheap to share: wrap it in an `Arc`.
@@ -181,11 +123,17 @@ pub struct NarCache {
     upstreams: UpstreamSet,
     /// The same, ordered by nix-cache-info Priority, asked for at the first fetch (like Nix):
     /// a restart that serves only cached paths sends no request at all.
-    ordered: tokio::sync::OnceCell<Result<UpstreamSet, String>>,
+    ordered: tokio::sync::OnceCell<Result<UpstreamSet, Cause>>,
     keys: TrustedKeys,
     config: CacheConfig,
     narinfos: narinfo_store::NarInfoStore,
-    state: Mutex<State>,
+    /// What is cached, in memory. Held only for in-memory work, never across I/O: every READ of
+    /// a cached file takes it (to mark its path used).
+    catalog: Mutex<Catalog>,
+    /// Serialises moves of entry directories (publish into `entries/`, eviction out of it), so
+    /// a path evicted and fetched again never finds its old directory still in place. Held
+    /// across renames; readers never take it.
+    moves: Mutex<()>,
     inflight: Mutex<HashMap<String, InFlight>>,
     negative: Mutex<LruCache<String, Instant>>,
     prefetcher: Prefetcher,
@@ -216,14 +164,8 @@ impl NarCache {
         let pins = pins::load(&layout.root().join(layout::PINS_DIR))?;
         let negative_cap = NonZeroUsize::new(NEGATIVE_CACHE_ENTRIES).expect("non-zero constant");
         let cache = Arc::new(Self {
-            state: Mutex::new(State {
-                lru: LruCache::unbounded(),
-                used_bytes: 0,
-                reserved_bytes: 0,
-                trash_bytes: 0,
-                pins,
-                generation: 0,
-            }),
+            catalog: Mutex::new(Catalog::new(pins)),
+            moves: Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
             prefetcher: Prefetcher::new(config.prefetch_jobs),
@@ -247,19 +189,26 @@ impl NarCache {
 
     /// The entry for `sp` if it is cached now (no network), marking it recently used.
     pub fn cached(&self, sp: &StorePath) -> Option<Arc<Entry>> {
-        let entry =
-            lock(&self.state).lru.get(&sp.hash_part()).filter(|e| e.store_path == *sp).cloned();
+        let entry = lock(&self.catalog).get(&sp.hash_part()).filter(|e| e.store_path == *sp);
         if let Some(entry) = &entry {
             self.touch(entry);
         }
         entry
     }
 
+    /// Marks `sp` as used now (a read of one of its files), if it is cached: moves it to the
+    /// front of the LRU, in memory and, at most once a minute, on disk. Takes the catalog's lock
+    /// for an O(1) update only, so it never waits for an eviction's or a download's I/O. False
+    /// when `sp` is not cached.
+    pub fn mark_used(&self, sp: &StorePath) -> bool {
+        self.cached(sp).is_some()
+    }
+
     /// The entry for `sp`, fetched and verified from the substituters if needed.
     pub async fn get(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
         CacheStats::bump(&self.stats.lookups);
         let hash = sp.hash_part();
-        let mut found = lock(&self.state).lru.get(&hash).cloned();
+        let mut found = lock(&self.catalog).get(&hash);
         if found.is_none() && !self.scan_complete.load(Ordering::Acquire) {
             // Start-up scan still running: the entry may be on disk, not yet in memory.
             found = self.load_now(&hash).await;
@@ -312,7 +261,7 @@ impl NarCache {
         let mut inflight = lock(&self.inflight);
         // A fetch publishes its entry before it leaves `inflight`: checked in this order, under
         // the inflight lock, a path just fetched is not fetched again.
-        if inflight.contains_key(&hash) || lock(&self.state).lru.contains(&hash) {
+        if inflight.contains_key(&hash) || lock(&self.catalog).contains(&hash) {
             return None;
         }
         Some(self.spawn_fetch(&mut inflight, sp, false))
@@ -337,9 +286,7 @@ impl NarCache {
         });
         let path = sp.to_string();
         let fetch = async move {
-            task.await.unwrap_or_else(|e| {
-                Err(CacheError::Local { path, reason: format!("fetch task: {e}") })
-            })
+            task.await.unwrap_or_else(|e| Err(CacheError::Local { path, cause: Cause::new(e) }))
         }
         .boxed()
         .shared();
@@ -349,23 +296,23 @@ impl NarCache {
 
     /// Entries cached now, most recently used first.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
-        lock(&self.state).lru.iter().map(|(_, e)| e.clone()).collect()
+        lock(&self.catalog).entries()
     }
 
     /// How many store paths are cached.
     pub fn entry_count(&self) -> usize {
-        lock(&self.state).lru.len()
+        lock(&self.catalog).len()
     }
 
     /// A number that changes whenever the set of cached paths changes (the mount root's mtime
     /// is derived from it, so the kernel drops its copy of the root's listing).
     pub fn generation(&self) -> u64 {
-        lock(&self.state).generation
+        lock(&self.catalog).generation()
     }
 
     /// Bytes the cache holds on disk now.
     pub fn used_bytes(&self) -> u64 {
-        lock(&self.state).used_bytes
+        lock(&self.catalog).used_bytes()
     }
 
     /// The configured size limit.
@@ -383,8 +330,8 @@ impl NarCache {
         let get = CacheStats::get;
         let s = &self.stats;
         let (cache_bytes, cached_paths) = {
-            let st = lock(&self.state);
-            (st.used_bytes, st.lru.len() as u64)
+            let cat = lock(&self.catalog);
+            (cat.used_bytes(), cat.len() as u64)
         };
         let (lookups, hits) = (get(&s.lookups), get(&s.hits));
         Snapshot {

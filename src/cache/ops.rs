@@ -6,9 +6,9 @@ use std::collections::{HashSet, VecDeque};
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use super::quota::Trashed;
+use super::evict::Victims;
 use super::renar;
-use super::{CacheError, Entry, NarCache};
+use super::{CacheError, Cause, Entry, NarCache};
 use crate::nix::hash::NarHash;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, lock};
@@ -139,33 +139,18 @@ impl NarCache {
         paths: &[StorePath],
     ) -> Vec<(StorePath, Result<bool, CacheError>)> {
         self.wait_scanned().await;
-        let mut out = Vec::with_capacity(paths.len());
-        let mut trashed = Vec::new();
-        {
-            let mut st = lock(&self.state);
-            for sp in paths {
-                let hash = sp.hash_part();
-                let result = if st.pins.get(&hash) == Some(sp) {
-                    Err(CacheError::Pinned(sp.to_string()))
-                } else if st.lru.peek(&hash).is_none_or(|e| e.store_path != *sp) {
-                    Ok(false)
-                } else {
-                    match self.evict_hash(&mut st, &hash) {
-                        Ok(Some(trash)) => {
-                            trashed.push(trash);
-                            Ok(true)
-                        }
-                        Ok(None) => Ok(false),
-                        Err(err) => {
-                            Err(CacheError::Local { path: sp.to_string(), reason: err.to_string() })
-                        }
-                    }
+        let (this, list) = (self.clone(), paths.to_vec());
+        let results = tokio::task::spawn_blocking(move || this.evict_paths_blocking(&list))
+            .await
+            .unwrap_or_else(|join| {
+                let cause = Cause::new(join);
+                let err = |sp: &StorePath| CacheError::Local {
+                    path: sp.to_string(),
+                    cause: cause.clone(),
                 };
-                out.push((sp.clone(), result));
-            }
-        }
-        self.purge(trashed);
-        out
+                paths.iter().map(|sp| Err(err(sp))).collect()
+            });
+        paths.iter().cloned().zip(results).collect()
     }
 
     /// Evicts unpinned entries, least recently used first, until the cache holds at most
@@ -173,21 +158,29 @@ impl NarCache {
     pub async fn gc(self: &Arc<Self>, to_bytes: Option<u64>) -> GcReport {
         self.wait_scanned().await;
         let target = to_bytes.unwrap_or(0);
-        let (report, trashed) = {
-            let mut st = lock(&self.state);
-            let mut report = GcReport::default();
-            let mut trashed: Trashed = Vec::new();
-            while st.used_bytes > target {
-                let Some(trash) = self.evict_one(&mut st, false) else { break };
-                report.evicted += 1;
-                report.freed_bytes += trash.1;
-                trashed.push(trash);
-            }
-            report.used_bytes = st.used_bytes;
-            report.pinned_kept = st.lru.iter().filter(|(k, _)| st.pins.contains_key(*k)).count();
-            (report, trashed)
+        let this = self.clone();
+        // One victim at a time, each taken out of the catalog under its lock and renamed after
+        // releasing it: reads of cached files never wait for the renames.
+        let gc = move || {
+            let trashed = this.evict_until(Victims::Oldest, |_, cat, _| cat.used_bytes() <= target);
+            let cat = lock(&this.catalog);
+            let report = GcReport {
+                evicted: trashed.len(),
+                freed_bytes: trashed.iter().map(|(_, bytes)| bytes).sum(),
+                used_bytes: cat.used_bytes(),
+                pinned_kept: cat.pinned_cached(),
+            };
+            drop(cat);
+            this.purge(trashed);
+            report
         };
-        self.purge(trashed);
+        let report = match tokio::task::spawn_blocking(gc).await {
+            Ok(report) => report,
+            Err(join) => {
+                warn!(error = %join, "gc task failed");
+                GcReport { used_bytes: self.used_bytes(), ..GcReport::default() }
+            }
+        };
         info!(evicted = report.evicted, freed_bytes = report.freed_bytes, "gc done");
         report
     }
@@ -205,10 +198,10 @@ impl NarCache {
                 all
             }
             Some(paths) => {
-                let st = lock(&self.state);
+                let cat = lock(&self.catalog);
                 let mut found = Vec::new();
                 for sp in paths {
-                    match st.lru.peek(&sp.hash_part()).filter(|e| e.store_path == *sp) {
+                    match cat.peek(&sp.hash_part()).filter(|e| e.store_path == *sp) {
                         Some(e) => found.push(e.clone()),
                         None => report.missing.push(sp.clone()),
                     }
@@ -230,22 +223,25 @@ impl NarCache {
                 Ok(Err(problem)) => problem,
                 Err(join) => format!("verify task: {join}"),
             };
-            let mut st = lock(&self.state);
             // Only this very entry is judged: evicted (its files moved to trash/) or replaced
             // while it was being read, it is gone rather than corrupt.
             let hash = entry.store_path.hash_part();
-            if !st.lru.peek(&hash).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-                report.missing.push(entry.store_path.clone());
-                continue;
-            }
-            warn!(store_path = %entry.store_path, problem, "corrupt cache entry; evicting");
-            match self.evict_hash(&mut st, &hash) {
-                Ok(Some(trash)) => trashed.push(trash),
-                Ok(None) => {}
-                Err(err) => {
+            let evicted = {
+                let (this, entry) = (self.clone(), entry.clone());
+                tokio::task::spawn_blocking(move || this.evict_entry(&hash, Some(&entry))).await
+            };
+            match evicted {
+                Ok(Ok(Some(trash))) => trashed.push(trash),
+                Ok(Ok(None)) => {
+                    report.missing.push(entry.store_path.clone());
+                    continue;
+                }
+                Ok(Err(err)) => {
                     warn!(store_path = %entry.store_path, error = %err, "cannot evict corrupt entry")
                 }
+                Err(join) => warn!(store_path = %entry.store_path, error = %join, "evict task"),
             }
+            warn!(store_path = %entry.store_path, problem, "corrupt cache entry; evicted");
             report.corrupt.push((entry.store_path.clone(), problem));
         }
         self.purge(trashed);

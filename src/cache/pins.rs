@@ -40,7 +40,7 @@ impl NarCache {
     }
 
     fn local_err(sp: &StorePath, action: &str, err: io::Error) -> CacheError {
-        CacheError::Local { path: sp.to_string(), reason: format!("{action}: {err}") }
+        CacheError::local(sp, io::Error::new(err.kind(), format!("{action}: {err}")))
     }
 
     /// Pins each path: it is fetched if it is not cached yet, and is never evicted after that.
@@ -60,8 +60,8 @@ impl NarCache {
     async fn pin_one(self: &Arc<Self>, sp: &StorePath) -> Result<(), CacheError> {
         let hash = sp.hash_part();
         let was_pinned = {
-            let st = lock(&self.state);
-            match st.pins.get(&hash) {
+            let cat = lock(&self.catalog);
+            match cat.pin_of(&hash) {
                 Some(other) if other != sp => {
                     return Err(CacheError::NotFound(sp.to_string()));
                 }
@@ -71,7 +71,7 @@ impl NarCache {
         if !was_pinned {
             fs::File::create(self.pin_file(sp))
                 .map_err(|e| Self::local_err(sp, "cannot record pin", e))?;
-            lock(&self.state).pins.insert(hash, sp.clone());
+            lock(&self.catalog).pin(sp.clone());
         }
         match self.get(sp).await {
             Ok(_) => {
@@ -94,7 +94,7 @@ impl NarCache {
 
     fn unpin_one(&self, sp: &StorePath) -> Result<bool, CacheError> {
         let hash = sp.hash_part();
-        if lock(&self.state).pins.get(&hash) != Some(sp) {
+        if lock(&self.catalog).pin_of(&hash) != Some(sp) {
             return Ok(false);
         }
         match fs::remove_file(self.pin_file(sp)) {
@@ -102,20 +102,20 @@ impl NarCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Self::local_err(sp, "cannot remove pin", e)),
         }
-        lock(&self.state).pins.remove(&hash);
+        lock(&self.catalog).unpin(&hash);
         Ok(true)
     }
 
     /// The pinned paths, sorted.
     pub fn pinned(&self) -> Vec<StorePath> {
-        let mut out: Vec<StorePath> = lock(&self.state).pins.values().cloned().collect();
+        let mut out: Vec<StorePath> = lock(&self.catalog).pins().cloned().collect();
         out.sort_by_key(|sp| sp.to_absolute_path());
         out
     }
 
     /// Whether `sp` is pinned.
     pub fn is_pinned(&self, sp: &StorePath) -> bool {
-        lock(&self.state).pins.get(&sp.hash_part()) == Some(sp)
+        lock(&self.catalog).pin_of(&sp.hash_part()) == Some(sp)
     }
 }
 

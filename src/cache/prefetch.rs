@@ -64,7 +64,7 @@ impl NarCache {
 
     /// Whether `hash` is neither cached (as far as memory knows), being fetched nor known absent.
     fn worth_prefetching(&self, hash: &str) -> bool {
-        !lock(&self.state).lru.contains(hash)
+        !lock(&self.catalog).contains(hash)
             && !lock(&self.inflight).contains_key(hash)
             && !self.negative_hit(hash)
     }
@@ -135,7 +135,12 @@ mod tests {
         publish_refs(up, &k, &a, &tree("a", 10), &[&a, &b]);
         let cache = fx.open();
         cache.get(&a).await.unwrap();
-        until("b and c cached", || cache.cached(&b).is_some() && cache.cached(&c).is_some()).await;
+        // A prefetch is counted when its fetch returns, a moment after the path is cached.
+        let done = || CacheStats::get(&cache.stats.prefetched) == 2;
+        until("b and c prefetched", || {
+            cache.cached(&b).is_some() && cache.cached(&c).is_some() && done()
+        })
+        .await;
         assert_eq!(up.requests(), (3, 3), "one narinfo and one NAR per path");
         assert_eq!(CacheStats::get(&cache.stats.prefetched), 2);
         cache.get(&c).await.unwrap();

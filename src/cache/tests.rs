@@ -36,6 +36,29 @@ pub(crate) fn tree(marker: &str, bytes: usize) -> NarNode {
     ])
 }
 
+/// An entry of `path` holding `disk_bytes`, for bookkeeping tests (nothing on disk).
+pub(crate) fn entry_for_tests(path: &StorePath, disk_bytes: u64) -> Arc<Entry> {
+    let text = format!(
+        "StorePath: {}\nURL: nar/x.nar\nCompression: none\nNarHash: {}\nNarSize: 8\n\
+         References: \n",
+        path.to_absolute_path(),
+        NarHash::from_digest([0; 32])
+    );
+    let narinfo = NarInfo::parse(text.as_bytes()).unwrap();
+    let manifest = manifest::Manifest {
+        narinfo: text,
+        disk_bytes,
+        nodes: vec![manifest::Node::File { parent: 0, executable: false, size: 0, packed: None }],
+    };
+    Arc::new(Entry {
+        store_path: path.clone(),
+        narinfo,
+        manifest,
+        dir: std::path::PathBuf::from("/nonexistent"),
+        touched_secs: AtomicU64::new(0),
+    })
+}
+
 /// Signs and publishes `tree` as `path` in `up`; returns the NAR bytes.
 pub(crate) fn publish(
     up: &MockUpstream,

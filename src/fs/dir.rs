@@ -53,8 +53,8 @@ impl StoreFs {
         }
         let entries = self.cache.entries();
         let mut listing: Vec<(u64, Arc<Entry>)> = {
-            let mut slots = lock(&self.slots);
-            entries.into_iter().map(|e| (slots.slot_of(&e.store_path), e)).collect()
+            let mut paths = self.write_paths();
+            entries.into_iter().map(|e| (paths.slot_of(&e.store_path), e)).collect()
         };
         listing.sort_by_key(|(slot, _)| *slot);
         let listing = Arc::new(listing);

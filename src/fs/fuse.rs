@@ -11,7 +11,6 @@
 //! on the session thread from memory or the local disk: a hop to another thread would cost more
 //! than the work.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -26,10 +25,11 @@ use fuser::{
 use tokio::runtime::Handle;
 use tracing::{Level, debug, event, info, warn};
 
-use super::StoreFs;
 use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
+use super::passthrough::Backing;
+use super::{Answer, StoreFs};
+use crate::sync::Arc;
 
 /// Largest read the kernel may send us at once.
 const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
@@ -39,82 +39,28 @@ const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
 pub struct FuseAdapter {
     fs: Arc<StoreFs>,
     rt: Handle,
-    backing: Arc<Backing>,
+    backing: Arc<Backing<BackingId>>,
     /// The kernel needs an answer to OPENDIR (it lacks `FUSE_NO_OPENDIR_SUPPORT`).
     opendirs: bool,
-}
-
-/// Kernel FUSE passthrough (Linux >= 6.9): an open file is backed by its cache file, and the
-/// kernel reads it directly, at local-disk speed, without a round trip through the daemon. The
-/// kernel wants one backing id per inode for all of its open handles, so ids are shared and
-/// counted; the last release closes the id.
-#[derive(Debug, Default)]
-struct Backing {
-    /// Wanted by the configuration (`--passthrough`).
-    wanted: bool,
-    /// Granted by the kernel at init, and not found unusable since.
-    enabled: AtomicBool,
-    /// OPENs are answered: passthrough is on, or the kernel lacks `FUSE_NO_OPEN_SUPPORT`.
-    /// Otherwise they get ENOSYS and the kernel sends no more (see `open`).
-    opens: AtomicBool,
-    /// The kernel accepts ENOSYS for OPEN (`FUSE_NO_OPEN_SUPPORT`).
-    can_skip_opens: AtomicBool,
-    /// Backing id and open handles per inode.
-    by_ino: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
-    /// The inode of each passthrough handle.
-    by_fh: Mutex<HashMap<u64, u64>>,
-}
-
-impl Backing {
-    /// The backing id for `ino`: the one its open handles share, else (when passthrough is still
-    /// enabled and the file has a cache file of its own) a new one registering `file` with the
-    /// kernel. None: open without passthrough. An inode with passthrough handles must get
-    /// passthrough for every further open too (the kernel fails a mixed open with EIO), even
-    /// after passthrough was switched off, or when its path was fetched again with the file now
-    /// in a pack: the shared backing file holds the same bytes.
-    fn acquire(
-        &self,
-        ino: u64,
-        fh: u64,
-        reply: &ReplyOpen,
-        file: Option<&File>,
-    ) -> std::io::Result<Option<Arc<BackingId>>> {
-        let mut by_ino = lock(&self.by_ino);
-        let id = match (by_ino.get_mut(&ino), file) {
-            (Some((id, opens)), _) => {
-                *opens += 1;
-                id.clone()
-            }
-            (None, Some(file)) if self.enabled.load(Ordering::Relaxed) => {
-                let id = Arc::new(reply.open_backing(file)?);
-                by_ino.insert(ino, (id.clone(), 1));
-                id
-            }
-            (None, _) => return Ok(None),
-        };
-        lock(&self.by_fh).insert(fh, ino);
-        Ok(Some(id))
-    }
-
-    /// Forgets handle `fh`; the inode's backing id closes with its last handle.
-    fn release(&self, fh: u64) {
-        let Some(ino) = lock(&self.by_fh).remove(&fh) else { return };
-        let mut by_ino = lock(&self.by_ino);
-        if let Some((_, opens)) = by_ino.get_mut(&ino) {
-            *opens -= 1;
-            if *opens == 0 {
-                by_ino.remove(&ino);
-            }
-        }
-    }
 }
 
 impl FuseAdapter {
     /// Serves `fs`, running request handlers on the runtime behind `rt`; with `passthrough`, open
     /// files are read by the kernel directly where the kernel allows it.
     pub fn new(fs: Arc<StoreFs>, rt: Handle, passthrough: bool) -> Self {
-        let backing = Backing { wanted: passthrough, ..Backing::default() };
-        Self { fs, rt, backing: Arc::new(backing), opendirs: false }
+        Self { fs, rt, backing: Arc::new(Backing::new(passthrough)), opendirs: false }
+    }
+
+    /// Replies with `answer` now, or from a task once its fetch is done.
+    fn respond<T: Send + 'static>(
+        &self,
+        answer: Answer<T>,
+        reply: impl FnOnce(Result<T, FsError>) + Send + 'static,
+    ) {
+        match answer {
+            Answer::Now(result) => reply(result),
+            Answer::AfterFetch(later) => drop(self.rt.spawn(async move { reply(later.await) })),
+        }
     }
 }
 
@@ -157,9 +103,10 @@ fn file_type(kind: Kind) -> FileType {
 /// Every file with a cache file of its own gets passthrough. Small files (at most
 /// `PACK_MAX_FILE_BYTES`) are ranges of their entry's pack file, which cannot back a handle:
 /// the daemon reads them.
-fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: ReplyOpen) {
+fn reply_opened(fs: &StoreFs, backing: &Backing<BackingId>, ino: u64, fh: u64, reply: ReplyOpen) {
     if let Some(contents) = fs.file(fh) {
-        match backing.acquire(ino, fh, &reply, contents.own_file()) {
+        let register = |file: &File| reply.open_backing(file);
+        match backing.acquire(ino, fh, contents.own_file(), register) {
             // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
             // passthrough reads use the cache file's own page cache anyway.
             Ok(Some(id)) => {
@@ -167,15 +114,8 @@ fn reply_opened(fs: &StoreFs, backing: &Backing, ino: u64, fh: u64, reply: Reply
             }
             Ok(None) => {}
             Err(err) => {
-                // E.g. cache files on a stacked filesystem: say so once, and from now on open
-                // files without a round trip where the kernel allows it (`open`); not while
-                // passthrough handles are open, whose inodes must not get a plain open.
-                backing.enabled.store(false, Ordering::Relaxed);
-                if backing.can_skip_opens.load(Ordering::Relaxed)
-                    && lock(&backing.by_ino).is_empty()
-                {
-                    backing.opens.store(false, Ordering::Relaxed);
-                }
+                // E.g. cache files on a stacked filesystem: say so once.
+                backing.refused();
                 warn!(error = %err, "FUSE passthrough refused; reads go through the daemon");
             }
         }
@@ -216,27 +156,21 @@ impl Filesystem for FuseAdapter {
         }
         // Passthrough needs a stacking depth: 1 keeps the mount usable as an overlayfs lower
         // layer and requires cache files on a non-stacked filesystem (else opens fall back).
-        if self.backing.wanted
+        let granted = self.backing.wanted()
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
-        {
-            self.backing.enabled.store(true, Ordering::Relaxed);
-            self.backing.opens.store(true, Ordering::Relaxed);
+            && config.set_max_stack_depth(1).is_ok();
+        if granted {
             info!("FUSE passthrough on: each open asks the daemon, the kernel reads cache files");
-        } else if self.backing.wanted {
+        } else if self.backing.wanted() {
             warn!("FUSE passthrough unavailable (kernel < 6.9?); files open without it");
         }
         // A kernel without FUSE_NO_OPEN_SUPPORT (before 4.19) or FUSE_NO_OPENDIR_SUPPORT (before
         // 5.1) would fail an open answered ENOSYS: it gets the classic answers.
         let caps = config.capabilities();
-        let can_skip_opens = caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
-        self.backing.can_skip_opens.store(can_skip_opens, Ordering::Relaxed);
-        if !can_skip_opens {
-            self.backing.opens.store(true, Ordering::Relaxed);
-        }
+        self.backing.negotiated(granted, caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT));
         self.opendirs = !caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
-        if !self.backing.opens.load(Ordering::Relaxed) {
+        if !self.backing.answers_opens() {
             info!("files open without a round trip; the kernel page cache keeps their data");
         }
         debug!("fuse session initialised");
@@ -244,20 +178,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        // Inside a store path the answer is in memory: reply at once. Only a name in the mount
-        // root may need a fetch, so only those run as tasks.
-        if let Some(found) = self.fs.lookup_local(parent.0, name.as_bytes()) {
-            return match found {
-                Ok(l) => reply.entry(&l.ttl, &to_file_attr(&l.attr), Generation(0)),
-                Err(err) => reply.error(fail("lookup", parent.0, &err)),
-            };
-        }
-        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        self.rt.spawn(async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(l) => reply.entry(&l.ttl, &to_file_attr(&l.attr), Generation(0)),
-                Err(err) => reply.error(fail("lookup", parent.0, &err)),
-            }
+        self.respond(self.fs.lookup(parent.0, name.as_bytes()), move |found| match found {
+            Ok(l) => reply.entry(&l.ttl, &to_file_attr(&l.attr), Generation(0)),
+            Err(err) => reply.error(fail("lookup", parent.0, &err)),
         });
     }
 
@@ -280,26 +203,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if !self.backing.opens.load(Ordering::Relaxed) {
+        if !self.backing.answers_opens() {
             // ENOSYS: the kernel opens this file and every later one by itself (`fc->no_open`),
             // keeping their page cache (FOPEN_KEEP_CACHE); the mount is read-only (MS_RDONLY),
             // so the VFS refuses any write access before it gets here.
             return reply.error(Errno::ENOSYS);
         }
-        // A cached file opens at once, here; only an evicted one waits for a fetch, on tokio.
-        match self.fs.open_cached(ino.0, flags.0) {
-            Ok(Some(fh)) => reply_opened(&self.fs, &self.backing, ino.0, fh, reply),
-            Ok(None) => {
-                let (fs, backing) = (self.fs.clone(), self.backing.clone());
-                self.rt.spawn(async move {
-                    match fs.open(ino.0, flags.0).await {
-                        Ok(fh) => reply_opened(&fs, &backing, ino.0, fh, reply),
-                        Err(err) => reply.error(fail("open", ino.0, &err)),
-                    }
-                });
-            }
+        let (fs, backing) = (self.fs.clone(), self.backing.clone());
+        self.respond(self.fs.open(ino.0, flags.0), move |opened| match opened {
+            Ok(fh) => reply_opened(&fs, &backing, ino.0, fh, reply),
             Err(err) => reply.error(fail("open", ino.0, &err)),
-        }
+        });
     }
 
     fn read(
@@ -314,26 +228,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         // A pread of a local cache file: cheaper here than a hop to a blocking-pool thread.
-        // Handle 0: no OPEN was sent (see `open`), the read names the inode alone.
-        if fh.0 == 0 {
-            return match self.fs.read_ino_cached(ino.0, offset, size) {
-                Ok(Some(data)) => reply.data(&data),
-                Ok(None) => {
-                    let fs = self.fs.clone();
-                    self.rt.spawn(async move {
-                        match fs.read_ino(ino.0, offset, size).await {
-                            Ok(data) => reply.data(&data),
-                            Err(err) => reply.error(fail("read", ino.0, &err)),
-                        }
-                    });
-                }
-                Err(err) => reply.error(fail("read", ino.0, &err)),
-            };
-        }
-        match self.fs.read(fh.0, offset, size) {
+        // Handle 0 (`NO_HANDLE`): no OPEN was sent (see `open`), the read names the inode alone.
+        self.respond(self.fs.read(ino.0, fh.0, offset, size), move |data| match data {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(fail("read", ino.0, &err)),
-        }
+        });
     }
 
     fn release(

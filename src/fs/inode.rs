@@ -15,6 +15,9 @@ use crate::nix::store_path::StorePath;
 pub const ROOT_INO: u64 = 1;
 /// Bits of an inode number that hold the node id within its store path.
 pub const NODE_BITS: u32 = 24;
+// Every node id the cache admits must fit in an inode number.
+const _: () = assert!(crate::cache::unpack::MAX_NODES <= 1 << NODE_BITS);
+
 /// Bits that hold the store path's slot.
 pub const SLOT_BITS: u32 = 40;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;

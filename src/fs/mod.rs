@@ -10,6 +10,8 @@ mod dir;
 pub mod error;
 pub mod fuse;
 pub mod inode;
+mod passthrough;
+mod paths;
 pub mod session;
 
 #[cfg(test)]
@@ -17,12 +19,15 @@ mod tests;
 
 use std::collections::HashMap;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use tracing::debug;
 
 use self::attr::{Attr, IMMUTABLE_TTL, Kind, ROOT_TTL, node_attr, root_attr};
 use self::dir::RootListing;
 use self::error::FsError;
-use self::inode::{Inode, SlotTable};
+use self::inode::Inode;
+use self::paths::PathTable;
 use crate::cache::contents::FileContents;
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
 use crate::cache::stats::CacheStats;
@@ -30,6 +35,9 @@ use crate::cache::{Entry, NarCache};
 use crate::nix::nar::NodeId;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock, lock};
+
+/// The file handle of a READ sent without an OPEN (see `fuse.rs`): the read names the inode.
+pub const NO_HANDLE: u64 = 0;
 
 /// A looked-up name: its attributes and how long the kernel may keep them.
 #[derive(Clone, Copy, Debug)]
@@ -62,17 +70,62 @@ pub struct FsStats {
     pub paths: u64,
 }
 
+/// The answer to a request that may need a fetch: ready now (from memory or the local disk, cheap
+/// enough for a FUSE session thread), or only once a fetch finished (a future for the runtime).
+#[must_use]
+pub enum Answer<T> {
+    /// Answered.
+    Now(Result<T, FsError>),
+    /// Answered when this future resolves; it fetches first.
+    AfterFetch(BoxFuture<'static, Result<T, FsError>>),
+}
+
+impl<T: Send + 'static> Answer<T> {
+    /// The result, waiting for the fetch if there is one.
+    pub async fn wait(self) -> Result<T, FsError> {
+        match self {
+            Answer::Now(result) => result,
+            Answer::AfterFetch(later) => later.await,
+        }
+    }
+
+    /// Applies `f` to the value, now or after the fetch.
+    fn and_then<U: Send + 'static>(
+        self,
+        f: impl FnOnce(T) -> Result<U, FsError> + Send + 'static,
+    ) -> Answer<U> {
+        match self {
+            Answer::Now(result) => Answer::Now(result.and_then(f)),
+            Answer::AfterFetch(later) => Answer::AfterFetch(later.map(|r| r.and_then(f)).boxed()),
+        }
+    }
+
+    /// True when the answer is ready without a fetch.
+    pub fn is_now(&self) -> bool {
+        matches!(self, Answer::Now(_))
+    }
+}
+
+impl<T> std::fmt::Debug for Answer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if matches!(self, Answer::Now(_)) {
+            "Answer::Now"
+        } else {
+            "Answer::AfterFetch"
+        })
+    }
+}
+
 /// The read-only store filesystem.
+///
+/// One method per kernel operation. Those that may have to fetch (`lookup`, `open`, `read`)
+/// return an `Answer`: the FUSE adapter replies at once to `Answer::Now` and runs
+/// `Answer::AfterFetch` on the async runtime. The others always answer from memory.
 #[derive(Debug)]
 pub struct StoreFs {
     cache: Arc<NarCache>,
-    slots: Mutex<SlotTable>,
-    /// Manifests of the paths the kernel knows inodes of; kept after eviction so metadata stays
-    /// answerable (it is immutable) while data reopens trigger a re-fetch.
-    paths: RwLock<HashMap<u64, Arc<Entry>>>,
-    /// Kernel references (lookups not yet forgotten) per slot; at zero the manifest is dropped,
-    /// which bounds memory by what the kernel holds, not by what was ever looked up.
-    lookups: Mutex<HashMap<u64, u64>>,
+    /// Slots, and the paths the kernel holds inodes of.
+    paths: RwLock<PathTable>,
     /// Open files.
     files: Mutex<HashMap<u64, Arc<FileContents>>>,
     /// The mount root's listing and the cache generation it was taken at.
@@ -85,9 +138,7 @@ impl StoreFs {
     pub fn new(cache: Arc<NarCache>) -> Self {
         Self {
             cache,
-            slots: Mutex::new(SlotTable::default()),
-            paths: RwLock::new(HashMap::new()),
-            lookups: Mutex::new(HashMap::new()),
+            paths: RwLock::new(PathTable::default()),
             files: Mutex::new(HashMap::new()),
             root_listing: Mutex::new(None),
             next_handle: AtomicU64::new(1),
@@ -99,29 +150,32 @@ impl StoreFs {
         &self.cache
     }
 
-    /// Looks up `name` in directory `parent`.
-    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Lookup, FsError> {
-        match self.inode(parent)? {
-            Inode::Root => {
-                // Not a store path name: no network request, ever.
-                let sp = StorePath::from_basename(name)
-                    .map_err(|_| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-                let entry = self.cache.get(&sp).await?;
-                let slot = self.hold(&entry, 1, true);
-                let ino = Inode::Node { slot, node: ROOT_NODE }.ino();
-                Ok(Lookup { attr: attr_of(&entry.manifest, ino, ROOT_NODE)?, ttl: IMMUTABLE_TTL })
-            }
-            Inode::Node { slot, node } => self.lookup_in_path(parent, slot, node, name),
-        }
-    }
-
-    /// `lookup`, when it needs no fetch: inside a store path, whose manifest is in memory. None
-    /// in the mount root, where a name may have to be fetched first.
-    pub fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Result<Lookup, FsError>> {
+    /// Looks up `name` in directory `parent`. Inside a store path the answer is in memory; a
+    /// name in the mount root may have to be fetched first.
+    pub fn lookup(self: &Arc<Self>, parent: u64, name: &[u8]) -> Answer<Lookup> {
         match self.inode(parent) {
-            Ok(Inode::Root) => None,
-            Ok(Inode::Node { slot, node }) => Some(self.lookup_in_path(parent, slot, node, name)),
-            Err(err) => Some(Err(err)),
+            Err(err) => Answer::Now(Err(err)),
+            Ok(Inode::Node { slot, node }) => {
+                Answer::Now(self.lookup_in_path(parent, slot, node, name))
+            }
+            Ok(Inode::Root) => {
+                // Not a store path name: no network request, ever.
+                let sp = match StorePath::from_basename(name) {
+                    Ok(sp) => sp,
+                    Err(_) => {
+                        let name = String::from_utf8_lossy(name).into_owned();
+                        return Answer::Now(Err(FsError::NotFound(name)));
+                    }
+                };
+                let this = self.clone();
+                Answer::AfterFetch(Box::pin(async move {
+                    let entry = this.cache.get(&sp).await?;
+                    let slot = this.hold(&entry, 1, true);
+                    let ino = Inode::Node { slot, node: ROOT_NODE }.ino();
+                    let attr = attr_of(&entry.manifest, ino, ROOT_NODE)?;
+                    Ok(Lookup { attr, ttl: IMMUTABLE_TTL })
+                }))
+            }
         }
     }
 
@@ -152,15 +206,8 @@ impl StoreFs {
     /// referenced any more, its manifest is released (it is reloaded on the next lookup).
     pub fn forget(&self, ino: u64, nlookup: u64) {
         let Some(Inode::Node { slot, .. }) = Inode::from_ino(ino) else { return };
-        let mut lookups = lock(&self.lookups);
-        let Some(count) = lookups.get_mut(&slot) else { return };
-        *count = count.saturating_sub(nlookup);
-        if *count == 0 {
-            lookups.remove(&slot);
-            let mut paths = self.paths.write().expect("paths lock poisoned by an earlier panic");
-            if let Some(entry) = paths.remove(&slot) {
-                debug!(store_path = %entry.store_path, "kernel forgot the path; manifest released");
-            }
+        if let Some(entry) = self.write_paths().forget(slot, nlookup) {
+            debug!(store_path = %entry.store_path, "kernel forgot the path; manifest released");
         }
     }
 
@@ -185,42 +232,56 @@ impl StoreFs {
         }
     }
 
-    /// Opens regular file `ino` for reading if its path is still cached, without waiting:
-    /// `Ok(None)` means it was evicted and `open` must fetch it again. Write access is EROFS.
-    pub fn open_cached(&self, ino: u64, flags: i32) -> Result<Option<u64>, FsError> {
-        read_only(flags)?;
-        Ok(self.contents_cached(ino)?.map(|contents| self.add_handle(contents)))
+    /// Opens regular file `ino` for reading, returning a handle; any write access is EROFS.
+    /// Fetches its path again if it was evicted since it was looked up (same NarHash, same tree).
+    pub fn open(self: &Arc<Self>, ino: u64, flags: i32) -> Answer<u64> {
+        if let Err(err) = read_only(flags) {
+            return Answer::Now(Err(err));
+        }
+        let this = self.clone();
+        self.contents(ino).and_then(move |contents| Ok(this.add_handle(contents)))
     }
 
-    /// Opens regular file `ino` for reading, fetching its path again if it was evicted since it
-    /// was looked up (same NarHash, same tree); any write access is EROFS.
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
-        read_only(flags)?;
-        Ok(self.add_handle(self.contents(ino).await?))
+    /// Reads up to `size` bytes at `offset` of regular file `ino`, through open handle `fh`, or
+    /// with `NO_HANDLE` (the kernel sent no OPEN, see `fuse.rs`) from the cache file itself.
+    /// Reading a cached file is a `pread` of local disk or page cache, quick enough for a FUSE
+    /// thread; only a file whose path was evicted since its lookup waits for a fetch.
+    ///
+    /// Without a handle the cache file is opened for each read and closed after it: an open
+    /// costs a path walk in the dentry cache, small beside the round trip that brought the READ
+    /// (at most 1 MiB each), and a descriptor kept past the read would keep an evicted file's
+    /// blocks allocated.
+    pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Answer<Vec<u8>> {
+        if fh != NO_HANDLE {
+            let contents = self.file(fh).ok_or(FsError::BadHandle(fh));
+            return Answer::Now(contents.and_then(|c| self.read_contents(&c, offset, size)));
+        }
+        let this = self.clone();
+        self.contents(ino).and_then(move |contents| this.read_contents(&contents, offset, size))
     }
 
-    /// Regular file `ino`, opened, if its path is still cached (None: evicted). Opening a file
-    /// counts as use of its path: the kernel caches lookups for a year, so without this a path
-    /// in constant use could look least recently used.
-    fn contents_cached(&self, ino: u64) -> Result<Option<FileContents>, FsError> {
-        let (entry, node) = self.regular_file(ino)?;
-        self.cache.cached(&entry.store_path);
+    /// Regular file `ino`, opened: at once if its path is cached, else after fetching it again.
+    /// Either way it counts as use of its path (the kernel caches lookups for a year, so without
+    /// this a path in constant use could look least recently used).
+    fn contents(self: &Arc<Self>, ino: u64) -> Answer<FileContents> {
+        let (entry, node) = match self.regular_file(ino) {
+            Ok(found) => found,
+            Err(err) => return Answer::Now(Err(err)),
+        };
+        self.cache.mark_used(&entry.store_path);
         match entry.open_file(node) {
-            Ok(contents) => Ok(Some(contents)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            Ok(contents) => Answer::Now(Ok(contents)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Evicted since its lookup: the same path again, from the kept narinfo.
+                let this = self.clone();
+                Answer::AfterFetch(Box::pin(async move {
+                    let fresh = this.cache.get(&entry.store_path).await?;
+                    this.write_paths().refresh(&fresh);
+                    Ok(fresh.open_file(node)?)
+                }))
+            }
+            Err(e) => Answer::Now(Err(e.into())),
         }
-    }
-
-    /// `contents_cached`, fetching the path again if it was evicted since it was looked up.
-    async fn contents(&self, ino: u64) -> Result<FileContents, FsError> {
-        if let Some(contents) = self.contents_cached(ino)? {
-            return Ok(contents);
-        }
-        let (entry, node) = self.regular_file(ino)?;
-        let fresh = self.cache.get(&entry.store_path).await?;
-        self.remember(fresh.clone());
-        Ok(fresh.open_file(node)?)
     }
 
     /// The entry and node of regular file `ino`.
@@ -243,36 +304,6 @@ impl StoreFs {
     /// The cached file behind open file `fh` (for kernel passthrough).
     pub fn file(&self, fh: u64) -> Option<Arc<FileContents>> {
         lock(&self.files).get(&fh).cloned()
-    }
-
-    /// Reads up to `size` bytes at `offset` from open file `fh`: a `pread` of the cache file,
-    /// which is quick (local disk or page cache), so callers may run it on a FUSE thread.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let contents = self.file(fh).ok_or(FsError::BadHandle(fh))?;
-        self.read_contents(&contents, offset, size)
-    }
-
-    /// Reads up to `size` bytes at `offset` of regular file `ino` without an open handle (the
-    /// kernel sends no OPEN, see `fuse.rs`), if its path is still cached. Quick, like `read`.
-    /// `Ok(None)`: the path was evicted and `read_ino` must fetch it again.
-    ///
-    /// The cache file is opened for each read and closed after it: an open costs a path walk in
-    /// the dentry cache, small beside the round trip that brought the READ (at most 1 MiB each),
-    /// and a descriptor kept past the read would keep an evicted file's blocks allocated.
-    pub fn read_ino_cached(
-        &self,
-        ino: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<Option<Vec<u8>>, FsError> {
-        let contents = self.contents_cached(ino)?;
-        contents.map(|contents| self.read_contents(&contents, offset, size)).transpose()
-    }
-
-    /// `read_ino_cached`, fetching the path again if it was evicted since it was looked up (same
-    /// NarHash, same tree).
-    pub async fn read_ino(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        self.read_contents(&self.contents(ino).await?, offset, size)
     }
 
     /// Up to `size` bytes at `offset` of `contents`, counted as served.
@@ -303,7 +334,7 @@ impl StoreFs {
 
     fn entry(&self, slot: u64) -> Result<Arc<Entry>, FsError> {
         let paths = self.paths.read().expect("paths lock poisoned by an earlier panic");
-        paths.get(&slot).cloned().ok_or(FsError::UnknownInode(slot << inode::NODE_BITS))
+        paths.entry(slot).cloned().ok_or(FsError::UnknownInode(slot << inode::NODE_BITS))
     }
 
     fn node_entry(&self, ino: u64) -> Result<(Arc<Entry>, NodeId), FsError> {
@@ -313,29 +344,14 @@ impl StoreFs {
         }
     }
 
-    /// Counts `n` kernel references (lookups) to inodes of `entry`'s store path and keeps its
-    /// manifest while any is held; `fresh` replaces the entry already kept, else it is kept only
-    /// if none is. Both happen under the `lookups` lock (taken before `paths`, as in `forget`), so
-    /// a concurrent forget cannot drop the manifest between them. Returns the slot.
-    fn hold(&self, entry: &Arc<Entry>, n: u64, fresh: bool) -> u64 {
-        let slot = lock(&self.slots).slot_of(&entry.store_path);
-        let mut lookups = lock(&self.lookups);
-        *lookups.entry(slot).or_default() += n;
-        let mut paths = self.paths.write().expect("paths lock poisoned by an earlier panic");
-        if fresh {
-            paths.insert(slot, entry.clone());
-        } else {
-            paths.entry(slot).or_insert_with(|| entry.clone());
-        }
-        slot
+    fn write_paths(&self) -> std::sync::RwLockWriteGuard<'_, PathTable> {
+        self.paths.write().expect("paths lock poisoned by an earlier panic")
     }
 
-    /// Records `entry` under its slot, returning the slot.
-    fn remember(&self, entry: Arc<Entry>) -> u64 {
-        let slot = lock(&self.slots).slot_of(&entry.store_path);
-        let mut paths = self.paths.write().expect("paths lock poisoned by an earlier panic");
-        paths.insert(slot, entry);
-        slot
+    /// Counts `n` kernel references (lookups) to inodes of `entry`'s store path and keeps its
+    /// entry while any is held (`fresh`: replacing the one kept). Returns the slot.
+    fn hold(&self, entry: &Arc<Entry>, n: u64, fresh: bool) -> u64 {
+        self.write_paths().hold(entry, n, fresh)
     }
 }
 

@@ -5,8 +5,16 @@ use crate::cache::tests::{Fixture, key, publish, sp, tree};
 
 use super::*;
 
-fn mounted(fx: &Fixture) -> StoreFs {
-    StoreFs::new(fx.open())
+fn mounted(fx: &Fixture) -> Arc<StoreFs> {
+    Arc::new(StoreFs::new(fx.open()))
+}
+
+/// The answer, which must be ready without a fetch.
+fn now<T>(answer: Answer<T>) -> Result<T, FsError> {
+    match answer {
+        Answer::Now(result) => result,
+        Answer::AfterFetch(_) => panic!("needed a fetch, expected an answer now"),
+    }
 }
 
 #[tokio::test]
@@ -14,7 +22,7 @@ async fn invalid_names_are_enoent_without_requests() {
     let fx = Fixture::new(1);
     let fs = mounted(&fx);
     for name in [&b"hello"[..], b"", b".", b"..", b"00000000000000000000000000000000", b"x/y"] {
-        let err = fs.lookup(inode::ROOT_INO, name).await.unwrap_err();
+        let err = fs.lookup(inode::ROOT_INO, name).wait().await.unwrap_err();
         assert_eq!(err.errno(), libc::ENOENT, "{:?}", String::from_utf8_lossy(name));
     }
     assert_eq!(fx.ups[0].requests(), (0, 0));
@@ -26,24 +34,24 @@ async fn a_store_path_reads_like_the_nar_said() {
     let path = sp('a', "tool");
     publish(&fx.ups[0], &key(), &path, &tree("#!/bin/sh\n", 3));
     let fs = mounted(&fx);
-    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
     assert_eq!((root.attr.kind, root.attr.perm, root.attr.nlink), (Kind::Directory, 0o555, 3));
-    let bin = fs.lookup(root.attr.ino, b"bin").await.unwrap();
-    let tool = fs.lookup(bin.attr.ino, b"tool").await.unwrap();
+    let bin = fs.lookup(root.attr.ino, b"bin").wait().await.unwrap();
+    let tool = fs.lookup(bin.attr.ino, b"tool").wait().await.unwrap();
     assert_eq!((tool.attr.kind, tool.attr.perm, tool.attr.size), (Kind::File, 0o555, 10));
-    let data = fs.lookup(root.attr.ino, b"data").await.unwrap();
+    let data = fs.lookup(root.attr.ino, b"data").wait().await.unwrap();
     assert_eq!(data.attr.perm, 0o444);
-    let link = fs.lookup(root.attr.ino, b"link").await.unwrap();
+    let link = fs.lookup(root.attr.ino, b"link").wait().await.unwrap();
     assert_eq!(link.attr.kind, Kind::Symlink);
     assert_eq!(fs.readlink(link.attr.ino).unwrap(), b"bin/tool");
     assert_eq!(fs.readlink(data.attr.ino).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(fs.getattr(tool.attr.ino).unwrap().attr, tool.attr);
 
-    let fh = fs.open_cached(tool.attr.ino, libc::O_RDONLY).unwrap().expect("cached");
-    assert_eq!(fs.read(fh, 2, 100).unwrap(), b"/bin/sh\n");
-    assert_eq!(fs.read(fh, 10, 100).unwrap(), b"");
+    let fh = now(fs.open(tool.attr.ino, libc::O_RDONLY)).expect("cached");
+    assert_eq!(now(fs.read(tool.attr.ino, fh, 2, 100)).unwrap(), b"/bin/sh\n");
+    assert_eq!(now(fs.read(tool.attr.ino, fh, 10, 100)).unwrap(), b"");
     fs.release(fh);
-    assert_eq!(fs.read(fh, 0, 1).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(now(fs.read(tool.attr.ino, fh, 0, 1)).unwrap_err().errno(), libc::EBADF);
 
     let names: Vec<_> = fs.readdir(root.attr.ino, 0).unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names, [&b"."[..], b"..", b"bin", b"data", b"link"]);
@@ -62,13 +70,19 @@ async fn wrong_kinds_and_writes_get_their_errno() {
     let path = sp('b', "x");
     publish(&fx.ups[0], &key(), &path, &tree("x", 1));
     let fs = mounted(&fx);
-    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
-    let data = fs.lookup(root.attr.ino, b"data").await.unwrap();
-    assert_eq!(fs.open(data.attr.ino, libc::O_WRONLY).await.unwrap_err().errno(), libc::EROFS);
-    assert_eq!(fs.open(data.attr.ino, libc::O_RDWR).await.unwrap_err().errno(), libc::EROFS);
-    assert_eq!(fs.open(root.attr.ino, libc::O_RDONLY).await.unwrap_err().errno(), libc::EISDIR);
-    assert_eq!(fs.lookup(data.attr.ino, b"x").await.unwrap_err().errno(), libc::ENOTDIR);
-    assert_eq!(fs.lookup(root.attr.ino, b"nope").await.unwrap_err().errno(), libc::ENOENT);
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
+    let data = fs.lookup(root.attr.ino, b"data").wait().await.unwrap();
+    assert_eq!(
+        fs.open(data.attr.ino, libc::O_WRONLY).wait().await.unwrap_err().errno(),
+        libc::EROFS
+    );
+    assert_eq!(fs.open(data.attr.ino, libc::O_RDWR).wait().await.unwrap_err().errno(), libc::EROFS);
+    assert_eq!(
+        fs.open(root.attr.ino, libc::O_RDONLY).wait().await.unwrap_err().errno(),
+        libc::EISDIR
+    );
+    assert_eq!(fs.lookup(data.attr.ino, b"x").wait().await.unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(fs.lookup(root.attr.ino, b"nope").wait().await.unwrap_err().errno(), libc::ENOENT);
     assert_eq!(fs.getattr(42 << inode::NODE_BITS).unwrap_err().errno(), libc::ESTALE);
 }
 
@@ -83,10 +97,10 @@ async fn untrusted_paths_are_eio_and_absent_ones_enoent() {
         &tree("x", 1),
     );
     let fs = mounted(&fx);
-    let err = fs.lookup(inode::ROOT_INO, evil.to_string().as_bytes()).await.unwrap_err();
+    let err = fs.lookup(inode::ROOT_INO, evil.to_string().as_bytes()).wait().await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     let absent = sp('d', "absent");
-    let err = fs.lookup(inode::ROOT_INO, absent.to_string().as_bytes()).await.unwrap_err();
+    let err = fs.lookup(inode::ROOT_INO, absent.to_string().as_bytes()).wait().await.unwrap_err();
     assert_eq!(err.errno(), libc::ENOENT);
 }
 
@@ -97,12 +111,12 @@ async fn inode_numbers_are_the_same_for_every_mount_of_a_cache() {
     publish(&fx.ups[0], &key(), &path, &tree("s", 5));
     let first = {
         let fs = mounted(&fx);
-        let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
-        fs.lookup(root.attr.ino, b"data").await.unwrap().attr.ino
+        let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
+        fs.lookup(root.attr.ino, b"data").wait().await.unwrap().attr.ino
     };
     let fs = mounted(&fx);
-    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
-    assert_eq!(fs.lookup(root.attr.ino, b"data").await.unwrap().attr.ino, first);
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
+    assert_eq!(fs.lookup(root.attr.ino, b"data").wait().await.unwrap().attr.ino, first);
 }
 
 #[tokio::test]
@@ -113,13 +127,13 @@ async fn opening_an_evicted_file_fetches_the_path_again() {
     publish(&fx.ups[0], &key(), &a, &tree("a", 150 * 1024));
     publish(&fx.ups[0], &key(), &b, &tree("b", 150 * 1024));
     let fs = mounted(&fx);
-    let ra = fs.lookup(inode::ROOT_INO, a.to_string().as_bytes()).await.unwrap();
-    let data = fs.lookup(ra.attr.ino, b"data").await.unwrap();
-    fs.lookup(inode::ROOT_INO, b.to_string().as_bytes()).await.unwrap();
+    let ra = fs.lookup(inode::ROOT_INO, a.to_string().as_bytes()).wait().await.unwrap();
+    let data = fs.lookup(ra.attr.ino, b"data").wait().await.unwrap();
+    fs.lookup(inode::ROOT_INO, b.to_string().as_bytes()).wait().await.unwrap();
     assert!(fs.cache().cached(&a).is_none(), "a was evicted by b");
-    assert!(fs.open_cached(data.attr.ino, libc::O_RDONLY).unwrap().is_none(), "needs a fetch");
-    let fh = fs.open(data.attr.ino, libc::O_RDONLY).await.unwrap();
-    assert_eq!(fs.read(fh, 0, 4).unwrap(), [7, 7, 7, 7]);
+    assert!(!fs.open(data.attr.ino, libc::O_RDONLY).is_now(), "needs a fetch");
+    let fh = fs.open(data.attr.ino, libc::O_RDONLY).wait().await.unwrap();
+    assert_eq!(now(fs.read(data.attr.ino, fh, 0, 4)).unwrap(), [7, 7, 7, 7]);
     assert_eq!(fx.ups[0].requests().1, 3, "a's NAR was fetched a second time");
 }
 
@@ -133,19 +147,22 @@ async fn reads_by_inode_serve_cached_files_and_fetch_evicted_ones() {
     publish(&fx.ups[0], &key(), &a, &tree("#!/bin/sh\n", 150 * 1024));
     publish(&fx.ups[0], &key(), &b, &tree("b", 150 * 1024));
     let fs = mounted(&fx);
-    let ra = fs.lookup(inode::ROOT_INO, a.to_string().as_bytes()).await.unwrap();
-    let bin = fs.lookup(ra.attr.ino, b"bin").await.unwrap();
-    let tool = fs.lookup(bin.attr.ino, b"tool").await.unwrap();
-    let data = fs.lookup(ra.attr.ino, b"data").await.unwrap();
-    let read = |ino, offset, size| fs.read_ino_cached(ino, offset, size).unwrap();
+    let ra = fs.lookup(inode::ROOT_INO, a.to_string().as_bytes()).wait().await.unwrap();
+    let bin = fs.lookup(ra.attr.ino, b"bin").wait().await.unwrap();
+    let tool = fs.lookup(bin.attr.ino, b"tool").wait().await.unwrap();
+    let data = fs.lookup(ra.attr.ino, b"data").wait().await.unwrap();
+    let read = |ino, offset, size| match fs.read(ino, NO_HANDLE, offset, size) {
+        Answer::Now(data) => Some(data.unwrap()),
+        Answer::AfterFetch(_) => None,
+    };
     assert_eq!(read(tool.attr.ino, 2, 100).as_deref(), Some(&b"/bin/sh\n"[..]));
     assert_eq!(read(tool.attr.ino, 10, 100).as_deref(), Some(&b""[..]), "at the end");
-    assert_eq!(fs.read_ino_cached(bin.attr.ino, 0, 1).unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(now(fs.read(bin.attr.ino, NO_HANDLE, 0, 1)).unwrap_err().errno(), libc::EISDIR);
 
-    fs.lookup(inode::ROOT_INO, b.to_string().as_bytes()).await.unwrap();
+    fs.lookup(inode::ROOT_INO, b.to_string().as_bytes()).wait().await.unwrap();
     assert!(fs.cache().cached(&a).is_none(), "a was evicted by b");
     assert_eq!(read(data.attr.ino, 0, 4), None, "needs a fetch");
-    assert_eq!(fs.read_ino(data.attr.ino, 0, 4).await.unwrap(), [7, 7, 7, 7]);
+    assert_eq!(fs.read(data.attr.ino, NO_HANDLE, 0, 4).wait().await.unwrap(), [7, 7, 7, 7]);
     assert_eq!(fx.ups[0].requests().1, 3, "a's NAR was fetched a second time");
     assert_eq!(read(data.attr.ino, 4, 2).as_deref(), Some(&[7u8, 7][..]), "cached again");
 }
@@ -156,13 +173,13 @@ async fn forgotten_paths_release_their_manifest() {
     let path = sp('k', "forget");
     publish(&fx.ups[0], &key(), &path, &tree("k", 5));
     let fs = mounted(&fx);
-    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
-    let data = fs.lookup(root.attr.ino, b"data").await.unwrap();
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
+    let data = fs.lookup(root.attr.ino, b"data").wait().await.unwrap();
     fs.forget(data.attr.ino, 1);
     assert!(fs.getattr(root.attr.ino).is_ok(), "still referenced through the root");
     fs.forget(root.attr.ino, 1);
     assert_eq!(fs.getattr(root.attr.ino).unwrap_err().errno(), libc::ESTALE, "released");
-    let again = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
+    let again = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
     assert_eq!(again.attr.ino, root.attr.ino, "same inode number after a reload");
     assert_eq!(fx.ups[0].requests(), (1, 1), "reloaded from the cache, not upstream");
 }
@@ -188,8 +205,8 @@ async fn readdirplus_gives_what_lookup_gives_and_fetches_nothing() {
     let path = sp('m', "plus");
     publish(&fx.ups[0], &key(), &path, &tree("#!/bin/sh\n", 3));
     let fs = mounted(&fx);
-    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
-    let bin = fs.lookup(root.attr.ino, b"bin").await.unwrap();
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
+    let bin = fs.lookup(root.attr.ino, b"bin").wait().await.unwrap();
     for (dir, parent) in [(root.attr.ino, inode::ROOT_INO), (bin.attr.ino, root.attr.ino)] {
         let listed = list_plus(&fs, dir, 0, usize::MAX);
         let plain = fs.readdir(dir, 0).unwrap();
@@ -203,7 +220,7 @@ async fn readdirplus_gives_what_lookup_gives_and_fetches_nothing() {
             (&b".."[..], fs.getattr(parent).unwrap().attr)
         );
         for (entry, got) in &listed[2..] {
-            let want = fs.lookup(dir, &entry.name).await.unwrap();
+            let want = fs.lookup(dir, &entry.name).wait().await.unwrap();
             assert_eq!((got.attr, got.ttl), (want.attr, want.ttl), "{:?}", entry.name);
             assert_eq!((entry.ino, entry.kind), (got.attr.ino, got.attr.kind));
         }
@@ -237,7 +254,7 @@ async fn readdirplus_entries_are_counted_like_lookups() {
     let path = sp('n', "counted");
     publish(&fx.ups[0], &key(), &path, &tree("n", 5));
     let fs = mounted(&fx);
-    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).await.unwrap();
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
     // Room for ".", ".." and "bin" only; then the rest ("data", "link") in a second reply.
     let first = list_plus(&fs, root.attr.ino, 0, 3);
     assert_eq!(first.len(), 3);
@@ -258,10 +275,10 @@ async fn readdirplus_entries_are_counted_like_lookups() {
     let listed = list_plus(&fs, inode::ROOT_INO, 0, usize::MAX);
     assert_eq!(listed[2].1.attr.ino, root.attr.ino);
     assert!(fs.getattr(root.attr.ino).is_ok(), "held by the listing");
-    assert!(fs.lookup(root.attr.ino, b"bin").await.is_ok());
+    assert!(fs.lookup(root.attr.ino, b"bin").wait().await.is_ok());
     fs.forget(root.attr.ino, 1);
     assert!(fs.getattr(root.attr.ino).is_ok(), "bin is still held");
-    fs.forget(fs.lookup(root.attr.ino, b"bin").await.unwrap().attr.ino, 2);
+    fs.forget(fs.lookup(root.attr.ino, b"bin").wait().await.unwrap().attr.ino, 2);
     assert_eq!(fs.getattr(root.attr.ino).unwrap_err().errno(), libc::ESTALE, "released");
     assert_eq!(fx.ups[0].requests(), (1, 1), "listings fetched nothing");
 }
@@ -279,14 +296,14 @@ async fn the_root_listing_continues_by_slot_and_its_mtime_moves() {
     let fs = mounted(&fx);
     let before = fs.getattr(inode::ROOT_INO).unwrap();
     assert_eq!(before.ttl, std::time::Duration::ZERO, "re-read at every listing");
-    fs.lookup(inode::ROOT_INO, paths[0].to_string().as_bytes()).await.unwrap();
+    fs.lookup(inode::ROOT_INO, paths[0].to_string().as_bytes()).wait().await.unwrap();
     let after_one = fs.getattr(inode::ROOT_INO).unwrap().attr;
     assert_ne!(after_one.mtime(), before.attr.mtime(), "a new path moves the root's mtime");
     let first = fs.readdir(inode::ROOT_INO, 0).unwrap();
     assert_eq!(first.len(), 3);
     let cookie = first[2].next_offset;
     for p in &paths[1..] {
-        fs.lookup(inode::ROOT_INO, p.to_string().as_bytes()).await.unwrap();
+        fs.lookup(inode::ROOT_INO, p.to_string().as_bytes()).wait().await.unwrap();
     }
     let all: Vec<_> = fs.readdir(inode::ROOT_INO, 2).unwrap();
     assert_eq!(all.len(), 3, "{all:?}");

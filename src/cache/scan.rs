@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
+use super::evict::Victims;
 use super::layout::{LayoutError, MANIFEST_FILE};
 use super::manifest::Manifest;
 use super::{Entry, NarCache};
@@ -59,7 +60,7 @@ impl NarCache {
         let mut found = Vec::new();
         for dirent in list.flatten() {
             let name = dirent.file_name().to_string_lossy().into_owned();
-            if lock(&self.state).lru.contains(&name) {
+            if lock(&self.catalog).contains(&name) {
                 continue; // loaded on demand already
             }
             match self.load_entry(&dirent.path(), &name) {
@@ -73,24 +74,25 @@ impl NarCache {
             }
         }
         found.sort_by_key(|e| e.touched_secs.load(Ordering::Relaxed));
-        let trashed = {
-            let mut st = lock(&self.state);
-            let on_demand: Vec<String> = st.lru.iter().map(|(k, _)| k.clone()).collect();
+        {
+            let mut cat = lock(&self.catalog);
+            // Entries used since start (loaded on demand) are the most recently used ones.
+            let on_demand = cat.hashes();
             for entry in found {
                 let hash = entry.store_path.hash_part();
-                if !st.lru.contains(&hash) {
-                    st.admit(hash, Arc::new(entry));
+                if !cat.contains(&hash) {
+                    cat.admit(hash, Arc::new(entry));
                 }
             }
-            // Entries used since start are the most recently used ones.
-            for hash in on_demand {
-                st.lru.promote(&hash);
+            for hash in on_demand.iter().rev() {
+                cat.promote(hash);
             }
-            info!(entries = st.lru.len(), bytes = st.used_bytes, "cache loaded");
-            self.evict_locked(&mut st, 0)
-        };
+            info!(entries = cat.len(), bytes = cat.used_bytes(), "cache loaded");
+        }
+        self.layout.purge_trash()?;
+        let trashed = self.evict_until(Victims::Oldest, |room, cat, _| cat.fits(room, 0));
         self.purge(trashed);
-        self.layout.purge_trash()
+        Ok(())
     }
 
     /// Loads the entry `hash` from disk if it is there (used while the scan runs).
@@ -112,11 +114,11 @@ impl NarCache {
                     return None;
                 }
             };
-            let mut st = lock(&this.state);
-            if let Some(existing) = st.lru.get(&hash) {
-                return Some(existing.clone());
+            let mut cat = lock(&this.catalog);
+            if let Some(existing) = cat.get(&hash) {
+                return Some(existing);
             }
-            st.admit(hash, entry.clone());
+            cat.admit(hash, entry.clone());
             Some(entry)
         })
         .await

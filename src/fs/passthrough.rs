@@ -1,0 +1,189 @@
+//! The open policy: whether OPENs are answered at all, and which open files the kernel reads
+//! directly through FUSE passthrough (Linux >= 6.9, `--passthrough`).
+//!
+//! By default OPEN is answered ENOSYS and the kernel opens files by itself (`FUSE_NO_OPEN_SUPPORT`);
+//! OPENs are answered when passthrough is on, or when the kernel cannot skip them. The kernel wants
+//! one backing id per inode for all of its open handles, so ids are shared and counted; the last
+//! release closes the id. Generic over the id type so the rules are tested without a kernel.
+
+use std::collections::HashMap;
+use std::fs::File;
+
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
+
+/// Passthrough state of one mount.
+#[derive(Debug)]
+pub(super) struct Backing<Id> {
+    /// Wanted by the configuration (`--passthrough`).
+    wanted: bool,
+    /// Granted by the kernel at init, and not found unusable since.
+    enabled: AtomicBool,
+    /// OPENs are answered: passthrough is on, or the kernel lacks `FUSE_NO_OPEN_SUPPORT`.
+    opens: AtomicBool,
+    /// The kernel accepts ENOSYS for OPEN (`FUSE_NO_OPEN_SUPPORT`).
+    can_skip_opens: AtomicBool,
+    /// Backing id and open handles per inode.
+    by_ino: Mutex<HashMap<u64, (Arc<Id>, usize)>>,
+    /// The inode of each passthrough handle.
+    by_fh: Mutex<HashMap<u64, u64>>,
+}
+
+impl<Id> Backing<Id> {
+    /// The policy before init: passthrough `wanted` or not.
+    pub fn new(wanted: bool) -> Self {
+        Self {
+            wanted,
+            enabled: AtomicBool::new(false),
+            opens: AtomicBool::new(false),
+            can_skip_opens: AtomicBool::new(false),
+            by_ino: Mutex::default(),
+            by_fh: Mutex::default(),
+        }
+    }
+
+    /// Whether the configuration asks for passthrough.
+    pub fn wanted(&self) -> bool {
+        self.wanted
+    }
+
+    /// What init settled: passthrough `granted` by the kernel, and whether it `can_skip_opens`.
+    pub fn negotiated(&self, granted: bool, can_skip_opens: bool) {
+        let granted = granted && self.wanted;
+        self.enabled.store(granted, Ordering::Relaxed);
+        self.can_skip_opens.store(can_skip_opens, Ordering::Relaxed);
+        self.opens.store(granted || !can_skip_opens, Ordering::Relaxed);
+    }
+
+    /// Whether an OPEN gets a handle (else ENOSYS, and the kernel sends no more).
+    pub fn answers_opens(&self) -> bool {
+        self.opens.load(Ordering::Relaxed)
+    }
+
+    /// The backing id for handle `fh` of `ino`: the one its open handles share, else (when
+    /// passthrough is still enabled and the file has a cache file of its own) a new one from
+    /// `register`. None: open without passthrough. An inode with passthrough handles must get
+    /// passthrough for every further open too (the kernel fails a mixed open with EIO), even
+    /// after passthrough was switched off, or when its path was fetched again with the file now
+    /// in a pack: the shared backing file holds the same bytes.
+    pub fn acquire(
+        &self,
+        ino: u64,
+        fh: u64,
+        file: Option<&File>,
+        register: impl FnOnce(&File) -> std::io::Result<Id>,
+    ) -> std::io::Result<Option<Arc<Id>>> {
+        let mut by_ino = lock(&self.by_ino);
+        let id = match (by_ino.get_mut(&ino), file) {
+            (Some((id, opens)), _) => {
+                *opens += 1;
+                id.clone()
+            }
+            (None, Some(file)) if self.enabled.load(Ordering::Relaxed) => {
+                let id = Arc::new(register(file)?);
+                by_ino.insert(ino, (id.clone(), 1));
+                id
+            }
+            (None, _) => return Ok(None),
+        };
+        lock(&self.by_fh).insert(fh, ino);
+        Ok(Some(id))
+    }
+
+    /// The kernel refused a backing file (e.g. cache files on a stacked filesystem): no more
+    /// passthrough, and files open without a round trip again where the kernel allows it, but
+    /// not while passthrough handles are open, whose inodes must not get a plain open.
+    pub fn refused(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+        if self.can_skip_opens.load(Ordering::Relaxed) && lock(&self.by_ino).is_empty() {
+            self.opens.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets handle `fh`; the inode's backing id closes with its last handle.
+    pub fn release(&self, fh: u64) {
+        let Some(ino) = lock(&self.by_fh).remove(&fh) else { return };
+        let mut by_ino = lock(&self.by_ino);
+        if let Some((_, opens)) = by_ino.get_mut(&ino) {
+            *opens -= 1;
+            if *opens == 0 {
+                by_ino.remove(&ino);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake backing id: which registration it was.
+    type FakeId = u32;
+
+    fn file() -> File {
+        tempfile::tempfile().unwrap()
+    }
+
+    fn register(n: FakeId) -> impl FnOnce(&File) -> std::io::Result<FakeId> {
+        move |_| Ok(n)
+    }
+
+    #[test]
+    fn opens_are_answered_only_for_passthrough_or_old_kernels() {
+        let cases = [
+            // (wanted, granted, can_skip_opens) -> answers opens
+            ((false, false, true), false),
+            ((true, true, true), true),
+            ((true, false, true), false),
+            ((false, true, true), false),
+            ((false, false, false), true),
+            ((true, false, false), true),
+        ];
+        for ((wanted, granted, can_skip), answers) in cases {
+            let b = Backing::<FakeId>::new(wanted);
+            b.negotiated(granted, can_skip);
+            assert_eq!(b.answers_opens(), answers, "{wanted} {granted} {can_skip}");
+        }
+    }
+
+    #[test]
+    fn handles_of_an_inode_share_one_id_closed_with_the_last() {
+        let b = Backing::<FakeId>::new(true);
+        b.negotiated(true, true);
+        let f = file();
+        let first = b.acquire(7, 1, Some(&f), register(1)).unwrap().unwrap();
+        let second = b.acquire(7, 2, Some(&f), register(2)).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "one id per inode");
+        b.release(1);
+        let third = b.acquire(7, 3, None, register(3)).unwrap().unwrap();
+        assert_eq!(*third, 1, "still shared while a handle is open, even with no own file");
+        b.release(2);
+        b.release(3);
+        let fresh = b.acquire(7, 4, Some(&f), register(4)).unwrap().unwrap();
+        assert_eq!(*fresh, 4, "the last release closed the old id");
+    }
+
+    #[test]
+    fn small_files_in_a_pack_are_read_by_the_daemon() {
+        let b = Backing::<FakeId>::new(true);
+        b.negotiated(true, true);
+        assert!(b.acquire(9, 1, None, register(1)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_refusal_switches_passthrough_off_but_keeps_open_inodes_consistent() {
+        let b = Backing::<FakeId>::new(true);
+        b.negotiated(true, true);
+        let f = file();
+        b.acquire(7, 1, Some(&f), register(1)).unwrap();
+        let err = b.acquire(8, 2, Some(&f), |_| Err(std::io::Error::other("stacked fs")));
+        assert!(err.is_err());
+        b.refused();
+        assert!(b.answers_opens(), "a passthrough handle is open: opens still answered");
+        assert!(b.acquire(8, 3, Some(&f), register(3)).unwrap().is_none(), "no new ids");
+        assert!(b.acquire(7, 4, Some(&f), register(4)).unwrap().is_some(), "same inode keeps it");
+        b.release(1);
+        b.release(4);
+        b.refused();
+        assert!(!b.answers_opens(), "with none open, files open without a round trip again");
+    }
+}
