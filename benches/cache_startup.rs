@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use storefs::cache::MinFree;
 use storefs::cache::manifest::{Manifest, Node};
 use storefs::cache::{CacheConfig, NarCache};
-use storefs::config::MinFree;
 use storefs::nix::hash::NarHash;
 use storefs::nix::narinfo::NarInfo;
 use storefs::nix::nixbase32;

@@ -8,15 +8,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Help heading for upstream options.
-pub const UPSTREAM_OPTIONS: &str = "Upstream options";
-/// Help heading for cache options.
-pub const CACHE_OPTIONS: &str = "Cache options";
-/// Help heading for mount options.
-pub const MOUNT_OPTIONS: &str = "Mount options";
-/// Help heading for operation options (control socket, metrics).
-pub const OPERATION_OPTIONS: &str = "Operation options";
-
 pub use crate::daemon::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 
 /// storefs: a lazy, verified, read-only /nix/store that fills itself from Nix binary caches.
