@@ -1,4 +1,5 @@
-//! The command line: clap definitions and dispatch. Nothing below `cli/` sees clap types.
+//! The command line: clap definitions and dispatch. Below `cli/`, only `config::Settings` knows
+//! clap (it derives the `mount` flags); nothing else sees clap types.
 
 pub mod mount;
 pub mod ops;

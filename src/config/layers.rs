@@ -13,7 +13,7 @@ use super::{ConfigError, Settings};
 /// One field of [`Settings`], e.g. `|s| &s.max_size`.
 pub type Field<T> = fn(&Settings) -> &Option<T>;
 
-/// A bad value's checker: takes the text a layer gave, names the value on error.
+/// A value's parser: takes the text a layer gave and names that text on error.
 pub type Parse<T> = fn(&str) -> Result<T, ConfigError>;
 
 /// Where a value came from, to name it in errors and to take relative paths against.
