@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use storefs::cache::MinFree;
 use storefs::cache::{CacheConfig, NarCache};
-use storefs::config::MinFree;
 use storefs::nix::signature::{SigningKey, TrustedKeys};
 use storefs::upstream::UpstreamSet;
 use storefs::upstream::low_speed::LowSpeedLimit;

@@ -5,20 +5,18 @@ use std::future::Future;
 
 use tracing::{info, warn};
 
-use crate::cache::{CacheConfig, NarCache};
-use crate::config::Config;
+use crate::cache::NarCache;
+use crate::config::{Config, MountConfig};
 use crate::control::{self, DaemonHandler};
 use crate::fs::StoreFs;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::session::{self, MountOptions};
+use crate::fs::session;
 use crate::metrics::{self, Snapshot};
 use crate::notify::Notifier;
 use crate::sync::Arc;
 use crate::upstream::UpstreamSet;
 use crate::upstream::auth::AuthSources;
-use crate::upstream::http::{HttpTimeouts, build_client};
-use crate::upstream::low_speed::{DEFAULT_MIN_BYTES_PER_SEC, LowSpeedLimit};
-use crate::upstream::retry::RetryPolicy;
+use crate::upstream::http::build_client;
 use crate::upstream::set::{UpstreamOptions, upstream_for_url};
 
 /// Exit code: success.
@@ -54,29 +52,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     use anyhow::Context as _;
     let setup = DaemonError::Setup;
     // Everything the daemon needs is loaded before mounting: touching our own mount would deadlock.
+    let upstream = &config.upstream;
     let client =
-        build_client(HttpTimeouts { connect: config.connect_timeout, stall: config.stall_timeout })
-            .context("cannot build the HTTP client")
-            .map_err(setup)?;
-    let auth = AuthSources::load(config.netrc_file.as_deref(), &config.bearer_token_files)
+        build_client(upstream.timeouts).context("cannot build the HTTP client").map_err(setup)?;
+    let auth = AuthSources::load(upstream.netrc_file.as_deref(), &upstream.bearer_token_files)
         .context("cannot load substituter credentials")
         .map_err(setup)?;
     if let Some(url) = auth
         .bearer_urls()
-        .find(|u| !config.substituters.iter().any(|s| s.trim_end_matches('/') == *u))
+        .find(|u| !upstream.substituters.iter().any(|s| s.trim_end_matches('/') == *u))
     {
         return Err(setup(anyhow::anyhow!(
             "--bearer-token-file names {url}, which is not a substituter"
         )));
     }
-    let options = UpstreamOptions {
-        // A cache gets about one connect timeout of retries, so a dead network fails a lookup
-        // within that, not after several timeouts.
-        retry: RetryPolicy::with_budget(config.connect_timeout),
-        backoff: config.upstream_backoff,
-        auth,
-    };
-    let upstreams = config
+    let options = UpstreamOptions { retry: upstream.retry, backoff: upstream.backoff, auth };
+    let upstreams = upstream
         .substituters
         .iter()
         .map(|url| upstream_for_url(url, &client, &options))
@@ -84,19 +75,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| setup(e.into()))?;
     // Ordered by nix-cache-info Priority lazily, at the first fetch.
     let upstreams = UpstreamSet::in_order(upstreams);
-    let cache_config = CacheConfig {
-        dir: config.cache_dir.clone(),
-        max_bytes: config.max_size_bytes,
-        negative_ttl: config.negative_ttl,
-        min_free: config.min_free,
-        prefetch_jobs: config.prefetch_jobs,
-        low_speed: LowSpeedLimit {
-            min_bytes_per_sec: DEFAULT_MIN_BYTES_PER_SEC,
-            window: config.stall_timeout,
-        },
-    };
-    let cache = NarCache::open(cache_config, upstreams, config.trusted_keys.clone())
-        .with_context(|| format!("cannot open cache directory {}", config.cache_dir.display()))
+    let cache_dir = config.cache.dir.clone();
+    let max_bytes = config.cache.max_bytes;
+    let cache = NarCache::open(config.cache, upstreams, config.trusted_keys)
+        .with_context(|| format!("cannot open cache directory {}", cache_dir.display()))
         .map_err(setup)?;
     // Both sockets are bound before mounting: a second daemon fails here, not after mounting.
     let control = control::bind(&config.control_socket)
@@ -107,17 +89,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
     let fs = Arc::new(StoreFs::new(cache.clone()));
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), config.passthrough);
-    let options = MountOptions { allow_other: config.allow_other };
-    let mountpoint = config.mountpoint.clone();
+    let MountConfig { mountpoint, options: mount_options, passthrough } = config.mount;
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), passthrough);
+    let at = mountpoint.clone();
     let mut mounted =
-        tokio::task::spawn_blocking(move || session::mount(adapter, &mountpoint, &options))
+        tokio::task::spawn_blocking(move || session::mount(adapter, &at, &mount_options))
             .await
             .map_err(|e| DaemonError::Runtime(e.into()))?
-            .with_context(|| format!("cannot mount {}", config.mountpoint.display()))
+            .with_context(|| format!("cannot mount {}", mountpoint.display()))
             .map_err(setup)?;
-    info!(mountpoint = %config.mountpoint.display(), cache = %config.cache_dir.display(),
-          max_bytes = config.max_size_bytes, "serving");
+    info!(mountpoint = %mountpoint.display(), cache = %cache_dir.display(),
+          max_bytes, "serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

@@ -1,13 +1,15 @@
 //! storefs: a lazy, verified, read-only /nix/store served over FUSE.
 //!
 //! # Layout
-//! Imports point only this way: `nix` ← `upstream` ← `cache` ← `fs` ← `daemon`/`control` ← `cli`.
+//! Imports point only this way:
+//! `nix` ← `upstream` ← `cache` ← `fs` ← `config` ← `daemon`/`control` ← `cli`.
 //! - [`nix`]: Nix formats, pure (no I/O): base32, store paths, narinfo, signatures, NAR.
 //! - [`upstream`]: binary caches over HTTP(S) and `file://`, decompression.
 //! - [`cache`]: the verified local disk cache, single-flight fetch, LRU quota.
 //! - [`fs`]: filesystem semantics, plus the one fuser adapter and the mount session.
+//! - [`config`]: every setting, resolved into the config types of `upstream`, `cache` and `fs`.
 //! - [`daemon`]: wires them together; [`control`]: the control socket; [`cli`]: the command line.
-//! - [`config`], [`logging`], [`metrics`], [`notify`], [`sync`]: used by anyone.
+//! - [`logging`], [`metrics`], [`notify`], [`sync`]: used by anyone.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use storefs::cache::MinFree;
 use storefs::cache::{CacheConfig, NarCache};
-use storefs::config::MinFree;
 use storefs::nix::signature::TrustedKeys;
 use storefs::nix::store_path::StorePath;
 use storefs::upstream::UpstreamSet;

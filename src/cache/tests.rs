@@ -6,7 +6,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::config::MinFree;
 use crate::nix::hash::NarHash;
 use crate::nix::nar::Node as NarNode;
 use crate::nix::signature::SigningKey;

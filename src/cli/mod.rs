@@ -1,4 +1,5 @@
-//! The command line: clap definitions and dispatch. Nothing below `cli/` sees clap types.
+//! The command line: clap definitions and dispatch. Below `cli/`, only `config::Settings` knows
+//! clap (it derives the `mount` flags); nothing else sees clap types.
 
 pub mod mount;
 pub mod ops;
@@ -7,15 +8,6 @@ pub mod stats;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// Help heading for upstream options.
-pub const UPSTREAM_OPTIONS: &str = "Upstream options";
-/// Help heading for cache options.
-pub const CACHE_OPTIONS: &str = "Cache options";
-/// Help heading for mount options.
-pub const MOUNT_OPTIONS: &str = "Mount options";
-/// Help heading for operation options (control socket, metrics).
-pub const OPERATION_OPTIONS: &str = "Operation options";
 
 pub use crate::daemon::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 

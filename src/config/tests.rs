@@ -1,6 +1,9 @@
 //! Tests of [`super::Config::resolve`]: sizes, nix.conf, precedence, bad values, the example file.
 
+use std::path::Path;
+
 use super::*;
+use crate::cache::MinFree;
 
 #[test]
 fn parses_sizes() {
@@ -23,12 +26,12 @@ fn parses_sizes() {
 
 #[test]
 fn parses_min_free() {
-    assert_eq!(MinFree::parse("5%").unwrap(), MinFree::Percent(5));
-    assert_eq!(MinFree::parse("0").unwrap(), MinFree::Bytes(0));
-    assert_eq!(MinFree::parse("2G").unwrap(), MinFree::Bytes(2 << 30));
+    assert_eq!(parse_min_free("5%").unwrap(), MinFree::Percent(5));
+    assert_eq!(parse_min_free("0").unwrap(), MinFree::Bytes(0));
+    assert_eq!(parse_min_free("2G").unwrap(), MinFree::Bytes(2 << 30));
     assert_eq!(MinFree::Percent(10).bytes_of(1000), 100);
     for bad in ["100%", "-1%", "x%", "lots"] {
-        assert!(MinFree::parse(bad).unwrap_err().to_string().contains(bad), "{bad}");
+        assert!(parse_min_free(bad).unwrap_err().to_string().contains(bad), "{bad}");
     }
 }
 
@@ -73,7 +76,7 @@ impl Host {
         path
     }
 
-    fn resolve(&self, raw: &RawConfig) -> Result<Config, ConfigError> {
+    fn resolve(&self, raw: &Settings) -> Result<Config, ConfigError> {
         Config::resolve_with(raw, &self.system)
     }
 }
@@ -83,12 +86,17 @@ struct Case {
     name: &'static str,
     /// (file name in the host directory, contents); `{dir}` is the host directory.
     files: &'static [(&'static str, &'static str)],
-    flags: fn(&Host) -> RawConfig,
+    flags: fn(&Host) -> Settings,
     check: fn(&Host, &Config),
 }
 
-fn no_flags(_: &Host) -> RawConfig {
-    RawConfig::default()
+fn no_flags(_: &Host) -> Settings {
+    Settings::default()
+}
+
+/// `--bearer-token-file` values as typed.
+fn typed(values: &[&str]) -> Option<Vec<TokenFile>> {
+    Some(values.iter().map(|v| TokenFile::Typed((*v).to_owned())).collect())
 }
 
 #[test]
@@ -99,26 +107,26 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
             files: &[],
             flags: no_flags,
             check: |_, c| {
-                assert_eq!(c.substituters, [DEFAULT_SUBSTITUTER]);
+                assert_eq!(c.upstream.substituters, [DEFAULT_SUBSTITUTER]);
                 assert!(c.trusted_keys.get("cache.nixos.org-1").is_some());
-                assert_eq!(c.mountpoint, Path::new(DEFAULT_MOUNTPOINT));
-                assert_eq!(c.cache_dir, Path::new(DEFAULT_CACHE_DIR));
-                assert_eq!(c.max_size_bytes, DEFAULT_MAX_SIZE_BYTES);
-                assert_eq!(c.min_free, DEFAULT_MIN_FREE);
-                assert!(!c.allow_other);
-                assert_eq!(c.negative_ttl, DEFAULT_NEGATIVE_TTL);
-                assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
-                assert_eq!(c.stall_timeout, DEFAULT_STALL_TIMEOUT);
-                assert_eq!(c.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF);
-                assert_eq!(c.netrc_file, None);
-                assert!(c.bearer_token_files.is_empty());
+                assert_eq!(c.mount.mountpoint, Path::new(DEFAULT_MOUNTPOINT));
+                assert_eq!(c.cache.dir, Path::new(DEFAULT_CACHE_DIR));
+                assert_eq!(c.cache.max_bytes, DEFAULT_MAX_SIZE_BYTES);
+                assert_eq!(c.cache.min_free, DEFAULT_MIN_FREE);
+                assert!(!c.mount.options.allow_other);
+                assert_eq!(c.cache.negative_ttl, DEFAULT_NEGATIVE_TTL);
+                assert_eq!(c.upstream.timeouts.connect, DEFAULT_CONNECT_TIMEOUT);
+                assert_eq!(c.upstream.timeouts.stall, DEFAULT_STALL_TIMEOUT);
+                assert_eq!(c.upstream.backoff, DEFAULT_UPSTREAM_BACKOFF);
+                assert_eq!(c.upstream.netrc_file, None);
+                assert!(c.upstream.bearer_token_files.is_empty());
             },
         },
         Case {
             name: "nix_conf_over_defaults",
             files: &[("nix.conf", "substituters = https://nix\n")],
             flags: no_flags,
-            check: |_, c| assert_eq!(c.substituters, ["https://nix"]),
+            check: |_, c| assert_eq!(c.upstream.substituters, ["https://nix"]),
         },
         Case {
             name: "extra_settings_add_to_the_defaults_like_nix",
@@ -129,18 +137,18 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
             )],
             flags: no_flags,
             check: |_, c| {
-                assert_eq!(c.substituters, [DEFAULT_SUBSTITUTER, "https://extra"]);
+                assert_eq!(c.upstream.substituters, [DEFAULT_SUBSTITUTER, "https://extra"]);
                 assert_eq!(c.trusted_keys.len(), 2);
             },
         },
         Case {
             name: "flags_over_nix_conf",
             files: &[("nix.conf", "substituters = https://nix\n")],
-            flags: |_| RawConfig {
-                substituters: vec!["http://flag".into()],
-                ..RawConfig::default()
+            flags: |_| Settings {
+                substituters: Some(vec!["http://flag".into()]),
+                ..Settings::default()
             },
-            check: |_, c| assert_eq!(c.substituters, ["http://flag"]),
+            check: |_, c| assert_eq!(c.upstream.substituters, ["http://flag"]),
         },
         Case {
             name: "file_over_nix_conf",
@@ -149,7 +157,7 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 ("storefs.toml", "substituters = [\"https://file\"]\n"),
             ],
             flags: no_flags,
-            check: |_, c| assert_eq!(c.substituters, ["https://file"]),
+            check: |_, c| assert_eq!(c.upstream.substituters, ["https://file"]),
         },
         Case {
             name: "flags_over_file",
@@ -159,29 +167,29 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                  negative-ttl = 5\nupstream-backoff = 5\nconnect-timeout = 5\n\
                  prefetch-jobs = 5\nstall-timeout = 5\ncache-dir = \"/file/cache\"\nmountpoint = \"/file/mnt\"\n",
             )],
-            flags: |_| RawConfig {
-                substituters: vec!["https://flag".into()],
+            flags: |_| Settings {
+                substituters: Some(vec!["https://flag".into()]),
                 max_size: Some("30G".into()),
                 min_free: Some("10%".into()),
-                negative_ttl_secs: Some(7),
-                upstream_backoff_secs: Some(7),
-                connect_timeout_secs: Some(7),
-                stall_timeout_secs: Some(7),
+                negative_ttl: Some(7),
+                upstream_backoff: Some(7),
+                connect_timeout: Some(7),
+                stall_timeout: Some(7),
                 prefetch_jobs: Some(7),
                 cache_dir: Some("/flag/cache".into()),
                 mountpoint: Some("/flag/mnt".into()),
-                ..RawConfig::default()
+                ..Settings::default()
             },
             check: |_, c| {
-                assert_eq!(c.substituters, ["https://flag"]);
-                assert_eq!(c.max_size_bytes, 30 << 30);
-                assert_eq!(c.min_free, MinFree::Percent(10));
+                assert_eq!(c.upstream.substituters, ["https://flag"]);
+                assert_eq!(c.cache.max_bytes, 30 << 30);
+                assert_eq!(c.cache.min_free, MinFree::Percent(10));
                 let seven = Duration::from_secs(7);
-                assert_eq!([c.negative_ttl, c.upstream_backoff], [seven; 2]);
-                assert_eq!([c.connect_timeout, c.stall_timeout], [seven; 2]);
-                assert_eq!(c.prefetch_jobs, 7);
-                assert_eq!(c.cache_dir, Path::new("/flag/cache"));
-                assert_eq!(c.mountpoint, Path::new("/flag/mnt"));
+                assert_eq!([c.cache.negative_ttl, c.upstream.backoff], [seven; 2]);
+                assert_eq!([c.upstream.timeouts.connect, c.upstream.timeouts.stall], [seven; 2]);
+                assert_eq!(c.cache.prefetch_jobs, 7);
+                assert_eq!(c.cache.dir, Path::new("/flag/cache"));
+                assert_eq!(c.mount.mountpoint, Path::new("/flag/mnt"));
             },
         },
         Case {
@@ -194,13 +202,13 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
             )],
             flags: no_flags,
             check: |h, c| {
-                assert_eq!(c.max_size_bytes, 20 << 30);
-                assert_eq!(c.min_free, MinFree::Bytes(0));
-                assert_eq!(c.negative_ttl, Duration::ZERO);
-                assert_eq!(c.upstream_backoff, Duration::from_secs(1));
-                assert_eq!(c.prefetch_jobs, 0, "0 turns prefetch off");
-                assert!(c.allow_other);
-                assert_eq!(c.cache_dir, h.path("cache"), "relative to the file's directory");
+                assert_eq!(c.cache.max_bytes, 20 << 30);
+                assert_eq!(c.cache.min_free, MinFree::Bytes(0));
+                assert_eq!(c.cache.negative_ttl, Duration::ZERO);
+                assert_eq!(c.upstream.backoff, Duration::from_secs(1));
+                assert_eq!(c.cache.prefetch_jobs, 0, "0 turns prefetch off");
+                assert!(c.mount.options.allow_other);
+                assert_eq!(c.cache.dir, h.path("cache"), "relative to the file's directory");
             },
         },
         Case {
@@ -211,13 +219,13 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 ("storefs.toml", "nix-conf = \"other.conf\"\n"),
             ],
             flags: no_flags,
-            check: |_, c| assert_eq!(c.substituters, ["https://other-nix-conf"]),
+            check: |_, c| assert_eq!(c.upstream.substituters, ["https://other-nix-conf"]),
         },
         Case {
             name: "explicit_config_instead_of_the_default_file",
             files: &[("storefs.toml", "max-size = \"1G\"\n"), ("mine.toml", "max-size = \"2G\"\n")],
-            flags: |h| RawConfig { config_file: Some(h.path("mine.toml")), ..Default::default() },
-            check: |_, c| assert_eq!(c.max_size_bytes, 2 << 30),
+            flags: |h| Settings { config_file: Some(h.path("mine.toml")), ..Default::default() },
+            check: |_, c| assert_eq!(c.cache.max_bytes, 2 << 30),
         },
         Case {
             name: "netrc_from_nix_conf",
@@ -227,19 +235,19 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 ("netrc", ""),
             ],
             flags: no_flags,
-            check: |h, c| assert_eq!(c.netrc_file, Some(h.path("nix-netrc"))),
+            check: |h, c| assert_eq!(c.upstream.netrc_file, Some(h.path("nix-netrc"))),
         },
         Case {
             name: "netrc_named_by_nix_conf_but_missing_means_none",
             files: &[("nix.conf", "netrc-file = {dir}/missing\n"), ("netrc", "")],
             flags: no_flags,
-            check: |_, c| assert_eq!(c.netrc_file, None),
+            check: |_, c| assert_eq!(c.upstream.netrc_file, None),
         },
         Case {
             name: "netrc_default_when_it_exists",
             files: &[("netrc", "")],
             flags: no_flags,
-            check: |h, c| assert_eq!(c.netrc_file, Some(h.path("netrc"))),
+            check: |h, c| assert_eq!(c.upstream.netrc_file, Some(h.path("netrc"))),
         },
         Case {
             name: "netrc_file_over_nix_conf_and_flag_over_file",
@@ -250,8 +258,8 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                 ("flag-netrc", ""),
                 ("storefs.toml", "netrc-file = \"file-netrc\"\n"),
             ],
-            flags: |h| RawConfig { netrc_file: Some(h.path("flag-netrc")), ..Default::default() },
-            check: |h, c| assert_eq!(c.netrc_file, Some(h.path("flag-netrc"))),
+            flags: |h| Settings { netrc_file: Some(h.path("flag-netrc")), ..Default::default() },
+            check: |h, c| assert_eq!(c.upstream.netrc_file, Some(h.path("flag-netrc"))),
         },
         Case {
             name: "bearer_tokens_from_the_file",
@@ -265,7 +273,10 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
             ],
             flags: no_flags,
             check: |h, c| {
-                assert_eq!(c.bearer_token_files, [("https://a/".into(), h.path("a.token"))]);
+                assert_eq!(
+                    c.upstream.bearer_token_files,
+                    [("https://a/".into(), h.path("a.token"))]
+                );
             },
         },
         Case {
@@ -279,12 +290,18 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
                      bearer-token-files = { \"https://a\" = \"a.token\" }\n",
                 ),
             ],
-            flags: |h| RawConfig {
-                bearer_token_files: vec![format!("https://b/x=y={}", h.path("b.token").display())],
+            flags: |h| Settings {
+                bearer_token_files: typed(&[&format!(
+                    "https://b/x=y={}",
+                    h.path("b.token").display()
+                )]),
                 ..Default::default()
             },
             check: |h, c| {
-                assert_eq!(c.bearer_token_files, [("https://b/x=y".into(), h.path("b.token"))]);
+                assert_eq!(
+                    c.upstream.bearer_token_files,
+                    [("https://b/x=y".into(), h.path("b.token"))]
+                );
             },
         },
     ];
@@ -301,18 +318,18 @@ fn precedence_is_flags_then_file_then_nix_conf_then_defaults() {
 
 #[test]
 fn bad_values_are_refused_naming_the_setting_and_the_value() {
-    type Flags = fn(&Host) -> RawConfig;
+    type Flags = fn(&Host) -> Settings;
     let cases: [(&str, &str, Flags, &[&str]); 22] = [
         (
             "cache_inside_the_mount",
             "mountpoint = \"/nix/store\"\n",
-            |_| RawConfig { cache_dir: Some("/nix/store/cache".into()), ..Default::default() },
+            |_| Settings { cache_dir: Some("/nix/store/cache".into()), ..Default::default() },
             &["/nix/store/cache", "inside the mountpoint"],
         ),
         (
             "bad_key_flag",
             "",
-            |_| RawConfig { trusted_public_keys: vec!["nokey".into()], ..Default::default() },
+            |_| Settings { trusted_public_keys: Some(vec!["nokey".into()]), ..Default::default() },
             &["nokey"],
         ),
         ("unknown_key", "colour = \"blue\"\n", no_flags, &["`colour`", "storefs.toml"]),
@@ -326,20 +343,20 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
         (
             "bad_size_flag",
             "",
-            |_| RawConfig { max_size: Some("12Q".into()), ..Default::default() },
+            |_| Settings { max_size: Some("12Q".into()), ..Default::default() },
             &["--max-size", "\"12Q\""],
         ),
         (
             "bad_min_free_flag",
             "",
-            |_| RawConfig { min_free: Some("150%".into()), ..Default::default() },
+            |_| Settings { min_free: Some("150%".into()), ..Default::default() },
             &["--min-free", "\"150%\""],
         ),
         ("bad_min_free_in_file", "min-free = \"lots\"\n", no_flags, &["min-free in", "\"lots\""]),
         (
             "zero_connect_timeout",
             "",
-            |_| RawConfig { connect_timeout_secs: Some(0), ..Default::default() },
+            |_| Settings { connect_timeout: Some(0), ..Default::default() },
             &["--connect-timeout", "0 is out of range"],
         ),
         (
@@ -351,13 +368,13 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
         (
             "huge_negative_ttl",
             "",
-            |_| RawConfig { negative_ttl_secs: Some(u64::MAX), ..Default::default() },
+            |_| Settings { negative_ttl: Some(u64::MAX), ..Default::default() },
             &["--negative-ttl", "18446744073709551615"],
         ),
         (
             "too_many_prefetch_jobs",
             "",
-            |_| RawConfig { prefetch_jobs: Some(65), ..Default::default() },
+            |_| Settings { prefetch_jobs: Some(65), ..Default::default() },
             &["--prefetch-jobs", "65 is out of range", "0 (off) to 64"],
         ),
         ("negative_prefetch_jobs", "prefetch-jobs = -1\n", no_flags, &["`prefetch-jobs`"]),
@@ -371,18 +388,18 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
         (
             "missing_netrc_flag",
             "",
-            |h| RawConfig { netrc_file: Some(h.path("nope")), ..Default::default() },
+            |h| Settings { netrc_file: Some(h.path("nope")), ..Default::default() },
             &["--netrc-file", "nope", "does not exist"],
         ),
         ("missing_netrc_in_file", "netrc-file = \"nope\"\n", no_flags, &["netrc-file in", "nope"]),
         (
             "token_for_an_unknown_cache",
             "",
-            |h| RawConfig {
-                bearer_token_files: vec![format!(
+            |h| Settings {
+                bearer_token_files: typed(&[&format!(
                     "https://other={}",
                     h.path("storefs.toml").display()
-                )],
+                )]),
                 ..Default::default()
             },
             &["--bearer-token-file", "\"https://other\"", "https://cache.nixos.org"],
@@ -390,8 +407,8 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
         (
             "token_without_a_file",
             "",
-            |_| RawConfig {
-                bearer_token_files: vec!["https://cache.nixos.org".into()],
+            |_| Settings {
+                bearer_token_files: typed(&["https://cache.nixos.org"]),
                 ..Default::default()
             },
             &["--bearer-token-file", "\"https://cache.nixos.org\"", "URL=FILE"],
@@ -407,8 +424,8 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
             "",
             |h| {
                 let v = format!("https://cache.nixos.org={}", h.path("storefs.toml").display());
-                RawConfig {
-                    bearer_token_files: vec![v.clone(), v.replace(".org=", ".org/=")],
+                Settings {
+                    bearer_token_files: typed(&[&v, &v.replace(".org=", ".org/=")]),
                     ..Default::default()
                 }
             },
@@ -417,7 +434,7 @@ fn bad_values_are_refused_naming_the_setting_and_the_value() {
         (
             "missing_config_flag",
             "",
-            |h| RawConfig { config_file: Some(h.path("gone.toml")), ..Default::default() },
+            |h| Settings { config_file: Some(h.path("gone.toml")), ..Default::default() },
             &["configuration file", "gone.toml"],
         ),
     ];
@@ -439,16 +456,63 @@ fn relative_flag_paths_are_taken_against_the_current_directory() {
     let host = Host::new();
     let cwd = std::env::current_dir().unwrap();
     let cfg = host
-        .resolve(&RawConfig {
+        .resolve(&Settings {
             mountpoint: Some("mnt".into()),
             cache_dir: Some("cache".into()),
             netrc_file: Some("Cargo.toml".into()), // any file that exists in the crate root
-            ..RawConfig::default()
+            ..Settings::default()
         })
         .unwrap();
-    assert_eq!(cfg.mountpoint, cwd.join("mnt"));
-    assert_eq!(cfg.cache_dir, cwd.join("cache"));
-    assert_eq!(cfg.netrc_file, Some(cwd.join("Cargo.toml")));
+    assert_eq!(cfg.mount.mountpoint, cwd.join("mnt"));
+    assert_eq!(cfg.cache.dir, cwd.join("cache"));
+    assert_eq!(cfg.upstream.netrc_file, Some(cwd.join("Cargo.toml")));
+}
+
+#[test]
+fn relative_paths_in_the_file_are_taken_against_its_directory() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.path("etc/tokens")).unwrap();
+    host.write("netrc", "");
+    host.write("etc/tokens/a", "");
+    host.write(
+        "etc/nix.conf",
+        "trusted-public-keys = k-1:LUtwYW0cmXkhpblWnvuM560Cx9AVlznKr4edTPJXYHQ=\n",
+    );
+    let file = host.write(
+        "etc/storefs.toml",
+        "cache-dir = \"cache\"\nnetrc-file = \"../netrc\"\nmountpoint = \"/abs\"\n\
+         nix-conf = \"nix.conf\"\nsubstituters = [\"https://a\"]\n\
+         bearer-token-files = { \"https://a\" = \"tokens/a\" }\n",
+    );
+    let cfg = host.resolve(&Settings { config_file: Some(file), ..Settings::default() }).unwrap();
+    assert_eq!(cfg.cache.dir, host.path("etc/cache"));
+    assert_eq!(cfg.upstream.netrc_file, Some(host.path("etc/../netrc")));
+    assert_eq!(cfg.mount.mountpoint, Path::new("/abs"));
+    assert!(cfg.trusted_keys.get("k-1").is_some(), "nix.conf read from the file's directory");
+    assert_eq!(cfg.upstream.bearer_token_files, [("https://a".into(), host.path("etc/tokens/a"))]);
+}
+
+/// Each per-layer config gets the resolved values, and values two layers share agree.
+#[test]
+fn the_layer_configs_are_built_from_the_settings() {
+    let host = Host::new();
+    let cfg = host
+        .resolve(&Settings {
+            connect_timeout: Some(3),
+            stall_timeout: Some(11),
+            passthrough: Some(true),
+            metrics_listen: Some("127.0.0.1:9101".into()),
+            control_socket: Some("/run/x.sock".into()),
+            ..Settings::default()
+        })
+        .unwrap();
+    let (connect, stall) = (Duration::from_secs(3), Duration::from_secs(11));
+    assert_eq!((cfg.upstream.timeouts.connect, cfg.upstream.timeouts.stall), (connect, stall));
+    assert_eq!(cfg.upstream.retry, crate::upstream::retry::RetryPolicy::with_budget(connect));
+    assert_eq!(cfg.cache.low_speed.window, stall, "the low-speed window is the stall timeout");
+    assert!(cfg.mount.passthrough && !cfg.mount.options.allow_other);
+    assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9101".parse().unwrap()));
+    assert_eq!(cfg.control_socket, Path::new("/run/x.sock"));
 }
 
 const EXAMPLE: &str = include_str!("../../systemd/storefs.toml");
@@ -457,10 +521,10 @@ const EXAMPLE: &str = include_str!("../../systemd/storefs.toml");
 fn the_example_file_as_shipped_gives_the_defaults() {
     let host = Host::new();
     let path = host.write("storefs.toml", EXAMPLE);
-    assert_eq!(FileConfig::read(&path).unwrap(), FileConfig::default());
-    let cfg = host.resolve(&RawConfig::default()).unwrap();
-    assert_eq!(cfg.substituters, [DEFAULT_SUBSTITUTER]);
-    assert_eq!(cfg.max_size_bytes, DEFAULT_MAX_SIZE_BYTES);
+    assert_eq!(file::read(&path).unwrap(), Settings::default());
+    let cfg = host.resolve(&Settings::default()).unwrap();
+    assert_eq!(cfg.upstream.substituters, [DEFAULT_SUBSTITUTER]);
+    assert_eq!(cfg.cache.max_bytes, DEFAULT_MAX_SIZE_BYTES);
 }
 
 /// Uncommenting every `# key = value` line of the example changes nothing: the values shown
@@ -477,52 +541,33 @@ fn the_example_file_uncommented_gives_the_documented_defaults() {
         .collect();
     let host = Host::new();
     let path = host.write("storefs.toml", &uncommented);
-    let file = FileConfig::read(&path).unwrap();
-    // Destructured in full so that a new key fails here until the example shows it.
-    let FileConfig {
-        mountpoint,
-        substituters,
-        trusted_public_keys,
-        nix_conf,
-        connect_timeout,
-        stall_timeout,
-        upstream_backoff,
-        negative_ttl,
-        prefetch_jobs,
-        netrc_file,
-        bearer_token_files,
-        cache_dir,
-        max_size,
-        min_free,
-        allow_other,
-        passthrough,
-        control_socket,
-        metrics_listen,
-    } = file;
-    let shown = [
-        mountpoint.is_some(),
-        substituters.is_some(),
-        trusted_public_keys.is_some(),
-        connect_timeout.is_some(),
-        stall_timeout.is_some(),
-        upstream_backoff.is_some(),
-        negative_ttl.is_some(),
-        prefetch_jobs.is_some(),
-        bearer_token_files.is_some(),
-        cache_dir.is_some(),
-        max_size.is_some(),
-        min_free.is_some(),
-        allow_other.is_some(),
-        passthrough.is_some(),
-        control_socket.is_some(),
-    ];
-    assert!(shown.iter().all(|&s| s), "a key lacks its `# key = default` line: {shown:?}");
+    let file = file::read(&path).unwrap();
+    let table: toml::Table = uncommented.parse().unwrap();
+    // Every setting but `--config` is a key, read from the clap definition so that a new flag
+    // is checked here without touching this test.
+    for key in file_keys() {
+        let example_only = EXAMPLE.lines().any(|l| l.starts_with(&format!("## {key} = ")));
+        assert!(
+            table.contains_key(&key) || example_only,
+            "systemd/storefs.toml lacks a `# {key} = default` (or `## {key} = example`) line"
+        );
+    }
     // These have no literal default ("…, if it exists"): the example shows them as `## `.
-    assert_eq!((nix_conf, netrc_file, metrics_listen), (None, None, None));
+    assert_eq!((file.nix_conf, file.netrc_file, file.metrics_listen), (None, None, None));
 
-    let cfg = host.resolve(&RawConfig::default()).unwrap();
-    let defaults = Host::new().resolve(&RawConfig::default()).unwrap();
+    let cfg = host.resolve(&Settings::default()).unwrap();
+    let defaults = Host::new().resolve(&Settings::default()).unwrap();
     assert_eq!(format!("{cfg:?}"), format!("{defaults:?}"));
+}
+
+/// The configuration file's keys: one per `storefs mount` setting except `--config`.
+fn file_keys() -> Vec<String> {
+    let mount = <Settings as clap::Args>::augment_args(clap::Command::new("mount"));
+    let ids = mount.get_arguments().map(|arg| arg.get_id().as_str().to_owned());
+    let keys: Vec<String> =
+        ids.filter(|id| id != "config_file").map(|id| id.replace('_', "-")).collect();
+    assert!(keys.len() > 10, "too few settings: {keys:?}");
+    keys
 }
 
 fn is_key(word: &str) -> bool {

@@ -1,0 +1,63 @@
+//! `ConfigError`: why a configuration cannot be used. Every message names the bad value, and
+//! [`ConfigError::Setting`] adds where it came from (`--flag` or `key in FILE`).
+
+use std::path::PathBuf;
+
+/// A configuration problem, naming the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A size that does not parse.
+    #[error(
+        "invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 20G)"
+    )]
+    Size(String),
+    /// A trusted key that does not parse, or two keys with one name.
+    #[error("invalid trusted public key: {0}")]
+    Key(String),
+    /// nix.conf exists but cannot be read.
+    #[error("cannot read {path}: {source}")]
+    NixConf {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A setting's value is bad; `setting` is `--flag` or `key in FILE`.
+    #[error("{setting}: {source}")]
+    Setting {
+        /// Where the value came from.
+        setting: String,
+        /// What is wrong with it, naming the value.
+        #[source]
+        source: Box<ConfigError>,
+    },
+    /// The cache directory lies under the mountpoint (the daemon would deadlock on itself).
+    #[error("cache directory {cache} is inside the mountpoint {mountpoint}")]
+    CacheInsideMount {
+        /// The cache directory.
+        cache: PathBuf,
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// Some other value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}

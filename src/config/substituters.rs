@@ -1,0 +1,34 @@
+//! Which binary caches to ask and which signing keys to trust: the two settings that fall
+//! through to nix.conf (with its `extra-` additions) before the built-in default.
+
+use super::defaults::{DEFAULT_SUBSTITUTER, DEFAULT_TRUSTED_KEY};
+use super::layers::{Layers, Origin};
+use super::{ConfigError, NixConf};
+use crate::nix::signature::TrustedKeys;
+
+/// `--substituter`, else the file's `substituters`, else nix.conf's (+ `extra-substituters`),
+/// else cache.nixos.org.
+pub fn substituters(layers: &Layers<'_>, nix_conf: &NixConf) -> Result<Vec<String>, ConfigError> {
+    Ok(match layers.list("substituters", |s| &s.substituters)? {
+        Some((list, _)) => list.to_vec(),
+        None => nix_conf.substituters_or(DEFAULT_SUBSTITUTER),
+    })
+}
+
+/// `--trusted-public-key`, else the file's `trusted-public-keys`, else nix.conf's (+ extras),
+/// else cache.nixos.org's key; parsed. A bad key is named, and so is the file it came from.
+pub fn trusted_keys(layers: &Layers<'_>, nix_conf: &NixConf) -> Result<TrustedKeys, ConfigError> {
+    const KEY: &str = "trusted-public-keys";
+    let (keys, origin) = match layers.list(KEY, |s| &s.trusted_public_keys)? {
+        Some((list, origin)) => (list.to_vec(), Some(origin)),
+        None => (nix_conf.trusted_public_keys_or(DEFAULT_TRUSTED_KEY), None),
+    };
+    TrustedKeys::parse_all(keys.iter().map(String::as_str)).map_err(|e| {
+        let err = ConfigError::Key(e.to_string());
+        match origin {
+            Some(file @ Origin::File(_)) => file.err(KEY, err),
+            // A flag's message names the key itself; nix.conf's keys are Nix's own business.
+            Some(Origin::Flag) | None => err,
+        }
+    })
+}
