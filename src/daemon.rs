@@ -150,6 +150,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for task in metrics_task.into_iter().chain(status_task) {
         let _ = task.await;
     }
+    // Prefetches and downloads still running end without publishing; the lock is released now,
+    // not when the last task lets go of the cache.
+    cache.close();
     result
 }
 

@@ -91,6 +91,9 @@ impl NarCache {
         let mut freed = 0;
         loop {
             let moves = lock(&self.moves);
+            if self.is_closed() {
+                break;
+            }
             let victim = {
                 let mut cat = lock(&self.catalog);
                 if enough(&room, &cat, freed) {
@@ -141,6 +144,9 @@ impl NarCache {
         expected: Option<&Arc<Entry>>,
     ) -> Result<Option<(PathBuf, u64)>, LayoutError> {
         let _moves = lock(&self.moves);
+        if self.is_closed() {
+            return Err(LayoutError::Closed);
+        }
         let victim = {
             let mut cat = lock(&self.catalog);
             let matches =

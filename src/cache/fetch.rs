@@ -8,6 +8,7 @@ use tracing::{debug, info, warn};
 
 use super::error::Failures;
 use super::evict::Reservation;
+use super::layout::LayoutError;
 use super::scan;
 use super::stats::CacheStats;
 use super::{CacheError, Cause, Entry, Failure, NarCache, unpack};
@@ -317,6 +318,9 @@ impl NarCache {
             let (staging, hash) = (staging.clone(), hash.clone());
             tokio::task::spawn_blocking(move || {
                 let _moves = lock(&this.moves);
+                if this.is_closed() {
+                    return Err(LayoutError::Closed);
+                }
                 this.layout.publish(&staging, &hash)
             })
         };

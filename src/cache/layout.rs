@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
 /// Version of the directory layout; a cache of another version is refused, never misread.
 pub const CACHE_VERSION: u32 = 1;
@@ -75,6 +75,9 @@ pub enum LayoutError {
         /// Why.
         reason: &'static str,
     },
+    /// The cache was closed: nothing in its directory may change any more.
+    #[error("the cache was closed")]
+    Closed,
 }
 
 impl LayoutError {
@@ -102,7 +105,8 @@ pub struct Space {
 #[derive(Debug)]
 pub struct Layout {
     root: PathBuf,
-    _lock: File,
+    /// The flock()ed lock file; None once released by `unlock`.
+    lock: Mutex<Option<File>>,
     next_id: AtomicU64,
 }
 
@@ -135,10 +139,21 @@ impl Layout {
                 .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
                 .map_err(io_err("cannot create", &dir))?;
         }
-        let layout = Self { root: root.to_owned(), _lock: lock, next_id: AtomicU64::new(0) };
+        let layout = Self {
+            root: root.to_owned(),
+            lock: Mutex::new(Some(lock)),
+            next_id: AtomicU64::new(0),
+        };
         layout.empty_dir(&layout.staging_root())?;
         layout.empty_dir(&layout.trash_root())?;
         Ok(layout)
+    }
+
+    /// Lets go of the directory: another process (or another `Layout`) may open it from now on.
+    /// The caller must not change anything in it afterwards.
+    pub fn unlock(&self) {
+        // Closing the descriptor releases the flock.
+        drop(lock(&self.lock).take());
     }
 
     /// The cache root.

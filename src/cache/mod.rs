@@ -138,6 +138,8 @@ pub struct NarCache {
     inflight: Mutex<HashMap<String, InFlight>>,
     negative: Mutex<LruCache<String, Instant>>,
     prefetcher: Prefetcher,
+    /// Set by `close`: nothing in the directory changes any more (checked under `moves`).
+    closed: AtomicBool,
     /// Becomes true when the start-up scan of `entries/` has finished, well or not.
     scanned: tokio::sync::watch::Sender<bool>,
     /// True once a scan completed: every entry on disk is in memory.
@@ -167,6 +169,7 @@ impl NarCache {
         let cache = Arc::new(Self {
             catalog: Mutex::new(Catalog::new(pins)),
             moves: Mutex::new(()),
+            closed: AtomicBool::new(false),
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
             prefetcher: Prefetcher::new(config.prefetch_jobs),
@@ -186,6 +189,22 @@ impl NarCache {
         });
         cache.start_scan();
         Ok(cache)
+    }
+
+    /// Stops the cache: background prefetches end, nothing is published, evicted or discarded
+    /// any more, and the directory's lock is released, so the directory can be opened again at
+    /// once (a restart, the next test) even while tasks still hold this cache. A fetch running
+    /// now ends with an error instead of publishing. Idempotent.
+    pub fn close(&self) {
+        let _moves = lock(&self.moves);
+        self.closed.store(true, Ordering::Release);
+        self.prefetcher.close();
+        self.layout.unlock();
+    }
+
+    /// Whether `close` was called; read with `moves` held before changing the directory.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// The entry for `sp` if it is cached now (no network), marking it recently used.

@@ -40,13 +40,18 @@ impl Prefetcher {
     pub(super) fn new(jobs: usize) -> Self {
         Self { jobs, permits: Semaphore::new(jobs), queued: Mutex::default() }
     }
+
+    /// Ends every prefetch waiting for a permit and refuses new ones.
+    pub(super) fn close(&self) {
+        self.permits.close();
+    }
 }
 
 impl NarCache {
     /// Queues for prefetch the references of `info` other than itself that are not cached,
     /// being fetched, known absent or queued already.
     pub(super) fn prefetch_references(self: &Arc<Self>, info: &NarInfo) {
-        if self.prefetcher.jobs == 0 {
+        if self.prefetcher.jobs == 0 || self.prefetcher.permits.is_closed() {
             return;
         }
         for reference in info.references.iter().filter(|r| **r != info.store_path) {

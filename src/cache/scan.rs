@@ -152,6 +152,10 @@ impl NarCache {
     }
 
     fn discard_bad(&self, dir: &Path, reason: &str) -> Result<(), LayoutError> {
+        let _moves = lock(&self.moves);
+        if self.is_closed() {
+            return Err(LayoutError::Closed);
+        }
         warn!(entry = %dir.display(), reason, "discarding unusable cache entry");
         self.layout.discard(dir).map(drop)
     }

@@ -95,7 +95,7 @@ pub(crate) fn publish_refs(
 
 pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    /// The last cache opened: a new one waits until its background tasks let go of the lock.
+    /// The last cache opened: closed when the next one opens.
     previous: std::sync::Mutex<std::sync::Weak<NarCache>>,
     pub(crate) config: CacheConfig,
     pub(crate) ups: Vec<Arc<MockUpstream>>,
@@ -121,21 +121,11 @@ impl Fixture {
             self.ups.iter().map(|u| u.clone() as Arc<dyn Upstream>).collect(),
         );
         let keys = TrustedKeys::new(vec![key().public()]).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.previous.lock().unwrap().strong_count() > 0 {
-            assert!(std::time::Instant::now() < deadline, "previous cache never released");
-            std::thread::yield_now();
+        // Tasks of the previous cache may still hold it: closing it releases its directory.
+        if let Some(previous) = self.previous.lock().unwrap().upgrade() {
+            previous.close();
         }
-        // The last reference may be gone while its drop, which releases the lock, still runs on
-        // another thread: wait for the lock too.
-        let cache = loop {
-            match NarCache::open(self.config.clone(), set.clone(), keys.clone()) {
-                Err(LayoutError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::yield_now();
-                }
-                result => break result.unwrap(),
-            }
-        };
+        let cache = NarCache::open(self.config.clone(), set.clone(), keys.clone()).unwrap();
         *self.previous.lock().unwrap() = Arc::downgrade(&cache);
         cache
     }
@@ -293,8 +283,8 @@ async fn a_removed_key_stops_vouching_for_cached_entries() {
     drop(cache);
     let set = UpstreamSet::in_order(vec![fx.ups[0].clone() as Arc<dyn Upstream>]);
     let other = TrustedKeys::new(vec![SigningKey::generate("other-1", [4; 32]).public()]).unwrap();
-    while fx.previous.lock().unwrap().strong_count() > 0 {
-        std::thread::yield_now();
+    if let Some(previous) = fx.previous.lock().unwrap().upgrade() {
+        previous.close();
     }
     let cache = NarCache::open(fx.config.clone(), set, other).unwrap();
     cache.wait_scanned().await;
