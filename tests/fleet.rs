@@ -347,6 +347,7 @@ fn fleet_docs_point_at_the_tested_configs_and_their_placeholders() {
 #[ignore = "benchmark: scripts/fleet-bench.sh"]
 fn fleet_bench() {
     let Some(fx) = setup("fleet_bench", &[ProxyKind::Nginx, ProxyKind::Squid]) else { return };
+    println!();
     println!("| hosts | tier | origin requests | origin MB | proxy requests | seconds |");
     println!("|---:|---|---:|---:|---:|---:|");
     for hosts in [1, 4, 16] {
