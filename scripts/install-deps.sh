@@ -13,7 +13,7 @@ if [[ $(id -u) -ne 0 ]]; then
     SUDO=(sudo -n)
 fi
 
-PKGS=(fuse3 nix-bin nginx-light busybox-static xz-utils zstd bzip2 util-linux procps iproute2)
+PKGS=(fuse3 nix-bin nginx-light squid busybox-static xz-utils zstd bzip2 util-linux procps iproute2)
 
 missing=()
 installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" 2>/dev/null || true)
@@ -23,7 +23,7 @@ done
 
 if ((${#missing[@]})); then
     say "installing ${missing[*]}"
-    # Keep package scripts from starting services (nginx would grab port 80).
+    # Keep package scripts from starting services (nginx would grab port 80, squid 3128).
     policy_added=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null

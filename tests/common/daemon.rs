@@ -73,6 +73,26 @@ impl Daemon {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Daemon {
+        Self::spawn_in(mnt, cache, log, args, env, None)
+    }
+
+    /// Like `start`, with the daemon in the network namespace `netns` (a `/run/netns/<name>`
+    /// file): it is then its own host on the network, while its mount is in this mount namespace.
+    pub fn start_in_netns(dir: &Path, args: &[String], netns: &Path) -> Daemon {
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let (cache, log) = (dir.join("cache"), dir.join("storefs.log"));
+        Self::spawn_in(&mnt, &cache, &log, args, &[], Some(netns)).wait_mounted_ok()
+    }
+
+    fn spawn_in(
+        mnt: &Path,
+        cache: &Path,
+        log: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        netns: Option<&Path>,
+    ) -> Daemon {
         let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut args = args.to_vec();
         let control = match args.iter().position(|a| a == "--control-socket") {
@@ -83,7 +103,11 @@ impl Daemon {
                 control
             }
         };
-        let child = Command::new(storefs_bin())
+        let mut cmd = Command::new(storefs_bin());
+        if let Some(netns) = netns {
+            enter_netns_on_exec(&mut cmd, netns);
+        }
+        let child = cmd
             .arg("mount")
             .arg(mnt)
             .arg("--cache-dir")
@@ -198,6 +222,26 @@ impl Drop for Daemon {
         if is_storefs_mount(&self.mnt) {
             force_unmount(&self.mnt);
         }
+    }
+}
+
+/// Makes `cmd` join the network namespace `netns` between fork and exec (only the network
+/// namespace: `ip netns exec` would also give it a mount namespace of its own, hiding its mount).
+fn enter_netns_on_exec(cmd: &mut Command, netns: &Path) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::open(netns)
+        .unwrap_or_else(|e| panic!("network namespace {}: {e}", netns.display()));
+    let fd = OwnedFd::from(file);
+    // SAFETY: setns is async-signal-safe; the closure owns the descriptor, so it stays open
+    // until the command is dropped (it is close-on-exec, so the daemon does not inherit it).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

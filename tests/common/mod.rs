@@ -23,6 +23,7 @@
 pub mod big;
 pub mod daemon;
 pub mod fixtures;
+pub mod fleet;
 pub mod hostile;
 pub mod nginx;
 

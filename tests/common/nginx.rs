@@ -431,7 +431,7 @@ fn stop_child(child: &mut Child) {
 /// `PR_SET_PDEATHSIG(SIGKILL)`: the signal fires when the *spawning thread* exits,
 /// so spawning from the (short-lived) test thread itself would kill the server as
 /// soon as that test's thread ends.
-fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
+pub fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
     type Request = (Command, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     unsafe {
