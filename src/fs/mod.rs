@@ -25,8 +25,8 @@ use self::error::FsError;
 use self::inode::{Inode, SlotTable};
 use crate::cache::contents::FileContents;
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
-use crate::cache::stats::CacheStats;
 use crate::cache::{Entry, NarCache};
+use crate::metrics::{self, Report, Snapshot};
 use crate::nix::nar::NodeId;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock, lock};
@@ -62,6 +62,14 @@ pub struct FsStats {
     pub paths: u64,
 }
 
+metrics::counters! {
+    /// What the filesystem counts itself (reported under its keys in `metrics::METRICS`).
+    pub struct FsCounters {
+        /// File bytes returned to readers by `read` through the daemon.
+        bytes_served,
+    }
+}
+
 /// The read-only store filesystem.
 #[derive(Debug)]
 pub struct StoreFs {
@@ -78,6 +86,8 @@ pub struct StoreFs {
     /// The mount root's listing and the cache generation it was taken at.
     root_listing: Mutex<Option<(u64, RootListing)>>,
     next_handle: AtomicU64,
+    /// What the filesystem did so far.
+    pub counters: FsCounters,
 }
 
 impl StoreFs {
@@ -91,6 +101,7 @@ impl StoreFs {
             files: Mutex::new(HashMap::new()),
             root_listing: Mutex::new(None),
             next_handle: AtomicU64::new(1),
+            counters: FsCounters::default(),
         }
     }
 
@@ -283,7 +294,7 @@ impl StoreFs {
         size: u32,
     ) -> Result<Vec<u8>, FsError> {
         let data = contents.read_at(offset, u64::from(size))?;
-        CacheStats::add(&self.cache.stats.bytes_served, data.len() as u64);
+        metrics::add(&self.counters.bytes_served, data.len() as u64);
         Ok(data)
     }
 
@@ -336,6 +347,14 @@ impl StoreFs {
         let mut paths = self.paths.write().expect("paths lock poisoned by an earlier panic");
         paths.insert(slot, entry);
         slot
+    }
+}
+
+impl Report for StoreFs {
+    fn report(&self, snap: &mut Snapshot) {
+        for (key, n) in self.counters.figures() {
+            snap.set(key, n);
+        }
     }
 }
 
