@@ -13,7 +13,9 @@ if [[ $(id -u) -ne 0 ]]; then
     SUDO=(sudo -n)
 fi
 
-PKGS=(fuse3 nix-bin nginx-light squid busybox-static xz-utils zstd bzip2 util-linux procps iproute2)
+# prometheus: only for /usr/bin/promtool, which checks /metrics and docs/alerts.yml
+# (tests/operate.rs); policy-rc.d below keeps its service from starting.
+PKGS=(fuse3 nix-bin nginx-light squid busybox-static xz-utils zstd bzip2 util-linux procps iproute2 prometheus)
 
 missing=()
 installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" 2>/dev/null || true)

@@ -11,7 +11,7 @@ use crate::control::{self, DaemonHandler};
 use crate::fs::StoreFs;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::session;
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{self, Report, Reporters, Snapshot};
 use crate::notify::Notifier;
 use crate::sync::Arc;
 use crate::upstream::UpstreamSet;
@@ -89,6 +89,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
     let fs = Arc::new(StoreFs::new(cache.clone()));
+    let parts: Vec<Arc<dyn Report>> = vec![cache.clone() as Arc<dyn Report>, fs.clone()];
+    let reporters = Arc::new(Reporters::new(parts));
     let MountConfig { mountpoint, options: mount_options, passthrough } = config.mount;
     let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), passthrough);
     let at = mountpoint.clone();
@@ -108,24 +110,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     info!(socket = %control.path().display(), "control socket");
-    let handler = Arc::new(DaemonHandler::new(cache.clone()));
+    let handler = Arc::new(DaemonHandler::new(cache.clone(), reporters.clone()));
     let control_task = tokio::spawn(control::serve(control, handler, stopped()));
     let metrics_task = metrics_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "serving /metrics");
         }
-        let c = cache.clone();
-        let render = move || metrics::render(&c.snapshot(), &c.stats.histograms);
+        let r = reporters.clone();
+        let render = move || metrics::render(&r.snapshot());
         tokio::spawn(metrics::serve(listener, render, stopped()))
     });
     let notifier = Notifier::from_env();
     notify(&notifier, "READY=1");
     let status_task = notifier.enabled().then(|| {
-        let (n, c, stop) = (notifier.clone(), cache.clone(), stopped());
+        let (n, r, stop) = (notifier.clone(), reporters.clone(), stopped());
         tokio::spawn(async move {
             tokio::pin!(stop);
             loop {
-                notify(&n, &status_line(&c.snapshot()));
+                notify(&n, &status_line(&r.snapshot()));
                 tokio::select! {
                     () = &mut stop => return,
                     () = tokio::time::sleep(STATUS_INTERVAL) => {}
@@ -163,10 +165,10 @@ const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 fn status_line(s: &Snapshot) -> String {
     format!(
         "STATUS=serving: {} paths, {} MiB cached, hit rate {:.0}%, {} fetches in flight",
-        s.cached_paths,
-        s.cache_bytes >> 20,
-        s.hit_rate * 100.0,
-        s.in_flight
+        s.count("cached_paths").unwrap_or(0),
+        s.count("cache_bytes").unwrap_or(0) >> 20,
+        s.number("hit_rate").unwrap_or(0.0) * 100.0,
+        s.count("in_flight").unwrap_or(0)
     )
 }
 

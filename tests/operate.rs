@@ -1,6 +1,7 @@
 //! Operating a real mount: `storefs stats --json` and `/metrics` report exactly what a scripted
-//! workload did, and systemd readiness (`READY=1`) arrives only once the mount answers. Needs
-//! root, /dev/fuse, nix-bin and nginx (like tests/fuse.rs); run with `--features fuse_tests`.
+//! workload did, `/metrics` and docs/alerts.yml pass `promtool check`, and systemd readiness
+//! (`READY=1`) arrives only once the mount answers. Needs root, /dev/fuse, nix-bin and nginx
+//! (like tests/fuse.rs), and promtool (Debian's prometheus); run with `--features fuse_tests`.
 //!
 //! The kernel caches lookups of store paths (their TTL is long), so the workload looks each
 //! valid path up once; cache hits come from a restarted daemon, whose kernel cache is empty.
@@ -18,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, is_storefs_mount, statfs_ok, storefs_bin};
 use common::hostile::fake_basename;
-use common::{Fixtures, Nginx, daemon_args, fuse_setup as setup, hash_part};
+use common::{Fixtures, Nginx, daemon_args, fuse_setup as setup, hash_part, require};
 use serde_json::Value;
+use storefs::metrics::{METRICS, Source};
 
 /// `storefs stats --json --control-socket <the daemon's>`, parsed.
 fn stats(d: &Daemon) -> Value {
@@ -148,6 +150,7 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
         .sum();
     let narinfo_sent = nginx.count_requests(".narinfo") as u64;
     assert_eq!(narinfo_sent, 4, "3 paths and one absent path, once each");
+    assert_eq!(nginx.count_requests("/nix-cache-info"), 1, "asked at the first fetch");
 
     let s = stats(&d);
     let expect = [
@@ -175,7 +178,7 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     assert_eq!(ups.len(), 1);
     assert_eq!(ups[0]["url"], url.trim_end_matches('/'));
     assert_eq!(ups[0]["online"], true);
-    assert_eq!(n(&ups[0], "requests"), 4 + 3, "narinfo + NAR requests");
+    assert_eq!(n(&ups[0], "requests"), 1 + 4 + 3, "nix-cache-info + narinfo + NAR requests");
     assert_eq!(n(&ups[0], "errors"), 0, "404 is an answer, not an error");
     assert_eq!(n(&ups[0], "bytes"), nar_bytes);
     assert!(ups[0]["latency_ms_p50"].as_f64().is_some_and(|ms| ms > 0.0), "{s}");
@@ -202,12 +205,39 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
         assert_eq!(m.get(metric).copied(), Some(n(&s, key) as f64), "{metric} vs {key}");
     }
     let label = format!("{{upstream=\"{}\"}}", url.trim_end_matches('/'));
-    assert_eq!(m[&format!("storefs_upstream_requests_total{label}")], 7.0);
+    assert_eq!(m[&format!("storefs_upstream_requests_total{label}")], 8.0);
     assert_eq!(m[&format!("storefs_upstream_bytes_total{label}")], nar_bytes as f64);
     assert_eq!(m[&format!("storefs_upstream_online{label}")], 1.0);
     assert_eq!(m["storefs_narinfo_fetch_seconds_count"], 4.0);
     assert_eq!(m["storefs_nar_fetch_seconds_count"], 3.0);
     assert_eq!(m["storefs_nar_fetch_seconds_bucket{le=\"+Inf\"}"], 3.0);
+    let version = format!("storefs_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(m[&version], 1.0);
+    let started = m["process_start_time_seconds"];
+    assert_eq!(started, n(&s, "start_time_seconds") as f64);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert!(started <= now.as_secs_f64() && started > now.as_secs_f64() - 600.0, "{started}");
+
+    // `stats --json` has exactly the keys METRICS declares, daemon-wide and per substituter.
+    let declared = |per_upstream: bool| -> std::collections::BTreeSet<String> {
+        METRICS
+            .iter()
+            .filter_map(|m| match m.source {
+                Source::Daemon(k) if !per_upstream => Some(k.to_owned()),
+                Source::PerUpstream(k, _) if per_upstream => Some(k.to_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    let keys = |v: &Value| -> std::collections::BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    };
+    let mut top = keys(&s);
+    assert!(top.remove("upstreams"));
+    assert_eq!(top, declared(false), "stats --json vs METRICS");
+    let mut per = keys(&s["upstreams"][0]);
+    assert!(per.remove("url"));
+    assert_eq!(per, declared(true), "stats --json upstreams[] vs METRICS");
 
     // The human table names the same figures.
     let out = d.client(&["stats"]);
@@ -230,6 +260,68 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     }
     assert_eq!(s["hit_rate"].as_f64(), Some(1.0));
     assert_eq!(nginx.count_requests(".narinfo"), 0);
+}
+
+/// `promtool check metrics` (lint included) has nothing to say about a real daemon's `/metrics`
+/// after a workload, and `promtool check rules` accepts the shipped docs/alerts.yml.
+#[test]
+fn metrics_and_example_alerts_pass_promtool() {
+    let test = "metrics_and_example_alerts_pass_promtool";
+    let Some(fx) = setup(test) else { return };
+    if require(&["promtool"], test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // A substituter that refuses connections too, so its series are there with errors.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let extra = ["--metrics-listen", listen.as_str(), "--prefetch-jobs", "0"];
+    let args = daemon_args(&[nginx.url("zstd"), dead], &fx.public_key, &extra);
+    let d = Daemon::start(tmp.path(), &args);
+    assert!(std::fs::metadata(mnt_path(&d, &fx.hello)).unwrap().is_dir());
+    std::fs::read(mnt_path(&d, &fx.exe)).unwrap();
+    // Issue 13: a cache down from the start shows its failed nix-cache-info request.
+    let s = stats(&d);
+    let down = &s["upstreams"][1];
+    assert_eq!(
+        (down["online"].as_bool(), n(down, "requests"), n(down, "errors")),
+        (Some(false), 1, 1),
+        "{s:#}"
+    );
+    let text = scrape(port);
+    for sample in ["storefs_nar_fetch_seconds_count 1", "storefs_build_info{"] {
+        assert!(text.contains(sample), "{sample} missing:\n{text}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/alerts.yml");
+    let out = Command::new("promtool").args(["check", "rules", rules]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("SUCCESS"),
+        "promtool: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every metric an example rule names exists.
+    let yml = std::fs::read_to_string(rules).unwrap();
+    for word in yml.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("storefs_") || word.starts_with("process_") {
+            assert!(METRICS.iter().any(|m| m.name == word), "alerts.yml names unknown {word}");
+        }
+    }
 }
 
 #[test]

@@ -12,7 +12,6 @@ use super::layout::LayoutError;
 use super::scan;
 use super::stats::CacheStats;
 use super::{CacheError, Cause, Entry, Failure, NarCache, unpack};
-use crate::metrics::UpstreamCounters;
 use crate::nix::hash::NarHash;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StorePath;
@@ -134,15 +133,7 @@ impl NarCache {
         let asked = Instant::now();
         let answer = up.narinfo(&sp.hash_part()).await;
         if !matches!(answer, Err(UpstreamError::Down { .. })) {
-            let latency = asked.elapsed();
-            self.stats.histograms.narinfo.observe(latency.as_secs_f64());
-            if let Some(c) = self.upstream_counters(up.url()) {
-                CacheStats::bump(&c.requests);
-                c.latency.record(latency);
-                if answer.is_err() {
-                    CacheStats::bump(&c.errors);
-                }
-            }
+            self.stats.narinfo_fetch_seconds.observe(asked.elapsed());
         }
         let info = match answer {
             Ok(Some(info)) => info,
@@ -246,8 +237,8 @@ impl NarCache {
         self.download(up, info, None).await
     }
 
-    /// Downloads, verifies, unpacks and publishes one NAR from `up`, counting it for `up`, in
-    /// `room` if given (else room is made for it).
+    /// Downloads, verifies, unpacks and publishes one NAR from `up`, timing it, in `room` if
+    /// given (else room is made for it).
     async fn download(
         self: &Arc<Self>,
         up: &dyn Upstream,
@@ -255,21 +246,17 @@ impl NarCache {
         room: Option<Reservation>,
     ) -> Result<Arc<Entry>, DownloadError> {
         let started = Instant::now();
-        let counters = self.upstream_counters(up.url());
-        let result = self.download_counted(up, info, counters.clone(), room).await;
-        match (&result, counters) {
-            (Ok(_), _) => self.stats.histograms.nar.observe(started.elapsed().as_secs_f64()),
-            (Err(DownloadError::Remote(_)), Some(c)) => CacheStats::bump(&c.errors),
-            (Err(_), _) => {}
+        let result = self.download_untimed(up, info, room).await;
+        if result.is_ok() {
+            self.stats.nar_fetch_seconds.observe(started.elapsed());
         }
         result
     }
 
-    async fn download_counted(
+    async fn download_untimed(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
-        counters: Option<Arc<UpstreamCounters>>,
         room: Option<Reservation>,
     ) -> Result<Arc<Entry>, DownloadError> {
         let sp = &info.store_path;
@@ -281,16 +268,11 @@ impl NarCache {
         // Compression can only shrink real NARs much, but may grow incompressible ones a little.
         let max_compressed = info.nar_size + info.nar_size / 16 + (1 << 20);
         CacheStats::bump(&self.stats.nar_downloads);
-        let asked = Instant::now();
         let body = up.nar(&info.url, max_compressed).await;
-        if let Some(c) = &counters {
-            CacheStats::bump(&c.requests);
-            c.latency.record(asked.elapsed());
-        }
         let body = body.map_err(DownloadError::remote)?;
         let staging = self.layout.new_staging(&hash).map_err(DownloadError::local)?;
         let wire = LowSpeedReader::new(SyncIoBridge::new(body), self.config.low_speed);
-        let reader = CountingReader { inner: wire, counter: self.clone(), upstream: counters };
+        let reader = CountingReader { inner: wire, counter: self.clone() };
         let (info2, staging2) = (info.clone(), staging.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
             unpack::unpack(reader, &info2, max_compressed, &staging2)
@@ -307,6 +289,8 @@ impl NarCache {
                 if err.is_local() {
                     return Err(DownloadError::local(err));
                 }
+                // The body broke, stalled or did not verify: only its reader knows.
+                up.counters().failed();
                 if !err.is_transport() {
                     CacheStats::bump(&self.stats.verify_failures);
                 }
@@ -341,7 +325,6 @@ impl NarCache {
             dir,
             touched_secs: AtomicU64::new(scan::unix_now()),
         });
-        CacheStats::bump(&self.stats.published);
         if let Err(err) = self.narinfos.put(up.url(), info) {
             warn!(store_path = %sp, error = %err, "cannot remember the narinfo");
         }
@@ -363,16 +346,12 @@ impl NarCache {
 struct CountingReader<R> {
     inner: R,
     counter: Arc<NarCache>,
-    upstream: Option<Arc<UpstreamCounters>>,
 }
 
 impl<R: std::io::Read> std::io::Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.counter.stats.bytes_downloaded.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some(c) = &self.upstream {
-            c.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        CacheStats::add(&self.counter.stats.bytes_downloaded, n as u64);
         Ok(n)
     }
 }

@@ -54,14 +54,14 @@ pub use self::ops::{GcReport, VerifyReport};
 pub use self::prefetch::DEFAULT_PREFETCH_JOBS;
 use self::prefetch::Prefetcher;
 use self::stats::CacheStats;
-use crate::metrics::{Snapshot, UpstreamCounters, UpstreamSnapshot};
+use crate::metrics::{Report, Snapshot};
 use crate::nix::nar::NodeId;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signature::TrustedKeys;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
+use crate::upstream::UpstreamSet;
 use crate::upstream::low_speed::LowSpeedLimit;
-use crate::upstream::{Upstream, UpstreamSet};
 
 /// Most "absent" answers remembered at once.
 const NEGATIVE_CACHE_ENTRIES: usize = 65_536;
@@ -146,8 +146,6 @@ pub struct NarCache {
     scan_complete: AtomicBool,
     /// What the cache did so far.
     pub stats: CacheStats,
-    /// Counters of each configured substituter, in configured order.
-    upstream_stats: Vec<(Arc<dyn Upstream>, Arc<UpstreamCounters>)>,
 }
 
 impl std::fmt::Debug for NarCache {
@@ -176,10 +174,6 @@ impl NarCache {
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
             stats: CacheStats::default(),
-            upstream_stats: upstreams
-                .iter()
-                .map(|u| (u.clone(), Arc::new(UpstreamCounters::default())))
-                .collect(),
             layout,
             upstreams,
             ordered: tokio::sync::OnceCell::new(),
@@ -340,53 +334,11 @@ impl NarCache {
         self.config.max_bytes
     }
 
-    /// Counters of the substituter with base URL `url` (shared by every request to it).
-    pub(crate) fn upstream_counters(&self, url: &str) -> Option<Arc<UpstreamCounters>> {
-        self.upstream_stats.iter().find(|(u, _)| u.url() == url).map(|(_, c)| c.clone())
-    }
-
-    /// Every figure `storefs stats` shows, read now.
+    /// Every figure `storefs stats` shows that the cache knows, read now.
     pub fn snapshot(&self) -> Snapshot {
-        let get = CacheStats::get;
-        let s = &self.stats;
-        let (cache_bytes, cached_paths) = {
-            let cat = lock(&self.catalog);
-            (cat.used_bytes(), cat.len() as u64)
-        };
-        let (lookups, hits) = (get(&s.lookups), get(&s.hits));
-        Snapshot {
-            hit_rate: Snapshot::rate(hits, lookups),
-            lookups,
-            cache_hits: hits,
-            narinfo_requests: get(&s.narinfo_requests),
-            negative_hits: get(&s.negative_hits),
-            nar_downloads: get(&s.nar_downloads),
-            bytes_downloaded: get(&s.bytes_downloaded),
-            bytes_served: get(&s.bytes_served),
-            cache_bytes,
-            cache_limit_bytes: self.config.max_bytes,
-            cached_paths,
-            pinned_paths: self.pinned().len() as u64,
-            evictions: get(&s.evictions),
-            in_flight: lock(&self.inflight).len() as u64,
-            prefetched_paths: get(&s.prefetched),
-            prefetch_skipped: get(&s.prefetch_skipped),
-            fetch_failures: get(&s.fetch_failures),
-            prefetch_failures: get(&s.prefetch_failures),
-            verify_failures: get(&s.verify_failures),
-            upstreams: self
-                .upstream_stats
-                .iter()
-                .map(|(u, c)| UpstreamSnapshot {
-                    url: u.url().to_owned(),
-                    online: u.online(),
-                    requests: get(&c.requests),
-                    errors: get(&c.errors),
-                    bytes: get(&c.bytes),
-                    latency_ms_p50: c.latency.p50_ms(),
-                })
-                .collect(),
-        }
+        let mut snap = Snapshot::default();
+        self.report(&mut snap);
+        snap
     }
 
     fn negative_hit(&self, hash: &str) -> bool {
@@ -399,5 +351,33 @@ impl NarCache {
             }
             None => false,
         }
+    }
+}
+
+impl Report for NarCache {
+    fn report(&self, snap: &mut Snapshot) {
+        let s = &self.stats;
+        for (key, n) in s.figures() {
+            snap.set(key, n);
+        }
+        let (lookups, hits) = (CacheStats::get(&s.lookups), CacheStats::get(&s.hits));
+        snap.set("hit_rate", Snapshot::rate(hits, lookups));
+        let (cache_bytes, cached_paths) = {
+            let cat = lock(&self.catalog);
+            (cat.used_bytes(), cat.len() as u64)
+        };
+        snap.set("cache_bytes", cache_bytes);
+        snap.set("cache_limit_bytes", self.config.max_bytes);
+        snap.set("cached_paths", cached_paths);
+        snap.set("pinned_paths", self.pinned().len() as u64);
+        snap.set("in_flight", lock(&self.inflight).len() as u64);
+        for (key, h) in [
+            ("narinfo_fetch_seconds", &s.narinfo_fetch_seconds),
+            ("nar_fetch_seconds", &s.nar_fetch_seconds),
+        ] {
+            snap.histograms.insert(key.to_owned(), h.snapshot());
+        }
+        snap.upstreams =
+            self.upstreams.iter().map(|u| u.counters().snapshot(u.url(), u.online())).collect();
     }
 }

@@ -1,56 +1,58 @@
-//! Counters of what the cache did: the figures `storefs stats` and Prometheus will show.
+//! Counters of what the cache did, reported into `storefs stats` and `/metrics` by
+//! `NarCache::report`; each is declared in `metrics::METRICS` under its key.
 
-use crate::metrics::FetchHistograms;
-use crate::sync::{AtomicU64, Ordering};
+use crate::metrics::{self, Histogram};
+use crate::sync::AtomicU64;
 
-/// Cache and upstream counters. All monotonic except `cache_bytes` and `cached_paths`.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    /// Lookups of valid store path names.
-    pub lookups: AtomicU64,
-    /// Lookups answered from the local cache.
-    pub hits: AtomicU64,
-    /// Lookups answered "absent" from the negative cache, with no upstream request.
-    pub negative_hits: AtomicU64,
-    /// narinfo requests sent upstream.
-    pub narinfo_requests: AtomicU64,
-    /// NAR downloads started.
-    pub nar_downloads: AtomicU64,
-    /// Compressed bytes received from upstreams.
-    pub bytes_downloaded: AtomicU64,
-    /// Paths published into the cache.
-    pub published: AtomicU64,
-    /// Paths evicted.
-    pub evictions: AtomicU64,
-    /// Fetches a reader waited for that ended with no verified copy.
-    pub fetch_failures: AtomicU64,
-    /// Prefetches no reader waited for that ended with no verified copy.
-    pub prefetch_failures: AtomicU64,
-    /// narinfos or NARs rejected by verification (signature, hash, size, grammar).
-    pub verify_failures: AtomicU64,
-    /// Paths fetched by closure prefetch (not asked for by a reader at the time).
-    pub prefetched: AtomicU64,
-    /// References not prefetched because they did not fit without evicting.
-    pub prefetch_skipped: AtomicU64,
-    /// File bytes returned to readers (bumped by the filesystem's read path).
-    pub bytes_served: AtomicU64,
-    /// narinfo and NAR fetch latency histograms, for `/metrics`.
-    pub histograms: FetchHistograms,
+metrics::counters! {
+    /// Cache counters, all monotonic.
+    pub struct CacheStats {
+        /// Lookups of valid store path names.
+        lookups,
+        /// Lookups answered from the local cache.
+        hits => "cache_hits",
+        /// Lookups answered "absent" from the negative cache, with no upstream request.
+        negative_hits,
+        /// narinfo requests sent upstream.
+        narinfo_requests,
+        /// NAR downloads started.
+        nar_downloads,
+        /// Compressed bytes received from upstreams.
+        bytes_downloaded,
+        /// Paths evicted.
+        evictions,
+        /// Fetches a reader waited for that ended with no verified copy.
+        fetch_failures,
+        /// Prefetches no reader waited for that ended with no verified copy.
+        prefetch_failures,
+        /// narinfos or NARs rejected by verification (signature, hash, size, grammar).
+        verify_failures,
+        /// Paths fetched by closure prefetch (not asked for by a reader at the time).
+        prefetched => "prefetched_paths",
+        /// References not prefetched because they did not fit without evicting.
+        prefetch_skipped,
+    }
+    also {
+        /// Time of each narinfo request (not those skipped while a cache is down).
+        pub narinfo_fetch_seconds: Histogram,
+        /// Time of each successful NAR fetch: download, verification and unpacking.
+        pub nar_fetch_seconds: Histogram,
+    }
 }
 
 impl CacheStats {
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::bump(counter);
     }
 
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        metrics::add(counter, n);
     }
 
     /// Reads `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+        metrics::get(counter)
     }
 }

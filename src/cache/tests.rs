@@ -417,8 +417,9 @@ async fn another_version_of_a_path_served_before_is_refused() {
     assert!(err.to_string().contains("served before"), "{err}");
 }
 
-/// The snapshot counts per substituter: a failing cache's error, an untrusted cache's request,
-/// and the serving cache's narinfo + NAR requests and bytes.
+/// The snapshot reads what each substituter counted itself: a failing cache's error, an
+/// untrusted cache's request, and the serving cache's nix-cache-info, narinfo and NAR requests
+/// and bytes; and every figure it reports is declared in `metrics::METRICS`.
 #[tokio::test]
 async fn the_snapshot_counts_each_upstream() {
     let fx = Fixture::new(3);
@@ -430,14 +431,34 @@ async fn the_snapshot_counts_each_upstream() {
     cache.get(&path).await.unwrap();
     cache.get(&path).await.unwrap();
     let s = cache.snapshot();
-    assert_eq!((s.lookups, s.cache_hits, s.hit_rate), (2, 1, 0.5));
-    assert_eq!((s.narinfo_requests, s.nar_downloads, s.in_flight), (3, 1, 0));
-    assert_eq!(s.bytes_downloaded, nar.len() as u64, "Compression: none");
-    assert_eq!((s.cached_paths, s.cache_limit_bytes), (1, 1 << 30));
-    let per: Vec<_> = s.upstreams.iter().map(|u| (u.requests, u.errors, u.bytes)).collect();
-    assert_eq!(per, [(1, 1, 0), (1, 0, 0), (2, 0, nar.len() as u64)]);
-    assert!(s.upstreams.iter().all(|u| u.online && u.latency_ms_p50.is_some()));
-    let text = crate::metrics::render(&s, &cache.stats.histograms).unwrap();
+    let n = |key: &str| s.count(key).unwrap_or_else(|| panic!("{key} missing in {s:?}"));
+    assert_eq!((n("lookups"), n("cache_hits"), s.number("hit_rate")), (2, 1, Some(0.5)));
+    assert_eq!((n("narinfo_requests"), n("nar_downloads"), n("in_flight")), (3, 1, 0));
+    assert_eq!(n("bytes_downloaded"), nar.len() as u64, "Compression: none");
+    assert_eq!((n("cached_paths"), n("cache_limit_bytes")), (1, 1 << 30));
+    let per: Vec<_> = s
+        .upstreams
+        .iter()
+        .map(|u| ["requests", "errors", "bytes"].map(|k| u.figures[k].as_f64().unwrap() as u64))
+        .collect();
+    let nar_len = nar.len() as u64;
+    assert_eq!(per, [[2, 1, 0], [2, 0, 0], [3, 0, nar_len]], "nix-cache-info counts too");
+    for u in &s.upstreams {
+        assert_eq!(u.figures["online"], crate::metrics::Value::Flag(true));
+        assert!(u.figures["latency_ms_p50"].as_f64().is_some(), "{u:?}");
+    }
+    let declared = |key: &str| {
+        crate::metrics::METRICS.iter().any(|m| match m.source {
+            crate::metrics::Source::Daemon(k) | crate::metrics::Source::Latency(k) => k == key,
+            crate::metrics::Source::PerUpstream(k, _) => k == key,
+            crate::metrics::Source::Build => false,
+        })
+    };
+    let keys = s.figures.keys().chain(s.histograms.keys()).chain(s.upstreams[0].figures.keys());
+    for key in keys {
+        assert!(declared(key), "{key} is reported but not declared in METRICS");
+    }
+    let text = crate::metrics::render(&s);
     assert!(text.contains("storefs_narinfo_fetch_seconds_count 3\n"), "{text}");
     assert!(text.contains("storefs_nar_fetch_seconds_count 1\n"), "{text}");
 }

@@ -12,7 +12,7 @@ use super::{EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::control::client::{Client, ClientError};
 use crate::control::protocol::Request;
-use crate::metrics::Snapshot;
+use crate::metrics::{Format, METRICS, Shown, Snapshot, Source, Value};
 
 /// Arguments of `storefs stats`.
 #[derive(Debug, Args)]
@@ -85,46 +85,65 @@ fn print(args: &StatsArgs) -> Result<(), StatsError> {
     }
 }
 
-/// The human table: one figure per line, then one line per upstream.
+/// The human table, as `METRICS` lays it out: one line per daemon-wide figure, then one row per
+/// substituter. A figure the daemon did not send (an older daemon) shows as `-`.
 pub fn table(s: &Snapshot) -> String {
-    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
-    let rows = [
-        ("hit rate", format!("{:.1}%", s.hit_rate * 100.0)),
-        ("lookups", s.lookups.to_string()),
-        ("cache hits", s.cache_hits.to_string()),
-        ("negative hits", s.negative_hits.to_string()),
-        ("narinfo requests", s.narinfo_requests.to_string()),
-        ("NAR downloads", s.nar_downloads.to_string()),
-        ("downloaded", format!("{} ({} bytes)", mib(s.bytes_downloaded), s.bytes_downloaded)),
-        ("served", format!("{} ({} bytes)", mib(s.bytes_served), s.bytes_served)),
-        ("cache", format!("{} of {}", mib(s.cache_bytes), mib(s.cache_limit_bytes))),
-        ("cached paths", s.cached_paths.to_string()),
-        ("pinned paths", s.pinned_paths.to_string()),
-        ("evictions", s.evictions.to_string()),
-        ("in flight", s.in_flight.to_string()),
-        ("prefetched paths", s.prefetched_paths.to_string()),
-        ("prefetch skipped", s.prefetch_skipped.to_string()),
-        ("fetch failures", s.fetch_failures.to_string()),
-        ("prefetch failures", s.prefetch_failures.to_string()),
-        ("verify failures", s.verify_failures.to_string()),
-    ];
     let mut t = String::new();
-    for (name, value) in rows {
-        t.push_str(&format!("{name:<18} {value}\n"));
+    for m in METRICS {
+        if let (Source::Daemon(key), Shown::Line(label, format)) = (m.source, m.shown) {
+            let value = cell(format, s.figures.get(key), s);
+            t.push_str(&format!("{label:<18} {value}\n"));
+        }
     }
-    t.push_str(&format!(
-        "\n{:<8} {:>9} {:>7} {:>12} {:>9}  {}\n",
-        "ONLINE", "REQUESTS", "ERRORS", "BYTES", "P50(ms)", "UPSTREAM"
-    ));
-    for u in &s.upstreams {
-        let p50 = u.latency_ms_p50.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}"));
-        let online = if u.online { "yes" } else { "NO" };
-        t.push_str(&format!(
-            "{online:<8} {:>9} {:>7} {:>12} {p50:>9}  {}\n",
-            u.requests, u.errors, u.bytes, u.url
-        ));
+    let columns: Vec<(&str, Format, &str)> = METRICS
+        .iter()
+        .filter_map(|m| match (m.source, m.shown) {
+            (Source::PerUpstream(key, _), Shown::Column(header, format)) => {
+                Some((header, format, key))
+            }
+            _ => None,
+        })
+        .collect();
+    let rows: Vec<Vec<String>> = s
+        .upstreams
+        .iter()
+        .map(|u| columns.iter().map(|(_, f, key)| cell(*f, u.figures.get(*key), s)).collect())
+        .collect();
+    let width = |i: usize, header: &str| {
+        rows.iter().map(|r| r[i].len()).chain([header.len()]).max().unwrap_or(0)
+    };
+    t.push('\n');
+    for (i, (header, _, _)) in columns.iter().enumerate() {
+        t.push_str(&format!("{header:>w$}  ", w = width(i, header)));
+    }
+    t.push_str("UPSTREAM\n");
+    for (u, row) in s.upstreams.iter().zip(&rows) {
+        for (i, value) in row.iter().enumerate() {
+            t.push_str(&format!("{value:>w$}  ", w = width(i, columns[i].0)));
+        }
+        t.push_str(&u.url);
+        t.push('\n');
     }
     t
+}
+
+/// One value as `format` prints it; `-` when absent.
+fn cell(format: Format, value: Option<&Value>, s: &Snapshot) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    match (format, value) {
+        (_, None | Some(Value::Absent)) => "-".to_owned(),
+        (Format::Percent, Some(v)) => format!("{:.1}%", v.as_f64().unwrap_or(0.0) * 100.0),
+        (Format::Millis, Some(v)) => format!("{:.0}", v.as_f64().unwrap_or(0.0)),
+        (Format::YesNo, Some(Value::Flag(up))) => (if *up { "yes" } else { "NO" }).to_owned(),
+        (Format::Bytes, Some(Value::Count(b))) => format!("{} ({b} bytes)", mib(*b)),
+        (Format::BytesOf(limit), Some(Value::Count(b))) => {
+            let of = s.count(limit).map_or_else(|| "-".to_owned(), mib);
+            format!("{} of {of}", mib(*b))
+        }
+        (_, Some(Value::Count(n))) => n.to_string(),
+        (_, Some(Value::Real(x))) => x.to_string(),
+        (_, Some(Value::Flag(b))) => b.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -134,23 +153,34 @@ mod tests {
 
     #[test]
     fn table_shows_every_figure_and_upstream() {
-        let snap = Snapshot {
-            hit_rate: 0.5,
-            lookups: 4,
-            cache_hits: 2,
-            bytes_downloaded: 3 * 1024 * 1024,
-            upstreams: vec![UpstreamSnapshot {
-                url: "https://cache.example".into(),
-                online: false,
-                requests: 7,
-                errors: 1,
-                bytes: 99,
-                latency_ms_p50: Some(25.0),
-            }],
-            ..Snapshot::default()
-        };
+        let mut snap = Snapshot::default();
+        snap.set("hit_rate", 0.5);
+        snap.set("lookups", 4);
+        snap.set("cache_hits", 2);
+        snap.set("bytes_downloaded", 3 * 1024 * 1024);
+        snap.set("cache_bytes", 1024 * 1024);
+        snap.set("cache_limit_bytes", 10 * 1024 * 1024);
+        let mut up = UpstreamSnapshot { url: "https://cache.example".into(), ..Default::default() };
+        for (key, value) in [
+            ("online", Value::Flag(false)),
+            ("requests", Value::Count(7)),
+            ("errors", Value::Count(1)),
+            ("bytes", Value::Count(99)),
+            ("latency_ms_p50", Value::Real(25.0)),
+        ] {
+            up.figures.insert(key.into(), value);
+        }
+        snap.upstreams.push(up);
         let t = table(&snap);
-        for needle in ["50.0%", "lookups            4", "3.0 MiB", "NO", "https://cache.example"] {
+        for needle in [
+            "hit rate           50.0%\n",
+            "lookups            4\n",
+            "downloaded         3.0 MiB (3145728 bytes)\n",
+            "cache              1.0 MiB of 10.0 MiB\n",
+            "evictions          -\n",
+            "ONLINE  REQUESTS  ERRORS  BYTES  P50(ms)  UPSTREAM\n",
+            "    NO         7       1     99       25  https://cache.example\n",
+        ] {
             assert!(t.contains(needle), "{needle:?} missing:\n{t}");
         }
     }

@@ -6,19 +6,21 @@ use serde_json::{Value, json};
 use super::ControlHandler;
 use super::protocol::Request;
 use crate::cache::{CacheError, NarCache};
+use crate::metrics::Reporters;
 use crate::nix::store_path::StorePath;
 use crate::sync::Arc;
 
-/// Answers control requests from the cache.
+/// Answers control requests from the cache (`stats` from every part that reports).
 #[derive(Debug)]
 pub struct DaemonHandler {
     cache: Arc<NarCache>,
+    reporters: Arc<Reporters>,
 }
 
 impl DaemonHandler {
-    /// A handler over `cache`.
-    pub fn new(cache: Arc<NarCache>) -> Self {
-        Self { cache }
+    /// A handler over `cache`, answering `stats` from `reporters`.
+    pub fn new(cache: Arc<NarCache>, reporters: Arc<Reporters>) -> Self {
+        Self { cache, reporters }
     }
 }
 
@@ -58,7 +60,9 @@ impl ControlHandler for DaemonHandler {
                 "pid": std::process::id(),
                 "version": env!("CARGO_PKG_VERSION"),
             })),
-            Request::Stats => serde_json::to_value(cache.snapshot()).map_err(|e| e.to_string()),
+            Request::Stats => {
+                serde_json::to_value(self.reporters.snapshot()).map_err(|e| e.to_string())
+            }
             Request::Fetch { path } => {
                 let sp = parse_paths(&[path])?.remove(0);
                 let entry = cache.get(&sp).await.map_err(|e| e.to_string())?;

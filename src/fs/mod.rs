@@ -30,8 +30,8 @@ use self::inode::Inode;
 use self::paths::PathTable;
 use crate::cache::contents::FileContents;
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
-use crate::cache::stats::CacheStats;
 use crate::cache::{Entry, NarCache};
+use crate::metrics::{self, Report, Snapshot};
 use crate::nix::nar::NodeId;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock, lock};
@@ -116,6 +116,14 @@ impl<T> std::fmt::Debug for Answer<T> {
     }
 }
 
+metrics::counters! {
+    /// What the filesystem counts itself (reported under its keys in `metrics::METRICS`).
+    pub struct FsCounters {
+        /// File bytes returned to readers by `read` through the daemon.
+        bytes_served,
+    }
+}
+
 /// The read-only store filesystem.
 ///
 /// One method per kernel operation. Those that may have to fetch (`lookup`, `open`, `read`)
@@ -131,6 +139,8 @@ pub struct StoreFs {
     /// The mount root's listing and the cache generation it was taken at.
     root_listing: Mutex<Option<(u64, RootListing)>>,
     next_handle: AtomicU64,
+    /// What the filesystem did so far.
+    pub counters: FsCounters,
 }
 
 impl StoreFs {
@@ -142,6 +152,7 @@ impl StoreFs {
             files: Mutex::new(HashMap::new()),
             root_listing: Mutex::new(None),
             next_handle: AtomicU64::new(1),
+            counters: FsCounters::default(),
         }
     }
 
@@ -314,7 +325,7 @@ impl StoreFs {
         size: u32,
     ) -> Result<Vec<u8>, FsError> {
         let data = contents.read_at(offset, u64::from(size))?;
-        CacheStats::add(&self.cache.stats.bytes_served, data.len() as u64);
+        metrics::add(&self.counters.bytes_served, data.len() as u64);
         Ok(data)
     }
 
@@ -352,6 +363,14 @@ impl StoreFs {
     /// entry while any is held (`fresh`: replacing the one kept). Returns the slot.
     fn hold(&self, entry: &Arc<Entry>, n: u64, fresh: bool) -> u64 {
         self.write_paths().hold(entry, n, fresh)
+    }
+}
+
+impl Report for StoreFs {
+    fn report(&self, snap: &mut Snapshot) {
+        for (key, n) in self.counters.figures() {
+            snap.set(key, n);
+        }
     }
 }
 

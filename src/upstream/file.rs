@@ -5,15 +5,18 @@ use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 
+use super::counters::{CountedBody, UpstreamCounters};
 use super::{NarBody, Upstream, UpstreamError};
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::{MAX_NARINFO_SIZE, NarInfo};
+use crate::sync::Arc;
 
 /// One local-directory binary cache.
 #[derive(Debug)]
 pub struct FileUpstream {
     root: PathBuf,
     display: String,
+    counters: Arc<UpstreamCounters>,
 }
 
 impl FileUpstream {
@@ -32,7 +35,8 @@ impl FileUpstream {
         if !root.is_dir() {
             return Err(bad("not a directory"));
         }
-        Ok(Self { root, display: url.trim_end_matches('/').to_owned() })
+        let display = url.trim_end_matches('/').to_owned();
+        Ok(Self { root, display, counters: Arc::default() })
     }
 
     /// Reads a small file; `Ok(None)` when it does not exist.
@@ -78,7 +82,35 @@ impl Upstream for FileUpstream {
         &self.display
     }
 
+    fn counters(&self) -> &UpstreamCounters {
+        &self.counters
+    }
+
     async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
+        let pending = self.counters.start();
+        let result = self.read_cache_info().await;
+        pending.finish(&result);
+        result
+    }
+
+    async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
+        let pending = self.counters.start();
+        let result = self.read_narinfo(hash_part).await;
+        pending.finish(&result);
+        result
+    }
+
+    async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
+        let pending = self.counters.start();
+        let result = self.open_nar(nar_url, max_bytes).await;
+        pending.finish(&result);
+        Ok(CountedBody::wrap(result?, self.counters.clone()))
+    }
+}
+
+/// The requests, uncounted.
+impl FileUpstream {
+    async fn read_cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
         let Some(body) = self.read_small("nix-cache-info", 64 * 1024).await? else {
             return Ok(None);
         };
@@ -88,7 +120,7 @@ impl Upstream for FileUpstream {
         })
     }
 
-    async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
+    async fn read_narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
         let name = format!("{hash_part}.narinfo");
         let Some(body) = self.read_small(&name, MAX_NARINFO_SIZE as u64).await? else {
             return Ok(None);
@@ -99,7 +131,7 @@ impl Upstream for FileUpstream {
         })
     }
 
-    async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
+    async fn open_nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
         let path = self.resolve(nar_url)?;
         let err = |source| UpstreamError::File { path: path.display().to_string(), source };
         let file = tokio::fs::File::open(&path).await.map_err(err)?;

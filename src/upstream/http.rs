@@ -17,6 +17,7 @@ use tokio_util::io::StreamReader;
 use tracing::{debug, info, warn};
 
 use super::auth::Credentials;
+use super::counters::{CountedBody, UpstreamCounters};
 use super::health::{Admission, DEFAULT_BACKOFF, HostHealth};
 use super::retry::{RetryPolicy, is_transient, parse_retry_after};
 use super::{NarBody, Upstream, UpstreamError};
@@ -103,6 +104,7 @@ pub struct HttpUpstream {
     retry: RetryPolicy,
     credentials: Option<Credentials>,
     health: Arc<HostHealth>,
+    counters: Arc<UpstreamCounters>,
 }
 
 /// One failed try, with what the server asked for.
@@ -158,6 +160,7 @@ impl HttpUpstream {
             retry: options.retry,
             credentials: options.credentials,
             health: Arc::new(HostHealth::new(options.backoff)),
+            counters: Arc::default(),
         })
     }
 
@@ -201,12 +204,13 @@ impl HttpUpstream {
 
     /// Runs `attempt` as the cache's health and the retry policy allow, feeding the outcome back
     /// into the health: a cache that answers is up; one whose tries all failed transiently is down.
-    async fn run<T, F, Fut>(&self, url: &Url, mut attempt: F) -> Result<T, UpstreamError>
+    /// A request the health lets through is counted once, however many tries it takes.
+    async fn run<T, F, Fut>(&self, url: &Url, attempt: F) -> Result<T, UpstreamError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let (policy, mut probe) = match self.health.admit(Instant::now()) {
+        let (policy, probe) = match self.health.admit(Instant::now()) {
             Admission::Skip { until } => {
                 return Err(UpstreamError::Down { url: self.display.clone(), until });
             }
@@ -217,6 +221,25 @@ impl HttpUpstream {
             }
             Admission::Normal => (self.retry, ProbeGuard { health: &self.health, armed: false }),
         };
+        let pending = self.counters.start();
+        let result = self.retrying(url, policy, probe, attempt).await;
+        pending.finish(&result);
+        result
+    }
+
+    /// `run` once admitted: tries `attempt` until it succeeds, fails for good, or `policy` says
+    /// stop.
+    async fn retrying<T, F, Fut>(
+        &self,
+        url: &Url,
+        policy: RetryPolicy,
+        mut probe: ProbeGuard<'_>,
+        mut attempt: F,
+    ) -> Result<T, UpstreamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
         let start = Instant::now();
         let mut tries = 0;
         loop {
@@ -357,14 +380,19 @@ impl Upstream for HttpUpstream {
         &self.display
     }
 
+    fn counters(&self) -> &UpstreamCounters {
+        &self.counters
+    }
+
     async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
         let url = self.join("nix-cache-info");
         let Some(body) = self.get_small(url.clone(), MAX_CACHE_INFO_SIZE).await? else {
             return Ok(None);
         };
-        CacheInfo::parse(&body)
-            .map(Some)
-            .map_err(|e| UpstreamError::CacheInfo { url: url.to_string(), reason: e.to_string() })
+        CacheInfo::parse(&body).map(Some).map_err(|e| {
+            self.counters.failed();
+            UpstreamError::CacheInfo { url: url.to_string(), reason: e.to_string() }
+        })
     }
 
     async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
@@ -372,9 +400,10 @@ impl Upstream for HttpUpstream {
         let Some(body) = self.get_small(url.clone(), MAX_NARINFO_SIZE as u64).await? else {
             return Ok(None);
         };
-        NarInfo::parse(&body)
-            .map(Some)
-            .map_err(|source| UpstreamError::NarInfo { url: url.to_string(), source })
+        NarInfo::parse(&body).map(Some).map_err(|source| {
+            self.counters.failed();
+            UpstreamError::NarInfo { url: url.to_string(), source }
+        })
     }
 
     async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
@@ -389,7 +418,7 @@ impl Upstream for HttpUpstream {
             std::io::Error::other(err)
         });
         let stream = futures::stream::iter(first.map(Ok)).chain(rest);
-        Ok(Box::pin(StreamReader::new(stream)))
+        Ok(CountedBody::wrap(Box::pin(StreamReader::new(stream)), self.counters.clone()))
     }
 }
 

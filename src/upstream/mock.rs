@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
+use super::counters::{CountedBody, UpstreamCounters};
 use super::{NarBody, Upstream, UpstreamError};
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::NarInfo;
@@ -27,6 +28,8 @@ pub struct MockUpstream {
     pub nars_waiting: AtomicUsize,
     /// The most NAR requests ever unanswered at once.
     pub most_nars_waiting: AtomicUsize,
+    /// Counted like a real cache's.
+    counters: Arc<UpstreamCounters>,
 }
 
 impl MockUpstream {
@@ -61,11 +64,33 @@ impl Upstream for MockUpstream {
         &self.name
     }
 
+    fn counters(&self) -> &UpstreamCounters {
+        &self.counters
+    }
+
     async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
+        self.counters.start().finish(&Ok::<(), UpstreamError>(()));
         Ok(None)
     }
 
     async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
+        let pending = self.counters.start();
+        let result = self.answer_narinfo(hash_part);
+        pending.finish(&result);
+        result
+    }
+
+    async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
+        let pending = self.counters.start();
+        let result = self.answer_nar(nar_url, max_bytes).await;
+        pending.finish(&result);
+        Ok(CountedBody::wrap(result?, self.counters.clone()))
+    }
+}
+
+/// The answers, uncounted.
+impl MockUpstream {
+    fn answer_narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
         self.narinfo_requests.fetch_add(1, Ordering::SeqCst);
         if let Some(status) = *self.fail_status.lock().expect("mock lock") {
             return Err(UpstreamError::Status { url: self.name.clone(), status });
@@ -73,7 +98,7 @@ impl Upstream for MockUpstream {
         Ok(self.narinfos.lock().expect("mock lock").get(hash_part).cloned())
     }
 
-    async fn nar(&self, nar_url: &str, _max_bytes: u64) -> Result<NarBody, UpstreamError> {
+    async fn answer_nar(&self, nar_url: &str, _max_bytes: u64) -> Result<NarBody, UpstreamError> {
         self.nar_requests.fetch_add(1, Ordering::SeqCst);
         let waiting = self.nars_waiting.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_nars_waiting.fetch_max(waiting, Ordering::SeqCst);

@@ -5,6 +5,7 @@
 //! checked by `cache::fetch`, so a hostile upstream can waste time but never publish bytes.
 
 pub mod auth;
+pub mod counters;
 pub mod decompress;
 pub mod file;
 pub mod health;
@@ -29,6 +30,7 @@ use tokio::io::AsyncRead;
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::{self, NarInfo};
 
+pub use counters::UpstreamCounters;
 pub use set::UpstreamSet;
 
 /// A NAR body as it comes off the wire, still compressed.
@@ -44,6 +46,10 @@ pub trait Upstream: Send + Sync + Debug {
     fn online(&self) -> bool {
         true
     }
+
+    /// What the cache was asked and sent. The upstream counts each request itself; a reader
+    /// that rejects a NAR body reports it with `failed`.
+    fn counters(&self) -> &UpstreamCounters;
 
     /// `nix-cache-info`; `Ok(None)` when the cache has none (HTTP 404/403, missing file).
     async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError>;

@@ -308,3 +308,45 @@ async fn honours_http_proxy_and_no_proxy() {
     assert_eq!(proxy.count(), 1, "NO_PROXY was not honoured");
     assert_eq!(origin.seen()[0].path, "/cache/nix-cache-info");
 }
+
+/// The upstream counts its own requests: nix-cache-info too, a retried request once, an absent
+/// document as an answer, a failed one as an error, the NAR's bytes, and nothing while down.
+#[tokio::test]
+async fn counts_its_own_requests_errors_and_bytes() {
+    let server = TestServer::start(|seen, n| {
+        if seen.path.ends_with("nix-cache-info") {
+            Reply::ok(CACHE_INFO)
+        } else if seen.path.ends_with("gone.narinfo") {
+            Reply::status(404)
+        } else if seen.path.ends_with("flaky.narinfo") && n < 3 {
+            Reply::status(503)
+        } else if seen.path.ends_with("flaky.narinfo") {
+            Reply::status(404)
+        } else if seen.path.ends_with("x.nar") {
+            Reply::ok(&[1u8; 5000])
+        } else {
+            Reply::status(500)
+        }
+    });
+    let up = upstream(&server.url(), 10_000 * MS, 60_000 * MS);
+    let counts = |up: &HttpUpstream| {
+        let c = up.counters();
+        [&c.requests, &c.errors, &c.bytes].map(crate::metrics::get)
+    };
+    up.cache_info().await.unwrap().unwrap();
+    assert!(up.narinfo("gone").await.unwrap().is_none());
+    assert!(up.narinfo("flaky").await.unwrap().is_none(), "retried, then absent");
+    assert_eq!(counts(&up), [3, 0, 0], "one request each, retries included");
+    let mut body = up.nar("x.nar", 10_000).await.unwrap();
+    let mut bytes = Vec::new();
+    body.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(counts(&up), [4, 0, 5000]);
+    assert!(up.counters().latency.p50_ms().is_some());
+    up.narinfo("broken").await.unwrap_err();
+    assert_eq!(counts(&up), [5, 1, 5000], "all tries failed: one request, one error");
+    assert!(!up.is_up());
+    let before = server.count();
+    assert!(matches!(up.narinfo("x").await, Err(UpstreamError::Down { .. })));
+    assert_eq!(server.count(), before);
+    assert_eq!(counts(&up), [5, 1, 5000], "a cache skipped while down is not asked");
+}

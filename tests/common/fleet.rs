@@ -231,7 +231,7 @@ impl Proxy {
                 cmd
             }
             ProxyKind::Squid => {
-                let origin_url = url::Url::parse(origin)
+                let origin_url = reqwest::Url::parse(origin)
                     .unwrap_or_else(|e| panic!("origin URL {origin:?}: {e}"));
                 assert_eq!(origin_url.path(), "/", "squid's origin must serve at its root");
                 let host = origin_url.host_str().expect("origin host").to_owned();
