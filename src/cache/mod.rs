@@ -44,7 +44,7 @@ use lru::LruCache;
 
 use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
-pub use self::ops::{GcReport, VerifyReport};
+pub use self::ops::{GcReport, VerifyReport, WalkStep};
 pub use self::prefetch::DEFAULT_PREFETCH_JOBS;
 use self::prefetch::Prefetcher;
 use self::stats::CacheStats;

@@ -1,17 +1,16 @@
 //! `storefs stats`: ask the running daemon for its counters and print them as a table (like
 //! `cvmfs_config stat`) or as JSON, once or every few seconds.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
+use super::output::Output;
 use super::{EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::control::client::{Client, ClientError};
-use crate::control::protocol::Request;
 use crate::metrics::Snapshot;
 
 /// Arguments of `storefs stats`.
@@ -38,49 +37,48 @@ pub enum StatsError {
     /// The daemon could not be asked.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// Its answer is not a snapshot.
-    #[error("unexpected stats from the daemon: {0}")]
-    Shape(#[from] serde_json::Error),
-    /// Writing to stdout failed.
+    /// The snapshot cannot be printed as JSON.
+    #[error("cannot encode the stats: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// Writing to stdout failed (not a closed pipe: that ends `stats` quietly).
     #[error("cannot write: {0}")]
     Output(#[from] std::io::Error),
 }
 
 /// Runs `storefs stats`.
 pub fn run(args: &StatsArgs) -> ExitCode {
+    let mut o = Output::new();
     if args.watch == Some(0) {
-        eprintln!("storefs: --watch needs at least 1 second");
+        o.note(format_args!("storefs: --watch needs at least 1 second, got 0\n"));
         return ExitCode::from(EXIT_USAGE);
     }
-    match print(args) {
+    match print(args, &mut o) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("storefs: {err}");
+            o.note(format_args!("storefs: {err}\n"));
             ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
 
-fn print(args: &StatsArgs) -> Result<(), StatsError> {
+/// Prints once, or with `--watch` until the reader of stdout goes away.
+fn print(args: &StatsArgs, o: &mut Output) -> Result<(), StatsError> {
     let mut client = Client::connect(&args.control_socket)?;
-    let mut out = std::io::stdout().lock();
     loop {
-        let value = client.request(&Request::Stats)?;
+        let snap = client.stats()?;
         if args.json {
-            writeln!(out, "{value}")?;
+            o.out(format_args!("{}\n", serde_json::to_string(&snap)?))?;
         } else {
-            let snap: Snapshot = serde_json::from_value(value)?;
-            write!(out, "{}", table(&snap))?;
+            o.out(format_args!("{}", table(&snap)))?;
         }
-        out.flush()?;
         match args.watch {
-            Some(secs) => {
+            Some(secs) if !o.closed() => {
                 std::thread::sleep(Duration::from_secs(secs));
                 if !args.json {
-                    writeln!(out)?;
+                    o.out(format_args!("\n"))?;
                 }
             }
-            None => return Ok(()),
+            _ => return Ok(()),
         }
     }
 }
