@@ -2,6 +2,7 @@
 
 pub mod mount;
 pub mod ops;
+pub mod output;
 pub mod stats;
 
 use std::process::ExitCode;
@@ -23,7 +24,8 @@ pub use crate::daemon::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 ///
 /// A path under the mount is fetched from the substituters the first time anyone touches it:
 /// narinfo, signature check, NAR download, hash check, unpack into the local disk cache. Nothing
-/// unverified is ever visible. Exit codes: 0 ok, 1 bad usage or configuration, 2 runtime failure.
+/// unverified is ever visible. Exit codes: 0 ok, 1 bad usage or configuration, 2 runtime failure,
+/// 3 `storefs verify` found corrupt entries (and evicted them).
 #[derive(Debug, Parser)]
 #[command(name = "storefs", version, about, long_about)]
 pub struct Cli {
