@@ -267,8 +267,8 @@ impl storefs::control::ControlHandler for Canned {
         progress: storefs::control::ProgressSink,
     ) -> Result<storefs::control::protocol::Reply, String> {
         use storefs::control::protocol::{
-            ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, Progress,
-            Reply, Request, VerifyReply,
+            ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, PinsReply,
+            Progress, Reply, Request, VerifyReply,
         };
         let rows = |n: usize| PathResults {
             results: (0..n)
@@ -277,6 +277,7 @@ impl storefs::control::ControlHandler for Canned {
         };
         Ok(match request {
             Request::Stats => Reply::Stats(Box::default()),
+            Request::Pins => Reply::Pins(PinsReply { paths: vec![PATH.into(); 1000] }),
             Request::Prefetch { .. } => {
                 for done in 1..=100 {
                     progress.send(Progress { done, total: 100, path: PATH.into(), error: None });
@@ -328,6 +329,7 @@ fn a_closed_pipe_ends_every_command_quietly() {
         (&["prefetch", PATH, "--closure"], 0),
         (&["pin", PATH, "--closure"], 0),
         (&["unpin", PATH], 0),
+        (&["pins"], 0),
         (&["evict", PATH], 0),
         (&["gc"], 0),
         (&["verify"], 3),

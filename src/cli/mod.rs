@@ -50,6 +50,8 @@ pub enum Command {
     Pin(ops::PinArgs),
     /// Let pinned store paths be evicted again.
     Unpin(ops::PinArgs),
+    /// List the pinned store paths, one per line.
+    Pins(ops::PinsArgs),
     /// Remove store paths from the cache now (a later access fetches them again).
     Evict(ops::EvictArgs),
     /// Evict least recently used unpinned paths, down to a size or entirely.
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Prefetch(args) => ops::prefetch(&args),
         Command::Pin(args) => ops::pin(&args, true),
         Command::Unpin(args) => ops::pin(&args, false),
+        Command::Pins(args) => ops::pins(&args),
         Command::Evict(args) => ops::evict(&args),
         Command::Gc(args) => ops::gc(&args),
         Command::Verify(args) => ops::verify(&args),

@@ -1,5 +1,5 @@
-//! Cache commands that talk to the running daemon: prefetch, pin, unpin, evict, gc, verify and
-//! export-db. Each sends requests over the control socket and prints what happened; a command
+//! Cache commands that talk to the running daemon: prefetch, pin, unpin, pins, evict, gc, verify
+//! and export-db. Each sends requests over the control socket and prints what happened; a command
 //! that failed for some path exits non-zero and names each such path. Output goes through
 //! [`Output`], so a closed pipe ends a command quietly.
 
@@ -60,6 +60,16 @@ pub struct PinArgs {
     /// Also everything the paths reference, recursively.
     #[arg(long)]
     closure: bool,
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+/// `storefs pins`.
+#[derive(Debug, Args)]
+#[command(after_help = "Prints every pinned store path, sorted, one per line (pinned paths that \
+    `verify` evicted included: they are fetched again on their next use).\n\nExample:\n  \
+    storefs pins | xargs -r storefs unpin")]
+pub struct PinsArgs {
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -267,6 +277,18 @@ pub fn pin(args: &PinArgs, pin: bool) -> ExitCode {
             print_results(&mut o, "unpinned", "not pinned:", &client.unpin(paths)?)?
         };
         Ok(code(failures))
+    })();
+    finish(&o, outcome)
+}
+
+/// `storefs pins`.
+pub fn pins(args: &PinsArgs) -> ExitCode {
+    let mut o = Output::new();
+    let outcome = (|| -> Result<ExitCode, Failure> {
+        for path in connect(&args.socket)?.pins()? {
+            o.out(format_args!("{path}\n"))?;
+        }
+        Ok(ExitCode::SUCCESS)
     })();
     finish(&o, outcome)
 }

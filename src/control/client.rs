@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::protocol::{
-    Body, GcReply, MAX_LINE, PathResult, Pong, Progress, Reply, Request, ResponseError,
+    Body, GcReply, MAX_LINE, PathResult, Pong, Progress, Reply, Request, ResponseError, StatsReply,
     VerifyReply, decode_response, encode_request,
 };
-use crate::metrics::Snapshot;
 
 /// How long a request may take before the client gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,11 +103,19 @@ impl Client {
         }
     }
 
-    /// The daemon's counters.
-    pub fn stats(&mut self) -> Result<Snapshot, ClientError> {
+    /// The daemon's status and counters.
+    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
         match self.request(&Request::Stats)? {
-            Reply::Stats(snapshot) => Ok(*snapshot),
+            Reply::Stats(stats) => Ok(*stats),
             other => Err(unexpected("stats", &other)),
+        }
+    }
+
+    /// The pinned paths, sorted.
+    pub fn pins(&mut self) -> Result<Vec<String>, ClientError> {
+        match self.request(&Request::Pins)? {
+            Reply::Pins(pins) => Ok(pins.paths),
+            other => Err(unexpected("pins", &other)),
         }
     }
 

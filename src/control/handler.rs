@@ -3,24 +3,25 @@
 use async_trait::async_trait;
 
 use super::protocol::{
-    ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, Pong, Progress,
-    Reply, Request, VerifyReply,
+    ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, PinsReply, Pong,
+    Progress, Reply, Request, StatsReply, VerifyReply,
 };
-use super::{ControlHandler, ProgressSink};
+use super::{ControlHandler, DaemonInfo, ProgressSink};
 use crate::cache::{CacheError, NarCache};
 use crate::nix::store_path::StorePath;
 use crate::sync::Arc;
 
-/// Answers control requests from the cache.
+/// Answers control requests from the cache and the daemon's [`DaemonInfo`].
 #[derive(Debug)]
 pub struct DaemonHandler {
     cache: Arc<NarCache>,
+    info: Arc<DaemonInfo>,
 }
 
 impl DaemonHandler {
-    /// A handler over `cache`.
-    pub fn new(cache: Arc<NarCache>) -> Self {
-        Self { cache }
+    /// A handler over `cache`, for the daemon described by `info`.
+    pub fn new(cache: Arc<NarCache>, info: Arc<DaemonInfo>) -> Self {
+        Self { cache, info }
     }
 }
 
@@ -63,7 +64,11 @@ impl ControlHandler for DaemonHandler {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
-            Request::Stats => Ok(Reply::Stats(Box::new(cache.snapshot()))),
+            Request::Stats => Ok(Reply::Stats(Box::new(StatsReply {
+                status: self.info.status(),
+                counters: cache.snapshot(),
+            }))),
+            Request::Pins => Ok(Reply::Pins(PinsReply { paths: abs(&cache.pinned()) })),
             Request::Prefetch { paths, closure, jobs } => {
                 if jobs == 0 {
                     return Err("prefetch needs at least 1 job, got 0".into());

@@ -12,8 +12,10 @@
 pub mod client;
 pub mod handler;
 pub mod protocol;
+pub mod status;
 
 pub use handler::DaemonHandler;
+pub use status::DaemonInfo;
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

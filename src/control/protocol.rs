@@ -16,7 +16,8 @@
 //! and [`Reply`] variants; any change to an existing request or reply shape bumps the version.
 //!
 //! History: 1, untyped results (`{"ok":true,"result":{...}}`) and a `fetch` request; 2, typed
-//! results tagged by `type`, `prefetch` with streamed `progress` lines, no `fetch`.
+//! results tagged by `type`, `prefetch` with streamed `progress` lines, no `fetch`; `stats`
+//! carries the daemon's status; `pins`.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +35,10 @@ pub const MAX_LINE: usize = 1 << 20;
 pub enum Request {
     /// Is anyone there? Answers [`Reply::Pong`].
     Ping,
-    /// The counters; answers [`Reply::Stats`].
+    /// The daemon's status and counters; answers [`Reply::Stats`].
     Stats,
+    /// The pinned paths; answers [`Reply::Pins`].
+    Pins,
     /// Fetch `paths` (with `closure`, everything they reference, transitively), `jobs` at a
     /// time. Each finished path is reported as a `progress` line; answers [`Reply::Results`].
     Prefetch {
@@ -95,7 +98,9 @@ pub enum Reply {
     /// To [`Request::Ping`].
     Pong(Pong),
     /// To [`Request::Stats`].
-    Stats(Box<Snapshot>),
+    Stats(Box<StatsReply>),
+    /// To [`Request::Pins`].
+    Pins(PinsReply),
     /// To [`Request::Closure`].
     Closure(ClosureReply),
     /// Per-path outcomes, to [`Request::Prefetch`], [`Request::Pin`], [`Request::Unpin`] and
@@ -115,6 +120,7 @@ impl Reply {
         match self {
             Self::Pong(_) => "pong",
             Self::Stats(_) => "stats",
+            Self::Pins(_) => "pins",
             Self::Closure(_) => "closure",
             Self::Results(_) => "results",
             Self::Gc(_) => "gc",
@@ -131,6 +137,63 @@ pub struct Pong {
     pub pid: u32,
     /// Its storefs version (`CARGO_PKG_VERSION`).
     pub version: String,
+}
+
+/// What `storefs stats` prints: the daemon's status and its counters, as one flat object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Version, state, uptime, where it serves from.
+    #[serde(flatten)]
+    pub status: DaemonStatus,
+    /// The counters ([`crate::metrics`]).
+    #[serde(flatten)]
+    pub counters: Snapshot,
+}
+
+/// The daemon itself, beside its counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Its storefs version.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Serving, or stopping.
+    pub state: DaemonState,
+    /// Seconds since it started (monotonic, so rates over an interval are exact).
+    pub uptime_seconds: f64,
+    /// Where the store is mounted.
+    pub mountpoint: String,
+    /// The cache directory.
+    pub cache_dir: String,
+    /// When this answer was made: RFC 3339, UTC, to the second.
+    pub timestamp: String,
+}
+
+/// What the daemon is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonState {
+    /// Mounted and answering.
+    #[default]
+    Serving,
+    /// SIGINT or SIGTERM (or the mount went away): unmounting, then closing its sockets.
+    Stopping,
+}
+
+impl std::fmt::Display for DaemonState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Serving => "serving",
+            Self::Stopping => "stopping",
+        })
+    }
+}
+
+/// The pinned paths.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinsReply {
+    /// Absolute store paths, sorted.
+    pub paths: Vec<String>,
 }
 
 /// A closure, breadth-first from the roots.
@@ -363,6 +426,7 @@ mod tests {
         vec![
             Request::Ping,
             Request::Stats,
+            Request::Pins,
             Request::Prefetch { paths: paths.clone(), closure: true, jobs: 3 },
             Request::Closure { paths: paths.clone() },
             Request::Pin { paths: paths.clone() },
@@ -392,7 +456,19 @@ mod tests {
         };
         vec![
             Reply::Pong(Pong { pid: 7, version: "1.2.3".into() }),
-            Reply::Stats(Box::new(snapshot)),
+            Reply::Stats(Box::new(StatsReply {
+                status: DaemonStatus {
+                    version: "1.2.3".into(),
+                    pid: 7,
+                    state: DaemonState::Stopping,
+                    uptime_seconds: 1.5,
+                    mountpoint: "/nix/store".into(),
+                    cache_dir: "/var/cache/storefs".into(),
+                    timestamp: "2026-12-05T02:36:23Z".into(),
+                },
+                counters: snapshot,
+            })),
+            Reply::Pins(PinsReply { paths: vec![p.clone()] }),
             Reply::Closure(ClosureReply { paths: vec![p.clone()] }),
             Reply::Results(PathResults {
                 results: vec![
@@ -465,6 +541,20 @@ mod tests {
         for (response, want) in cases {
             assert_eq!(encode_response(&response), format!("{want}\n"));
         }
+    }
+
+    /// `stats --json` prints the status and the counters side by side, as one object.
+    #[test]
+    fn stats_are_one_flat_object() {
+        let stats = every_reply().into_iter().find_map(|r| match r {
+            Reply::Stats(s) => Some(s),
+            _ => None,
+        });
+        let value = serde_json::to_value(stats.unwrap()).unwrap();
+        for key in ["version", "state", "uptime_seconds", "mountpoint", "timestamp", "lookups"] {
+            assert!(value.get(key).is_some(), "no {key:?} in {value}");
+        }
+        assert_eq!(value["state"], "stopping");
     }
 
     #[test]
