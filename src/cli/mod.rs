@@ -42,7 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// Mount the store and serve it in the foreground until SIGINT or SIGTERM.
     Mount(Box<mount::MountArgs>),
-    /// Show what the running daemon did: lookups, hit rate, downloads, cache use, upstreams.
+    /// Show the running daemon (version, state, uptime) and what it did: lookups, hit rate,
+    /// downloads, cache use, upstreams.
     Stats(stats::StatsArgs),
     /// Fetch store paths (optionally their closures) into the cache ahead of use.
     Prefetch(ops::PrefetchArgs),

@@ -245,13 +245,14 @@ fn show_step(o: &mut Output, tty: bool, step: &Progress) -> std::io::Result<()> 
         o.out(format_args!("fetched {}\n", step.path))?;
     }
     if tty {
-        let width = 30;
-        let filled = width * step.done / step.total.max(1);
+        let width: usize = 30;
+        // Counts from the daemon: bounded here, whatever they are.
+        let filled = (width.saturating_mul(step.done) / step.total.max(1)).min(width);
         let name = step.path.rsplit('/').next().unwrap_or(&step.path);
         o.note(format_args!(
             "\r\x1b[K[{}{}] {}/{} {name}",
-            "=".repeat(filled.min(width)),
-            " ".repeat(width - filled.min(width)),
+            "=".repeat(filled),
+            " ".repeat(width - filled),
             step.done,
             step.total
         ));
