@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use crate::cache::NarCache;
 use crate::config::{Config, MountConfig};
-use crate::control::{self, DaemonHandler};
+use crate::control::{self, DaemonHandler, DaemonInfo};
 use crate::fs::StoreFs;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::session;
@@ -110,7 +110,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     info!(socket = %control.path().display(), "control socket");
-    let handler = Arc::new(DaemonHandler::new(cache.clone(), reporters.clone()));
+    let daemon_info = Arc::new(DaemonInfo::new(mountpoint.clone(), cache_dir.clone()));
+    let handler =
+        Arc::new(DaemonHandler::new(cache.clone(), reporters.clone(), daemon_info.clone()));
     let control_task = tokio::spawn(control::serve(control, handler, stopped()));
     let metrics_task = metrics_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
@@ -137,11 +139,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
     let result = tokio::select! {
         () = shutdown => {
+            daemon_info.set_stopping();
             notify(&notifier, "STOPPING=1");
             mounted.unmount().await.context("unmount failed").map_err(DaemonError::Runtime)
         }
         ended = mounted.ended() => {
             info!("mount went away; exiting");
+            daemon_info.set_stopping();
             notify(&notifier, "STOPPING=1");
             ended.context("FUSE session failed").map_err(DaemonError::Runtime)
         }

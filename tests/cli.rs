@@ -210,3 +210,146 @@ fn stats_without_a_daemon_names_the_socket() {
     let out = storefs(&["stats", "--watch", "0"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// `storefs --help` lists every exit code, 3 (`verify` found corrupt entries) included.
+#[test]
+fn help_lists_every_exit_code() {
+    let out = storefs(&["--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let help = text(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+    for code in ["0 ok", "1 bad usage", "2 runtime failure", "3 `storefs verify` found corrupt"] {
+        assert!(help.contains(code), "--help lacks exit code {code:?}:\n{help}");
+    }
+}
+
+/// A stand-in daemon on a control socket in a temporary directory, answering every command with
+/// a fixed reply; stopped when dropped.
+struct FakeDaemon {
+    socket: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeDaemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let bound = rt.block_on(async { storefs::control::bind(&socket) }).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(storefs::control::serve(bound, std::sync::Arc::new(Canned), async {
+            let _ = stopped.await;
+        }));
+        Self { socket, stop: Some(stop), rt, _dir: dir }
+    }
+}
+
+impl Drop for FakeDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.rt.block_on(tokio::task::yield_now());
+    }
+}
+
+/// Answers like a daemon whose cache holds one corrupt entry and many paths.
+struct Canned;
+
+const PATH: &str = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-canned";
+
+#[async_trait::async_trait]
+impl storefs::control::ControlHandler for Canned {
+    async fn handle(
+        &self,
+        request: storefs::control::protocol::Request,
+        progress: storefs::control::ProgressSink,
+    ) -> Result<storefs::control::protocol::Reply, String> {
+        use storefs::control::protocol::{
+            ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, PinsReply,
+            Progress, Reply, Request, VerifyReply,
+        };
+        let rows = |n: usize| PathResults {
+            results: (0..n)
+                .map(|_| PathResult { path: PATH.into(), changed: true, error: None })
+                .collect(),
+        };
+        Ok(match request {
+            Request::Stats => Reply::Stats(Box::default()),
+            Request::Pins => Reply::Pins(PinsReply { paths: vec![PATH.into(); 1000] }),
+            Request::Prefetch { .. } => {
+                for done in 1..=100 {
+                    progress.send(Progress { done, total: 100, path: PATH.into(), error: None });
+                }
+                Reply::Results(rows(100))
+            }
+            Request::Closure { .. } => Reply::Closure(ClosureReply { paths: vec![PATH.into()] }),
+            Request::Pin { .. } | Request::Unpin { .. } | Request::Evict { .. } => {
+                Reply::Results(rows(100))
+            }
+            Request::Gc { .. } => Reply::Gc(GcReply::default()),
+            Request::Verify { .. } => Reply::Verify(VerifyReply {
+                ok: vec![PATH.into()],
+                corrupt: vec![CorruptEntry { path: PATH.into(), reason: "NarHash".into() }],
+                missing: vec![PATH.into(); 100],
+            }),
+            Request::ExportDb { .. } => Reply::ExportDb(ExportDbReply { text: "x\n".repeat(1000) }),
+            other => return Err(format!("not canned: {other:?}")),
+        })
+    }
+}
+
+/// Runs storefs with its stdout a pipe whose reader is already gone, so its first write to
+/// stdout fails with EPIPE.
+fn storefs_into_a_closed_pipe(args: &[&str]) -> std::process::Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: pipe(2) just opened these two descriptors; nothing else owns them.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_storefs"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// `storefs prefetch … | head` and friends: a closed stdout ends every command quietly, with
+/// its documented exit code, no backtrace and no message about the pipe.
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let daemon = FakeDaemon::start();
+    let sock = daemon.socket.to_str().unwrap();
+    let cases: &[(&[&str], u8)] = &[
+        (&["--help"], 0),
+        (&["prefetch", PATH, "--closure"], 0),
+        (&["pin", PATH, "--closure"], 0),
+        (&["unpin", PATH], 0),
+        (&["pins"], 0),
+        (&["evict", PATH], 0),
+        (&["gc"], 0),
+        (&["verify"], 3),
+        (&["export-db", PATH], 0),
+        (&["stats"], 0),
+        (&["stats", "--json"], 0),
+        // Would print forever into the void without noticing.
+        (&["stats", "--watch", "1"], 0),
+    ];
+    for (args, code) in cases {
+        let mut all = args.to_vec();
+        if args[0] != "--help" {
+            all.extend(["--control-socket", sock]);
+        }
+        let out = storefs_into_a_closed_pipe(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(i32::from(*code)), "{args:?}: {stderr}");
+        for line in stderr.lines() {
+            // `verify` names the corrupt entry on stderr, which is still open.
+            assert!(line.starts_with("storefs: corrupt, evicted: "), "{args:?}: {stderr}");
+        }
+    }
+}

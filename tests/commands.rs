@@ -201,3 +201,47 @@ cat "$out"
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("built from: {}", want.trim()));
     assert!(!text(&out).contains("copying path"), "something was substituted:\n{}", text(&out));
 }
+
+/// `stats` names the daemon (version, pid, state, uptime, mountpoint, cache directory, time),
+/// and `pins` lists exactly what is pinned.
+#[test]
+fn stats_show_the_daemon_and_pins_lists_the_pins() {
+    let Some(fx) = setup("stats_show_the_daemon_and_pins_lists_the_pins") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]));
+
+    let out = storefs(&d, &["stats", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{s}");
+    assert_eq!(s["state"], "serving", "{s}");
+    assert_eq!(s["mountpoint"], d.mnt.to_str().unwrap(), "{s}");
+    assert_eq!(s["cache_dir"], d.cache.to_str().unwrap(), "{s}");
+    assert!(s["pid"].as_u64().is_some_and(|p| p > 1), "{s}");
+    assert!(s["uptime_seconds"].as_f64().is_some_and(|u| u >= 0.0), "{s}");
+    let stamp = s["timestamp"].as_str().unwrap();
+    assert!(stamp.len() == 20 && stamp.ends_with('Z') && &stamp[10..11] == "T", "{stamp}");
+    assert!(s["lookups"].as_u64().is_some(), "the counters are still there: {s}");
+    let out = storefs(&d, &["stats"]);
+    assert!(
+        text(&out).contains(&format!("mountpoint         {}", d.mnt.display())),
+        "{}",
+        text(&out)
+    );
+
+    let pins = |d: &Daemon| {
+        let out = storefs(d, &["pins"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(pins(&d), "");
+    let out = storefs(&d, &["pin", &fx.deep, &fx.hello]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut want = [fx.deep.clone(), fx.hello.clone()];
+    want.sort();
+    assert_eq!(pins(&d), format!("{}\n{}\n", want[0], want[1]));
+    let out = storefs(&d, &["unpin", &fx.deep]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(pins(&d), format!("{}\n", fx.hello));
+}

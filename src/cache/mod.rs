@@ -50,7 +50,7 @@ pub use self::error::{CacheError, Cause, Failure};
 use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
 pub use self::min_free::MinFree;
-pub use self::ops::{GcReport, VerifyReport};
+pub use self::ops::{GcReport, VerifyReport, WalkStep};
 pub use self::prefetch::DEFAULT_PREFETCH_JOBS;
 use self::prefetch::Prefetcher;
 use self::stats::CacheStats;

@@ -47,6 +47,19 @@ impl VerifyReport {
     }
 }
 
+/// One path of a walk finished: what [`NarCache::prefetch`] reports as it goes.
+#[derive(Clone, Copy, Debug)]
+pub struct WalkStep<'a> {
+    /// Paths finished so far, this one included.
+    pub done: usize,
+    /// Paths known so far; with references followed it grows as they are found.
+    pub total: usize,
+    /// The path that finished.
+    pub path: &'a StorePath,
+    /// Why it failed; `None` when it is cached now.
+    pub error: Option<&'a CacheError>,
+}
+
 impl NarCache {
     /// The closure of `roots` under References, breadth-first from the roots in the order given,
     /// each path once, references in narinfo order. Every path is fetched (through `get`, so its
@@ -56,7 +69,7 @@ impl NarCache {
         roots: &[StorePath],
     ) -> Result<Vec<StorePath>, CacheError> {
         let mut out = Vec::new();
-        for (sp, result) in self.walk(roots, true, CLOSURE_PARALLELISM, &|_, _, _| {}).await {
+        for (sp, result) in self.walk(roots, true, CLOSURE_PARALLELISM, &|_| {}).await {
             result?;
             out.push(sp);
         }
@@ -65,26 +78,27 @@ impl NarCache {
 
     /// Fetches `paths` (and with `closure`, everything they reference, transitively) through the
     /// cache, at most `parallelism` at once, and reports each path's outcome in a deterministic
-    /// order (input order; with `closure`, breadth-first). `progress(done, total, path)` is called
-    /// as each path finishes; with `closure` the total grows as references are discovered. A path
-    /// whose fetch failed contributes no references.
+    /// order (input order; with `closure`, breadth-first). `progress` is called as each path
+    /// finishes (`storefs prefetch` draws it); with `closure` the total grows as references are
+    /// discovered. A path whose fetch failed contributes no references.
     pub async fn prefetch(
         self: &Arc<Self>,
         paths: &[StorePath],
         closure: bool,
         parallelism: usize,
-        progress: impl Fn(usize, usize, &StorePath) + Sync,
+        progress: impl Fn(WalkStep<'_>) + Sync,
     ) -> Vec<(StorePath, Result<(), CacheError>)> {
         self.walk(paths, closure, parallelism, &progress).await
     }
 
-    /// Breadth-first fetch, one level at a time, each level `parallelism` wide.
+    /// The one closure walker (behind `closure`, `prefetch` and `export_db`): breadth-first
+    /// fetch, one level at a time, each level `parallelism` wide.
     async fn walk(
         self: &Arc<Self>,
         roots: &[StorePath],
         follow: bool,
         parallelism: usize,
-        progress: &(dyn Fn(usize, usize, &StorePath) + Sync),
+        progress: &(dyn Fn(WalkStep<'_>) + Sync),
     ) -> Vec<(StorePath, Result<(), CacheError>)> {
         let mut seen: HashSet<StorePath> = HashSet::new();
         let mut level: Vec<StorePath> =
@@ -102,9 +116,10 @@ impl NarCache {
                         async move { (i, this.get(&sp).await) }
                     })
                     .buffer_unordered(parallelism.max(1))
-                    .inspect(|(i, _)| {
+                    .inspect(|(i, result)| {
                         done += 1;
-                        progress(done, total, &level[*i]);
+                        let error = result.as_ref().err();
+                        progress(WalkStep { done, total, path: &level[*i], error });
                     })
                     .collect()
                     .await;
@@ -336,8 +351,9 @@ mod tests {
         let cache = fx.open();
         let calls = std::sync::Mutex::new(Vec::new());
         let report = cache
-            .prefetch(&[e.clone(), missing.clone(), top.clone()], true, 3, |done, total, p| {
-                calls.lock().unwrap().push((done, total, p.clone()));
+            .prefetch(&[e.clone(), missing.clone(), top.clone()], true, 3, |step| {
+                let failed = step.error.is_some();
+                calls.lock().unwrap().push((step.done, step.total, step.path.clone(), failed));
             })
             .await;
         let order: Vec<_> = report.iter().map(|(p, _)| p.clone()).collect();
@@ -348,10 +364,12 @@ mod tests {
         assert_eq!(calls.len(), 6);
         assert_eq!(calls.iter().map(|c| c.0).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
         assert_eq!(calls.last().unwrap().1, 6, "the total grows to the closure's size");
+        let failed_steps: Vec<_> = calls.iter().filter(|c| c.3).map(|c| &c.2).collect();
+        assert_eq!(failed_steps, vec![&missing], "each step carries its path's outcome");
         assert_eq!(fx.ups[0].requests(), (6, 5));
 
         // Without --closure, only the paths asked for; cached ones are hits.
-        let again = cache.prefetch(&[e.clone(), sp('z', "z")], false, 1, |_, _, _| {}).await;
+        let again = cache.prefetch(&[e.clone(), sp('z', "z")], false, 1, |_| {}).await;
         assert!(again[0].1.is_ok() && again[1].1.is_err());
         assert_eq!(fx.ups[0].requests(), (7, 5));
         assert!(CacheStats::get(&cache.stats.hits) >= 1);

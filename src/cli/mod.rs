@@ -3,6 +3,7 @@
 
 pub mod mount;
 pub mod ops;
+pub mod output;
 pub mod stats;
 
 use std::process::ExitCode;
@@ -15,7 +16,8 @@ pub use crate::daemon::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 ///
 /// A path under the mount is fetched from the substituters the first time anyone touches it:
 /// narinfo, signature check, NAR download, hash check, unpack into the local disk cache. Nothing
-/// unverified is ever visible. Exit codes: 0 ok, 1 bad usage or configuration, 2 runtime failure.
+/// unverified is ever visible. Exit codes: 0 ok, 1 bad usage or configuration, 2 runtime failure,
+/// 3 `storefs verify` found corrupt entries (and evicted them).
 #[derive(Debug, Parser)]
 #[command(name = "storefs", version, about, long_about)]
 pub struct Cli {
@@ -32,7 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Mount the store and serve it in the foreground until SIGINT or SIGTERM.
     Mount(Box<mount::MountArgs>),
-    /// Show what the running daemon did: lookups, hit rate, downloads, cache use, upstreams.
+    /// Show the running daemon (version, state, uptime) and what it did: lookups, hit rate,
+    /// downloads, cache use, upstreams.
     Stats(stats::StatsArgs),
     /// Fetch store paths (optionally their closures) into the cache ahead of use.
     Prefetch(ops::PrefetchArgs),
@@ -40,6 +43,8 @@ pub enum Command {
     Pin(ops::PinArgs),
     /// Let pinned store paths be evicted again.
     Unpin(ops::PinArgs),
+    /// List the pinned store paths, one per line.
+    Pins(ops::PinsArgs),
     /// Remove store paths from the cache now (a later access fetches them again).
     Evict(ops::EvictArgs),
     /// Evict least recently used unpinned paths, down to a size or entirely.
@@ -59,6 +64,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Prefetch(args) => ops::prefetch(&args),
         Command::Pin(args) => ops::pin(&args, true),
         Command::Unpin(args) => ops::pin(&args, false),
+        Command::Pins(args) => ops::pins(&args),
         Command::Evict(args) => ops::evict(&args),
         Command::Gc(args) => ops::gc(&args),
         Command::Verify(args) => ops::verify(&args),

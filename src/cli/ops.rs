@@ -1,20 +1,19 @@
-//! Cache commands that talk to the running daemon: prefetch, pin, unpin, evict, gc, verify and
-//! export-db. Each sends requests over the control socket and prints what happened; a command
-//! that failed for some path exits non-zero and names each such path.
+//! Cache commands that talk to the running daemon: prefetch, pin, unpin, pins, evict, gc, verify
+//! and export-db. Each sends requests over the control socket and prints what happened; a command
+//! that failed for some path exits non-zero and names each such path. Output goes through
+//! [`Output`], so a closed pipe ends a command quietly.
 
-use std::collections::{HashSet, VecDeque};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
 
 use clap::Args;
-use serde_json::Value;
 
+use super::output::Output;
 use super::{EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::{DEFAULT_CONTROL_SOCKET, parse_size};
 use crate::control::client::{Client, ClientError};
-use crate::control::protocol::Request;
+use crate::control::protocol::{PathResult, Progress};
 use crate::nix::store_path::StorePath;
 
 /// Exit code of `storefs verify` when corrupt entries were found (and evicted).
@@ -65,6 +64,16 @@ pub struct PinArgs {
     socket: SocketArg,
 }
 
+/// `storefs pins`.
+#[derive(Debug, Args)]
+#[command(after_help = "Prints every pinned store path, sorted, one per line (pinned paths that \
+    `verify` evicted included: they are fetched again on their next use).\n\nExample:\n  \
+    storefs pins | xargs -r storefs unpin")]
+pub struct PinsArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
 /// `storefs evict`.
 #[derive(Debug, Args)]
 pub struct EvictArgs {
@@ -111,11 +120,30 @@ pub struct ExportDbArgs {
     socket: SocketArg,
 }
 
+/// Why a command could not finish.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The daemon could not be asked, or answered an error.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// stdout failed for another reason than a closed pipe.
+    #[error("cannot write: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// The exit code of a command's outcome; a failure is named on stderr (exit 2).
+fn finish(o: &Output, outcome: Result<ExitCode, Failure>) -> ExitCode {
+    outcome.unwrap_or_else(|err| {
+        o.note(format_args!("storefs: {err}\n"));
+        ExitCode::from(EXIT_RUNTIME)
+    })
+}
+
 /// Checks path syntax here, so a typo is a usage error (exit 1) naming it, not a daemon error.
-fn check_paths(paths: &[String]) -> Result<(), ExitCode> {
+fn check_paths(o: &Output, paths: &[String]) -> Result<(), ExitCode> {
     for p in paths {
         if let Err(e) = StorePath::from_user_arg(p) {
-            eprintln!("storefs: {p:?} is not a store path: {e}");
+            o.note(format_args!("storefs: {p:?} is not a store path: {e}\n"));
             return Err(ExitCode::from(EXIT_USAGE));
         }
     }
@@ -123,224 +151,218 @@ fn check_paths(paths: &[String]) -> Result<(), ExitCode> {
 }
 
 /// A connection for work that may take long (downloads, re-hashing): no answer timeout.
-fn connect(socket: &std::path::Path) -> Result<Client, ClientError> {
-    Client::connect(socket)?.with_timeout(None)
+fn connect(socket: &SocketArg) -> Result<Client, ClientError> {
+    Client::connect(&socket.control_socket)?.with_timeout(None)
 }
 
-fn ask(socket: &SocketArg, request: &Request) -> Result<Value, ClientError> {
-    connect(&socket.control_socket)?.request(request)
-}
-
-fn failed(err: impl std::fmt::Display) -> ExitCode {
-    eprintln!("storefs: {err}");
-    ExitCode::from(EXIT_RUNTIME)
-}
-
-/// Prints per-path `results` rows; returns how many failed.
-fn print_results(verb: &str, unchanged: &str, value: &Value) -> usize {
+/// Prints per-path rows: `<verb> <path>` (or `<unchanged> <path>`) on stdout for a success,
+/// `storefs: <path>: <error>` on stderr for a failure; returns how many failed.
+fn print_results(
+    o: &mut Output,
+    verb: &str,
+    unchanged: &str,
+    rows: &[PathResult],
+) -> std::io::Result<usize> {
     let mut failures = 0;
-    for row in value["results"].as_array().into_iter().flatten() {
-        let path = row["path"].as_str().unwrap_or("?");
-        if row["ok"].as_bool() == Some(true) {
-            let what = if row["changed"].as_bool() == Some(true) { verb } else { unchanged };
-            println!("{what} {path}");
-        } else {
-            failures += 1;
-            eprintln!("storefs: {path}: {}", row["error"].as_str().unwrap_or("failed"));
+    for row in rows {
+        match &row.error {
+            None => {
+                let what = if row.changed { verb } else { unchanged };
+                o.out(format_args!("{what} {}\n", row.path))?;
+            }
+            Some(error) => {
+                failures += 1;
+                o.note(format_args!("storefs: {}: {error}\n", row.path));
+            }
         }
     }
-    failures
+    Ok(failures)
 }
 
-/// Expands `paths` to their closure through the daemon when asked to.
-fn expand(socket: &SocketArg, paths: &[String], closure: bool) -> Result<Vec<String>, ClientError> {
-    if !closure {
-        return Ok(paths.to_vec());
-    }
-    let value = ask(socket, &Request::Closure { paths: paths.to_vec() })?;
-    Ok(value["paths"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str())
-        .map(String::from)
-        .collect())
+/// 0 when nothing failed, else 2.
+fn code(failures: usize) -> ExitCode {
+    if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUNTIME) }
 }
 
-/// `storefs prefetch`: fetches through the daemon, `--jobs` at a time, walking references itself
-/// so it can show progress; a bar on a terminal, one line per path otherwise.
+/// `storefs prefetch`: one request; the daemon walks the closure (`NarCache::prefetch`),
+/// `--jobs` at a time, and reports each path as it finishes: a bar on a terminal, one line per
+/// path otherwise.
 pub fn prefetch(args: &PrefetchArgs) -> ExitCode {
-    if let Err(code) = check_paths(&args.paths.paths) {
+    let mut o = Output::new();
+    if let Err(code) = check_paths(&o, &args.paths.paths) {
         return code;
     }
     if args.jobs == 0 {
-        eprintln!("storefs: --jobs must be at least 1");
+        o.note(format_args!("storefs: --jobs must be at least 1, got 0\n"));
         return ExitCode::from(EXIT_USAGE);
     }
+    let outcome = run_prefetch(args, &mut o);
+    finish(&o, outcome)
+}
+
+fn run_prefetch(args: &PrefetchArgs, o: &mut Output) -> Result<ExitCode, Failure> {
     let tty = std::io::stderr().is_terminal();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut queue: VecDeque<String> =
-        args.paths.paths.iter().filter(|p| seen.insert((*p).clone())).cloned().collect();
-    let (tx, rx) = mpsc::channel::<(String, Result<Value, ClientError>)>();
-    let (mut running, mut done, mut failures) = (0usize, 0usize, Vec::new());
-    loop {
-        while running < args.jobs {
-            let Some(path) = queue.pop_front() else { break };
-            let (tx, socket) = (tx.clone(), args.socket.control_socket.clone());
-            std::thread::spawn(move || {
-                let result = connect(&socket)
-                    .and_then(|mut c| c.request(&Request::Fetch { path: path.clone() }));
-                let _ = tx.send((path, result));
-            });
-            running += 1;
-        }
-        if running == 0 {
-            break;
-        }
-        let Ok((path, result)) = rx.recv() else { break };
-        running -= 1;
-        done += 1;
-        match result {
-            Ok(value) => {
-                if args.closure {
-                    for r in value["references"].as_array().into_iter().flatten() {
-                        if let Some(r) = r.as_str().filter(|r| seen.insert((*r).to_owned())) {
-                            queue.push_back(r.to_owned());
-                        }
-                    }
-                }
-                if !tty {
-                    println!("fetched {path}");
-                }
+    let mut write_error = None;
+    let rows = connect(&args.socket)?.prefetch(
+        args.paths.paths.clone(),
+        args.closure,
+        args.jobs,
+        |step| {
+            if let Err(err) = show_step(o, tty, &step) {
+                write_error.get_or_insert(err);
             }
-            Err(err) => {
-                if tty {
-                    eprint!("\r\x1b[K");
-                }
-                eprintln!("storefs: {path}: {err}");
-                failures.push(path.clone());
-            }
-        }
+        },
+    );
+    if tty {
+        o.note(format_args!("\n"));
+    }
+    let rows = rows?;
+    if let Some(err) = write_error {
+        return Err(err.into());
+    }
+    let failed: Vec<&str> =
+        rows.iter().filter(|r| r.error.is_some()).map(|r| r.path.as_str()).collect();
+    if !failed.is_empty() {
+        o.note(format_args!(
+            "storefs: {} of {} paths failed: {}\n",
+            failed.len(),
+            rows.len(),
+            failed.join(" ")
+        ));
+    }
+    Ok(code(failed.len()))
+}
+
+/// One finished path of a prefetch: a failure on stderr; on a terminal the bar is redrawn,
+/// otherwise a `fetched <path>` line.
+fn show_step(o: &mut Output, tty: bool, step: &Progress) -> std::io::Result<()> {
+    if let Some(err) = &step.error {
         if tty {
-            let total = done + running + queue.len();
-            let width = 30;
-            let filled = width * done / total.max(1);
-            let name = path.rsplit('/').next().unwrap_or(&path);
-            eprint!(
-                "\r\x1b[K[{}{}] {done}/{total} {name}",
-                "=".repeat(filled),
-                " ".repeat(width - filled)
-            );
-            let _ = std::io::stderr().flush();
+            o.note(format_args!("\r\x1b[K"));
         }
+        o.note(format_args!("storefs: {}: {err}\n", step.path));
+    } else if !tty {
+        o.out(format_args!("fetched {}\n", step.path))?;
     }
     if tty {
-        eprintln!();
+        let width: usize = 30;
+        // Counts from the daemon: bounded here, whatever they are.
+        let filled = (width.saturating_mul(step.done) / step.total.max(1)).min(width);
+        let name = step.path.rsplit('/').next().unwrap_or(&step.path);
+        o.note(format_args!(
+            "\r\x1b[K[{}{}] {}/{} {name}",
+            "=".repeat(filled),
+            " ".repeat(width - filled),
+            step.done,
+            step.total
+        ));
     }
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("storefs: {} of {done} paths failed: {}", failures.len(), failures.join(" "));
-        ExitCode::from(EXIT_RUNTIME)
-    }
+    Ok(())
 }
 
 /// `storefs pin` (or `unpin` with `pin == false`).
 pub fn pin(args: &PinArgs, pin: bool) -> ExitCode {
-    if let Err(code) = check_paths(&args.paths.paths) {
+    let mut o = Output::new();
+    if let Err(code) = check_paths(&o, &args.paths.paths) {
         return code;
     }
-    let run = || -> Result<usize, ClientError> {
-        let paths = expand(&args.socket, &args.paths.paths, args.closure)?;
-        let value = if pin {
-            ask(&args.socket, &Request::Pin { paths })?
+    let outcome = (|| -> Result<ExitCode, Failure> {
+        let mut client = connect(&args.socket)?;
+        let mut paths = args.paths.paths.clone();
+        if args.closure {
+            paths = client.closure(paths)?;
+        }
+        let failures = if pin {
+            print_results(&mut o, "pinned", "pinned", &client.pin(paths)?)?
         } else {
-            ask(&args.socket, &Request::Unpin { paths })?
+            print_results(&mut o, "unpinned", "not pinned:", &client.unpin(paths)?)?
         };
-        let (verb, unchanged) =
-            if pin { ("pinned", "pinned") } else { ("unpinned", "not pinned:") };
-        Ok(print_results(verb, unchanged, &value))
-    };
-    match run() {
-        Ok(0) => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(EXIT_RUNTIME),
-        Err(err) => failed(err),
-    }
+        Ok(code(failures))
+    })();
+    finish(&o, outcome)
+}
+
+/// `storefs pins`.
+pub fn pins(args: &PinsArgs) -> ExitCode {
+    let mut o = Output::new();
+    let outcome = (|| -> Result<ExitCode, Failure> {
+        for path in connect(&args.socket)?.pins()? {
+            o.out(format_args!("{path}\n"))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })();
+    finish(&o, outcome)
 }
 
 /// `storefs evict`.
 pub fn evict(args: &EvictArgs) -> ExitCode {
-    if let Err(code) = check_paths(&args.paths.paths) {
+    let mut o = Output::new();
+    if let Err(code) = check_paths(&o, &args.paths.paths) {
         return code;
     }
-    match ask(&args.socket, &Request::Evict { paths: args.paths.paths.clone() }) {
-        Ok(value) if print_results("evicted", "not cached:", &value) == 0 => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(EXIT_RUNTIME),
-        Err(err) => failed(err),
-    }
+    let outcome = (|| -> Result<ExitCode, Failure> {
+        let rows = connect(&args.socket)?.evict(args.paths.paths.clone())?;
+        Ok(code(print_results(&mut o, "evicted", "not cached:", &rows)?))
+    })();
+    finish(&o, outcome)
 }
 
 /// `storefs gc`.
 pub fn gc(args: &GcArgs) -> ExitCode {
+    let mut o = Output::new();
     let to_bytes = match args.to.as_deref().map(parse_size).transpose() {
         Ok(t) => t,
         Err(err) => {
-            eprintln!("storefs: --to: {err}");
+            o.note(format_args!("storefs: --to: {err}\n"));
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match ask(&args.socket, &Request::Gc { to_bytes }) {
-        Ok(v) => {
-            println!(
-                "evicted {} paths ({} bytes); the cache holds {} bytes; {} pinned paths kept",
-                v["evicted"], v["freed_bytes"], v["used_bytes"], v["pinned_kept"]
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => failed(err),
-    }
+    let outcome = (|| -> Result<ExitCode, Failure> {
+        let r = connect(&args.socket)?.gc(to_bytes)?;
+        o.out(format_args!(
+            "evicted {} paths ({} bytes); the cache holds {} bytes; {} pinned paths kept\n",
+            r.evicted, r.freed_bytes, r.used_bytes, r.pinned_kept
+        ))?;
+        Ok(ExitCode::SUCCESS)
+    })();
+    finish(&o, outcome)
 }
 
-/// `storefs verify`.
+/// `storefs verify`: exit 3 when corrupt entries were found.
 pub fn verify(args: &VerifyArgs) -> ExitCode {
-    if let Err(code) = check_paths(&args.paths) {
+    let mut o = Output::new();
+    if let Err(code) = check_paths(&o, &args.paths) {
         return code;
     }
-    match ask(&args.socket, &Request::Verify { paths: args.paths.clone() }) {
-        Ok(v) => {
-            let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-            for p in list("missing") {
-                println!("not cached {}", p.as_str().unwrap_or("?"));
-            }
-            let corrupt = list("corrupt");
-            for c in &corrupt {
-                let (p, why) =
-                    (c["path"].as_str().unwrap_or("?"), c["reason"].as_str().unwrap_or(""));
-                eprintln!("storefs: corrupt, evicted: {p}: {why}");
-            }
-            println!(
-                "{} ok, {} corrupt, {} not cached",
-                list("ok").len(),
-                corrupt.len(),
-                list("missing").len()
-            );
-            if corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_CORRUPT) }
+    let outcome = (|| -> Result<ExitCode, Failure> {
+        let r = connect(&args.socket)?.verify(args.paths.clone())?;
+        for p in &r.missing {
+            o.out(format_args!("not cached {p}\n"))?;
         }
-        Err(err) => failed(err),
-    }
+        for c in &r.corrupt {
+            o.note(format_args!("storefs: corrupt, evicted: {}: {}\n", c.path, c.reason));
+        }
+        o.out(format_args!(
+            "{} ok, {} corrupt, {} not cached\n",
+            r.ok.len(),
+            r.corrupt.len(),
+            r.missing.len()
+        ))?;
+        Ok(if r.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_CORRUPT) })
+    })();
+    finish(&o, outcome)
 }
 
 /// `storefs export-db`.
 pub fn export_db(args: &ExportDbArgs) -> ExitCode {
-    if let Err(code) = check_paths(&args.paths.paths) {
+    let mut o = Output::new();
+    if let Err(code) = check_paths(&o, &args.paths.paths) {
         return code;
     }
-    let request = Request::ExportDb { paths: args.paths.paths.clone(), closure: args.closure };
-    match ask(&args.socket, &request) {
-        Ok(v) => {
-            print!("{}", v["text"].as_str().unwrap_or_default());
-            ExitCode::SUCCESS
-        }
-        Err(err) => failed(err),
-    }
+    let outcome = (|| -> Result<ExitCode, Failure> {
+        let text = connect(&args.socket)?.export_db(args.paths.paths.clone(), args.closure)?;
+        o.out(format_args!("{text}"))?;
+        Ok(ExitCode::SUCCESS)
+    })();
+    finish(&o, outcome)
 }

@@ -1,11 +1,15 @@
-//! The client side of the control socket, for CLI commands: blocking, one request at a time.
+//! The client side of the control socket, for CLI commands: blocking, one request at a time,
+//! with one typed method per command.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::protocol::{MAX_LINE, PROTOCOL_VERSION, Request, Response, encode_request};
+use super::protocol::{
+    Body, GcReply, MAX_LINE, PathResult, Pong, Progress, Reply, Request, ResponseError, StatsReply,
+    VerifyReply, decode_response, encode_request,
+};
 
 /// How long a request may take before the client gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,7 +32,10 @@ pub enum ClientError {
     /// Talking to it failed.
     #[error("control socket I/O: {0}")]
     Io(#[from] std::io::Error),
-    /// It answered something that is not a response.
+    /// It answered a line that is not a response of this protocol version.
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+    /// It answered something else than the command's reply.
     #[error("bad answer from the daemon: {0}")]
     BadResponse(String),
     /// It answered with an error.
@@ -62,25 +69,125 @@ impl Client {
         Ok(self)
     }
 
-    /// Sends `request` and returns its result.
-    pub fn request(&mut self, request: &Request) -> Result<serde_json::Value, ClientError> {
+    /// Sends `request` and returns its reply.
+    pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        self.request_with_progress(request, |_| {})
+    }
+
+    /// Sends `request`, calls `on_progress` for each progress line, and returns its reply.
+    pub fn request_with_progress(
+        &mut self,
+        request: &Request,
+        mut on_progress: impl FnMut(Progress),
+    ) -> Result<Reply, ClientError> {
         self.writer.write_all(encode_request(request).as_bytes())?;
-        let mut line = String::new();
-        let n = (&mut self.reader).take(MAX_LINE as u64 + 1).read_line(&mut line)?;
-        if n == 0 {
-            return Err(ClientError::BadResponse("connection closed".into()));
-        }
-        let response: Response = serde_json::from_str(line.trim_end())
-            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
-        match response {
-            Response { ok: true, result: Some(result), .. } => Ok(result),
-            Response { error: Some(error), .. } => Err(ClientError::Daemon(error)),
-            Response { version, .. } if version != PROTOCOL_VERSION => {
-                Err(ClientError::BadResponse(format!(
-                    "protocol version {version}, expected {PROTOCOL_VERSION}"
-                )))
+        loop {
+            let mut line = String::new();
+            let n = (&mut self.reader).take(MAX_LINE as u64 + 1).read_line(&mut line)?;
+            if n == 0 {
+                return Err(ClientError::BadResponse("connection closed".into()));
             }
-            _ => Err(ClientError::BadResponse(line.trim_end().to_owned())),
+            match decode_response(line.trim_end())?.body {
+                Body::Result(reply) => return Ok(reply),
+                Body::Error(error) => return Err(ClientError::Daemon(error)),
+                Body::Progress(step) => on_progress(step),
+            }
         }
     }
+
+    /// The daemon's pid and version.
+    pub fn ping(&mut self) -> Result<Pong, ClientError> {
+        match self.request(&Request::Ping)? {
+            Reply::Pong(pong) => Ok(pong),
+            other => Err(unexpected("pong", &other)),
+        }
+    }
+
+    /// The daemon's status and counters.
+    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
+        match self.request(&Request::Stats)? {
+            Reply::Stats(stats) => Ok(*stats),
+            other => Err(unexpected("stats", &other)),
+        }
+    }
+
+    /// The pinned paths, sorted.
+    pub fn pins(&mut self) -> Result<Vec<String>, ClientError> {
+        match self.request(&Request::Pins)? {
+            Reply::Pins(pins) => Ok(pins.paths),
+            other => Err(unexpected("pins", &other)),
+        }
+    }
+
+    /// Fetches `paths` (with `closure`, their closure), `jobs` at a time, calling `on_progress`
+    /// as each path finishes; one outcome per path.
+    pub fn prefetch(
+        &mut self,
+        paths: Vec<String>,
+        closure: bool,
+        jobs: usize,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Vec<PathResult>, ClientError> {
+        let request = Request::Prefetch { paths, closure, jobs };
+        results(self.request_with_progress(&request, on_progress)?)
+    }
+
+    /// The closure of `paths`, every path fetched on the way.
+    pub fn closure(&mut self, paths: Vec<String>) -> Result<Vec<String>, ClientError> {
+        match self.request(&Request::Closure { paths })? {
+            Reply::Closure(closure) => Ok(closure.paths),
+            other => Err(unexpected("closure", &other)),
+        }
+    }
+
+    /// Pins `paths`; one outcome per path.
+    pub fn pin(&mut self, paths: Vec<String>) -> Result<Vec<PathResult>, ClientError> {
+        results(self.request(&Request::Pin { paths })?)
+    }
+
+    /// Unpins `paths`; one outcome per path.
+    pub fn unpin(&mut self, paths: Vec<String>) -> Result<Vec<PathResult>, ClientError> {
+        results(self.request(&Request::Unpin { paths })?)
+    }
+
+    /// Evicts `paths`; one outcome per path.
+    pub fn evict(&mut self, paths: Vec<String>) -> Result<Vec<PathResult>, ClientError> {
+        results(self.request(&Request::Evict { paths })?)
+    }
+
+    /// Evicts unpinned paths down to `to_bytes` (all unpinned ones without it).
+    pub fn gc(&mut self, to_bytes: Option<u64>) -> Result<GcReply, ClientError> {
+        match self.request(&Request::Gc { to_bytes })? {
+            Reply::Gc(report) => Ok(report),
+            other => Err(unexpected("gc", &other)),
+        }
+    }
+
+    /// Re-hashes the cached entries of `paths` (all when empty).
+    pub fn verify(&mut self, paths: Vec<String>) -> Result<VerifyReply, ClientError> {
+        match self.request(&Request::Verify { paths })? {
+            Reply::Verify(report) => Ok(report),
+            other => Err(unexpected("verify", &other)),
+        }
+    }
+
+    /// Registrations of `paths` (with `closure`, of their closure) for `nix-store --load-db`.
+    pub fn export_db(&mut self, paths: Vec<String>, closure: bool) -> Result<String, ClientError> {
+        match self.request(&Request::ExportDb { paths, closure })? {
+            Reply::ExportDb(export) => Ok(export.text),
+            other => Err(unexpected("export_db", &other)),
+        }
+    }
+}
+
+/// The per-path rows of a `results` reply.
+fn results(reply: Reply) -> Result<Vec<PathResult>, ClientError> {
+    match reply {
+        Reply::Results(rows) => Ok(rows.results),
+        other => Err(unexpected("results", &other)),
+    }
+}
+
+fn unexpected(want: &str, got: &Reply) -> ClientError {
+    ClientError::BadResponse(format!("expected a {want} reply, got {}", got.kind()))
 }

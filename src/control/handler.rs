@@ -1,26 +1,30 @@
 //! The daemon's side of the control protocol: each request answered from the cache.
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
 
-use super::ControlHandler;
-use super::protocol::Request;
+use super::protocol::{
+    ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, PinsReply, Pong,
+    Progress, Reply, Request, StatsReply, VerifyReply,
+};
+use super::{ControlHandler, DaemonInfo, ProgressSink};
 use crate::cache::{CacheError, NarCache};
 use crate::metrics::Reporters;
 use crate::nix::store_path::StorePath;
 use crate::sync::Arc;
 
-/// Answers control requests from the cache (`stats` from every part that reports).
+/// Answers control requests from the cache, `stats` from every part that reports and the
+/// daemon's [`DaemonInfo`].
 #[derive(Debug)]
 pub struct DaemonHandler {
     cache: Arc<NarCache>,
     reporters: Arc<Reporters>,
+    info: Arc<DaemonInfo>,
 }
 
 impl DaemonHandler {
-    /// A handler over `cache`, answering `stats` from `reporters`.
-    pub fn new(cache: Arc<NarCache>, reporters: Arc<Reporters>) -> Self {
-        Self { cache, reporters }
+    /// A handler over `cache`, answering `stats` from `reporters`, for the daemon `info` describes.
+    pub fn new(cache: Arc<NarCache>, reporters: Arc<Reporters>, info: Arc<DaemonInfo>) -> Self {
+        Self { cache, reporters, info }
     }
 }
 
@@ -32,19 +36,22 @@ fn parse_paths(paths: &[String]) -> Result<Vec<StorePath>, String> {
         .collect()
 }
 
-/// Per-path outcomes as `{"results": [{"path", "ok", "changed"?, "error"?}]}`.
+/// Per-path outcomes as rows; `changed` says what a success did.
 fn results<T>(
     outcomes: Vec<(StorePath, Result<T, CacheError>)>,
     changed: impl Fn(&T) -> bool,
-) -> Value {
-    let rows: Vec<Value> = outcomes
+) -> Reply {
+    let results = outcomes
         .into_iter()
-        .map(|(sp, r)| match r {
-            Ok(v) => json!({ "path": sp.to_absolute_path(), "ok": true, "changed": changed(&v) }),
-            Err(e) => json!({ "path": sp.to_absolute_path(), "ok": false, "error": e.to_string() }),
+        .map(|(sp, r)| {
+            let path = sp.to_absolute_path();
+            match r {
+                Ok(v) => PathResult { path, changed: changed(&v), error: None },
+                Err(e) => PathResult { path, changed: false, error: Some(e.to_string()) },
+            }
         })
         .collect();
-    json!({ "results": rows })
+    Reply::Results(PathResults { results })
 }
 
 fn abs(paths: &[StorePath]) -> Vec<String> {
@@ -53,28 +60,39 @@ fn abs(paths: &[StorePath]) -> Vec<String> {
 
 #[async_trait]
 impl ControlHandler for DaemonHandler {
-    async fn handle(&self, request: Request) -> Result<Value, String> {
+    async fn handle(&self, request: Request, progress: ProgressSink) -> Result<Reply, String> {
         let cache = &self.cache;
         match request {
-            Request::Ping => Ok(json!({
-                "pid": std::process::id(),
-                "version": env!("CARGO_PKG_VERSION"),
+            Request::Ping => Ok(Reply::Pong(Pong {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
-            Request::Stats => {
-                serde_json::to_value(self.reporters.snapshot()).map_err(|e| e.to_string())
-            }
-            Request::Fetch { path } => {
-                let sp = parse_paths(&[path])?.remove(0);
-                let entry = cache.get(&sp).await.map_err(|e| e.to_string())?;
-                Ok(json!({
-                    "path": sp.to_absolute_path(),
-                    "references": abs(&entry.narinfo.references),
-                }))
+            Request::Stats => Ok(Reply::Stats(Box::new(StatsReply {
+                status: self.info.status(),
+                counters: self.reporters.snapshot(),
+            }))),
+            Request::Pins => Ok(Reply::Pins(PinsReply { paths: abs(&cache.pinned()) })),
+            Request::Prefetch { paths, closure, jobs } => {
+                if jobs == 0 {
+                    return Err("prefetch needs at least 1 job, got 0".into());
+                }
+                let roots = parse_paths(&paths)?;
+                let outcomes = cache
+                    .prefetch(&roots, closure, jobs, |step| {
+                        progress.send(Progress {
+                            done: step.done,
+                            total: step.total,
+                            path: step.path.to_absolute_path(),
+                            error: step.error.map(ToString::to_string),
+                        });
+                    })
+                    .await;
+                Ok(results(outcomes, |()| true))
             }
             Request::Closure { paths } => {
                 let roots = parse_paths(&paths)?;
                 let closure = cache.closure(&roots).await.map_err(|e| e.to_string())?;
-                Ok(json!({ "paths": abs(&closure) }))
+                Ok(Reply::Closure(ClosureReply { paths: abs(&closure) }))
             }
             Request::Pin { paths } => Ok(results(cache.pin(&parse_paths(&paths)?).await, |_| true)),
             Request::Unpin { paths } => Ok(results(cache.unpin(&parse_paths(&paths)?), |was| *was)),
@@ -83,25 +101,28 @@ impl ControlHandler for DaemonHandler {
             }
             Request::Gc { to_bytes } => {
                 let report = cache.gc(to_bytes).await;
-                Ok(json!({
-                    "evicted": report.evicted,
-                    "freed_bytes": report.freed_bytes,
-                    "used_bytes": report.used_bytes,
-                    "pinned_kept": report.pinned_kept,
+                Ok(Reply::Gc(GcReply {
+                    evicted: report.evicted,
+                    freed_bytes: report.freed_bytes,
+                    used_bytes: report.used_bytes,
+                    pinned_kept: report.pinned_kept,
                 }))
             }
             Request::Verify { paths } => {
                 let paths = parse_paths(&paths)?;
                 let report = cache.verify((!paths.is_empty()).then_some(&paths[..])).await;
-                let corrupt: Vec<Value> = report
+                let corrupt = report
                     .corrupt
                     .iter()
-                    .map(|(sp, why)| json!({ "path": sp.to_absolute_path(), "reason": why }))
+                    .map(|(sp, why)| CorruptEntry {
+                        path: sp.to_absolute_path(),
+                        reason: why.clone(),
+                    })
                     .collect();
-                Ok(json!({
-                    "ok": abs(&report.ok),
-                    "corrupt": corrupt,
-                    "missing": abs(&report.missing),
+                Ok(Reply::Verify(VerifyReply {
+                    ok: abs(&report.ok),
+                    corrupt,
+                    missing: abs(&report.missing),
                 }))
             }
             Request::ExportDb { paths, closure } => {
@@ -109,7 +130,7 @@ impl ControlHandler for DaemonHandler {
                     .export_db(&parse_paths(&paths)?, closure)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(json!({ "text": text }))
+                Ok(Reply::ExportDb(ExportDbReply { text }))
             }
         }
     }

@@ -5,13 +5,17 @@
 //! root) are dropped. [`bind`] refuses to start when a live daemon answers on
 //! the path and removes a stale socket left by a dead one; [`serve`] runs one task per
 //! connection until its injected shutdown future resolves. Commands are answered by a
-//! [`ControlHandler`]: the daemon's is [`DaemonHandler`]; tests inject their own.
+//! [`ControlHandler`]: the daemon's is [`DaemonHandler`]; tests inject their own. A handler
+//! reports the steps of a long command through its [`ProgressSink`]; each becomes a `progress`
+//! line, written before the command's result.
 
 pub mod client;
 pub mod handler;
 pub mod protocol;
+pub mod status;
 
 pub use handler::DaemonHandler;
+pub use status::DaemonInfo;
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -22,7 +26,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use self::protocol::{MAX_LINE, Request, Response, decode_request, encode_response};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use self::protocol::{
+    MAX_LINE, Progress, Reply, Request, Response, decode_request, encode_response,
+};
 use crate::sync::Arc;
 
 /// Where the daemon listens unless told otherwise.
@@ -50,8 +59,29 @@ pub enum ControlError {
 /// Answers control requests. One implementation per daemon; new commands are new match arms.
 #[async_trait]
 pub trait ControlHandler: Send + Sync + 'static {
-    /// Runs `request`; the `Err` text goes back to the client as `error`.
-    async fn handle(&self, request: Request) -> Result<serde_json::Value, String>;
+    /// Runs `request`, reporting its steps (if it has any) to `progress`; the `Err` text goes
+    /// back to the client as `error`.
+    async fn handle(&self, request: Request, progress: ProgressSink) -> Result<Reply, String>;
+}
+
+/// Where a handler reports the steps of a long command; each is sent to the client as a
+/// `progress` line before the result. Sending never blocks, and a step sent after the client
+/// went away is dropped.
+#[derive(Clone, Debug)]
+pub struct ProgressSink(Option<mpsc::UnboundedSender<Progress>>);
+
+impl ProgressSink {
+    /// A sink that drops every step (for callers with nobody to tell).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Reports one step.
+    pub fn send(&self, progress: Progress) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(progress);
+        }
+    }
 }
 
 /// A bound control socket; the socket file is removed when this is dropped.
@@ -170,8 +200,8 @@ async fn connection(stream: UnixStream, handler: &dyn ControlHandler) -> std::io
             Err(_) => Response::err("malformed request: not UTF-8"),
             Ok(text) => match decode_request(text) {
                 Err(err) => Response::err(err.to_string()),
-                Ok(request) => match handler.handle(request).await {
-                    Ok(result) => Response::ok(result),
+                Ok(request) => match run(handler, request, &mut write).await? {
+                    Ok(reply) => Response::ok(reply),
                     Err(err) => Response::err(err),
                 },
             },
@@ -180,20 +210,63 @@ async fn connection(stream: UnixStream, handler: &dyn ControlHandler) -> std::io
     }
 }
 
+/// Runs one request, writing its progress lines as they come; the result is left to the caller.
+/// If the client goes away, the write fails and the command is dropped (cancelled) with it.
+async fn run(
+    handler: &dyn ControlHandler,
+    request: Request,
+    write: &mut OwnedWriteHalf,
+) -> std::io::Result<Result<Reply, String>> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let work = handler.handle(request, ProgressSink(Some(tx)));
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            // Steps first: every step sent before the result is written before it.
+            biased;
+            Some(step) = rx.recv() => {
+                write.write_all(encode_response(&Response::progress(step)).as_bytes()).await?;
+            }
+            result = &mut work => {
+                while let Ok(step) = rx.try_recv() {
+                    write.write_all(encode_response(&Response::progress(step)).as_bytes()).await?;
+                }
+                return Ok(result);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::client::{Client, ClientError};
-    use super::protocol::Request;
+    use super::protocol::{PathResult, PathResults, Pong, Request};
     use super::*;
 
     struct Fake;
 
     #[async_trait]
     impl ControlHandler for Fake {
-        async fn handle(&self, request: Request) -> Result<serde_json::Value, String> {
+        async fn handle(&self, request: Request, progress: ProgressSink) -> Result<Reply, String> {
             match request {
-                Request::Ping => Ok(serde_json::json!({"pong": true})),
+                Request::Ping => Ok(Reply::Pong(Pong { pid: 1, version: "fake".into() })),
                 Request::Stats => Err("no stats here".into()),
+                // Every path "fetched" but the one named `bad`, each reported as it finishes.
+                Request::Prefetch { paths, .. } => {
+                    let total = paths.len();
+                    let mut results = Vec::new();
+                    for (i, path) in paths.into_iter().enumerate() {
+                        let error = (path == "bad").then(|| "absent".to_owned());
+                        progress.send(Progress {
+                            done: i + 1,
+                            total,
+                            path: path.clone(),
+                            error: error.clone(),
+                        });
+                        results.push(PathResult { path, changed: error.is_none(), error });
+                    }
+                    Ok(Reply::Results(PathResults { results }))
+                }
                 other => Err(format!("fake handler: {other:?} not supported")),
             }
         }
@@ -224,7 +297,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(pong.unwrap(), serde_json::json!({"pong": true}));
+        assert_eq!(pong.unwrap(), Reply::Pong(Pong { pid: 1, version: "fake".into() }));
         match stats {
             Err(ClientError::Daemon(e)) => assert_eq!(e, "no stats here"),
             other => panic!("{other:?}"),
@@ -234,6 +307,57 @@ mod tests {
         tx.send(()).unwrap();
         task.await.unwrap();
         assert!(!path.exists(), "socket removed on shutdown");
+    }
+
+    /// Progress lines arrive in order, before the result, and the typed call returns the rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn progress_lines_come_before_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, tx, task) = started(dir.path()).await;
+        let (steps, rows, pong) = tokio::task::spawn_blocking(move || {
+            let mut client = Client::connect(&path).unwrap();
+            let mut steps = Vec::new();
+            let paths = ["a", "bad", "c"].map(String::from).to_vec();
+            let rows = client.prefetch(paths, true, 2, |s| steps.push(s)).unwrap();
+            // The connection is still usable, with nothing left over from the prefetch.
+            (steps, rows, client.ping().unwrap())
+        })
+        .await
+        .unwrap();
+        let done: Vec<_> = steps.iter().map(|s| (s.done, s.total, s.path.as_str())).collect();
+        assert_eq!(done, vec![(1, 3, "a"), (2, 3, "bad"), (3, 3, "c")]);
+        assert_eq!(steps[1].error.as_deref(), Some("absent"));
+        let failed: Vec<_> = rows.iter().filter(|r| r.error.is_some()).map(|r| &r.path).collect();
+        assert_eq!(failed, vec!["bad"]);
+        assert_eq!(pong.version, "fake");
+        tx.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    /// A typed call that gets another reply than its own says so instead of guessing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_of_the_wrong_kind_is_named() {
+        struct Confused;
+        #[async_trait]
+        impl ControlHandler for Confused {
+            async fn handle(&self, _: Request, _: ProgressSink) -> Result<Reply, String> {
+                Ok(Reply::Pong(Pong { pid: 1, version: "x".into() }))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let socket = bind(&path).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(socket, Arc::new(Confused), async {
+            let _ = rx.await;
+        }));
+        let err = tokio::task::spawn_blocking(move || Client::connect(&path).unwrap().gc(None))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("expected a gc reply, got pong"), "{err}");
+        tx.send(()).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,8 +373,12 @@ mod tests {
         s.read_to_string(&mut out).await.unwrap();
         let lines: Vec<Response> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2, "{out}");
-        assert!(!lines[0].ok && lines[0].error.as_deref().unwrap().contains("version 9"));
-        assert!(lines[1].error.as_deref().unwrap().contains("longer than"));
+        let error = |r: &Response| match &r.body {
+            protocol::Body::Error(e) => e.clone(),
+            other => panic!("not an error: {other:?}"),
+        };
+        assert!(error(&lines[0]).contains("version 9"), "{out}");
+        assert!(error(&lines[1]).contains("longer than"), "{out}");
         tx.send(()).unwrap();
         task.await.unwrap();
     }
