@@ -251,7 +251,7 @@ mod tests {
     fn snapshot(figures: &[(&str, Value)]) -> Snapshot {
         let mut snap = Snapshot::default();
         for (key, value) in figures {
-            snap.set(key, value.clone());
+            snap.set(key, *value);
         }
         snap
     }
