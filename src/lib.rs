@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! Imports point only this way:
-//! `nix` ← `upstream` ← `cache` ← `fs` ← `config` ← `daemon`/`control` ← `cli`.
+//! `nix` ← `upstream` ← `cache` ← `fs` ← `config` ← `control` ← `daemon` ← `cli`.
 //! - [`nix`]: Nix formats, pure (no I/O): base32, store paths, narinfo, signatures, NAR.
 //! - [`upstream`]: binary caches over HTTP(S) and `file://`, decompression.
 //! - [`cache`]: the verified local disk cache, single-flight fetch, LRU quota.
