@@ -1,5 +1,5 @@
-//! Pure Nix formats: nixbase32, store paths, NAR hashes, `.narinfo`, signatures, `nix-cache-info`
-//! and `.ls` listings. No I/O, no async, no global state; imports nothing else from storefs.
+//! Pure Nix formats: nixbase32, store paths, NAR hashes, `.narinfo`, signatures and
+//! `nix-cache-info`. No I/O, no async, no global state; imports nothing else from storefs.
 //!
 //! Implemented: what a read-only binary-cache client needs: parsing (and printing, where a test or
 //! a CLI needs it) of the files a cache serves, and ed25519 verification of narinfo signatures.
@@ -10,7 +10,6 @@
 
 pub mod cache_info;
 pub mod hash;
-pub mod listing;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;

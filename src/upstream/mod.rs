@@ -11,7 +11,7 @@ pub mod file;
 pub mod health;
 pub mod http;
 pub mod low_speed;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(test)]
 pub mod mock;
 pub mod retry;
 pub mod set;
