@@ -10,6 +10,7 @@ use super::{
     CACHE_OPTIONS, EXIT_RUNTIME, EXIT_USAGE, MOUNT_OPTIONS, OPERATION_OPTIONS, UPSTREAM_OPTIONS,
 };
 use crate::config::{Config, RawConfig};
+use crate::daemon::DaemonError;
 
 /// Arguments of `storefs mount`, as typed: every option is `None` or empty when not given, so
 /// that the configuration file can fill it; `[default: …]` in the help is the built-in default
@@ -169,8 +170,8 @@ pub fn run(args: &MountArgs) -> ExitCode {
     match runtime.block_on(crate::daemon::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            error!("{err:#}");
-            eprintln!("storefs: {err:#}");
+            let (DaemonError::Setup(cause) | DaemonError::Runtime(cause)) = &err;
+            super::print_error(cause);
             ExitCode::from(err.exit_code())
         }
     }
