@@ -559,7 +559,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `storefs mount` refuses a mountpoint that is already mounted, and exits cleanly on SIGTERM.
+/// `storefs mount` refuses a mountpoint where a storefs is mounted, telling to stop that daemon
+/// rather than to unmount it, and exits cleanly on SIGTERM.
 #[test]
 fn refuses_a_mounted_mountpoint_and_stops_cleanly() {
     let Some(fx) = setup("refuses_a_mounted_mountpoint_and_stops_cleanly") else { return };
@@ -576,8 +577,11 @@ fn refuses_a_mounted_mountpoint_and_stops_cleanly() {
         .args(&args)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already a mount point"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A live storefs must be stopped, never detached by hand (jobs would lose the store).
+    assert!(stderr.contains("a running storefs is mounted here; stop that daemon"), "{stderr}");
+    assert!(!stderr.contains("umount"), "{stderr}");
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM; log:\n{}", d.log_text());
     assert!(!common::daemon::is_storefs_mount(&d.mnt), "unmounted on SIGTERM");
 }
