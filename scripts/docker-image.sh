@@ -45,6 +45,8 @@ cleanup() {
     if [[ -n $dockerd_pid ]]; then
         kill "$dockerd_pid" 2>/dev/null || true
         wait "$dockerd_pid" 2>/dev/null || true
+        # dockerd leaves its network namespace bound in the exec root.
+        if mountpoint -q "$work/exec/netns/default"; then umount "$work/exec/netns/default"; fi
     fi
 }
 trap cleanup EXIT
