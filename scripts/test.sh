@@ -26,6 +26,9 @@ rm -rf "$unit_dir"
 hadolint Dockerfile
 echo "unit and Dockerfile clean"
 
+step "Docker build context: the crate builds from exactly the files the Dockerfile copies"
+scripts/docker-context-build.sh
+
 step "fixture closure (real Nix)"
 tests/fixtures/build.sh "${STOREFS_FIXTURES_DIR:-/var/tmp/storefs-fixtures}"
 

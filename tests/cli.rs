@@ -353,3 +353,117 @@ fn a_closed_pipe_ends_every_command_quietly() {
         }
     }
 }
+
+/// Loud skip for the tests below that need root and a program: prints `SKIPPING` and returns
+/// true; under `CI=true` a missing requirement fails the test instead.
+fn skip_unless_root_with(program: &str, test: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let found = Command::new(program).arg("--version").output().is_ok();
+    if root && found {
+        return false;
+    }
+    let why = if root { format!("{program} is not installed") } else { "not root".into() };
+    assert!(
+        !matches!(std::env::var("CI").as_deref(), Ok("true" | "1")),
+        "{test}: {why} (CI=true, so a skip is a failure)"
+    );
+    eprintln!("SKIPPING {test}: {why}");
+    true
+}
+
+/// A `storefs mount` in `dir` that gets as far as mounting (a plain mountpoint, a cache
+/// directory, a control socket, a `file://` substituter), run through `wrapper` (a command
+/// that runs the rest of its arguments, e.g. `setpriv` dropping a privilege).
+fn mount_through(wrapper: &[&str], dir: &std::path::Path) -> std::process::Output {
+    let (mnt, cache) = (dir.join("mnt"), dir.join("substituter"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(dir.join("nix.conf"), "").unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(env!("CARGO_BIN_EXE_storefs"))
+        .args(["mount", mnt.to_str().unwrap(), "--cache-dir", &path("cache")])
+        .args(["--control-socket", &path("control.sock"), "--nix-conf", &path("nix.conf")])
+        .args(["--substituter", &format!("file://{}", cache.display())])
+        .output()
+        .unwrap()
+}
+
+/// The failure is said once: one `storefs:` line, no ERROR log line repeating it, and the
+/// system error's `(os error N)` once.
+fn assert_said_once(out: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("cannot mount")).collect();
+    assert_eq!(lines.len(), 1, "the failure is printed once:\n{stderr}");
+    assert!(lines[0].starts_with("storefs: "), "{stderr}");
+    assert!(lines[0].matches("(os error").count() <= 1, "os error repeated: {stderr}");
+}
+
+/// Root without CAP_SYS_ADMIN (a container without `--cap-add SYS_ADMIN`) is told to grant
+/// the capability, not to run as root (which it is); exit 1.
+#[test]
+fn root_without_cap_sys_admin_is_told_which_capability_is_missing() {
+    let test = "root_without_cap_sys_admin_is_told_which_capability_is_missing";
+    if skip_unless_root_with("setpriv", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let drop_cap = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"];
+    let out = mount_through(&drop_cap, dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without CAP_SYS_ADMIN"), "{stderr}");
+    assert!(stderr.contains("--cap-add SYS_ADMIN"), "{stderr}");
+    assert!(!stderr.contains("must run as root"), "root is told to be root: {stderr}");
+    assert_said_once(&out);
+}
+
+/// A user that is not root is told to run as root (whether `/dev/fuse` or `mount(2)` refused
+/// it, depending on the device's mode), never to load the fuse module; exit 1.
+#[test]
+fn a_user_is_told_to_run_as_root_not_to_load_a_module() {
+    let test = "a_user_is_told_to_run_as_root_not_to_load_a_module";
+    if skip_unless_root_with("setpriv", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = "65534";
+    let out = Command::new("chown").args([nobody, dir.path().to_str().unwrap()]).output();
+    assert!(out.unwrap().status.success());
+    let as_nobody = ["setpriv", "--reuid", nobody, "--regid", nobody, "--clear-groups"];
+    let out = mount_through(&as_nobody, dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("must run as root"), "{stderr}");
+    assert!(!stderr.contains("module"), "a permission problem blamed on the module: {stderr}");
+    assert_said_once(&out);
+}
+
+/// `/dev/fuse` that cannot be opened for lack of permission (here: on a `nodev` filesystem, in
+/// a private mount namespace) is not blamed on the module; a missing one is; exit 1 both.
+#[test]
+fn dev_fuse_failures_name_the_fix_for_their_errno() {
+    let test = "dev_fuse_failures_name_the_fix_for_their_errno";
+    if skip_unless_root_with("unshare", test) {
+        return;
+    }
+    let cases = [
+        ("mknod /dev/fuse c 10 229", "--device /dev/fuse", "module"),
+        (":", "modprobe fuse", "as root"),
+    ];
+    for (make_node, want, unwanted) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        // A fresh nodev /dev: a device node there opens with EACCES, even for root.
+        let script = format!("mount -t tmpfs -o nodev tmpfs /dev && {make_node} && exec \"$@\"");
+        let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script, "sh"];
+        let out = mount_through(&wrapper, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{make_node}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot open /dev/fuse"), "{make_node}: {stderr}");
+        assert!(stderr.contains(want), "{make_node}: lacks {want:?}: {stderr}");
+        assert!(!stderr.contains(unwanted), "{make_node}: says {unwanted:?}: {stderr}");
+        assert_said_once(&out);
+    }
+}

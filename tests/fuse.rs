@@ -125,8 +125,9 @@ fn metadata_is_canonical_and_inodes_are_stable() {
     let after = (fs::metadata(&exe).unwrap().ino(), fs::metadata(&data).unwrap().ino());
     assert_eq!(before, after, "inode numbers survive a restart");
     assert_eq!(nginx.count_requests(".narinfo"), 0, "restart served from the cache");
-    let statfs = nix_statfs(&d.mnt);
-    assert!(statfs > 0, "statfs reports the cache's bytes");
+    let statfs = statvfs_of(&d.mnt);
+    assert_ne!(statfs.f_flag & libc::ST_RDONLY, 0, "mount is read-only");
+    assert!(statfs.f_files > 0, "statfs counts the cached paths");
 }
 
 /// The mount root is listed without OPENDIR and its listing is kept by the kernel, yet `ls`
@@ -162,12 +163,43 @@ fn the_root_listing_follows_fetches_and_evictions() {
     assert_eq!(listed.len(), 2, "{listed:?}");
 }
 
-fn nix_statfs(path: &Path) -> u64 {
+fn statvfs_of(path: &Path) -> libc::statvfs {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
-    assert_ne!(s.f_flag & libc::ST_RDONLY, 0, "mount is read-only");
-    s.f_blocks
+    s
+}
+
+/// `df` on the mount shows the cache quota (as CVMFS does), not a full disk: size `--max-size`,
+/// used the bytes cached, available the rest, through `statvfs(3)` and the real `df`.
+#[test]
+fn df_reports_the_cache_quota() {
+    let Some(fx) = setup("df_reports_the_cache_quota") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let max: u64 = 64 << 20;
+    let extra = ["--max-size", "64M", "--prefetch-jobs", "0"];
+    let d = Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, &extra));
+    let bytes = |s: &libc::statvfs| {
+        let unit = s.f_frsize;
+        (s.f_blocks * unit, (s.f_blocks - s.f_bfree) * unit, s.f_bavail * unit)
+    };
+    let empty = statvfs_of(&d.mnt);
+    assert_eq!(bytes(&empty), (max, 0, max), "an empty cache: all of --max-size available");
+    fs::read(d.path(&fx.hello, "bin/hello")).unwrap();
+    let out = d.client(&["stats", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cached = stats["cache_bytes"].as_u64().unwrap();
+    assert!(cached > 0, "{stats}");
+    let used = cached.next_multiple_of(4096);
+    assert_eq!(bytes(&statvfs_of(&d.mnt)), (max, used, max - used), "cached {cached} bytes");
+    // The real df, as a monitoring agent or an operator runs it.
+    let df = Command::new("df").args(["-B1", "--output=size,used,avail"]).arg(&d.mnt).output();
+    let df = String::from_utf8(df.unwrap().stdout).unwrap();
+    let row: Vec<u64> =
+        df.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(row, [max, used, max - used], "df:\n{df}");
 }
 
 /// Acceptance: an executable whose interpreter is another store path runs with storefs on
@@ -527,7 +559,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `storefs mount` refuses a mountpoint that is already mounted, and exits cleanly on SIGTERM.
+/// `storefs mount` refuses a mountpoint where a storefs is mounted, telling to stop that daemon
+/// rather than to unmount it, and exits cleanly on SIGTERM.
 #[test]
 fn refuses_a_mounted_mountpoint_and_stops_cleanly() {
     let Some(fx) = setup("refuses_a_mounted_mountpoint_and_stops_cleanly") else { return };
@@ -544,8 +577,11 @@ fn refuses_a_mounted_mountpoint_and_stops_cleanly() {
         .args(&args)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already a mount point"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A live storefs must be stopped, never detached by hand (jobs would lose the store).
+    assert!(stderr.contains("a running storefs is mounted here; stop that daemon"), "{stderr}");
+    assert!(!stderr.contains("umount"), "{stderr}");
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM; log:\n{}", d.log_text());
     assert!(!common::daemon::is_storefs_mount(&d.mnt), "unmounted on SIGTERM");
 }

@@ -55,6 +55,27 @@ pub enum Command {
     ExportDb(ops::ExportDbArgs),
 }
 
+/// Prints a failure on stderr once, as `storefs: <what failed>: <cause>: <its cause>...`. A cause
+/// whose text is already in the message (an error that prints its source and also returns it
+/// as its source) is left out, so nothing is said twice.
+pub fn print_error(err: &anyhow::Error) {
+    eprintln!("storefs: {}", error_chain(err));
+}
+
+/// `err` and its causes joined with `: `, each text at most once.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain().map(ToString::to_string) {
+        if text.is_empty() {
+            text = cause;
+        } else if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     crate::logging::init(&cli.log);
@@ -69,5 +90,21 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Gc(args) => ops::gc(&args),
         Command::Verify(args) => ops::verify(&args),
         Command::ExportDb(args) => ops::export_db(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let os = || std::io::Error::from_raw_os_error(libc::EPERM);
+        let repeated = anyhow::Error::new(os()).context(format!("mount(2) failed: {}", os()));
+        let text = error_chain(&repeated.context("cannot mount /nix/store"));
+        assert_eq!(text.matches("(os error 1)").count(), 1, "{text}");
+        assert!(text.starts_with("cannot mount /nix/store: mount(2) failed: "), "{text}");
+        let plain = anyhow::Error::new(os()).context("cannot open the control socket");
+        assert!(error_chain(&plain).ends_with("socket: Operation not permitted (os error 1)"));
     }
 }

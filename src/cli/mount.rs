@@ -7,6 +7,7 @@ use tracing::error;
 
 use super::{EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::{Config, Settings};
+use crate::daemon::DaemonError;
 
 /// Arguments of `storefs mount`: the [`Settings`] as typed, every option `None` when not given,
 /// so that the configuration file can fill it; `[default: …]` in the help is the built-in
@@ -47,8 +48,8 @@ pub fn run(args: &MountArgs) -> ExitCode {
     match runtime.block_on(crate::daemon::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            error!("{err:#}");
-            eprintln!("storefs: {err:#}");
+            let (DaemonError::Setup(cause) | DaemonError::Runtime(cause)) = &err;
+            super::print_error(cause);
             ExitCode::from(err.exit_code())
         }
     }

@@ -326,8 +326,9 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        let blocks = s.used_bytes.div_ceil(u64::from(BLKSIZE));
-        reply.statfs(blocks, 0, 0, s.paths, 0, BLKSIZE, 255, BLKSIZE);
+        let block = u64::from(BLKSIZE);
+        let (blocks, free) = (s.total_bytes.div_ceil(block), s.free_bytes / block);
+        reply.statfs(blocks, free, free, s.paths, 0, BLKSIZE, 255, BLKSIZE);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -61,11 +61,14 @@ pub struct DirEntry {
     pub name: Vec<u8>,
 }
 
-/// Filesystem totals for `statfs`.
-#[derive(Clone, Copy, Debug)]
+/// Filesystem totals for `statfs`: the cache quota, as CVMFS reports it, so `df` and disk-full
+/// alerts see how full the cache is rather than a read-only filesystem with no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FsStats {
-    /// Bytes in the cache.
-    pub used_bytes: u64,
+    /// The size: `--max-size`, or the bytes cached when pinned paths hold more.
+    pub total_bytes: u64,
+    /// What may still be fetched before least recently used paths are evicted.
+    pub free_bytes: u64,
     /// Cached store paths.
     pub paths: u64,
 }
@@ -121,6 +124,14 @@ metrics::counters! {
     pub struct FsCounters {
         /// File bytes returned to readers by `read` through the daemon.
         bytes_served,
+    }
+}
+
+impl FsStats {
+    /// The totals of a cache holding `used_bytes` of at most `max_bytes`.
+    pub fn of_quota(used_bytes: u64, max_bytes: u64, paths: u64) -> Self {
+        let total_bytes = max_bytes.max(used_bytes);
+        FsStats { total_bytes, free_bytes: total_bytes - used_bytes, paths }
     }
 }
 
@@ -334,9 +345,10 @@ impl StoreFs {
         lock(&self.files).remove(&fh);
     }
 
-    /// Totals for `statfs`.
+    /// Totals for `statfs`: the cache's quota, its use and its room.
     pub fn statfs(&self) -> FsStats {
-        FsStats { used_bytes: self.cache.used_bytes(), paths: self.cache.entry_count() as u64 }
+        let paths = self.cache.entry_count() as u64;
+        FsStats::of_quota(self.cache.used_bytes(), self.cache.max_bytes(), paths)
     }
 
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {

@@ -40,8 +40,8 @@ pub enum MountError {
         /// Why.
         reason: String,
     },
-    /// A system call failed.
-    #[error("{action}: {source}")]
+    /// A system call failed. The cause is the error's source, not repeated in its message.
+    #[error("{action}")]
     Sys {
         /// What was attempted.
         action: String,
@@ -72,21 +72,24 @@ pub fn mount(
     }
     let mounted =
         mount_type(&mountpoint).map_err(|e| bad(format!("cannot read mountinfo: {e}")))?;
-    if mounted.is_some() {
-        return Err(bad("already a mount point; unmount it first (umount -l)".into()));
+    if let Some(fstype) = mounted {
+        return Err(bad(already_mounted_reason(&fstype)));
     }
     let sys = |action: &str| {
         let action = action.to_owned();
         move |source| MountError::Sys { action, source }
     };
+    // SAFETY: plain getters with no arguments.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let dev: File = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/fuse")
-        .map_err(sys("cannot open /dev/fuse (is the fuse module loaded?)"))?;
-    // SAFETY: plain getters with no arguments.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        .map_err(|e| MountError::Sys {
+            action: open_fuse_failure(e.raw_os_error(), uid),
+            source: e,
+        })?;
     let mut data = format!("fd={},rootmode=40000,user_id={uid},group_id={gid}", dev.as_raw_fd());
     if options.allow_other {
         data.push_str(",allow_other,default_permissions");
@@ -100,7 +103,9 @@ pub fn mount(
         libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast())
     };
     if rc != 0 {
-        return Err(sys("mount(2) failed (storefs must run as root)")(io::Error::last_os_error()));
+        let err = io::Error::last_os_error();
+        let action = mount_failure(err.raw_os_error(), uid, effective_capabilities());
+        return Err(MountError::Sys { action, source: err });
     }
     let mut config = fuser::Config::default();
     config.n_threads = Some(SESSION_THREADS);
@@ -164,6 +169,74 @@ fn detach(mountpoint: &Path) {
         // SAFETY: `target` is a NUL-terminated path that outlives the call.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
+}
+
+/// Why a mountpoint that is already a mount point is refused, and what to do. A live storefs
+/// must not be unmounted by hand (`umount -l` would take the store from running jobs), so it gets
+/// its own answer.
+fn already_mounted_reason(fstype: &str) -> String {
+    if fstype == FS_TYPE {
+        "a running storefs is mounted here; stop that daemon first (unmounting it by hand takes \
+         the store away from the jobs using it)"
+            .into()
+    } else {
+        format!(
+            "already a mount point ({fstype}); storefs mounts only on a plain directory: unmount \
+             it, or in a container bind the parent directory (/nix) instead of the mountpoint"
+        )
+    }
+}
+
+/// What failed when `/dev/fuse` cannot be opened by user `euid`, with the likely fix for its
+/// errno: only a missing device is the module's fault.
+fn open_fuse_failure(errno: Option<i32>, euid: u32) -> String {
+    let hint = match (errno, euid) {
+        (Some(libc::ENOENT), _) => {
+            "no such device: load the fuse module (modprobe fuse); in a container, pass \
+             --device /dev/fuse"
+        }
+        (Some(libc::ENODEV | libc::ENXIO), _) => "the fuse module is not loaded (modprobe fuse)",
+        (Some(libc::EACCES | libc::EPERM), 0) => {
+            "permission denied to root: in a container, pass --device /dev/fuse (the device \
+             rules refuse it otherwise); a /dev mounted nodev refuses every device"
+        }
+        (Some(libc::EACCES | libc::EPERM), _) => "permission denied: storefs must run as root",
+        _ => return "cannot open /dev/fuse".into(),
+    };
+    format!("cannot open /dev/fuse ({hint})")
+}
+
+/// `CAP_SYS_ADMIN`, the capability `mount(2)` needs (linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// What failed when `mount(2)` refused, with the likely fix: not root, root without
+/// `CAP_SYS_ADMIN` (a container without `--cap-add SYS_ADMIN`), or a security module (AppArmor's
+/// default Docker profile denies `mount` even with the capability). `cap_eff` is the effective
+/// capability set, if known.
+fn mount_failure(errno: Option<i32>, euid: u32, cap_eff: Option<u64>) -> String {
+    let has_sys_admin = cap_eff.map(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
+    let hint = match (errno, euid, has_sys_admin) {
+        (Some(libc::EPERM | libc::EACCES), 0, Some(false)) => {
+            "root without CAP_SYS_ADMIN: grant it (in Docker: --cap-add SYS_ADMIN)"
+        }
+        (Some(libc::EPERM | libc::EACCES), 0, Some(true)) => {
+            "refused despite CAP_SYS_ADMIN, so a security module denies it: in Docker on an \
+             AppArmor host, add --security-opt apparmor=unconfined; see the kernel log"
+        }
+        (Some(libc::EPERM | libc::EACCES), 0, None) => {
+            "root needs CAP_SYS_ADMIN, and a security module (AppArmor) must allow mount"
+        }
+        (Some(libc::EPERM | libc::EACCES), _, _) => "storefs must run as root",
+        _ => return "mount(2) failed".into(),
+    };
+    format!("mount(2) failed ({hint})")
+}
+
+/// This process's effective capabilities (`CapEff` in /proc/self/status), if readable.
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// A daemon that died leaves its mount behind, answering ENOTCONN; a supervisor restarting us
@@ -241,6 +314,47 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), b"/tmp/a b");
         assert_eq!(unescape_mountinfo(r"/x\134y"), b"/x\\y");
         assert_eq!(unescape_mountinfo(r"/trailing\04"), b"/trailing\\04");
+    }
+
+    #[test]
+    fn mount_refusals_name_their_likely_cause() {
+        let all_caps = Some(u64::MAX);
+        let no_sys_admin = Some(!(1 << CAP_SYS_ADMIN));
+        let cases = [
+            ("user", Some(libc::EPERM), 1000, all_caps, "must run as root"),
+            ("root without the capability", Some(libc::EPERM), 0, no_sys_admin, "--cap-add"),
+            ("root with it, AppArmor", Some(libc::EACCES), 0, all_caps, "apparmor=unconfined"),
+            ("root, capabilities unknown", Some(libc::EPERM), 0, None, "CAP_SYS_ADMIN"),
+            ("another errno", Some(libc::EINVAL), 0, all_caps, "mount(2) failed"),
+        ];
+        for (case, errno, euid, caps, want) in cases {
+            let got = mount_failure(errno, euid, caps);
+            assert!(got.contains(want), "{case}: {got:?} lacks {want:?}");
+            if euid == 0 {
+                assert!(!got.contains("must run as root"), "{case}: root told to be root: {got}");
+            }
+        }
+    }
+
+    #[test]
+    fn dev_fuse_failures_name_their_likely_cause() {
+        assert!(open_fuse_failure(Some(libc::ENOENT), 0).contains("modprobe fuse"));
+        let root_denied = open_fuse_failure(Some(libc::EPERM), 0);
+        assert!(root_denied.contains("--device /dev/fuse"), "{root_denied}");
+        let user_denied = open_fuse_failure(Some(libc::EACCES), 1000);
+        assert!(user_denied.contains("must run as root"), "{user_denied}");
+        for denied in [root_denied, user_denied] {
+            assert!(!denied.contains("module"), "blamed on the module: {denied}");
+        }
+        assert_eq!(open_fuse_failure(Some(libc::EIO), 0), "cannot open /dev/fuse");
+    }
+
+    #[test]
+    fn a_live_storefs_is_never_to_be_unmounted_by_hand() {
+        let live = already_mounted_reason(FS_TYPE);
+        assert!(live.contains("stop that daemon") && !live.contains("umount"), "{live}");
+        let bind = already_mounted_reason("ext4");
+        assert!(bind.contains("(ext4)") && bind.contains("/nix"), "{bind}");
     }
 
     #[test]

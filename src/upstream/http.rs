@@ -343,6 +343,27 @@ fn transport(url: &Url, source: reqwest::Error) -> UpstreamError {
     UpstreamError::Transport { url: url.to_string(), source }
 }
 
+/// What a transport failure was, for its message: reqwest's own text ("error sending request
+/// for url (…)") is the same for a DNS failure, a refused connection, a TLS error and a timeout,
+/// so its causes follow it (`dns error: …`, `Connection refused`, `invalid peer certificate:
+/// …`, `operation timed out`), each once. The URL is left out: the message names it already.
+pub(crate) fn transport_cause(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(url) = err.url() {
+        text = text.replace(&format!(" for url ({url})"), "");
+    }
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn status_failure(url: &Url, resp: &reqwest::Response) -> Failure {
     let retry_after = resp
         .headers()
@@ -474,6 +495,38 @@ mod tests {
         let many = vec![http.clone(); MAX_REDIRECTS + 1];
         assert!(!follows(&many, "http://a.example/y"), "too many hops");
         assert!(follows(&many[..MAX_REDIRECTS], "http://a.example/y"));
+    }
+
+    /// The message of a request to `url` that failed in transport.
+    async fn transport_message(url: &str) -> String {
+        let url = Url::parse(url).unwrap();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let err = client.get(url.clone()).send().await.unwrap_err();
+        transport(&url, err).to_string()
+    }
+
+    /// A DNS failure, a refused connection and a TLS failure each name their cause, and the URL
+    /// once (reqwest's own text is the same for all three).
+    #[tokio::test]
+    async fn transport_errors_name_their_cause() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let plain_http = crate::upstream::testserver::TestServer::start(|_, _| {
+            crate::upstream::testserver::Reply::ok(b"not TLS")
+        });
+        let cases = [
+            ("refused", format!("http://127.0.0.1:{port}/nix-cache-info"), "refused"),
+            ("dns", "http://storefs-test.invalid/nix-cache-info".to_owned(), "dns error"),
+            ("tls", plain_http.url().replace("http://", "https://"), "tls"),
+        ];
+        for (case, url, want) in cases {
+            let text = transport_message(&url).await;
+            let lower = text.to_lowercase();
+            assert!(lower.contains(want), "{case}: {text:?} lacks {want:?}");
+            assert_eq!(text.matches(url.as_str()).count(), 1, "{case}: URL not once: {text}");
+            assert_eq!(text.matches("error sending request").count(), 1, "{case}: {text}");
+        }
     }
 
     #[test]

@@ -67,8 +67,8 @@ pub trait Upstream: Send + Sync + Debug {
 /// Why a request to one binary cache failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Transport failure: DNS, connect, TLS, timeout, reset.
-    #[error("request to {url} failed: {source}")]
+    /// Transport failure: DNS, connect, TLS, timeout, reset. The message names the cause.
+    #[error("request to {url} failed: {}", http::transport_cause(source))]
     Transport {
         /// The URL asked for.
         url: String,
