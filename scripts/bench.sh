@@ -32,6 +32,8 @@ Options:
   --storefs-args ARGS extra flags for `storefs mount`, e.g. "--prefetch-jobs 0" (word-split)
   --no-drop-caches    do not drop the page cache before warm measurements
   --write-doc FILE    also write the results section of docs/PERFORMANCE.md to FILE
+  --storefs PATH      measure this storefs binary instead of building one (e.g. an older
+                      release, to compare before and after a change on the same fixture)
   -h, --help          this help
 
 Environment: BENCH_PYTHON_HOME (default /root/.pyenv/versions/3.11.*, else /usr) picks the Python
@@ -41,6 +43,7 @@ EOF
 }
 
 REPS=3 QUICK=0 DIR="" COMPRESSION=zstd RATE=100mbit DELAY_MS=10 DROP=1 WRITE_DOC="" ONLY=abc SF_ARGS=""
+STOREFS_GIVEN=""
 while (($#)); do
     case $1 in
         --reps) REPS=${2:?--reps needs N}; shift 2 ;;
@@ -53,6 +56,7 @@ while (($#)); do
         --storefs-args) SF_ARGS=${2?--storefs-args needs a value}; shift 2 ;;
         --no-drop-caches) DROP=0; shift ;;
         --write-doc) WRITE_DOC=${2:?}; shift 2 ;;
+        --storefs) STOREFS_GIVEN=${2:?}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown option $1 (see --help)" >&2; exit 1 ;;
     esac
@@ -79,10 +83,16 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # ---------------------------------------------------------------------------------------------
 # 0. storefs, release build
-log "building storefs (cargo build --release --locked in $REPO)"
-(cd "$REPO" && cargo build --release --locked --quiet) || die "cargo build --release failed"
-STOREFS=$REPO/target/release/storefs
-[[ -x $STOREFS ]] || die "no $STOREFS after the build"
+if [[ -n $STOREFS_GIVEN ]]; then
+    STOREFS=$(readlink -f "$STOREFS_GIVEN")
+    [[ -x $STOREFS ]] || die "--storefs $STOREFS_GIVEN: not an executable file"
+    log "measuring $STOREFS (--storefs; not building)"
+else
+    log "building storefs (cargo build --release --locked in $REPO)"
+    (cd "$REPO" && cargo build --release --locked --quiet) || die "cargo build --release failed"
+    STOREFS=$REPO/target/release/storefs
+    [[ -x $STOREFS ]] || die "no $STOREFS after the build"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 1. The fixture, built by real Nix (single-user, no substituters, no sandbox).

@@ -142,6 +142,9 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     for _ in 0..2 {
         assert_eq!(std::fs::metadata(&absent).unwrap_err().kind(), std::io::ErrorKind::NotFound);
     }
+    // nginx writes a request's log line after sending its answer: wait for the last one (the
+    // absent path's 404) before reading the log, then count exactly.
+    nginx.wait_for_requests(".narinfo", 4, Duration::from_secs(5));
     let nar_bytes: u64 = nginx
         .entries()
         .iter()
@@ -218,7 +221,8 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     assert!(started <= now.as_secs_f64() && started > now.as_secs_f64() - 600.0, "{started}");
 
-    // `stats --json` has exactly the keys METRICS declares, daemon-wide and per substituter.
+    // `stats --json` has exactly the keys METRICS declares, daemon-wide and per substituter,
+    // beside the daemon's status (the fields of `DaemonStatus`).
     let declared = |per_upstream: bool| -> std::collections::BTreeSet<String> {
         METRICS
             .iter()
@@ -234,6 +238,10 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     };
     let mut top = keys(&s);
     assert!(top.remove("upstreams"));
+    let status = serde_json::to_value(storefs::control::protocol::DaemonStatus::default()).unwrap();
+    for key in keys(&status) {
+        assert!(top.remove(&key), "stats --json lacks the status field {key}");
+    }
     assert_eq!(top, declared(false), "stats --json vs METRICS");
     let mut per = keys(&s["upstreams"][0]);
     assert!(per.remove("url"));
