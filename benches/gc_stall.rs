@@ -4,6 +4,8 @@
 //! Prints the distribution of read latencies during the gc, and before it for comparison.
 //!
 //! cargo bench --bench gc_stall             (STOREFS_BENCH_ENTRIES to change the count)
+//! STOREFS_BIN=/path/to/storefs cargo bench --bench gc_stall   (measure another build, e.g. the
+//! one before a change, with the same harness)
 //!
 //! A plain program: one sample is a whole gc of a freshly filled cache. Needs root and
 //! /dev/fuse (skipped with a message otherwise). Without `--bench` (as under `cargo test
@@ -33,6 +35,11 @@ fn smoke_test() -> bool {
     !std::env::args().any(|arg| arg == "--bench")
 }
 
+/// The storefs binary to measure: `STOREFS_BIN`, else the one built with this benchmark.
+fn storefs_bin() -> String {
+    std::env::var("STOREFS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_storefs").to_owned())
+}
+
 struct Daemon {
     child: Child,
     socket: PathBuf,
@@ -41,7 +48,7 @@ struct Daemon {
 impl Daemon {
     fn start(tmp: &Path, cache: &Path, mnt: &Path, key: &SigningKey) -> Daemon {
         let socket = tmp.join("control.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_storefs"))
+        let child = Command::new(storefs_bin())
             .arg("mount")
             .arg(mnt)
             .arg("--cache-dir")
@@ -58,7 +65,7 @@ impl Daemon {
     }
 
     fn client(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_storefs"))
+        Command::new(storefs_bin())
             .args(args)
             .arg("--control-socket")
             .arg(&self.socket)
@@ -188,6 +195,7 @@ fn main() {
         println!("SKIPPING gc_stall: needs root and /dev/fuse");
         return;
     }
+    println!("measuring {}", storefs_bin());
     for run in 1..=runs {
         let r = one_run(entries);
         println!(
