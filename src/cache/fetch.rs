@@ -105,11 +105,17 @@ impl NarCache {
         self.prefetch_references(info);
         let Some(up) = up else { return Ok(None) };
         let room = self.room_for(info, wanted)?;
-        if room.is_none() {
+        let prefetch = room.is_some();
+        if !prefetch {
             self.refuse_if_no_room(info)?;
         }
         match self.download_retrying(up, info, room).await {
             Ok(entry) => Ok(Some(entry)),
+            Err(DownloadError::NoSpace { .. }) if prefetch => {
+                // A prefetch never evicts; a reader that joined since fetches it again (`get`).
+                CacheStats::bump(&self.stats.prefetch_skipped);
+                Err(CacheError::NoRoomToPrefetch(info.store_path.to_string()))
+            }
             Err(err @ DownloadError::NoSpace { .. }) => {
                 warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
                       "cache filesystem still full after evicting");
@@ -277,15 +283,20 @@ impl NarCache {
 
     /// `download`, retried once after evicting when the disk was full of bytes or of inodes
     /// (DSK-1, DSK-3): NarSize worth of paths, holding at least the inodes the failed try had
-    /// used. `room`: room already reserved for the first try.
+    /// used. `room`: room already reserved for the first try, by a prefetch, which never evicts
+    /// (nor retries).
     async fn download_retrying(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
         room: Option<Reservation>,
     ) -> Result<Arc<Entry>, DownloadError> {
+        let prefetch = room.is_some();
         let result = self.download(up, info, room).await;
         let Err(DownloadError::NoSpace { inodes, .. }) = &result else { return result };
+        if prefetch {
+            return result;
+        }
         warn!(store_path = %info.store_path, inodes,
               "cache filesystem full; evicting and retrying once");
         let freed = self.evict_for(info.nar_size, *inodes).await;
