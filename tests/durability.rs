@@ -439,6 +439,43 @@ fn a_read_only_cache_at_start_serves_what_it_holds() {
     assert!(flag.is_some_and(|l| l.trim_end().ends_with("NO")), "{human}");
 }
 
+/// A cache filesystem that turns read-only under a running daemon: the first write that meets
+/// EROFS switches the cache to read-only (ERROR once, `cache writable NO`); cached paths are still
+/// served, and later uncached paths are EIO without a request.
+#[test]
+fn a_cache_turned_read_only_mid_run_keeps_serving() {
+    let Some(fx) = setup("a_cache_turned_read_only_mid_run_keeps_serving") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 64 << 20);
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("disk/cache"));
+    fs::create_dir(&mnt).unwrap();
+    let a = args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let d = Daemon::start_at(&mnt, &cache, &tmp.path().join("log"), &a);
+    let (cached, uncached) = fx.closure.split_at(fx.closure.len() / 2);
+    for sp in cached {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    assert_eq!(stats(&d)["cache_writable"], serde_json::Value::Bool(true));
+    disk.remount_read_only();
+    let err = fs::metadata(d.path(&uncached[0], "")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    nginx.clear_log();
+    for sp in &uncached[1..] {
+        let err = fs::metadata(d.path(sp, "")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{sp}");
+    }
+    assert_eq!(nginx.requests(), Vec::<String>::new(), "read-only now: nothing fetched");
+    for sp in cached {
+        assert_eq!(nix_hash(&d.path(sp, "")).unwrap(), nar_field(fx, sp, "NarHash"), "{sp}");
+    }
+    let log = d.log_text();
+    let loud: Vec<_> = log.lines().filter(|l| l.contains("turned read-only")).collect();
+    assert_eq!(loud.len(), 1, "said once:\n{log}");
+    assert!(loud[0].contains("ERROR"), "{}", loud[0]);
+    assert_eq!(stats(&d)["cache_writable"], serde_json::Value::Bool(false));
+}
+
 /// Acceptance (issue 12, item 3): a cache of an unknown VERSION is moved aside whole, the daemon
 /// starts empty and serves, and says so at ERROR.
 #[test]

@@ -327,21 +327,25 @@ fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Takes the lock file's flock and writes our pid into it. The flock is held on a read-only
+/// descriptor, so the daemon holds no file open for writing while idle and the filesystem can
+/// still be remounted read-only under it (the cache then turns read-only, see `saw_read_only`).
 fn take_lock(root: &Path) -> Result<File, LayoutError> {
     let path = root.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(io_err("cannot open", &path))?;
-    // SAFETY: `file` is an open descriptor for the whole call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let open = |write: bool| {
+        let mut options = OpenOptions::new();
+        options.read(true).custom_flags(libc::O_NOFOLLOW);
+        if write {
+            options.write(true).create(true).truncate(false).mode(0o600);
+        }
+        options.open(&path).map_err(io_err("cannot open", &path))
+    };
+    let mut writer = open(true)?;
+    let lock = open(false)?;
+    // SAFETY: `lock` is an open descriptor for the whole call.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
+        let _ = writer.read_to_string(&mut holder);
         let holder = holder.trim();
         return Err(LayoutError::Locked {
             path: root.to_owned(),
@@ -353,8 +357,8 @@ fn take_lock(root: &Path) -> Result<File, LayoutError> {
         f.rewind()?;
         writeln!(f, "{}", std::process::id())
     };
-    write_pid(&mut file).map_err(io_err("cannot write", &path))?;
-    Ok(file)
+    write_pid(&mut writer).map_err(io_err("cannot write", &path))?;
+    Ok(lock)
 }
 
 /// The lock of a cache on a read-only filesystem, where the lock file cannot be written: an

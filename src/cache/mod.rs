@@ -165,7 +165,11 @@ impl NarCache {
         keys: TrustedKeys,
     ) -> Result<Arc<Self>, LayoutError> {
         let layout = Layout::open(&config.dir)?;
-        let pins = pins::load(&layout.root().join(layout::PINS_DIR))?;
+        let pins = match pins::load(&layout.root().join(layout::PINS_DIR)) {
+            // Nothing is evicted from a read-only cache, so pins do not matter there.
+            Err(_) if layout.read_only() => HashMap::new(),
+            pins => pins?,
+        };
         let negative_cap = NonZeroUsize::new(NEGATIVE_CACHE_ENTRIES).expect("non-zero constant");
         let cache = Arc::new(Self {
             catalog: Mutex::new(Catalog::new(pins)),
