@@ -129,10 +129,11 @@ pub enum CacheError {
         limit: u64,
     },
     /// The path does not fit on the cache filesystem even if every evictable entry were evicted
-    /// (someone else's files, pinned paths, `--min-free`): refused without evicting anything.
+    /// (someone else's files, pinned paths, `--min-free`), or it was still out of room (bytes or
+    /// inodes) after the evict-and-retry.
     #[error(
-        "{path} needs {needed} bytes; the cache filesystem would have only {free} bytes free \
-         (above --min-free) after evicting every unpinned path"
+        "{path} ({needed} bytes) does not fit on the cache filesystem: {free} bytes free above \
+         --min-free after evicting every unpinned path, or no inodes left"
     )]
     NoRoom {
         /// The store path.

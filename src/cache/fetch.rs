@@ -120,7 +120,7 @@ impl NarCache {
                 warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
                       "cache filesystem still full after evicting");
                 let free = self.room_after_evicting();
-                Err(self.refuse(info, free))
+                Err(self.refuse(info, free, "still full after evicting and retrying"))
             }
             Err(err) => {
                 warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
@@ -247,7 +247,7 @@ impl NarCache {
             }
             cat.room_after_evicting(&room)
         };
-        Err(self.refuse(info, free))
+        Err(self.refuse(info, free, "no room even after evicting every unpinned path"))
     }
 
     /// Free bytes above `--min-free` if every unpinned path were evicted, now.
@@ -256,13 +256,12 @@ impl NarCache {
         lock(&self.catalog).room_after_evicting(&room)
     }
 
-    /// The refusal of `info` for want of room (`free` bytes at best), counted and remembered
-    /// for the negative TTL, so that later lookups are answered without a download.
-    fn refuse(&self, info: &NarInfo, free: u64) -> CacheError {
+    /// The refusal of `info` for want of room (`free` bytes at best, `why`), counted and
+    /// remembered for the negative TTL, so that later lookups are answered without a download.
+    fn refuse(&self, info: &NarInfo, free: u64, why: &str) -> CacheError {
         CacheStats::bump(&self.stats.no_room_refusals);
         warn!(store_path = %info.store_path, nar_size = info.nar_size, free,
-              "no room on the cache filesystem even after evicting every unpinned path; \
-               refused without evicting, for the negative TTL");
+              "cache filesystem: {why}; path refused for the negative TTL");
         let err =
             CacheError::NoRoom { path: info.store_path.to_string(), needed: info.nar_size, free };
         self.no_room.remember(info.store_path.hash_part(), err.clone());
@@ -453,7 +452,7 @@ enum DownloadError {
         /// The ENOSPC or EDQUOT.
         #[source]
         cause: Cause,
-        /// Inodes the failed try had used, plus the one it could not create.
+        /// Inodes the failed try had used, plus the one it could not create and the manifest.
         inodes: u64,
     },
     /// The cache filesystem failed otherwise.
@@ -472,7 +471,7 @@ impl DownloadError {
 
     /// Out of room, after a try that had used `inodes_used` inodes.
     fn no_space(cause: Cause, inodes_used: u64) -> Self {
-        DownloadError::NoSpace { cause, inodes: inodes_used + 1 }
+        DownloadError::NoSpace { cause, inodes: inodes_used + 2 }
     }
 }
 
