@@ -271,10 +271,14 @@ impl NarCache {
     /// Deletes the narinfos of the paths evicted longest ago, beyond `kept_narinfo_limit`.
     /// Blocking.
     pub(super) fn trim_narinfos(&self) {
+        self.trim_narinfos_to(kept_narinfo_limit(self.config.max_bytes));
+    }
+
+    /// Deletes the narinfos of the paths evicted longest ago, beyond `limit`. Blocking.
+    pub(super) fn trim_narinfos_to(&self, limit: usize) {
         if self.layout.read_only() {
             return;
         }
-        let limit = kept_narinfo_limit(self.config.max_bytes);
         let excess = lock(&self.catalog).excess_narinfos(limit);
         for hash in &excess {
             if let Err(err) = self.narinfos.remove(hash) {
