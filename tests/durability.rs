@@ -1,4 +1,5 @@
-//! A cache that lasts: restarts, crashes at every commit step, a full disk, eviction under open
+//! A cache that lasts: restarts, crashes at every commit step, a full disk (of bytes, of inodes,
+//! of someone else's files), a read-only or unknown-version cache at start, eviction under open
 //! and mapped files, the cache lock, and the negative-lookup TTL — through the real kernel, with
 //! caches made by real Nix and served by nginx. Run with `cargo test --features fuse_tests`.
 
@@ -163,16 +164,48 @@ fn sigkill_at_any_step_leaves_only_whole_entries() {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// Mounts a tmpfs of `size_bytes` on `dir`.
     fn mount(dir: &Path, size_bytes: u64) -> Tmpfs {
+        Self::mount_with(dir, &format!("size={size_bytes}"))
+    }
+
+    /// Mounts a tmpfs with `options` (`size=…,nr_inodes=…`) on `dir`.
+    fn mount_with(dir: &Path, options: &str) -> Tmpfs {
         fs::create_dir_all(dir).unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes},mode=0700"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("{options},mode=0700"), "tmpfs"])
             .arg(dir)
             .status()
             .unwrap();
         assert!(st.success());
         Tmpfs(dir.into())
     }
+
+    /// Remounts it read-only (as ext4's errors=remount-ro would).
+    fn remount_read_only(&self) {
+        let st = Command::new("mount").args(["-o", "remount,ro"]).arg(&self.0).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// Bytes free on it now.
+    fn free_bytes(&self) -> u64 {
+        let path = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs is plain old data; `path` is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+        st.f_bavail * st.f_frsize
+    }
+}
+
+/// `storefs stats --json` of `d`, parsed.
+fn stats(d: &Daemon) -> serde_json::Value {
+    let out = d.client(&["stats", "--json"]);
+    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn stat(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {v}"))
 }
 
 impl Drop for Tmpfs {
@@ -182,8 +215,10 @@ impl Drop for Tmpfs {
 }
 
 /// Acceptance: cache on a tmpfs smaller than the closure, --max-size larger than the tmpfs:
-/// every path reads by eviction (ENOSPC: evict, retry once); a path that cannot fit at all gets
-/// EIO while everything else keeps working.
+/// every path reads, twice over, because paths are evicted for it (before its download, by the
+/// filesystem's free space); a path larger than the disk gets EIO while everything else keeps
+/// working. The ENOSPC evict-and-retry itself is what `inode_exhaustion_is_handled_by_eviction`
+/// proves (free bytes cannot foresee inodes, so only the retry can save those reads).
 #[test]
 fn a_full_disk_is_handled_by_eviction() {
     let Some(fx) = setup("a_full_disk_is_handled_by_eviction") else { return };
@@ -218,7 +253,10 @@ fn a_full_disk_is_handled_by_eviction() {
             );
         }
     }
-    assert!(d.log_text().contains("evicted"), "nothing was evicted");
+    let v = stats(&d);
+    // Each round reads both large paths, which never fit together: each evicts the other.
+    assert!(stat(&v, "evictions") >= 3, "too few evictions: {v}");
+    assert_eq!(stat(&v, "fetch_failures"), 0, "{v}");
     let err = fs::metadata(d.path(&hundred, "")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "a path larger than the disk");
     assert_eq!(count(&cache.join("staging")), 0);
@@ -361,4 +399,224 @@ fn absent_answers_are_cached_for_the_negative_ttl() {
         narinfo_requests <= 2 + published.elapsed().as_millis() as usize / 2000,
         "{narinfo_requests} narinfo requests"
     );
+}
+
+/// Acceptance (issue 12, item 3): a cache filesystem that is read-only at start (ext4
+/// errors=remount-ro, then a reboot) still gets a mount: every cached path is served, every other
+/// path is EIO with no request sent, the reason is logged once at ERROR, and `stats` shows it.
+#[test]
+fn a_read_only_cache_at_start_serves_what_it_holds() {
+    let Some(fx) = setup("a_read_only_cache_at_start_serves_what_it_holds") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 64 << 20);
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("disk/cache"));
+    fs::create_dir(&mnt).unwrap();
+    let a = args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let (cached, uncached) = fx.closure.split_at(fx.closure.len() / 2);
+    let mut d = Daemon::start_at(&mnt, &cache, &tmp.path().join("log1"), &a);
+    for sp in cached {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    assert_eq!(d.stop(), Some(0));
+    disk.remount_read_only();
+    nginx.clear_log();
+    let d = Daemon::start_at(&mnt, &cache, &tmp.path().join("log2"), &a);
+    for sp in cached {
+        assert_eq!(nix_hash(&d.path(sp, "")).unwrap(), nar_field(fx, sp, "NarHash"), "{sp}");
+    }
+    for sp in uncached {
+        let err = fs::metadata(d.path(sp, "")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{sp}");
+    }
+    assert_eq!(nginx.requests(), Vec::<String>::new(), "a read-only cache fetches nothing");
+    let log = d.log_text();
+    let loud: Vec<_> =
+        log.lines().filter(|l| l.contains("cache filesystem is read-only")).collect();
+    assert_eq!(loud.len(), 1, "said once:\n{log}");
+    assert!(loud[0].contains("ERROR"), "{}", loud[0]);
+    let v = stats(&d);
+    assert_eq!(v["cache_writable"], serde_json::Value::Bool(false), "{v}");
+    assert_eq!(stat(&v, "cached_paths"), cached.len() as u64, "{v}");
+    let human = d.client(&["stats"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    let flag = human.lines().find(|l| l.trim_start().starts_with("cache writable"));
+    assert!(flag.is_some_and(|l| l.trim_end().ends_with("NO")), "{human}");
+}
+
+/// A cache filesystem that turns read-only under a running daemon: the first write that meets
+/// EROFS switches the cache to read-only (ERROR once, `cache writable NO`); cached paths are still
+/// served, and later uncached paths are EIO without a request.
+#[test]
+fn a_cache_turned_read_only_mid_run_keeps_serving() {
+    let Some(fx) = setup("a_cache_turned_read_only_mid_run_keeps_serving") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 64 << 20);
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("disk/cache"));
+    fs::create_dir(&mnt).unwrap();
+    let a = args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let d = Daemon::start_at(&mnt, &cache, &tmp.path().join("log"), &a);
+    let (cached, uncached) = fx.closure.split_at(fx.closure.len() / 2);
+    for sp in cached {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    assert_eq!(stats(&d)["cache_writable"], serde_json::Value::Bool(true));
+    disk.remount_read_only();
+    let err = fs::metadata(d.path(&uncached[0], "")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    nginx.clear_log();
+    for sp in &uncached[1..] {
+        let err = fs::metadata(d.path(sp, "")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{sp}");
+    }
+    assert_eq!(nginx.requests(), Vec::<String>::new(), "read-only now: nothing fetched");
+    for sp in cached {
+        assert_eq!(nix_hash(&d.path(sp, "")).unwrap(), nar_field(fx, sp, "NarHash"), "{sp}");
+    }
+    let log = d.log_text();
+    let loud: Vec<_> = log.lines().filter(|l| l.contains("turned read-only")).collect();
+    assert_eq!(loud.len(), 1, "said once:\n{log}");
+    assert!(loud[0].contains("ERROR"), "{}", loud[0]);
+    assert_eq!(stats(&d)["cache_writable"], serde_json::Value::Bool(false));
+}
+
+/// Acceptance (issue 12, item 3): a cache of an unknown VERSION is moved aside whole, the daemon
+/// starts empty and serves, and says so at ERROR.
+#[test]
+fn a_cache_of_an_unknown_version_is_moved_aside() {
+    let Some(fx) = setup("a_cache_of_an_unknown_version_is_moved_aside") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let a = args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let mut d = Daemon::start(tmp.path(), &a);
+    nix_hash(&d.path(&fx.deep, "")).unwrap();
+    assert_eq!(d.stop(), Some(0));
+    let cache = tmp.path().join("cache");
+    fs::write(cache.join("VERSION"), "storefs-cache 999\n").unwrap();
+    let d = Daemon::start(tmp.path(), &a);
+    let aside: Vec<PathBuf> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("unknown-version."))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(fs::read_to_string(aside[0].join("VERSION")).unwrap(), "storefs-cache 999\n");
+    assert!(aside[0].join("entries").join(hash_part(&fx.deep)).is_dir(), "moved whole");
+    assert_eq!(fs::read_to_string(cache.join("VERSION")).unwrap(), "storefs-cache 1\n");
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("unknown format")).expect("logged");
+    assert!(line.contains("ERROR") && line.contains("unknown-version."), "{line}");
+    assert_eq!(stat(&stats(&d), "cached_paths"), 0, "starts empty");
+    assert_eq!(nix_hash(&d.path(&fx.deep, "")).unwrap(), nar_field(fx, &fx.deep, "NarHash"));
+}
+
+/// Acceptance (issue 12, item 5): with the disk filled by someone else's file, a path that would
+/// not fit even after evicting every cached path is refused at once: nothing evicted, its NAR
+/// never requested, and the refusal remembered (no request at all for the next lookups).
+#[test]
+fn a_path_that_cannot_fit_is_refused_without_evicting() {
+    let Some(fx) = setup("a_path_that_cannot_fit_is_refused_without_evicting") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 32 << 20);
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("disk/cache"));
+    fs::create_dir(&mnt).unwrap();
+    let flags = ["--max-size", "1G", "--min-free", "0", "--prefetch-jobs", "0"];
+    let d = Daemon::start_at(
+        &mnt,
+        &cache,
+        &tmp.path().join("log"),
+        &args(&[nginx.url("zstd")], &fx.public_key, &flags),
+    );
+    let small: Vec<&String> = fx.closure.iter().filter(|sp| **sp != fx.big).take(6).collect();
+    for sp in &small {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    // Someone else's file leaves 1 MiB free: the 4 MiB path cannot fit, whatever is evicted.
+    let balloon = tmp.path().join("disk/balloon");
+    let st = Command::new("fallocate")
+        .args(["-l", &(disk.free_bytes() - (1 << 20)).to_string()])
+        .arg(&balloon)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    nginx.clear_log();
+    let started = Instant::now();
+    let err = fs::metadata(d.path(&fx.big, "")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(nginx.count_requests("/nar/"), 0, "NAR requested: {:?}", nginx.requests());
+    assert_eq!(nginx.count_requests(".narinfo"), 1, "{:?}", nginx.requests());
+    for _ in 0..3 {
+        let err = fs::metadata(d.path(&fx.big, "")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    }
+    assert_eq!(nginx.requests().len(), 1, "refusal remembered: {:?}", nginx.requests());
+    let v = stats(&d);
+    assert_eq!(stat(&v, "evictions"), 0, "nothing evicted for a path that cannot fit: {v}");
+    assert_eq!(stat(&v, "cached_paths"), small.len() as u64, "{v}");
+    assert_eq!(stat(&v, "no_room_refusals"), 4, "{v}");
+    assert_eq!(count(&cache.join("staging")), 0);
+    for sp in &small {
+        assert_eq!(nix_hash(&d.path(sp, "")).unwrap(), nar_field(fx, sp, "NarHash"), "{sp}");
+    }
+}
+
+/// Inodes one entry of `sp` takes in the cache: its directory, the manifest, `pack` if it has a
+/// file of at most 64 KiB, and one file per larger file.
+fn entry_inodes(sp: &str) -> u64 {
+    let (mut small, mut large) = (0, 0);
+    let mut stack = vec![PathBuf::from(sp)];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.is_file() {
+            if meta.len() <= 64 << 10 { small += 1 } else { large += 1 }
+        }
+    }
+    2 + u64::from(small > 0) + large
+}
+
+/// Acceptance (issue 12, item 6; DSK-3): the cache filesystem runs out of inodes long before
+/// bytes. ENOSPC from creating a staging directory or a file evicts and retries, so every path
+/// of the closure reads, twice over, with evictions. Fails if the evict-and-retry is removed.
+#[test]
+fn inode_exhaustion_is_handled_by_eviction() {
+    let Some(fx) = setup("inode_exhaustion_is_handled_by_eviction") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let per_entry: Vec<u64> = fx.closure.iter().map(|sp| entry_inodes(sp)).collect();
+    let all: u64 = per_entry.iter().sum();
+    // The tmpfs root, the cache directory and its 7 files and directories, one narinfo per path
+    // (kept after eviction) and one being written: what is left is room for a third of the
+    // entries, and for the largest one twice over.
+    let fixed = 9 + fx.closure.len() as u64 + 1;
+    let for_entries = (all / 3).max(2 * per_entry.iter().max().unwrap());
+    assert!(for_entries < all, "the inodes must not hold every entry");
+    let tmp = tempfile::tempdir().unwrap();
+    let options = format!("size={},nr_inodes={}", 256 << 20, fixed + for_entries);
+    let _disk = Tmpfs::mount_with(&tmp.path().join("disk"), &options);
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("disk/cache"));
+    fs::create_dir(&mnt).unwrap();
+    let flags = ["--max-size", "1G", "--min-free", "0", "--prefetch-jobs", "0"];
+    let a = args(&[nginx.url("zstd")], &fx.public_key, &flags);
+    let d = Daemon::start_at(&mnt, &cache, &tmp.path().join("log"), &a);
+    for round in 0..2 {
+        for sp in &fx.closure {
+            let got = nix_hash(&d.path(sp, ""));
+            assert_eq!(
+                got.as_deref(),
+                Ok(nar_field(fx, sp, "NarHash").as_str()),
+                "round {round}: {sp}\n{}",
+                d.log_text()
+            );
+        }
+    }
+    let v = stats(&d);
+    assert!(stat(&v, "evictions") > 0, "{v}");
+    assert_eq!(stat(&v, "fetch_failures"), 0, "{v}");
+    assert_eq!(stat(&v, "no_room_refusals"), 0, "{v}");
+    assert!(d.log_text().contains("evicting and retrying once"), "the retry never ran");
+    assert_eq!(count(&cache.join("staging")), 0);
 }

@@ -7,6 +7,9 @@
 //! Accounting: `used` counts the entries in the catalog, `reserved` the room promised to downloads
 //! in flight, `leaving` the entries taken out for eviction whose files are not deleted yet (their
 //! space is as good as free: it is being freed).
+//!
+//! It also knows whose narinfos are kept in `narinfo/` although their entry is not cached
+//! (`kept`, oldest-evicted last), so that `narinfo/` stays bounded (see `excess_narinfos`).
 
 use std::collections::HashMap;
 
@@ -39,6 +42,8 @@ pub(super) struct Catalog {
     pins: HashMap<String, StorePath>,
     /// Bumped whenever a path joins or leaves the catalog: the mount root's listing changed.
     generation: u64,
+    /// Hash parts with a narinfo in `narinfo/` but no cached entry, most recently evicted first.
+    kept: LruCache<String, ()>,
 }
 
 impl Catalog {
@@ -51,6 +56,7 @@ impl Catalog {
             leaving_bytes: 0,
             pins,
             generation: 0,
+            kept: LruCache::unbounded(),
         }
     }
 
@@ -72,6 +78,7 @@ impl Catalog {
     /// Adds `entry` as the most recently used path, counting its bytes. An entry already there
     /// under `hash` is replaced (its bytes no longer counted).
     pub fn admit(&mut self, hash: String, entry: Arc<Entry>) {
+        self.kept.pop(&hash);
         self.used_bytes += entry.manifest.disk_bytes;
         if let Some(old) = self.lru.put(hash, entry) {
             self.used_bytes -= old.manifest.disk_bytes;
@@ -117,6 +124,27 @@ impl Catalog {
         within_size && free_soon >= room.min_free_bytes.saturating_add(extra)
     }
 
+    /// Whether `extra` more bytes could fit on the cache filesystem, above `--min-free`, if every
+    /// entry that may be evicted (not pinned) were: false means evicting cannot help, so nothing
+    /// should be. `--max-size` is not asked: a path larger than it is still served, alone.
+    pub fn could_fit(&self, room: &Room, extra: u64) -> bool {
+        self.fits(room, extra) || self.room_after_evicting(room) >= extra
+    }
+
+    /// Free bytes above `--min-free` on the cache filesystem if every unpinned entry were
+    /// evicted. O(cached paths); asked only when a download does not fit as things stand.
+    pub fn room_after_evicting(&self, room: &Room) -> u64 {
+        let evictable: u64 = self
+            .lru
+            .iter()
+            .filter(|(k, _)| !self.pins.contains_key(*k))
+            .map(|(_, e)| e.manifest.disk_bytes)
+            .sum();
+        let free_after =
+            room.free_bytes.saturating_add(self.leaving_bytes).saturating_add(evictable);
+        free_after.saturating_sub(room.min_free_bytes)
+    }
+
     /// Holds `bytes` of room for a download.
     pub fn reserve(&mut self, bytes: u64) {
         self.reserved_bytes += bytes;
@@ -144,6 +172,7 @@ impl Catalog {
     /// leaving until `gone`.
     pub fn take(&mut self, hash: &str) -> Option<Arc<Entry>> {
         let entry = self.lru.pop(hash)?;
+        self.kept.put(hash.to_owned(), ());
         let bytes = entry.manifest.disk_bytes;
         self.used_bytes -= bytes;
         self.leaving_bytes += bytes;
@@ -164,6 +193,21 @@ impl Catalog {
     /// filesystem rather than here.
     pub fn gone(&mut self, bytes: u64) {
         self.leaving_bytes -= bytes;
+    }
+
+    /// Records that `hash` has a narinfo in `narinfo/` but no cached entry (found at start-up,
+    /// oldest first); no effect when it is cached.
+    pub fn keep_narinfo(&mut self, hash: String) {
+        if !self.lru.contains(&hash) {
+            self.kept.put(hash, ());
+        }
+    }
+
+    /// The hash parts whose narinfos should go so that at most `limit` are kept for paths not
+    /// cached, oldest evicted first; they are no longer counted as kept.
+    pub fn excess_narinfos(&mut self, limit: usize) -> Vec<String> {
+        let excess = self.kept.len().saturating_sub(limit);
+        (0..excess).filter_map(|_| self.kept.pop_lru().map(|(hash, ())| hash)).collect()
     }
 
     /// The pin recorded under `sp`'s hash part, if any (it may name another path).
@@ -256,6 +300,33 @@ mod tests {
         assert!(cat.fits(&r, 50));
         cat.release(150);
         assert!(cat.fits(&r, 200));
+    }
+
+    #[test]
+    fn could_fit_counts_every_unpinned_entry_as_freed_but_not_pinned_ones() {
+        let mut cat = catalog_of(&[('a', 100), ('b', 200)]);
+        cat.pin(sp('b', "p"));
+        let r = room(1 << 30, 50, 10);
+        assert!(!cat.fits(&r, 100));
+        assert!(cat.could_fit(&r, 140), "50 free + 100 evictable covers 10 kept + 140");
+        assert!(!cat.could_fit(&r, 141), "b is pinned: evicting cannot make room");
+        assert!(cat.could_fit(&room(10, u64::MAX, 0), 1000), "over --max-size still fits alone");
+    }
+
+    #[test]
+    fn narinfos_of_evicted_paths_are_bounded_oldest_first() {
+        let mut cat = catalog_of(&[('a', 1), ('b', 1), ('c', 1)]);
+        let hash = |c| sp(c, "p").hash_part();
+        cat.keep_narinfo(hash('a'));
+        assert!(cat.excess_narinfos(0).is_empty(), "a cached path's narinfo is not kept apart");
+        cat.keep_narinfo(hash('d'));
+        for _ in 0..3 {
+            cat.take_victim(None);
+        }
+        assert_eq!(cat.excess_narinfos(2), vec![hash('d'), hash('a')], "oldest evicted first");
+        let again = entry_for_tests(&sp('c', "p"), 1);
+        cat.admit(hash('c'), again);
+        assert!(cat.excess_narinfos(0) == vec![hash('b')], "a cached path is no longer kept");
     }
 
     #[test]

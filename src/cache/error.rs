@@ -128,6 +128,21 @@ pub enum CacheError {
         /// Size of the cache filesystem.
         limit: u64,
     },
+    /// The path does not fit on the cache filesystem even if every evictable entry were evicted
+    /// (someone else's files, pinned paths, `--min-free`), or it was still out of room (bytes or
+    /// inodes) after the evict-and-retry.
+    #[error(
+        "{path} ({needed} bytes) does not fit on the cache filesystem: {free} bytes free above \
+         --min-free after evicting every unpinned path, or no inodes left"
+    )]
+    NoRoom {
+        /// The store path.
+        path: String,
+        /// Its NarSize.
+        needed: u64,
+        /// Free bytes above `--min-free` if every unpinned entry were evicted.
+        free: u64,
+    },
     /// The path is pinned, so it cannot be evicted.
     #[error("{0} is pinned; unpin it first")]
     Pinned(String),

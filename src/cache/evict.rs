@@ -12,6 +12,11 @@
 //!
 //! Every function here does blocking I/O: callers on the async runtime go through
 //! `spawn_blocking` (`reserve`, `evict_for`, `evict`, `gc`), never run it on a worker.
+//!
+//! A reader's download evicts only when evicting can make it fit (`Catalog::could_fit`, checked
+//! by the fetch before it reserves), and then only until it fits. Each batch of deletions also
+//! trims `narinfo/`: the narinfos of evicted paths are kept (one version per path) up to
+//! `kept_narinfo_limit`, then the oldest evicted go.
 
 use std::path::PathBuf;
 
@@ -25,6 +30,29 @@ use crate::sync::{Arc, lock};
 
 /// An evicted (or discarded) entry waiting in `trash/`, and the bytes it still occupies.
 pub(super) type Trashed = Vec<(PathBuf, u64)>;
+
+/// Each narinfo file is counted as one filesystem block.
+const NARINFO_BLOCK_BYTES: u64 = 4096;
+/// At least this many narinfos of evicted paths are kept, whatever `--max-size`.
+const MIN_KEPT_NARINFOS: usize = 1024;
+/// Narinfos of evicted paths may take at most this share (1/64) of `--max-size` beyond it.
+const KEPT_NARINFO_SHARE: u64 = 64;
+
+/// How many narinfos of paths not cached `narinfo/` keeps for a cache of `max_bytes`: at least
+/// 1024, else 1/64 of `--max-size` in 4 KiB blocks.
+pub(super) fn kept_narinfo_limit(max_bytes: u64) -> usize {
+    let share = max_bytes / KEPT_NARINFO_SHARE / NARINFO_BLOCK_BYTES;
+    usize::try_from(share).unwrap_or(usize::MAX).max(MIN_KEPT_NARINFOS)
+}
+
+/// What an eviction run has moved to the trash so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Freed {
+    /// Bytes of the entries moved.
+    pub bytes: u64,
+    /// Inodes they hold (directory and files).
+    pub inodes: u64,
+}
 
 /// Which entry to evict next.
 #[derive(Clone, Copy, Debug)]
@@ -78,17 +106,20 @@ impl NarCache {
         self.purge(trashed);
     }
 
-    /// Evicts `victims` one at a time until `enough(room, catalog, bytes freed so far)` holds
+    /// Evicts `victims` one at a time until `enough(room, catalog, freed so far)` holds
     /// (checked before each eviction) or nothing is left to evict; returns what went to trash.
-    /// Blocking.
+    /// Nothing on a read-only cache. Blocking.
     pub(super) fn evict_until(
         &self,
         victims: Victims<'_>,
-        enough: impl Fn(&Room, &Catalog, u64) -> bool,
+        enough: impl Fn(&Room, &Catalog, &Freed) -> bool,
     ) -> Trashed {
-        let room = self.room();
         let mut trashed: Trashed = Vec::new();
-        let mut freed = 0;
+        if self.layout.read_only() {
+            return trashed;
+        }
+        let room = self.room();
+        let mut freed = Freed::default();
         loop {
             let moves = lock(&self.moves);
             if self.is_closed() {
@@ -96,7 +127,7 @@ impl NarCache {
             }
             let victim = {
                 let mut cat = lock(&self.catalog);
-                if enough(&room, &cat, freed) {
+                if enough(&room, &cat, &freed) {
                     break;
                 }
                 let keep = match victims {
@@ -111,7 +142,8 @@ impl NarCache {
             // A victim that cannot be moved is cached again as the oldest: stop rather than pick
             // it again.
             let Some(trash) = self.move_to_trash(&victim) else { break };
-            freed += trash.1;
+            freed.bytes += trash.1;
+            freed.inodes += self.layout.inodes_in(&trash.0);
             trashed.push(trash);
             drop(moves);
         }
@@ -129,6 +161,9 @@ impl NarCache {
                 Some((trash, victim.manifest.disk_bytes))
             }
             Err(err) => {
+                if err.is_read_only() {
+                    self.layout.saw_read_only();
+                }
                 warn!(store_path = %victim.store_path, error = %err, "eviction failed");
                 lock(&self.catalog).put_back(victim.clone());
                 None
@@ -185,18 +220,28 @@ impl NarCache {
         }
     }
 
-    /// Evicts least-recently-used entries worth at least `bytes` (the disk was full) and deletes
-    /// them before returning, on the blocking pool: the retry that follows needs the space.
-    pub(super) async fn evict_for(self: &Arc<Self>, bytes: u64) {
+    /// Evicts least-recently-used entries holding at least `bytes` and `inodes` (the disk was
+    /// full, of space or of inodes) and deletes them before returning, on the blocking pool: the
+    /// retry that follows needs the room. Returns what was freed.
+    pub(super) async fn evict_for(self: &Arc<Self>, bytes: u64, inodes: u64) -> Freed {
         let this = self.clone();
         let evicted = tokio::task::spawn_blocking(move || {
-            let trashed = this.evict_until(Victims::Oldest, |_, _, freed| freed >= bytes);
+            let enough = |_: &Room, _: &Catalog, freed: &Freed| {
+                freed.bytes >= bytes && freed.inodes >= inodes
+            };
+            let trashed = this.evict_until(Victims::Oldest, enough);
+            let freed = Freed {
+                bytes: trashed.iter().map(|(_, b)| b).sum(),
+                inodes: trashed.iter().map(|(p, _)| this.layout.inodes_in(p)).sum(),
+            };
             this.delete_trashed(trashed);
+            freed
         })
         .await;
-        if let Err(err) = evicted {
+        evicted.unwrap_or_else(|err| {
             warn!(error = %err, "eviction task failed");
-        }
+            Freed::default()
+        })
     }
 
     /// Deletes trashed entries in the background, then stops counting their bytes.
@@ -211,13 +256,37 @@ impl NarCache {
         }
     }
 
-    /// Deletes trashed entries now. Blocking.
+    /// Deletes trashed entries now, then the narinfos of evicted paths beyond the limit.
+    /// Blocking.
     fn delete_trashed(&self, trashed: Trashed) {
         for (path, bytes) in trashed {
             if let Err(err) = self.layout.remove_trashed(&path) {
                 debug!(error = %err, "trash purge incomplete; the next start finishes it");
             }
             lock(&self.catalog).gone(bytes);
+        }
+        self.trim_narinfos();
+    }
+
+    /// Deletes the narinfos of the paths evicted longest ago, beyond `kept_narinfo_limit`.
+    /// Blocking.
+    pub(super) fn trim_narinfos(&self) {
+        self.trim_narinfos_to(kept_narinfo_limit(self.config.max_bytes));
+    }
+
+    /// Deletes the narinfos of the paths evicted longest ago, beyond `limit`. Blocking.
+    pub(super) fn trim_narinfos_to(&self, limit: usize) {
+        if self.layout.read_only() {
+            return;
+        }
+        let excess = lock(&self.catalog).excess_narinfos(limit);
+        for hash in &excess {
+            if let Err(err) = self.narinfos.remove(hash) {
+                debug!(hash, error = %err, "cannot delete a kept narinfo");
+            }
+        }
+        if !excess.is_empty() {
+            debug!(deleted = excess.len(), "narinfos of evicted paths trimmed");
         }
     }
 

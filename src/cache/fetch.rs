@@ -1,6 +1,13 @@
 //! Fetching one store path: ask each substituter in turn (or the one that served it before),
 //! verify the narinfo, then download, verify and unpack the NAR and publish the entry.
+//!
+//! The local disk going wrong: a read-only cache fetches nothing (EIO at once); a path that
+//! cannot fit even after evicting every unpinned path is refused before anything is evicted or
+//! downloaded, and the refusal is remembered (`no_room.rs`); ENOSPC or EDQUOT anywhere in a
+//! download (staging directory, files, manifest, publish; out of bytes or of inodes) evicts
+//! what the failed try used and retries once.
 
+use std::path::Path;
 use std::time::Instant;
 
 use tokio_util::io::SyncIoBridge;
@@ -47,6 +54,12 @@ impl NarCache {
         wanted: &AtomicBool,
     ) -> Result<Arc<Entry>, CacheError> {
         let hash = sp.hash_part();
+        if self.layout.read_only() {
+            let dir = self.config.dir.display();
+            let why =
+                format!("cache directory {dir} is read-only: only paths cached there are served");
+            return Err(CacheError::Local { path: sp.to_string(), cause: Cause::msg(why) });
+        }
         let mut failures: Vec<Failure> = Vec::new();
         let upstreams = self.ordered_upstreams(sp).await?;
         // A path served before: same substituter, same narinfo, no narinfo request (if it still
@@ -92,8 +105,23 @@ impl NarCache {
         self.prefetch_references(info);
         let Some(up) = up else { return Ok(None) };
         let room = self.room_for(info, wanted)?;
+        let prefetch = room.is_some();
+        if !prefetch {
+            self.refuse_if_no_room(info)?;
+        }
         match self.download_retrying(up, info, room).await {
             Ok(entry) => Ok(Some(entry)),
+            Err(DownloadError::NoSpace { .. }) if prefetch => {
+                // A prefetch never evicts; a reader that joined since fetches it again (`get`).
+                CacheStats::bump(&self.stats.prefetch_skipped);
+                Err(CacheError::NoRoomToPrefetch(info.store_path.to_string()))
+            }
+            Err(err @ DownloadError::NoSpace { .. }) => {
+                warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
+                      "cache filesystem still full after evicting");
+                let free = self.room_after_evicting();
+                Err(self.refuse(info, free, "still full after evicting and retrying"))
+            }
             Err(err) => {
                 warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
                       "NAR rejected");
@@ -208,6 +236,38 @@ impl NarCache {
         }
     }
 
+    /// Refuses `info` at once, evicting nothing, when it would not fit on the cache filesystem
+    /// even if every unpinned path were evicted (DSK-11: someone else's files fill the disk).
+    fn refuse_if_no_room(&self, info: &NarInfo) -> Result<(), CacheError> {
+        let room = self.room();
+        let free = {
+            let cat = lock(&self.catalog);
+            if cat.could_fit(&room, info.nar_size) {
+                return Ok(());
+            }
+            cat.room_after_evicting(&room)
+        };
+        Err(self.refuse(info, free, "no room even after evicting every unpinned path"))
+    }
+
+    /// Free bytes above `--min-free` if every unpinned path were evicted, now.
+    fn room_after_evicting(&self) -> u64 {
+        let room = self.room();
+        lock(&self.catalog).room_after_evicting(&room)
+    }
+
+    /// The refusal of `info` for want of room (`free` bytes at best, `why`), counted and
+    /// remembered for the negative TTL, so that later lookups are answered without a download.
+    fn refuse(&self, info: &NarInfo, free: u64, why: &str) -> CacheError {
+        CacheStats::bump(&self.stats.no_room_refusals);
+        warn!(store_path = %info.store_path, nar_size = info.nar_size, free,
+              "cache filesystem: {why}; path refused for the negative TTL");
+        let err =
+            CacheError::NoRoom { path: info.store_path.to_string(), needed: info.nar_size, free };
+        self.no_room.remember(info.store_path.hash_part(), err.clone());
+        err
+    }
+
     /// A path larger than --max-size is still served (alone, evicting everything else): failing
     /// a job is worse than overshooting the quota by one path. A path larger than the whole cache
     /// filesystem can never fit; it is refused before downloading, whichever cache offers it.
@@ -220,21 +280,45 @@ impl NarCache {
         })
     }
 
-    /// `download`, retried once after evicting when the disk was full (DSK-1). `room`: room
-    /// already reserved for the first try.
+    /// `download`, retried once after evicting when the disk was full of bytes or of inodes
+    /// (DSK-1, DSK-3): NarSize worth of paths, holding at least the inodes the failed try had
+    /// used. `room`: room already reserved for the first try, by a prefetch, which never evicts
+    /// (nor retries).
     async fn download_retrying(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
         room: Option<Reservation>,
     ) -> Result<Arc<Entry>, DownloadError> {
+        let prefetch = room.is_some();
         let result = self.download(up, info, room).await;
-        if !matches!(result, Err(DownloadError::NoSpace(_))) {
+        let Err(DownloadError::NoSpace { inodes, .. }) = &result else { return result };
+        if prefetch {
             return result;
         }
-        warn!(store_path = %info.store_path, "cache filesystem full; evicting and retrying once");
-        self.evict_for(info.nar_size).await;
+        warn!(store_path = %info.store_path, inodes,
+              "cache filesystem full; evicting and retrying once");
+        let freed = self.evict_for(info.nar_size, *inodes).await;
+        debug!(store_path = %info.store_path, bytes = freed.bytes, inodes = freed.inodes,
+               "evicted for the retry");
         self.download(up, info, None).await
+    }
+
+    /// A local failure of a download, full (evicting may help) or not; EROFS makes the cache
+    /// read-only. `staging`: the staging directory, to count the inodes it used.
+    fn local_failure(
+        &self,
+        err: impl std::error::Error + Send + Sync + 'static,
+        staging: Option<&Path>,
+    ) -> DownloadError {
+        let cause = Cause::new(err);
+        if cause.is_no_space() {
+            return DownloadError::no_space(cause, staging.map_or(0, |d| self.layout.inodes_in(d)));
+        }
+        if cause.io_error().and_then(std::io::Error::raw_os_error) == Some(libc::EROFS) {
+            self.layout.saw_read_only();
+        }
+        DownloadError::Local(cause)
     }
 
     /// Downloads, verifies, unpacks and publishes one NAR from `up`, timing it, in `room` if
@@ -270,7 +354,7 @@ impl NarCache {
         CacheStats::bump(&self.stats.nar_downloads);
         let body = up.nar(&info.url, max_compressed).await;
         let body = body.map_err(DownloadError::remote)?;
-        let staging = self.layout.new_staging(&hash).map_err(DownloadError::local)?;
+        let staging = self.layout.new_staging(&hash).map_err(|e| self.local_failure(e, None))?;
         let wire = LowSpeedReader::new(SyncIoBridge::new(body), self.config.low_speed);
         let reader = CountingReader { inner: wire, counter: self.clone() };
         let (info2, staging2) = (info.clone(), staging.clone());
@@ -282,19 +366,21 @@ impl NarCache {
         let manifest = match unpacked {
             Ok(m) => m,
             Err(err) => {
+                let failure = if err.is_no_space() {
+                    // Counted before the staging directory goes: the retry needs as many inodes.
+                    DownloadError::no_space(Cause::new(err), self.layout.inodes_in(&staging))
+                } else if err.is_local() {
+                    self.local_failure(err, Some(&staging))
+                } else {
+                    // The body broke, stalled or did not verify: only its reader knows.
+                    up.counters().failed();
+                    if !err.is_transport() {
+                        CacheStats::bump(&self.stats.verify_failures);
+                    }
+                    DownloadError::remote(err)
+                };
                 self.discard_in_background(staging);
-                if err.is_no_space() {
-                    return Err(DownloadError::NoSpace(Cause::new(err)));
-                }
-                if err.is_local() {
-                    return Err(DownloadError::local(err));
-                }
-                // The body broke, stalled or did not verify: only its reader knows.
-                up.counters().failed();
-                if !err.is_transport() {
-                    CacheStats::bump(&self.stats.verify_failures);
-                }
-                return Err(DownloadError::remote(err));
+                return Err(failure);
             }
         };
         let layout_publish = {
@@ -311,11 +397,9 @@ impl NarCache {
         let dir = match layout_publish.await.map_err(DownloadError::local)? {
             Ok(dir) => dir,
             Err(err) => {
+                let failure = self.local_failure(err, Some(&staging));
                 self.discard_in_background(staging);
-                if err.is_no_space() {
-                    return Err(DownloadError::NoSpace(Cause::new(err)));
-                }
-                return Err(DownloadError::local(err));
+                return Err(failure);
             }
         };
         let entry = Arc::new(Entry {
@@ -362,9 +446,15 @@ enum DownloadError {
     /// The substituter or its bytes: the next substituter may do better.
     #[error("{0}")]
     Remote(#[source] Cause),
-    /// The cache filesystem is full: evicting may help.
-    #[error("local disk full: {0}")]
-    NoSpace(#[source] Cause),
+    /// The cache filesystem is full, of bytes or of inodes: evicting may help.
+    #[error("local disk full: {cause}")]
+    NoSpace {
+        /// The ENOSPC or EDQUOT.
+        #[source]
+        cause: Cause,
+        /// Inodes the failed try had used, plus the one it could not create and the manifest.
+        inodes: u64,
+    },
     /// The cache filesystem failed otherwise.
     #[error("local disk: {0}")]
     Local(#[source] Cause),
@@ -377,6 +467,11 @@ impl DownloadError {
 
     fn local(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         DownloadError::Local(Cause::new(err))
+    }
+
+    /// Out of room, after a try that had used `inodes_used` inodes.
+    fn no_space(cause: Cause, inodes_used: u64) -> Self {
+        DownloadError::NoSpace { cause, inodes: inodes_used + 2 }
     }
 }
 

@@ -9,7 +9,10 @@
 //!   trash/<name>/         evicted entries awaiting deletion (wiped at start)
 //!   narinfo/<hash-part>   verified narinfos, kept after eviction (see narinfo_store.rs)
 //!   pins/<basename>       one empty file per pinned store path (see pins.rs)
+//!   unknown-version.<secs>/  a cache of an unknown VERSION, moved aside at start (never read)
 //! ```
+//! A cache directory on a read-only filesystem is opened read-only: nothing is written, its
+//! entries are served and nothing new is fetched (`read_only`).
 //! An entry appears in `entries/` only by `rename(2)` of a complete staging directory after
 //! verification and `syncfs`, so after a crash every entry there is whole.
 
@@ -19,9 +22,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+use tracing::error;
 
-/// Version of the directory layout; a cache of another version is refused, never misread.
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock};
+
+/// Version of the directory layout; a cache of another version is moved aside, never misread.
 pub const CACHE_VERSION: u32 = 1;
 const VERSION_FILE: &str = "VERSION";
 const LOCK_FILE: &str = "lock";
@@ -29,6 +34,8 @@ const LOCK_FILE: &str = "lock";
 pub const NARINFO_DIR: &str = "narinfo";
 /// Where pins are kept, one empty file per pinned store path, named by its basename.
 pub const PINS_DIR: &str = "pins";
+/// Prefix of the directory a cache of an unknown version is moved into (then `.<unix seconds>`).
+pub const UNKNOWN_VERSION_PREFIX: &str = "unknown-version.";
 /// Name of the manifest inside an entry directory.
 pub const MANIFEST_FILE: &str = "manifest";
 /// An entry's small files, one after another (see `manifest.rs`).
@@ -56,10 +63,10 @@ pub enum LayoutError {
         /// Pid written by the holder, or "unknown".
         holder: String,
     },
-    /// The cache was written by an incompatible storefs.
+    /// The cache was written by an incompatible storefs and cannot be moved aside (read-only).
     #[error(
-        "cache directory {path} has format {found:?}, this storefs uses {CACHE_VERSION}; \
-             move it away or delete it"
+        "cache directory {path} has format {found:?}, this storefs uses {CACHE_VERSION}, and it \
+             is read-only so it cannot be moved aside; move it away or delete it"
     )]
     Version {
         /// The cache directory.
@@ -86,6 +93,11 @@ impl LayoutError {
         matches!(self, LayoutError::Io { source, .. }
             if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
     }
+
+    /// True when the cache filesystem is read-only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, LayoutError::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS))
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayoutError + 'a {
@@ -99,6 +111,8 @@ pub struct Space {
     pub total_bytes: u64,
     /// Bytes available to us.
     pub free_bytes: u64,
+    /// Whether the filesystem is mounted read-only.
+    pub read_only: bool,
 }
 
 /// An opened, locked cache directory.
@@ -108,17 +122,21 @@ pub struct Layout {
     /// The flock()ed lock file; None once released by `unlock`.
     lock: Mutex<Option<File>>,
     next_id: AtomicU64,
+    /// Nothing may be written: the filesystem was read-only at start, or turned read-only since.
+    read_only: AtomicBool,
 }
 
 impl Layout {
-    /// Creates or opens the cache at `root`, takes its lock, checks its version and empties
-    /// `staging/` and `trash/`.
+    /// Creates or opens the cache at `root`, takes its lock, checks its version (moving a cache
+    /// of another version aside) and empties `staging/` and `trash/`. On a read-only filesystem
+    /// it opens the cache read-only instead (see `read_only`), and says so loudly.
     pub fn open(root: &Path) -> Result<Self, LayoutError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io_err("cannot create", root))?;
+        match fs::DirBuilder::new().recursive(true).mode(0o700).create(root) {
+            Err(e) if e.raw_os_error() != Some(libc::EROFS) => {
+                return Err(io_err("cannot create", root)(e));
+            }
+            _ => {}
+        }
         let meta = fs::symlink_metadata(root).map_err(io_err("cannot stat", root))?;
         if !meta.is_dir() {
             return Err(LayoutError::Unsafe { path: root.into(), reason: "not a directory" });
@@ -129,24 +147,59 @@ impl Layout {
                 reason: "writable by group or others (chmod 0700 it)",
             });
         }
-        let lock = take_lock(root)?;
-        check_version(root)?;
-        for sub in ["staging", "entries", "trash", NARINFO_DIR, PINS_DIR] {
-            let dir = root.join(sub);
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
-                .map_err(io_err("cannot create", &dir))?;
+        let read_only = space_of(root).is_ok_and(|s| s.read_only);
+        let (lock, read_only) = match read_only {
+            false => match take_lock(root) {
+                Err(e) if e.is_read_only() => (take_read_only_lock(root)?, true),
+                other => (other?, false),
+            },
+            true => (take_read_only_lock(root)?, true),
+        };
+        if read_only {
+            check_version_read_only(root)?;
+            error!(cache = %root.display(),
+                   "cache filesystem is read-only: serving the entries cached there, \
+                    EIO for every other path, until it is writable and storefs restarts");
+        } else {
+            check_version(root)?;
+            for sub in ["staging", "entries", "trash", NARINFO_DIR, PINS_DIR] {
+                let dir = root.join(sub);
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .or_else(|e| match e.kind() {
+                        io::ErrorKind::AlreadyExists => Ok(()),
+                        _ => Err(e),
+                    })
+                    .map_err(io_err("cannot create", &dir))?;
+            }
         }
         let layout = Self {
             root: root.to_owned(),
             lock: Mutex::new(Some(lock)),
             next_id: AtomicU64::new(0),
+            read_only: AtomicBool::new(read_only),
         };
-        layout.empty_dir(&layout.staging_root())?;
-        layout.empty_dir(&layout.trash_root())?;
+        if !read_only {
+            layout.empty_dir(&layout.staging_root())?;
+            layout.empty_dir(&layout.trash_root())?;
+        }
         Ok(layout)
+    }
+
+    /// Whether nothing may be written: the cache filesystem was read-only at start, or a write
+    /// found it read-only since (`saw_read_only`).
+    pub fn read_only(&self) -> bool {
+        self.read_only.load(Ordering::Acquire)
+    }
+
+    /// A write failed with EROFS: from now on the cache is read-only. Says so once, loudly.
+    pub fn saw_read_only(&self) {
+        if !self.read_only.swap(true, Ordering::AcqRel) {
+            error!(cache = %self.root.display(),
+                   "cache filesystem turned read-only: serving the entries cached there, \
+                    EIO for every other path, until it is writable and storefs restarts");
+        }
     }
 
     /// Lets go of the directory: another process (or another `Layout`) may open it from now on.
@@ -183,8 +236,15 @@ impl Layout {
     pub fn new_staging(&self, hash_part: &str) -> Result<PathBuf, LayoutError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dir = self.staging_root().join(format!("{hash_part}.{}.{id}", std::process::id()));
-        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err("cannot create", &dir))?;
+        let created = fs::DirBuilder::new().mode(0o700).create(&dir);
+        created.map_err(io_err("cannot create", &dir))?;
         Ok(dir)
+    }
+
+    /// How many inodes the tree at `dir` holds (itself and its children: entries are flat).
+    /// Best effort: 1 when it cannot be listed.
+    pub fn inodes_in(&self, dir: &Path) -> u64 {
+        1 + fs::read_dir(dir).map_or(0, |d| d.count() as u64)
     }
 
     /// Makes a staged entry durable and visible: syncfs, rename into `entries/`, fsync `entries/`.
@@ -222,14 +282,7 @@ impl Layout {
 
     /// Size and free space of the filesystem holding the cache.
     pub fn space(&self) -> io::Result<Space> {
-        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())?;
-        // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer for the call.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Space { total_bytes: st.f_blocks * st.f_frsize, free_bytes: st.f_bavail * st.f_frsize })
+        space_of(&self.root)
     }
 
     /// Deletes everything in `trash/`.
@@ -246,6 +299,22 @@ impl Layout {
     }
 }
 
+/// Size, free space and read-only flag of the filesystem holding `path`, from statvfs.
+fn space_of(path: &Path) -> io::Result<Space> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Space {
+        total_bytes: st.f_blocks * st.f_frsize,
+        free_bytes: st.f_bavail * st.f_frsize,
+        read_only: st.f_flag & libc::ST_RDONLY != 0,
+    })
+}
+
 /// Removes a file or a directory tree without following symlinks. Entries are made read-only
 /// (0444/0555 files) and root can delete them regardless; others need the dir writable first.
 fn remove_tree(path: &Path) -> io::Result<()> {
@@ -258,21 +327,25 @@ fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Takes the lock file's flock and writes our pid into it. The flock is held on a read-only
+/// descriptor, so the daemon holds no file open for writing while idle and the filesystem can
+/// still be remounted read-only under it (the cache then turns read-only, see `saw_read_only`).
 fn take_lock(root: &Path) -> Result<File, LayoutError> {
     let path = root.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(io_err("cannot open", &path))?;
-    // SAFETY: `file` is an open descriptor for the whole call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let open = |write: bool| {
+        let mut options = OpenOptions::new();
+        options.read(true).custom_flags(libc::O_NOFOLLOW);
+        if write {
+            options.write(true).create(true).truncate(false).mode(0o600);
+        }
+        options.open(&path).map_err(io_err("cannot open", &path))
+    };
+    let mut writer = open(true)?;
+    let lock = open(false)?;
+    // SAFETY: `lock` is an open descriptor for the whole call.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
+        let _ = writer.read_to_string(&mut holder);
         let holder = holder.trim();
         return Err(LayoutError::Locked {
             path: root.to_owned(),
@@ -284,24 +357,100 @@ fn take_lock(root: &Path) -> Result<File, LayoutError> {
         f.rewind()?;
         writeln!(f, "{}", std::process::id())
     };
-    write_pid(&mut file).map_err(io_err("cannot write", &path))?;
-    Ok(file)
+    write_pid(&mut writer).map_err(io_err("cannot write", &path))?;
+    Ok(lock)
 }
 
-fn check_version(root: &Path) -> Result<(), LayoutError> {
+/// The lock of a cache on a read-only filesystem, where the lock file cannot be written: an
+/// exclusive flock of the cache root itself (a directory opened read-only can be flocked).
+fn take_read_only_lock(root: &Path) -> Result<File, LayoutError> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(root)
+        .map_err(io_err("cannot open", root))?;
+    // SAFETY: `dir` is an open descriptor for the whole call.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = fs::read_to_string(root.join(LOCK_FILE)).unwrap_or_default();
+        let holder = holder.trim();
+        return Err(LayoutError::Locked {
+            path: root.to_owned(),
+            holder: if holder.is_empty() { "unknown".into() } else { holder.to_owned() },
+        });
+    }
+    Ok(dir)
+}
+
+/// What VERSION says, if anything (None: missing).
+fn read_version(root: &Path) -> Result<Option<String>, LayoutError> {
     let path = root.join(VERSION_FILE);
-    let want = format!("storefs-cache {CACHE_VERSION}");
     match fs::read_to_string(&path) {
-        Ok(found) if found.trim() == want => Ok(()),
-        Ok(found) => Err(LayoutError::Version { path: root.into(), found: found.trim().into() }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let tmp = root.join("VERSION.tmp");
-            fs::write(&tmp, format!("{want}\n"))
-                .and_then(|()| fs::rename(&tmp, &path))
-                .map_err(io_err("cannot write", &path))
-        }
+        Ok(found) => Ok(Some(found.trim().to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("cannot read", &path)(e)),
     }
+}
+
+fn wanted_version() -> String {
+    format!("storefs-cache {CACHE_VERSION}")
+}
+
+/// Checks VERSION, writing it when missing. A cache of another version is moved aside, whole,
+/// into `unknown-version.<unix seconds>/` inside the cache directory (the root may be a mount
+/// point, which cannot be renamed), and the cache starts empty.
+fn check_version(root: &Path) -> Result<(), LayoutError> {
+    let want = wanted_version();
+    match read_version(root)? {
+        Some(found) if found == want => return Ok(()),
+        Some(found) => move_aside(root, &found)?,
+        None => {}
+    }
+    let path = root.join(VERSION_FILE);
+    let tmp = root.join("VERSION.tmp");
+    fs::write(&tmp, format!("{want}\n"))
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(io_err("cannot write", &path))
+}
+
+/// On a read-only filesystem nothing can be moved aside: a cache of another version is refused.
+/// A missing VERSION is accepted (entries that do not check out are not served).
+fn check_version_read_only(root: &Path) -> Result<(), LayoutError> {
+    match read_version(root)? {
+        Some(found) if found != wanted_version() => {
+            Err(LayoutError::Version { path: root.into(), found })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Moves everything in `root` but the lock file (and caches moved aside before) into a fresh
+/// `unknown-version.<unix seconds>/`.
+fn move_aside(root: &Path, found: &str) -> Result<(), LayoutError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = root.join(format!("{UNKNOWN_VERSION_PREFIX}{secs}"));
+    let mut n = 0;
+    while aside.exists() {
+        n += 1;
+        aside = root.join(format!("{UNKNOWN_VERSION_PREFIX}{secs}.{n}"));
+    }
+    fs::DirBuilder::new().mode(0o700).create(&aside).map_err(io_err("cannot create", &aside))?;
+    for child in fs::read_dir(root).map_err(io_err("cannot list", root))? {
+        let child = child.map_err(io_err("cannot list", root))?;
+        let name = child.file_name();
+        let name = name.to_string_lossy();
+        if name == LOCK_FILE || name.starts_with(UNKNOWN_VERSION_PREFIX) {
+            continue;
+        }
+        let from = child.path();
+        fs::rename(&from, aside.join(&*name)).map_err(io_err("cannot move aside", &from))?;
+    }
+    error!(cache = %root.display(), found, expected = %wanted_version(),
+           moved_to = %aside.display(),
+           "cache directory has an unknown format: moved it aside and starting empty \
+            (delete the moved directory once it is not needed)");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -319,12 +468,28 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unknown_versions() {
+    fn moves_unknown_versions_aside_and_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("cache");
-        drop(Layout::open(&root).unwrap());
+        let layout = Layout::open(&root).unwrap();
+        fs::create_dir(layout.entry_dir("x")).unwrap();
+        layout.unlock();
+        drop(layout);
         fs::write(root.join(VERSION_FILE), "storefs-cache 999\n").unwrap();
-        assert!(matches!(Layout::open(&root), Err(LayoutError::Version { .. })));
+        let layout = Layout::open(&root).unwrap();
+        assert!(!layout.read_only());
+        assert_eq!(fs::read_dir(layout.entries_root()).unwrap().count(), 0, "starts empty");
+        let aside: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name().unwrap().to_string_lossy().starts_with(UNKNOWN_VERSION_PREFIX)
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(fs::read_to_string(aside[0].join(VERSION_FILE)).unwrap(), "storefs-cache 999\n");
+        assert!(aside[0].join("entries/x").is_dir(), "the old cache is kept whole");
+        assert_eq!(read_version(&root).unwrap(), Some(wanted_version()));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod manifest;
 mod min_free;
 mod narinfo_store;
+mod no_room;
 mod ops;
 mod pins;
 mod prefetch;
@@ -137,6 +138,8 @@ pub struct NarCache {
     moves: Mutex<()>,
     inflight: Mutex<HashMap<String, InFlight>>,
     negative: Mutex<LruCache<String, Instant>>,
+    /// Paths refused for want of room, for the negative TTL.
+    no_room: no_room::NoRoomMemory,
     prefetcher: Prefetcher,
     /// Set by `close`: nothing in the directory changes any more (checked under `moves`).
     closed: AtomicBool,
@@ -162,7 +165,11 @@ impl NarCache {
         keys: TrustedKeys,
     ) -> Result<Arc<Self>, LayoutError> {
         let layout = Layout::open(&config.dir)?;
-        let pins = pins::load(&layout.root().join(layout::PINS_DIR))?;
+        let pins = match pins::load(&layout.root().join(layout::PINS_DIR)) {
+            // Nothing is evicted from a read-only cache, so pins do not matter there.
+            Err(_) if layout.read_only() => HashMap::new(),
+            pins => pins?,
+        };
         let negative_cap = NonZeroUsize::new(NEGATIVE_CACHE_ENTRIES).expect("non-zero constant");
         let cache = Arc::new(Self {
             catalog: Mutex::new(Catalog::new(pins)),
@@ -170,6 +177,7 @@ impl NarCache {
             closed: AtomicBool::new(false),
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
+            no_room: no_room::NoRoomMemory::new(config.negative_ttl),
             prefetcher: Prefetcher::new(config.prefetch_jobs),
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
@@ -239,6 +247,10 @@ impl NarCache {
         if self.negative_hit(&hash) {
             CacheStats::bump(&self.stats.negative_hits);
             return Err(CacheError::NotFound(sp.to_string()));
+        }
+        if let Some(refused) = self.no_room.recall(&hash) {
+            CacheStats::bump(&self.stats.no_room_refusals);
+            return Err(refused);
         }
         // A prefetch this reader joined may have given up for want of room just before it was
         // told a reader waits; then the reader fetches the path itself.
@@ -329,6 +341,12 @@ impl NarCache {
         lock(&self.catalog).used_bytes()
     }
 
+    /// Whether the cache directory is read-only (at start, or since): cached paths are served,
+    /// nothing is fetched.
+    pub fn read_only(&self) -> bool {
+        self.layout.read_only()
+    }
+
     /// The configured size limit.
     pub fn max_bytes(&self) -> u64 {
         self.config.max_bytes
@@ -371,6 +389,7 @@ impl Report for NarCache {
         snap.set("cached_paths", cached_paths);
         snap.set("pinned_paths", self.pinned().len() as u64);
         snap.set("in_flight", lock(&self.inflight).len() as u64);
+        snap.set("cache_writable", !self.layout.read_only());
         for (key, h) in [
             ("narinfo_fetch_seconds", &s.narinfo_fetch_seconds),
             ("nar_fetch_seconds", &s.nar_fetch_seconds),

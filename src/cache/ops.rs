@@ -494,20 +494,44 @@ mod tests {
         assert!(cache.verify(None).await.is_clean());
     }
 
+    /// A file deleted from the cache, and files cut short (its own `f<id>` and a `pack`), are
+    /// each reported corrupt and evicted.
     #[tokio::test]
     async fn verify_reports_a_missing_or_truncated_file() {
-        let fx = Fixture::new(1);
-        let a = sp('a', "a");
-        publish(&fx.ups[0], &key(), &a, &tree("a", 1000));
-        let cache = fx.open();
-        let entry = cache.get(&a).await.unwrap();
-        let data = entry.manifest.child(0, b"data").unwrap();
-        std::fs::remove_file(where_bytes_are(&entry, data).0).unwrap();
-        let report = cache.verify(None).await;
-        assert_eq!(report.corrupt.len(), 1);
-        assert!(report.corrupt[0].1.contains("cannot read"), "{}", report.corrupt[0].1);
-        assert!(cache.entries().is_empty());
-        assert_eq!(cache.used_bytes(), 0);
+        enum Damage {
+            Delete,
+            Truncate,
+        }
+        for (size, damage, says) in [
+            (1000, Damage::Delete, "cannot read"),
+            (100_000, Damage::Truncate, "the manifest says 100000"),
+            (1000, Damage::Truncate, "ends 10 bytes early"),
+        ] {
+            let fx = Fixture::new(1);
+            let a = sp('a', "a");
+            publish(&fx.ups[0], &key(), &a, &tree("a", size));
+            let cache = fx.open();
+            let entry = cache.get(&a).await.unwrap();
+            let data = entry.manifest.child(0, b"data").unwrap();
+            let (file, _) = where_bytes_are(&entry, data);
+            assert_eq!(file.ends_with(PACK_FILE), size < 65_536, "{size}-byte file's place");
+            match damage {
+                Damage::Delete => std::fs::remove_file(&file).unwrap(),
+                Damage::Truncate => {
+                    make_writable(&file);
+                    let len = std::fs::metadata(&file).unwrap().len();
+                    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                    f.set_len(len - 10).unwrap();
+                }
+            }
+            let report = cache.verify(None).await;
+            assert_eq!(report.corrupt.len(), 1, "{size}");
+            let reason = &report.corrupt[0].1;
+            assert!(reason.contains(says), "{size}: {reason}");
+            assert!(cache.entries().is_empty(), "{size}");
+            assert_eq!(cache.used_bytes(), 0, "{size}");
+            cache.close();
+        }
     }
 
     /// A pack with bytes after its last file does not pass as clean, though every file reads.

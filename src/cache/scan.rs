@@ -1,6 +1,7 @@
 //! What is cached: the start-up scan of `entries/` (in the background, so a large cache never
 //! delays the mount), loading a single entry on demand meanwhile, and the persisted LRU position
 //! (each entry's manifest mtime, refreshed at most once per `TOUCH_INTERVAL` when it is used).
+//! On a read-only cache it only reads: nothing is discarded, evicted, trimmed or touched.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -87,11 +88,19 @@ impl NarCache {
             for hash in on_demand.iter().rev() {
                 cat.promote(hash);
             }
+            // Narinfos of paths not cached, oldest first: the first to go when too many are kept.
+            for hash in self.narinfos.hashes_oldest_first() {
+                cat.keep_narinfo(hash);
+            }
             info!(entries = cat.len(), bytes = cat.used_bytes(), "cache loaded");
+        }
+        if self.layout.read_only() {
+            return Ok(());
         }
         self.layout.purge_trash()?;
         let trashed = self.evict_until(Victims::Oldest, |room, cat, _| cat.fits(room, 0));
         self.purge(trashed);
+        self.trim_narinfos();
         Ok(())
     }
 
@@ -152,6 +161,10 @@ impl NarCache {
     }
 
     fn discard_bad(&self, dir: &Path, reason: &str) -> Result<(), LayoutError> {
+        if self.layout.read_only() {
+            warn!(entry = %dir.display(), reason, "unusable cache entry not served (read-only)");
+            return Ok(());
+        }
         let _moves = lock(&self.moves);
         if self.is_closed() {
             return Err(LayoutError::Closed);
@@ -162,6 +175,9 @@ impl NarCache {
 
     /// Records that `entry` was used, on disk, at most once per `TOUCH_INTERVAL`.
     pub(super) fn touch(&self, entry: &Arc<Entry>) {
+        if self.layout.read_only() {
+            return;
+        }
         let now = unix_now();
         let last = entry.touched_secs.load(Ordering::Relaxed);
         if now.saturating_sub(last) < TOUCH_INTERVAL.as_secs()

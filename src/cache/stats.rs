@@ -31,6 +31,9 @@ metrics::counters! {
         prefetched => "prefetched_paths",
         /// References not prefetched because they did not fit without evicting.
         prefetch_skipped,
+        /// Reader fetches refused because the path would not fit on the cache filesystem even
+        /// after evicting every unpinned path (and lookups answered from that refusal).
+        no_room_refusals,
     }
     also {
         /// Time of each narinfo request (not those skipped while a cache is down).

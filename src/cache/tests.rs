@@ -400,6 +400,31 @@ async fn an_evicted_path_comes_back_without_a_narinfo_request_even_after_a_resta
     assert_eq!(fx.ups[0].requests(), (2, 3), "a's NAR again, but not its narinfo");
 }
 
+/// `narinfo/` is bounded: past the limit, the narinfo of the path evicted longest ago is deleted
+/// (not that of a cached path), and that path costs a narinfo request again.
+#[tokio::test]
+async fn narinfos_of_paths_evicted_long_ago_are_deleted_past_the_limit() {
+    let mut fx = Fixture::new(1);
+    fx.config.max_bytes = 200 * 1024;
+    let (a, b, c) = (sp('p', "a"), sp('q', "b"), sp('r', "c"));
+    for (path, marker) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        publish(&fx.ups[0], &key(), path, &tree(marker, 150 * 1024));
+    }
+    let cache = fx.open();
+    for path in [&a, &b, &c] {
+        cache.get(path).await.unwrap();
+    }
+    assert!(cache.cached(&a).is_none() && cache.cached(&b).is_none(), "a, then b, evicted");
+    let narinfo = |p: &StorePath| fx.config.dir.join(layout::NARINFO_DIR).join(p.hash_part());
+    assert!(narinfo(&a).exists() && narinfo(&b).exists(), "kept after eviction");
+    cache.trim_narinfos_to(1);
+    assert!(!narinfo(&a).exists(), "evicted first, deleted first");
+    assert!(narinfo(&b).exists() && narinfo(&c).exists(), "b within the limit, c cached");
+    assert_eq!(fx.ups[0].requests(), (3, 3));
+    cache.get(&a).await.unwrap();
+    assert_eq!(fx.ups[0].requests(), (4, 4), "a's narinfo is asked for again");
+}
+
 #[tokio::test]
 async fn another_version_of_a_path_served_before_is_refused() {
     let mut fx = Fixture::new(1);

@@ -55,6 +55,7 @@ impl FsError {
             FsError::Cache(
                 CacheError::Unavailable { .. }
                 | CacheError::TooLarge { .. }
+                | CacheError::NoRoom { .. }
                 | CacheError::Pinned(_)
                 | CacheError::NoRoomToPrefetch(_)
                 | CacheError::Local { .. },

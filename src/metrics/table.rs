@@ -161,6 +161,14 @@ pub const METRICS: &[Metric] = &[
         help: "The cache size limit (--max-size)",
     },
     Metric {
+        name: "storefs_cache_writable",
+        kind: Gauge,
+        unit: "0 or 1",
+        source: Daemon("cache_writable"),
+        shown: Line("cache writable", YesNo),
+        help: "1 while the cache directory can be written; 0 when it is read-only (cached paths served, nothing fetched)",
+    },
+    Metric {
         name: "storefs_cached_paths",
         kind: Gauge,
         unit: "paths",
@@ -207,6 +215,14 @@ pub const METRICS: &[Metric] = &[
         source: Daemon("prefetch_skipped"),
         shown: Line("prefetch skipped", Count),
         help: "References not prefetched because they did not fit without evicting",
+    },
+    Metric {
+        name: "storefs_no_room_refusals_total",
+        kind: Counter,
+        unit: "lookups",
+        source: Daemon("no_room_refusals"),
+        shown: Line("no-room refusals", Count),
+        help: "Lookups refused because the path would not fit on the cache filesystem even after evicting every unpinned path",
     },
     Metric {
         name: "storefs_fetch_failures_total",
