@@ -23,7 +23,8 @@ use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
 /// Version of the directory layout; a cache of another version is refused, never misread.
 pub const CACHE_VERSION: u32 = 1;
-const VERSION_FILE: &str = "VERSION";
+/// The file naming the layout version, `storefs-cache <CACHE_VERSION>`.
+pub const VERSION_FILE: &str = "VERSION";
 const LOCK_FILE: &str = "lock";
 /// Where verified narinfos are kept, one file per hash part.
 pub const NARINFO_DIR: &str = "narinfo";
@@ -288,9 +289,14 @@ fn take_lock(root: &Path) -> Result<File, LayoutError> {
     Ok(file)
 }
 
+/// What `VERSION` holds for this storefs (without the newline).
+pub fn version_text() -> String {
+    format!("storefs-cache {CACHE_VERSION}")
+}
+
 fn check_version(root: &Path) -> Result<(), LayoutError> {
     let path = root.join(VERSION_FILE);
-    let want = format!("storefs-cache {CACHE_VERSION}");
+    let want = version_text();
     match fs::read_to_string(&path) {
         Ok(found) if found.trim() == want => Ok(()),
         Ok(found) => Err(LayoutError::Version { path: root.into(), found: found.trim().into() }),
