@@ -103,7 +103,7 @@ fn a_wrong_key_fails_naming_the_keys() {
         let trusted = key.split(':').next().unwrap();
         let want = format!("keys do not match: the cache signs with {signer}");
         assert!(why.starts_with(&want), "{case}: {why}");
-        assert!(why.ends_with(&format!("trusted are {trusted}")), "{case}: {why}");
+        assert!(why.ends_with(&format!(", trusted are {trusted}")), "{case}: {why}");
     }
 }
 

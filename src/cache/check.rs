@@ -133,7 +133,7 @@ impl NarCache {
         let cache = match answered {
             Ok(facts) => Finding::new(Verdict::Ok, &subject, facts),
             Err(problem) => {
-                let skipped = "not checked: the substituter does not answer (see above)";
+                let skipped = "not checked: the substituter failed (see its line)";
                 return [
                     Finding::new(Verdict::Fail, &subject, problem),
                     Finding::new(Verdict::Warn, &keys, skipped),
@@ -209,8 +209,8 @@ impl NarCache {
             }
             VerifyError::BadSignature { key } => write!(
                 text,
-                "the cache signs with {key}, but not with the trusted key of that name (is it \
-                 the cache's current public key?)"
+                "the cache signs with {key}, but its signature does not verify with the trusted \
+                 key of that name (is that the cache's current public key?)"
             ),
         };
         let _ = write!(text, ", trusted are {trusted}");

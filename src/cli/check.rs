@@ -140,7 +140,7 @@ fn checks(args: &CheckArgs, report: &mut Report) -> std::io::Result<()> {
             (Some(client), args.mountpoint.clone().unwrap_or_else(|| s.mountpoint.clone().into()))
         }
         Err(err) => {
-            report.push(CheckStatus::Fail, daemon.clone(), err.to_string())?;
+            report.push(CheckStatus::Fail, daemon.clone(), err)?;
             let fallback = || PathBuf::from(DEFAULT_MOUNTPOINT);
             (None, args.mountpoint.clone().unwrap_or_else(fallback))
         }
@@ -150,21 +150,27 @@ fn checks(args: &CheckArgs, report: &mut Report) -> std::io::Result<()> {
     let asked = client
         .with_timeout(Some(timeout * 2 + DAEMON_SLACK))
         .and_then(|mut c| c.check(args.probe_path.clone(), timeout));
-    match asked.map_err(|err| hung(err, timeout * 2 + DAEMON_SLACK)) {
+    match asked {
         Ok(rows) => rows.into_iter().try_for_each(|row| report.add(row)),
-        Err(err) => report.push(CheckStatus::Fail, daemon, format!("check failed: {err}")),
+        Err(err) => {
+            let why = say(err, timeout * 2 + DAEMON_SLACK);
+            report.push(CheckStatus::Fail, daemon, format!("check failed: {why}"))
+        }
     }
 }
 
 /// Connects and asks for the status, waiting at most `timeout` for the answer.
-fn ask_status(socket: &Path, timeout: Duration) -> Result<(Client, StatsReply), ClientError> {
-    let mut client = Client::connect(socket)?.with_timeout(Some(timeout))?;
-    let stats = client.stats().map_err(|err| hung(err, timeout))?;
+fn ask_status(socket: &Path, timeout: Duration) -> Result<(Client, StatsReply), String> {
+    let mut client = Client::connect(socket)
+        .and_then(|c| c.with_timeout(Some(timeout)))
+        .map_err(|e| say(e, timeout))?;
+    let stats = client.stats().map_err(|e| say(e, timeout))?;
     Ok((client, stats))
 }
 
-/// A read that timed out, said as such (not as `Resource temporarily unavailable`).
-fn hung(err: ClientError, waited: Duration) -> ClientError {
+/// The error's text; a read that timed out is said as such (not `Resource temporarily
+/// unavailable`).
+fn say(err: ClientError, waited: Duration) -> String {
     match err {
         ClientError::Io(io)
             if matches!(
@@ -172,10 +178,9 @@ fn hung(err: ClientError, waited: Duration) -> ClientError {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) =>
         {
-            let secs = waited.as_secs();
-            ClientError::Daemon(format!("no answer within {secs} s: the daemon hangs"))
+            format!("no answer within {} s: the daemon hangs", waited.as_secs())
         }
-        other => other,
+        other => other.to_string(),
     }
 }
 
