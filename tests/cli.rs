@@ -211,6 +211,27 @@ fn stats_without_a_daemon_names_the_socket() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 
+/// `check` without a daemon fails (exit 2) with a `FAIL` line naming the socket, and still checks
+/// the mount; a bad `--timeout` or `--probe-path` is a usage error (exit 1).
+#[test]
+fn check_without_a_daemon_fails_naming_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let (sock, mnt) = (sock.to_str().unwrap(), dir.path().to_str().unwrap());
+    let out = storefs(&["check", "--control-socket", sock, "--mountpoint", mnt]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with(&format!("FAIL  daemon {sock}: cannot connect")), "{stdout}");
+    assert!(lines[1].starts_with(&format!("FAIL  mount {mnt}: not mounted")), "{stdout}");
+    for bad in [&["--timeout", "0"][..], &["--probe-path", "not-a-store-path"]] {
+        let out = storefs(&[&["check", "--control-socket", sock][..], bad].concat());
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains(bad[1]), "{bad:?}: {}", text(&out));
+    }
+}
+
 /// `storefs --help` lists every exit code, 3 (`verify` found corrupt entries) included.
 #[test]
 fn help_lists_every_exit_code() {
@@ -267,8 +288,8 @@ impl storefs::control::ControlHandler for Canned {
         progress: storefs::control::ProgressSink,
     ) -> Result<storefs::control::protocol::Reply, String> {
         use storefs::control::protocol::{
-            ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, PinsReply,
-            Progress, Reply, Request, VerifyReply,
+            CheckReply, CheckRow, CheckStatus, ClosureReply, CorruptEntry, ExportDbReply, GcReply,
+            PathResult, PathResults, PinsReply, Progress, Reply, Request, VerifyReply,
         };
         let rows = |n: usize| PathResults {
             results: (0..n)
@@ -295,6 +316,16 @@ impl storefs::control::ControlHandler for Canned {
                 missing: vec![PATH.into(); 100],
             }),
             Request::ExportDb { .. } => Reply::ExportDb(ExportDbReply { text: "x\n".repeat(1000) }),
+            Request::Check { .. } => Reply::Check(CheckReply {
+                checks: vec![
+                    CheckRow {
+                        status: CheckStatus::Ok,
+                        subject: "substituter https://cache.example".into(),
+                        detail: "nix-cache-info answers".into(),
+                    };
+                    1000
+                ],
+            }),
             other => return Err(format!("not canned: {other:?}")),
         })
     }
@@ -334,6 +365,9 @@ fn a_closed_pipe_ends_every_command_quietly() {
         (&["gc"], 0),
         (&["verify"], 3),
         (&["export-db", PATH], 0),
+        // The canned daemon names no mountpoint: that check fails.
+        (&["check"], 2),
+        (&["check", "--json"], 2),
         (&["stats"], 0),
         (&["stats", "--json"], 0),
         // Would print forever into the void without noticing.

@@ -28,7 +28,8 @@ use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock};
 
 /// Version of the directory layout; a cache of another version is moved aside, never misread.
 pub const CACHE_VERSION: u32 = 1;
-const VERSION_FILE: &str = "VERSION";
+/// The file naming the layout version, `storefs-cache <CACHE_VERSION>`.
+pub const VERSION_FILE: &str = "VERSION";
 const LOCK_FILE: &str = "lock";
 /// Where verified narinfos are kept, one file per hash part.
 pub const NARINFO_DIR: &str = "narinfo";
@@ -361,6 +362,11 @@ fn take_lock(root: &Path) -> Result<File, LayoutError> {
     Ok(lock)
 }
 
+/// What `VERSION` holds for this storefs (without the newline).
+pub fn version_text() -> String {
+    format!("storefs-cache {CACHE_VERSION}")
+}
+
 /// The lock of a cache on a read-only filesystem, where the lock file cannot be written: an
 /// exclusive flock of the cache root itself (a directory opened read-only can be flocked).
 fn take_read_only_lock(root: &Path) -> Result<File, LayoutError> {
@@ -391,15 +397,11 @@ fn read_version(root: &Path) -> Result<Option<String>, LayoutError> {
     }
 }
 
-fn wanted_version() -> String {
-    format!("storefs-cache {CACHE_VERSION}")
-}
-
 /// Checks VERSION, writing it when missing. A cache of another version is moved aside, whole,
 /// into `unknown-version.<unix seconds>/` inside the cache directory (the root may be a mount
 /// point, which cannot be renamed), and the cache starts empty.
 fn check_version(root: &Path) -> Result<(), LayoutError> {
-    let want = wanted_version();
+    let want = version_text();
     match read_version(root)? {
         Some(found) if found == want => return Ok(()),
         Some(found) => move_aside(root, &found)?,
@@ -416,7 +418,7 @@ fn check_version(root: &Path) -> Result<(), LayoutError> {
 /// A missing VERSION is accepted (entries that do not check out are not served).
 fn check_version_read_only(root: &Path) -> Result<(), LayoutError> {
     match read_version(root)? {
-        Some(found) if found != wanted_version() => {
+        Some(found) if found != version_text() => {
             Err(LayoutError::Version { path: root.into(), found })
         }
         _ => Ok(()),
@@ -446,7 +448,7 @@ fn move_aside(root: &Path, found: &str) -> Result<(), LayoutError> {
         let from = child.path();
         fs::rename(&from, aside.join(&*name)).map_err(io_err("cannot move aside", &from))?;
     }
-    error!(cache = %root.display(), found, expected = %wanted_version(),
+    error!(cache = %root.display(), found, expected = %version_text(),
            moved_to = %aside.display(),
            "cache directory has an unknown format: moved it aside and starting empty \
             (delete the moved directory once it is not needed)");
@@ -489,7 +491,7 @@ mod tests {
         assert_eq!(aside.len(), 1, "{aside:?}");
         assert_eq!(fs::read_to_string(aside[0].join(VERSION_FILE)).unwrap(), "storefs-cache 999\n");
         assert!(aside[0].join("entries/x").is_dir(), "the old cache is kept whole");
-        assert_eq!(read_version(&root).unwrap(), Some(wanted_version()));
+        assert_eq!(read_version(&root).unwrap(), Some(version_text()));
     }
 
     #[test]

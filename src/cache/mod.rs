@@ -14,6 +14,7 @@
 //!   fetches it again.
 
 mod catalog;
+mod check;
 pub mod contents;
 mod error;
 mod evict;
@@ -47,6 +48,7 @@ use futures::future::{BoxFuture, Shared};
 use lru::LruCache;
 
 use self::catalog::Catalog;
+pub use self::check::{Finding, Verdict};
 pub use self::error::{CacheError, Cause, Failure};
 use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;

@@ -60,6 +60,19 @@ impl NarInfoStore {
         }
     }
 
+    /// Up to `limit` remembered narinfos with the URL of the substituter that served each, in
+    /// directory order (for `check`, which needs a few paths to ask the caches for, not all).
+    /// Unreadable and malformed files are skipped.
+    pub(super) fn sample(&self, limit: usize) -> Vec<(String, NarInfo)> {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
+            .filter_map(|name| self.get(&name))
+            .take(limit)
+            .collect()
+    }
+
     /// Remembers a verified narinfo (atomically: temp file, then rename).
     pub(super) fn put(&self, from: &str, info: &NarInfo) -> io::Result<()> {
         let hash = info.store_path.hash_part();

@@ -1,7 +1,9 @@
 //! The command line: clap definitions and dispatch. Below `cli/`, only `config::Settings` knows
 //! clap (it derives the `mount` flags); nothing else sees clap types.
 
+pub mod check;
 pub mod mount;
+pub mod mount_probe;
 pub mod ops;
 pub mod output;
 pub mod stats;
@@ -17,7 +19,8 @@ pub use crate::daemon::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 /// A path under the mount is fetched from the substituters the first time anyone touches it:
 /// narinfo, signature check, NAR download, hash check, unpack into the local disk cache. Nothing
 /// unverified is ever visible. Exit codes: 0 ok, 1 bad usage or configuration, 2 runtime failure,
-/// 3 `storefs verify` found corrupt entries (and evicted them).
+/// 3 `storefs verify` found corrupt entries (and evicted them). `storefs check` exits 2 when a
+/// check failed.
 #[derive(Debug, Parser)]
 #[command(name = "storefs", version, about, long_about)]
 pub struct Cli {
@@ -53,6 +56,9 @@ pub enum Command {
     Verify(ops::VerifyArgs),
     /// Print registrations of cached paths for `nix-store --load-db` (Nix in job containers).
     ExportDb(ops::ExportDbArgs),
+    /// Check the running daemon: its mount answers, each substituter answers, the trusted keys
+    /// verify what the caches sign, the cache directory is sane. One line per check.
+    Check(check::CheckArgs),
 }
 
 /// Prints a failure on stderr once, as `storefs: <what failed>: <cause>: <its cause>...`. A cause
@@ -90,6 +96,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Gc(args) => ops::gc(&args),
         Command::Verify(args) => ops::verify(&args),
         Command::ExportDb(args) => ops::export_db(&args),
+        Command::Check(args) => check::run(&args),
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::protocol::{
-    Body, GcReply, MAX_LINE, PathResult, Pong, Progress, Reply, Request, ResponseError, StatsReply,
-    VerifyReply, decode_response, encode_request,
+    Body, CheckRow, GcReply, MAX_LINE, PathResult, Pong, Progress, Reply, Request, ResponseError,
+    StatsReply, VerifyReply, decode_response, encode_request,
 };
 
 /// How long a request may take before the client gives up.
@@ -176,6 +176,20 @@ impl Client {
         match self.request(&Request::ExportDb { paths, closure })? {
             Reply::ExportDb(export) => Ok(export.text),
             other => Err(unexpected("export_db", &other)),
+        }
+    }
+
+    /// Has the daemon check its substituters (each request within `timeout`), its keys (with
+    /// the narinfo of `probe_path`, else of a path it verified) and its cache directory.
+    pub fn check(
+        &mut self,
+        probe_path: Option<String>,
+        timeout: Duration,
+    ) -> Result<Vec<CheckRow>, ClientError> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        match self.request(&Request::Check { probe_path, timeout_ms })? {
+            Reply::Check(report) => Ok(report.checks),
+            other => Err(unexpected("check", &other)),
         }
     }
 }

@@ -3,11 +3,11 @@
 use async_trait::async_trait;
 
 use super::protocol::{
-    ClosureReply, CorruptEntry, ExportDbReply, GcReply, PathResult, PathResults, PinsReply, Pong,
-    Progress, Reply, Request, StatsReply, VerifyReply,
+    CheckReply, CheckRow, CheckStatus, ClosureReply, CorruptEntry, ExportDbReply, GcReply,
+    PathResult, PathResults, PinsReply, Pong, Progress, Reply, Request, StatsReply, VerifyReply,
 };
 use super::{ControlHandler, DaemonInfo, ProgressSink};
-use crate::cache::{CacheError, NarCache};
+use crate::cache::{CacheError, Finding, NarCache, Verdict};
 use crate::metrics::Reporters;
 use crate::nix::store_path::StorePath;
 use crate::sync::Arc;
@@ -52,6 +52,23 @@ fn results<T>(
         })
         .collect();
     Reply::Results(PathResults { results })
+}
+
+/// The cache's findings as protocol rows.
+fn check_rows(findings: Vec<Finding>) -> Reply {
+    let checks = findings
+        .into_iter()
+        .map(|f| CheckRow {
+            status: match f.verdict {
+                Verdict::Ok => CheckStatus::Ok,
+                Verdict::Warn => CheckStatus::Warn,
+                Verdict::Fail => CheckStatus::Fail,
+            },
+            subject: f.subject,
+            detail: f.detail,
+        })
+        .collect();
+    Reply::Check(CheckReply { checks })
 }
 
 fn abs(paths: &[StorePath]) -> Vec<String> {
@@ -131,6 +148,14 @@ impl ControlHandler for DaemonHandler {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Reply::ExportDb(ExportDbReply { text }))
+            }
+            Request::Check { probe_path, timeout_ms } => {
+                if timeout_ms == 0 {
+                    return Err("check needs a timeout of at least 1 ms, got 0".into());
+                }
+                let probe = parse_paths(probe_path.as_slice())?;
+                let timeout = std::time::Duration::from_millis(timeout_ms);
+                Ok(check_rows(cache.check(probe.first(), timeout).await))
             }
         }
     }

@@ -17,7 +17,7 @@
 //!
 //! History: 1, untyped results (`{"ok":true,"result":{...}}`) and a `fetch` request; 2, typed
 //! results tagged by `type`, `prefetch` with streamed `progress` lines, no `fetch`; `stats`
-//! carries the daemon's status; `pins`.
+//! carries the daemon's status; `pins`; `check`.
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +89,15 @@ pub enum Request {
         /// Include their closure.
         closure: bool,
     },
+    /// Checks what the daemon uses: each substituter's nix-cache-info, the trusted keys against
+    /// one narinfo per substituter, the cache directory. Answers [`Reply::Check`].
+    Check {
+        /// The store path whose narinfo tests the keys; when absent, one the daemon verified.
+        #[serde(default)]
+        probe_path: Option<String>,
+        /// How long each substituter may take to answer, in milliseconds (at least 1).
+        timeout_ms: u64,
+    },
 }
 
 /// What a command answers, tagged by `type`.
@@ -112,6 +121,8 @@ pub enum Reply {
     Verify(VerifyReply),
     /// To [`Request::ExportDb`].
     ExportDb(ExportDbReply),
+    /// To [`Request::Check`].
+    Check(CheckReply),
 }
 
 impl Reply {
@@ -126,6 +137,7 @@ impl Reply {
             Self::Gc(_) => "gc",
             Self::Verify(_) => "verify",
             Self::ExportDb(_) => "export_db",
+            Self::Check(_) => "check",
         }
     }
 }
@@ -261,6 +273,36 @@ pub struct CorruptEntry {
 pub struct ExportDbReply {
     /// In `nix-store --dump-db` format.
     pub text: String,
+}
+
+/// What `check` found, one row per check, in the order they were made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReply {
+    /// The rows.
+    pub checks: Vec<CheckRow>,
+}
+
+/// One check: what was checked, how it went, and the facts or the problem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRow {
+    /// Passed, passed with a caveat, or failed.
+    pub status: CheckStatus,
+    /// What was checked: `substituter <url>`, `keys <url>`, `cache directory <dir>`, ...
+    pub subject: String,
+    /// What was found: the facts on success, the problem on failure.
+    pub detail: String,
+}
+
+/// How one check went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Passed.
+    Ok,
+    /// Passed, but something could not be checked or looks off (does not fail the check).
+    Warn,
+    /// Failed: the daemon cannot serve as configured.
+    Fail,
 }
 
 /// One path of a `prefetch` finished: sent as a `progress` line before the result.
@@ -421,8 +463,10 @@ mod tests {
     use super::*;
     use crate::metrics::{UpstreamSnapshot, Value};
 
+    const PATH: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x";
+
     fn every_request() -> Vec<Request> {
-        let paths = vec!["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x".to_owned()];
+        let paths = vec![PATH.to_owned()];
         vec![
             Request::Ping,
             Request::Stats,
@@ -436,6 +480,8 @@ mod tests {
             Request::Gc { to_bytes: None },
             Request::Verify { paths: vec![] },
             Request::ExportDb { paths, closure: false },
+            Request::Check { probe_path: Some(PATH.into()), timeout_ms: 5000 },
+            Request::Check { probe_path: None, timeout_ms: 1 },
         ]
     }
 
@@ -484,6 +530,16 @@ mod tests {
                 missing: vec![],
             }),
             Reply::ExportDb(ExportDbReply { text: format!("{p}\n") }),
+            Reply::Check(CheckReply {
+                checks: [CheckStatus::Ok, CheckStatus::Warn, CheckStatus::Fail]
+                    .into_iter()
+                    .map(|status| CheckRow {
+                        status,
+                        subject: "substituter https://cache.example".into(),
+                        detail: "nix-cache-info answers".into(),
+                    })
+                    .collect(),
+            }),
         ]
     }
 

@@ -256,6 +256,11 @@ impl TrustedKeys {
         self.keys.len()
     }
 
+    /// The keys' names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
     /// The key with this name.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&TrustedKey> {
