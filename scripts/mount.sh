@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh >&2
 cargo build --locked --release >&2
-exec target/release/storefs mount "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/storefs" mount "$@"
