@@ -202,22 +202,6 @@ fn df_reports_the_cache_quota() {
     assert_eq!(row, [max, used, max - used], "df:\n{df}");
 }
 
-/// A mountpoint that does not exist yet (`/nix/store` on a fresh host) is created, 0755, and
-/// the store is served there.
-#[test]
-fn a_missing_mountpoint_is_created() {
-    let Some(fx) = setup("a_missing_mountpoint_is_created") else { return };
-    let nginx = Nginx::start(&fx.caches_dir(), "");
-    let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("new").join("store");
-    assert!(!mnt.exists());
-    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]);
-    let d = Daemon::start_at(&mnt, &tmp.path().join("cache"), &tmp.path().join("log"), &args);
-    assert!(fs::read(d.path(&fx.hello, "bin/hello")).is_ok());
-    let parent = fs::metadata(tmp.path().join("new")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&parent.permissions()) & 0o777, 0o755);
-}
-
 /// Acceptance: an executable whose interpreter is another store path runs with storefs on
 /// /nix/store, in a private mount namespace (the host's store is hidden there).
 #[test]

@@ -26,7 +26,7 @@ pub const OPERATION_OPTIONS: &str = "Operation options";
 #[derive(Debug, Default, Clone, PartialEq, Eq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
-    /// Where to mount the store; created if missing [default: /nix/store].
+    /// Where to mount the store [default: /nix/store].
     #[arg(value_name = "MOUNTPOINT")]
     pub mountpoint: Option<PathBuf>,
 

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use fuser::{BackgroundSession, Session, SessionACL};
@@ -66,7 +66,6 @@ pub fn mount(
 ) -> Result<Mounted, MountError> {
     let bad = |reason: String| MountError::Mountpoint { path: mountpoint.into(), reason };
     clear_dead_mount(mountpoint);
-    create_missing(mountpoint).map_err(|e| bad(format!("cannot create it: {e}")))?;
     let mountpoint = mountpoint.canonicalize().map_err(|e| bad(e.to_string()))?;
     if !mountpoint.is_dir() {
         return Err(bad("not a directory".into()));
@@ -170,17 +169,6 @@ fn detach(mountpoint: &Path) {
         // SAFETY: `target` is a NUL-terminated path that outlives the call.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
-}
-
-/// Creates a missing mountpoint (and its parents) as root-owned 0755 directories, as a mount
-/// unit would: on a fresh host `/nix/store` may not exist yet. An existing path is left alone.
-fn create_missing(mountpoint: &Path) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(mountpoint).is_ok() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(mountpoint)?;
-    info!(mountpoint = %mountpoint.display(), "created the missing mountpoint");
-    Ok(())
 }
 
 /// Why a mountpoint that is already a mount point is refused, and what to do. A live storefs
