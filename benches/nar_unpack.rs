@@ -1,5 +1,7 @@
 //! Criterion benches for NAR throughput from memory, in MB/s: strict parse only, and
-//! hash + parse + unpack to disk (what a cold read costs once the bytes are off the network).
+//! hash + parse + unpack to disk (what a cold read costs once the bytes are off the network);
+//! and reading a cached file back from the page cache, with and without checking its blocks
+//! (what a warm read that reaches the daemon costs).
 //!
 //!     cargo bench --bench nar_unpack                        # all groups
 //!     cargo bench --bench nar_unpack -- nar_unpack/large    # a filter (a regex on the ids)
@@ -22,6 +24,8 @@ use criterion::{
     criterion_main, measurement::WallTime,
 };
 use sha2::{Digest, Sha256};
+use storefs::cache::contents::FileContents;
+use storefs::cache::manifest::Node as CachedNode;
 use storefs::cache::unpack::unpack;
 use storefs::nix::hash::NarHash;
 use storefs::nix::nar::reader::NullVisitor;
@@ -183,11 +187,52 @@ fn unpack_to_disk(c: &mut Criterion, inputs: &[Input]) {
     group.finish();
 }
 
+/// Reading one cached 16 MiB file (the large tree's first) back from the page cache the way the
+/// daemon answers READs, unchecked (as manifests before version 3) and checked against its block
+/// checksums: in 128 KiB reads at block-aligned offsets (the kernel's usual readahead), in
+/// 128 KiB reads 4 KiB off the blocks (each touches a third block, read and checked whole), and
+/// whole, as an open checks a file it hands to the kernel (`--passthrough`).
+fn cached_read(c: &mut Criterion, inputs: &[Input]) {
+    let Some(input) = inputs.iter().find(|i| i.label == LARGE) else { return };
+    let (_dir, staging) = staging(&scratch_dir());
+    let len = input.nar.len() as u64;
+    let manifest = unpack(&input.nar[..], &input.info, len, &staging).expect("unpack");
+    // In test mode the large files are small enough for the pack.
+    let (id, size, packed, sums) = manifest
+        .nodes
+        .iter()
+        .enumerate()
+        .find_map(|(id, node)| match node {
+            CachedNode::File { size, packed, sums, .. } => Some((id as u32, *size, *packed, sums)),
+            _ => None,
+        })
+        .expect("the large tree has files");
+    let open = |sums| FileContents::open(&staging, id, size, packed, sums).expect("open");
+    let (unchecked, checked) = (open(None), open(sums.clone()));
+    let read_all = |file: &FileContents, shift: u64| {
+        let mut offset = shift;
+        while offset < size {
+            black_box(file.read_at(offset, 128 << 10).expect("read"));
+            offset += 128 << 10;
+        }
+    };
+    let mut group = c.benchmark_group("cached_read");
+    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::BytesDecimal(size));
+    group.bench_function("unchecked/128k_aligned", |b| b.iter(|| read_all(&unchecked, 0)));
+    group.bench_function("checked/128k_aligned", |b| b.iter(|| read_all(&checked, 0)));
+    group.bench_function("unchecked/128k_off_4k", |b| b.iter(|| read_all(&unchecked, 4096)));
+    group.bench_function("checked/128k_off_4k", |b| b.iter(|| read_all(&checked, 4096)));
+    group.bench_function("checked/whole_file", |b| b.iter(|| checked.check_all().expect("ok")));
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let inputs = inputs();
     parse(c, &inputs);
     hash(c, &inputs);
     unpack_to_disk(c, &inputs);
+    cached_read(c, &inputs);
 }
 
 criterion_group!(nar_benches, benches);

@@ -34,7 +34,13 @@ pub fn populate(root: &Path, key: &SigningKey, entries: usize) -> Vec<String> {
         let manifest = Manifest {
             narinfo: info.to_string(),
             disk_bytes: 8192,
-            nodes: vec![Node::File { parent: 0, executable: false, size: 5, packed: None }],
+            nodes: vec![Node::File {
+                parent: 0,
+                executable: false,
+                size: 5,
+                packed: None,
+                sums: None,
+            }],
         };
         let dir = root.join("entries").join(&hash);
         std::fs::create_dir(&dir).unwrap();

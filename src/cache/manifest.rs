@@ -11,23 +11,36 @@
 //! magic "storefs-manifest\n" | u32 version | u32 len + narinfo text | u64 disk_bytes
 //! | u32 node count | nodes | 32-byte SHA-256 of everything before it
 //! node = u8 kind | u32 parent | kind 0 dir: u32 n, n × (u16 len + name, u32 child)
-//!                             | kind 1 file: u8 executable, u64 size, u64 pack offset
+//!                             | kind 1 file: u8 executable, u64 size, u64 pack offset,
+//!                                            u32 n, n × u64 block checksum
 //!                             | kind 2 symlink: u16 len + target
 //! ```
-//! A pack offset of `u64::MAX` means the file is `f<id>`. Version 1 (still read) had no pack
-//! offset: every file was `f<id>`. Changing this layout means bumping `MANIFEST_VERSION`; a golden
-//! test pins it.
+//! A pack offset of `u64::MAX` means the file is `f<id>`. A file's bytes are checked in blocks of
+//! `CHECK_BLOCK_BYTES` (the last one shorter): `n` is its number of blocks, and each checksum is
+//! the XXH3-64 of one block, computed while unpacking the NAR whose SHA-256 matched NarHash, so
+//! every read from disk can be checked (`contents.rs`). `n` = 0 for a non-empty file means "not
+//! recorded" (nothing writes that today). Version 2 (still read) had no checksums: its files are
+//! served unchecked (`storefs verify` checks them). Version 1 (still read) had no pack offset
+//! either: every file was `f<id>`. Changing this layout, or `CHECK_BLOCK_BYTES`, means bumping
+//! `MANIFEST_VERSION`; a golden test pins it.
 
 use sha2::{Digest, Sha256};
 
 use crate::nix::nar::NodeId;
+use crate::sync::Arc;
 
 /// Magic at the start of every manifest file.
 pub const MANIFEST_MAGIC: &[u8] = b"storefs-manifest\n";
 /// Version of the manifest encoding.
-pub const MANIFEST_VERSION: u32 = 2;
-/// The previous version, still read: no pack offsets.
+pub const MANIFEST_VERSION: u32 = 3;
+/// An older version, still read: pack offsets, no block checksums.
+const MANIFEST_VERSION_UNCHECKED: u32 = 2;
+/// The oldest version, still read: no pack offsets, no block checksums.
 const MANIFEST_VERSION_UNPACKED: u32 = 1;
+/// A file's bytes are checked in blocks of this size: a read that touches part of a block reads
+/// and checks all of it. As large as the largest packed file, so a packed file is one block, and
+/// half the kernel's usual 128 KiB read (docs/PERFORMANCE.md, "Checking cached bytes").
+pub const CHECK_BLOCK_BYTES: u64 = 64 * 1024;
 /// The pack offset written for a file that has a cache file of its own.
 const OWN_FILE: u64 = u64::MAX;
 /// The root node of every store path.
@@ -54,6 +67,9 @@ pub enum Node {
         size: u64,
         /// Where its bytes start in the entry's pack file; None: in a file of its own, `f<id>`.
         packed: Option<u64>,
+        /// The checksum of each `CHECK_BLOCK_BYTES` block of its bytes (`block_sum`); None when
+        /// the manifest's version recorded none.
+        sums: Option<BlockSums>,
     },
     /// A symbolic link, target kept verbatim.
     Symlink {
@@ -73,6 +89,19 @@ impl Node {
             | Node::Symlink { parent, .. } => *parent,
         }
     }
+}
+
+/// The block checksums of one file, shared by every reader of it without a copy.
+pub type BlockSums = Arc<[u64]>;
+
+/// The checksum of one block of a file's bytes, as recorded in the manifest.
+pub fn block_sum(block: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(block)
+}
+
+/// How many `CHECK_BLOCK_BYTES` blocks a file of `size` bytes has.
+pub fn block_count(size: u64) -> u64 {
+    size.div_ceil(CHECK_BLOCK_BYTES)
 }
 
 /// A store path's tree plus what is needed to trust and account for it.
@@ -146,12 +175,17 @@ impl Manifest {
                         out.extend_from_slice(&child.to_le_bytes());
                     }
                 }
-                Node::File { parent, executable, size, packed } => {
+                Node::File { parent, executable, size, packed, sums } => {
                     out.push(1);
                     out.extend_from_slice(&parent.to_le_bytes());
                     out.push(u8::from(*executable));
                     out.extend_from_slice(&size.to_le_bytes());
                     out.extend_from_slice(&packed.unwrap_or(OWN_FILE).to_le_bytes());
+                    let sums = sums.as_deref().unwrap_or_default();
+                    put_u32(&mut out, sums.len());
+                    for sum in sums {
+                        out.extend_from_slice(&sum.to_le_bytes());
+                    }
                 }
                 Node::Symlink { parent, target } => {
                     out.push(2);
@@ -173,7 +207,9 @@ impl Manifest {
         }
         let mut r = Cursor { bytes, pos: MANIFEST_MAGIC.len() };
         let version = r.u32()?;
-        if version != MANIFEST_VERSION && version != MANIFEST_VERSION_UNPACKED {
+        if ![MANIFEST_VERSION, MANIFEST_VERSION_UNCHECKED, MANIFEST_VERSION_UNPACKED]
+            .contains(&version)
+        {
             return Err(ManifestError::Version { found: version });
         }
         let body_len = bytes.len().checked_sub(DIGEST_LEN).ok_or(ManifestError::Truncated(0))?;
@@ -212,7 +248,11 @@ impl Manifest {
                     if packed.is_some_and(|offset| offset.checked_add(size).is_none()) {
                         return Err(ManifestError::Invalid("packed file beyond 2^64 bytes"));
                     }
-                    Node::File { parent, executable, size, packed }
+                    let sums = match version {
+                        MANIFEST_VERSION => r.block_sums(size)?,
+                        _ => None,
+                    };
+                    Node::File { parent, executable, size, packed, sums }
                 }
                 2 => {
                     let len = r.u16()? as usize;
@@ -295,6 +335,22 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Result<u64, ManifestError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
+    /// The block checksums of a file of `size` bytes: one per block, or none recorded.
+    fn block_sums(&mut self, size: u64) -> Result<Option<BlockSums>, ManifestError> {
+        let n = self.u32()?;
+        if n == 0 && size > 0 {
+            return Ok(None);
+        }
+        if u64::from(n) != block_count(size) {
+            return Err(ManifestError::Invalid("block checksums do not match the file size"));
+        }
+        // Taken before allocating: the count is bounded by the input's size.
+        let len = (n as usize).checked_mul(8).ok_or(ManifestError::Truncated(self.pos))?;
+        let raw = self.take(len)?;
+        let sums =
+            raw.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        Ok(Some(sums.collect()))
+    }
 }
 
 #[cfg(test)]
@@ -317,11 +373,32 @@ mod tests {
                     ],
                 },
                 Node::Directory { parent: 0, entries: vec![(b"hello".to_vec(), 2)] },
-                Node::File { parent: 1, executable: true, size: 5, packed: None },
+                Node::File {
+                    parent: 1,
+                    executable: true,
+                    size: 5,
+                    packed: None,
+                    sums: Some(Arc::from([0x0807_0605_0403_0201])),
+                },
                 Node::Symlink { parent: 0, target: b"bin/hello".to_vec() },
-                Node::File { parent: 0, executable: false, size: 3, packed: Some(5) },
+                Node::File {
+                    parent: 0,
+                    executable: false,
+                    size: 3,
+                    packed: Some(5),
+                    sums: Some(Arc::from([block_sum(b"abc")])),
+                },
             ],
         }
+    }
+
+    fn from_hex(hex: &str) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        bytes.extend_from_slice(&Sha256::digest(&bytes));
+        bytes
     }
 
     #[test]
@@ -340,12 +417,13 @@ mod tests {
         let hex: String = sample().encode().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             &hex[..hex.len() - 64],
-            "73746f726566732d6d616e69666573740a020000001800000053746f72655061\
+            "73746f726566732d6d616e69666573740a030000001800000053746f72655061\
              74683a202f6e69782f73746f72652f780a002000000000000005000000000000\
              000003000000030062696e0100000004006c696e6b030000000500736d616c6c\
              04000000000000000001000000050068656c6c6f020000000101000000010500\
-             000000000000ffffffffffffffff0200000000090062696e2f68656c6c6f0100\
-             0000000003000000000000000500000000000000"
+             000000000000ffffffffffffffff010000000102030405060708020000000009\
+             0062696e2f68656c6c6f01000000000003000000000000000500000000000000\
+             0100000050392f89945faf78"
         );
     }
 
@@ -365,25 +443,66 @@ mod tests {
     #[test]
     fn rejects_other_versions() {
         let mut bytes = sample().encode();
-        bytes[MANIFEST_MAGIC.len()] = 3;
-        assert_eq!(Manifest::decode(&bytes), Err(ManifestError::Version { found: 3 }));
+        bytes[MANIFEST_MAGIC.len()] = 4;
+        assert_eq!(Manifest::decode(&bytes), Err(ManifestError::Version { found: 4 }));
+    }
+
+    /// The block checksum is XXH3-64 (pinned: a change of function is a new manifest version).
+    #[test]
+    fn block_sum_is_xxh3_64() {
+        assert_eq!(block_sum(b""), 0x2d06_8005_38d3_94c2);
+        assert_eq!(block_count(0), 0);
+        assert_eq!(block_count(1), 1);
+        assert_eq!(block_count(CHECK_BLOCK_BYTES), 1);
+        assert_eq!(block_count(CHECK_BLOCK_BYTES + 1), 2);
+    }
+
+    /// A file's checksum count must be its block count (or 0: not recorded).
+    #[test]
+    fn rejects_a_checksum_count_that_is_not_the_block_count() {
+        let mut m = sample();
+        if let Node::File { sums, .. } = &mut m.nodes[2] {
+            *sums = Some(Arc::from([1, 2]));
+        }
+        let err = Manifest::decode(&m.encode()).unwrap_err();
+        assert_eq!(err, ManifestError::Invalid("block checksums do not match the file size"));
+        if let Node::File { sums, .. } = &mut m.nodes[2] {
+            *sums = None;
+        }
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m, "not recorded stays not recorded");
+    }
+
+    /// Version 2, written before block checksums, is still read: its files are unchecked.
+    #[test]
+    fn reads_version_2_manifests() {
+        let bytes = from_hex(
+            "73746f726566732d6d616e69666573740a020000001800000053746f72655061\
+             74683a202f6e69782f73746f72652f780a002000000000000005000000000000\
+             000003000000030062696e0100000004006c696e6b030000000500736d616c6c\
+             04000000000000000001000000050068656c6c6f020000000101000000010500\
+             000000000000ffffffffffffffff0200000000090062696e2f68656c6c6f0100\
+             0000000003000000000000000500000000000000",
+        );
+        let m = Manifest::decode(&bytes).unwrap();
+        let own = Node::File { parent: 1, executable: true, size: 5, packed: None, sums: None };
+        let packed =
+            Node::File { parent: 0, executable: false, size: 3, packed: Some(5), sums: None };
+        assert_eq!(m.node(2), Some(&own));
+        assert_eq!(m.node(4), Some(&packed));
     }
 
     /// Version 1, written before pack files, is still read: every file is a file of its own.
     #[test]
     fn reads_version_1_manifests() {
-        let hex = "73746f726566732d6d616e69666573740a010000001800000053746f72655061\
-                   74683a202f6e69782f73746f72652f780a002000000000000004000000000000\
-                   000002000000030062696e0100000004006c696e6b0300000000000000000100\
-                   0000050068656c6c6f0200000001010000000105000000000000000200000000\
-                   090062696e2f68656c6c6f";
-        let mut bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        bytes.extend_from_slice(&Sha256::digest(&bytes));
+        let bytes = from_hex(
+            "73746f726566732d6d616e69666573740a010000001800000053746f72655061\
+             74683a202f6e69782f73746f72652f780a002000000000000004000000000000\
+             000002000000030062696e0100000004006c696e6b0300000000000000000100\
+             0000050068656c6c6f0200000001010000000105000000000000000200000000\
+             090062696e2f68656c6c6f",
+        );
         let m = Manifest::decode(&bytes).unwrap();
-        let file = Node::File { parent: 1, executable: true, size: 5, packed: None };
+        let file = Node::File { parent: 1, executable: true, size: 5, packed: None, sums: None };
         assert_eq!(m.node(2), Some(&file));
         assert_eq!(m.nodes.len(), 4);
     }

@@ -16,6 +16,7 @@
 mod catalog;
 mod check;
 pub mod contents;
+mod damage;
 mod error;
 mod evict;
 mod export;
@@ -104,8 +105,8 @@ impl Entry {
     /// Opens regular file `id` of this entry. Fails with `NotFound` once the entry was evicted.
     pub fn open_file(&self, id: NodeId) -> std::io::Result<FileContents> {
         match self.manifest.node(id) {
-            Some(Node::File { size, packed, .. }) => {
-                FileContents::open(&self.dir, id, *size, *packed)
+            Some(Node::File { size, packed, sums, .. }) => {
+                FileContents::open(&self.dir, id, *size, *packed, sums.clone())
             }
             _ => Err(std::io::Error::other(format!("node {id} is not a regular file"))),
         }

@@ -246,7 +246,10 @@ impl NarCache {
                 tokio::task::spawn_blocking(move || this.evict_entry(&hash, Some(&entry))).await
             };
             match evicted {
-                Ok(Ok(Some(trash))) => trashed.push(trash),
+                Ok(Ok(Some(trash))) => {
+                    super::stats::CacheStats::bump(&self.stats.corrupt_entries);
+                    trashed.push(trash);
+                }
                 Ok(Ok(None)) => {
                     report.missing.push(entry.store_path.clone());
                     continue;

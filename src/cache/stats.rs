@@ -27,6 +27,8 @@ metrics::counters! {
         prefetch_failures,
         /// narinfos or NARs rejected by verification (signature, hash, size, grammar).
         verify_failures,
+        /// Cached paths found damaged on disk (by a read or by `verify`) and set aside.
+        corrupt_entries,
         /// Paths fetched by closure prefetch (not asked for by a reader at the time).
         prefetched => "prefetched_paths",
         /// References not prefetched because they did not fit without evicting.

@@ -47,7 +47,13 @@ pub(crate) fn entry_for_tests(path: &StorePath, disk_bytes: u64) -> Arc<Entry> {
     let manifest = manifest::Manifest {
         narinfo: text,
         disk_bytes,
-        nodes: vec![manifest::Node::File { parent: 0, executable: false, size: 0, packed: None }],
+        nodes: vec![manifest::Node::File {
+            parent: 0,
+            executable: false,
+            size: 0,
+            packed: None,
+            sums: None,
+        }],
     };
     Arc::new(Entry {
         store_path: path.clone(),

@@ -2,8 +2,9 @@
 //!
 //! One pass: compressed body → decoder → `HashingReader` (SHA-256 + NarSize bound) → NAR parser →
 //! `Unpacker`, which writes each regular file to `f<node id>` in a fresh staging directory (files of
-//! at most `PACK_MAX_FILE_BYTES` are appended to the entry's one `pack` file instead) and builds
-//! the manifest. Nothing here is visible to readers: the caller publishes the staging directory by
+//! at most `PACK_MAX_FILE_BYTES` are appended to the entry's one `pack` file instead), checksums
+//! each file's blocks on the way (`manifest::block_sum`, checked on every later read from disk),
+//! and builds the manifest. Nothing here is visible to readers: the caller publishes the staging directory by
 //! rename only after `unpack` returned Ok, i.e. after NarHash and NarSize matched.
 
 use std::fs::OpenOptions;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::layout::{MANIFEST_FILE, PACK_FILE};
-use super::manifest::{Manifest, Node};
+use super::manifest::{BlockSums, CHECK_BLOCK_BYTES, Manifest, Node, block_sum};
 use crate::nix::hash::NarHash;
 use crate::nix::nar::{self, NodeId, ParseError, VisitError, Visitor};
 use crate::nix::narinfo::NarInfo;
@@ -180,12 +181,67 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// The block checksums of one file, computed as its bytes stream past in pieces of any size.
+#[derive(Default)]
+struct BlockSummer {
+    /// The block begun and not yet complete.
+    partial: xxhash_rust::xxh3::Xxh3,
+    /// Bytes of the block begun.
+    in_block: u64,
+    sums: Vec<u64>,
+}
+
+impl BlockSummer {
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = usize::try_from(CHECK_BLOCK_BYTES - self.in_block).unwrap_or(usize::MAX);
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            if self.in_block == 0 && now.len() as u64 == CHECK_BLOCK_BYTES {
+                // A whole block at once: one call, no copy into the streaming state.
+                self.sums.push(block_sum(now));
+            } else {
+                self.partial.update(now);
+                self.in_block += now.len() as u64;
+                if self.in_block == CHECK_BLOCK_BYTES {
+                    self.end_block();
+                }
+            }
+            bytes = rest;
+        }
+    }
+
+    /// All of a file's bytes at once: one call per block, no streaming state (most files arrive
+    /// in one read, and the streaming state costs more than the hash for a small file).
+    fn whole(&mut self, bytes: &[u8]) {
+        debug_assert!(self.in_block == 0, "a file begins at a block boundary");
+        let block = usize::try_from(CHECK_BLOCK_BYTES).unwrap_or(usize::MAX);
+        self.sums.extend(bytes.chunks(block).map(block_sum));
+    }
+
+    fn end_block(&mut self) {
+        self.sums.push(self.partial.digest());
+        self.partial.reset();
+        self.in_block = 0;
+    }
+
+    /// The checksums of the file's bytes so far, leaving the summer ready for the next file.
+    fn finish(&mut self) -> BlockSums {
+        if self.in_block > 0 {
+            self.end_block();
+        }
+        let sums = BlockSums::from(self.sums.as_slice());
+        self.sums.clear();
+        sums
+    }
+}
+
 /// Builds the manifest and writes file contents under their node numbers, or into the pack.
 struct Unpacker<'a> {
     dir: &'a Path,
     nodes: Vec<Node>,
     disk_bytes: u64,
     buf: Vec<u8>,
+    summer: BlockSummer,
     wrote_a_file: bool,
     /// The pack file, once a small file was seen, and how many bytes it holds.
     pack: Option<(BufWriter<std::fs::File>, u64)>,
@@ -198,6 +254,7 @@ impl<'a> Unpacker<'a> {
             nodes: Vec::new(),
             disk_bytes: 0,
             buf: Vec::new(),
+            summer: BlockSummer::default(),
             wrote_a_file: false,
             pack: None,
         }
@@ -237,9 +294,10 @@ impl Unpacker<'_> {
         !std::mem::replace(&mut self.wrote_a_file, true)
     }
 
-    /// Copies exactly `size` bytes of `contents` to `out`.
+    /// Copies exactly `size` bytes of `contents` to `out`, checksumming them into `summer`.
     fn copy(
         buf: &mut Vec<u8>,
+        summer: &mut BlockSummer,
         contents: &mut dyn Read,
         size: u64,
         id: NodeId,
@@ -254,6 +312,11 @@ impl Unpacker<'_> {
             let n = contents.read(buf)?;
             if n == 0 {
                 break;
+            }
+            if written == 0 && n as u64 == size {
+                summer.whole(&buf[..n]);
+            } else {
+                summer.update(&buf[..n]);
             }
             out.write_all(&buf[..n]).map_err(local)?;
             written += n as u64;
@@ -280,7 +343,7 @@ impl Unpacker<'_> {
         }
         let (pack, len) = self.pack.as_mut().expect("created above");
         let start = *len;
-        Self::copy(&mut self.buf, contents, size, id, pack, &local)?;
+        Self::copy(&mut self.buf, &mut self.summer, contents, size, id, pack, &local)?;
         *len += size;
         Ok(start)
     }
@@ -297,7 +360,7 @@ impl Unpacker<'_> {
         let local = |source| local_write_error(path.clone(), source);
         let mode = if executable { 0o555 } else { 0o444 };
         let mut file = create_cache_file(&path, mode).map_err(local)?;
-        Self::copy(&mut self.buf, contents, size, id, &mut file, &local)?;
+        Self::copy(&mut self.buf, &mut self.summer, contents, size, id, &mut file, &local)?;
         // What the filesystem really allocated (ext4 counts delayed allocations too), so the
         // accounting matches `du`.
         self.disk_bytes += file.metadata().map_err(local)?.blocks() * 512;
@@ -346,7 +409,9 @@ impl Visitor for Unpacker<'_> {
             self.write_own(id, executable, size, contents)?;
             None
         };
-        self.push(id, parent, Node::File { parent: parent_id(parent), executable, size, packed })?;
+        let sums = Some(self.summer.finish());
+        let node = Node::File { parent: parent_id(parent), executable, size, packed, sums };
+        self.push(id, parent, node)?;
         if id > 0 && self.first_file_done() {
             crate::failpoint::hit("unpack::after_first_file");
         }
@@ -361,5 +426,29 @@ impl Visitor for Unpacker<'_> {
     ) -> VisitResult {
         let node = Node::Symlink { parent: parent_id(parent), target: target.to_vec() };
         self.push(id, parent, node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However the bytes arrive, the checksums are those of whole blocks (the last one short).
+    #[test]
+    fn block_sums_do_not_depend_on_how_the_bytes_arrive() {
+        let block = CHECK_BLOCK_BYTES as usize;
+        let bytes: Vec<u8> = (0..2 * block + 100).map(|i| (i % 251) as u8).collect();
+        let expected: Vec<u64> = bytes.chunks(block).map(block_sum).collect();
+        for piece in [1, 7, 4096, block - 1, block, block + 1, bytes.len()] {
+            let mut summer = BlockSummer::default();
+            bytes.chunks(piece).for_each(|p| summer.update(p));
+            assert_eq!(&*summer.finish(), expected.as_slice(), "pieces of {piece} bytes");
+            summer.update(b"next");
+            assert_eq!(&*summer.finish(), &[block_sum(b"next")], "ready for the next file");
+        }
+        let mut summer = BlockSummer::default();
+        summer.whole(&bytes);
+        assert_eq!(&*summer.finish(), expected.as_slice(), "all at once");
+        assert!(BlockSummer::default().finish().is_empty(), "an empty file has no block");
     }
 }

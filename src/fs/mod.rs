@@ -28,7 +28,7 @@ use self::dir::RootListing;
 use self::error::FsError;
 use self::inode::Inode;
 use self::paths::PathTable;
-use crate::cache::contents::FileContents;
+use crate::cache::contents::{FileContents, is_damage};
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
 use crate::cache::{Entry, NarCache};
 use crate::metrics::{self, Report, Snapshot};
@@ -255,31 +255,91 @@ impl StoreFs {
     }
 
     /// Opens regular file `ino` for reading, returning a handle; any write access is EROFS.
-    /// Fetches its path again if it was evicted since it was looked up (same NarHash, same tree).
+    /// Fetches its path again if it was evicted since it was looked up (same NarHash, same tree),
+    /// or found damaged.
+    ///
+    /// A file with a cache file of its own may be handed to the kernel whole (`--passthrough`),
+    /// whose reads then never reach the daemon: so such a file is read and checked against its
+    /// block checksums here, on the blocking pool, before the handle exists (docs/SEMANTICS.md).
     pub fn open(self: &Arc<Self>, ino: u64, flags: i32) -> Answer<u64> {
         if let Err(err) = read_only(flags) {
             return Answer::Now(Err(err));
         }
         let this = self.clone();
-        self.contents(ino).and_then(move |contents| Ok(this.add_handle(contents)))
+        let opened = match self.contents(ino) {
+            Answer::Now(Ok(contents)) if contents.own_file().is_some() && contents.is_checked() => {
+                let this = self.clone();
+                Answer::AfterFetch(Box::pin(async move { this.checked_whole(ino, contents).await }))
+            }
+            other => other,
+        };
+        opened.and_then(move |contents| Ok(this.add_handle(contents)))
+    }
+
+    /// `contents` of regular file `ino` once every block was read and checked; if any is
+    /// damaged, the file of a fresh copy of its path, checked too.
+    async fn checked_whole(
+        self: Arc<Self>,
+        ino: u64,
+        contents: FileContents,
+    ) -> Result<FileContents, FsError> {
+        let check = |contents: FileContents| async move {
+            let checked = tokio::task::spawn_blocking(move || {
+                let result = contents.check_all();
+                (contents, result)
+            });
+            checked.await.map_err(|join| FsError::Io(std::io::Error::other(join)))
+        };
+        match check(contents).await? {
+            (contents, Ok(())) => Ok(contents),
+            (_, Err(problem)) if is_damage(&problem) => {
+                let (entry, node) = self.regular_file(ino)?;
+                let fresh = self.refetched(entry, node, problem).await?;
+                let (fresh, result) = check(fresh).await?;
+                result.map(|()| fresh).map_err(FsError::Io)
+            }
+            (_, Err(err)) => Err(FsError::Io(err)),
+        }
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino`, through open handle `fh`, or
     /// with `NO_HANDLE` (the kernel sent no OPEN, see `fuse.rs`) from the cache file itself.
-    /// Reading a cached file is a `pread` of local disk or page cache, quick enough for a FUSE
-    /// thread; only a file whose path was evicted since its lookup waits for a fetch.
+    /// Reading a cached file is a `pread` of local disk or page cache, checked against the
+    /// file's block checksums, quick enough for a FUSE thread; only a file whose path was
+    /// evicted since its lookup, or whose cached copy is damaged (`is_damage`), waits for a
+    /// fetch of its path, and the reader gets the fresh copy's bytes, never the damaged ones.
     ///
     /// Without a handle the cache file is opened for each read and closed after it: an open
     /// costs a path walk in the dentry cache, small beside the round trip that brought the READ
     /// (at most 1 MiB each), and a descriptor kept past the read would keep an evicted file's
     /// blocks allocated.
     pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Answer<Vec<u8>> {
-        if fh != NO_HANDLE {
-            let contents = self.file(fh).ok_or(FsError::BadHandle(fh));
-            return Answer::Now(contents.and_then(|c| self.read_contents(&c, offset, size)));
-        }
         let this = self.clone();
-        self.contents(ino).and_then(move |contents| this.read_contents(&contents, offset, size))
+        let serve = move |contents: &FileContents| this.serve(contents, offset, size);
+        if fh != NO_HANDLE {
+            let Some(contents) = self.file(fh) else {
+                return Answer::Now(Err(FsError::BadHandle(fh)));
+            };
+            return match self.serve(&contents, offset, size) {
+                Err(problem) if is_damage(&problem) => {
+                    let this = self.clone();
+                    self.after_damage(ino, problem).and_then(move |fresh| {
+                        let fresh = this.replace_handle(fh, fresh);
+                        Ok(serve(&fresh)?)
+                    })
+                }
+                other => Answer::Now(other.map_err(FsError::Io)),
+            };
+        }
+        match self.contents(ino) {
+            Answer::Now(Ok(contents)) => match self.serve(&contents, offset, size) {
+                Err(problem) if is_damage(&problem) => {
+                    self.after_damage(ino, problem).and_then(move |fresh| Ok(serve(&fresh)?))
+                }
+                other => Answer::Now(other.map_err(FsError::Io)),
+            },
+            later => later.and_then(move |contents| Ok(serve(&contents)?)),
+        }
     }
 
     /// Regular file `ino`, opened: at once if its path is cached, else after fetching it again.
@@ -293,17 +353,42 @@ impl StoreFs {
         self.cache.mark_used(&entry.store_path);
         match entry.open_file(node) {
             Ok(contents) => Answer::Now(Ok(contents)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Evicted since its lookup: the same path again, from the kept narinfo.
+            // Evicted since its lookup (`NotFound`), or its cache file damaged: the same path
+            // again, from the kept narinfo.
+            Err(problem) if is_damage(&problem) => {
                 let this = self.clone();
-                Answer::AfterFetch(Box::pin(async move {
-                    let fresh = this.cache.get(&entry.store_path).await?;
-                    this.write_paths().refresh(&fresh);
-                    Ok(fresh.open_file(node)?)
-                }))
+                Answer::AfterFetch(Box::pin(
+                    async move { this.refetched(entry, node, problem).await },
+                ))
             }
             Err(e) => Answer::Now(Err(e.into())),
         }
+    }
+
+    /// Regular file `ino` from a fresh copy of its path: its cached copy was found damaged.
+    fn after_damage(self: &Arc<Self>, ino: u64, problem: std::io::Error) -> Answer<FileContents> {
+        let (entry, node) = match self.regular_file(ino) {
+            Ok(found) => found,
+            Err(err) => return Answer::Now(Err(err)),
+        };
+        let this = self.clone();
+        Answer::AfterFetch(Box::pin(async move { this.refetched(entry, node, problem).await }))
+    }
+
+    /// File `node` of a fresh copy of `entry`'s path: `entry` had `problem` (`is_damage`), so it
+    /// is set aside first unless it is already gone (evicted: then nothing is counted), and the
+    /// path is fetched again with the same NarHash. A fresh copy that is damaged too is an error,
+    /// never a loop.
+    async fn refetched(
+        &self,
+        entry: Arc<Entry>,
+        node: NodeId,
+        problem: std::io::Error,
+    ) -> Result<FileContents, FsError> {
+        self.cache.set_aside(&entry, &problem.to_string()).await;
+        let fresh = self.cache.get(&entry.store_path).await?;
+        self.write_paths().refresh(&fresh);
+        Ok(fresh.open_file(node)?)
     }
 
     /// The entry and node of regular file `ino`.
@@ -328,16 +413,20 @@ impl StoreFs {
         lock(&self.files).get(&fh).cloned()
     }
 
-    /// Up to `size` bytes at `offset` of `contents`, counted as served.
-    fn read_contents(
-        &self,
-        contents: &FileContents,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<u8>, FsError> {
+    /// Up to `size` bytes at `offset` of `contents`, checked, and counted as served.
+    fn serve(&self, contents: &FileContents, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
         let data = contents.read_at(offset, u64::from(size))?;
         metrics::add(&self.counters.bytes_served, data.len() as u64);
         Ok(data)
+    }
+
+    /// Points open handle `fh`, if still open, at `fresh` (its old cache file was damaged).
+    fn replace_handle(&self, fh: u64, fresh: FileContents) -> Arc<FileContents> {
+        let fresh = Arc::new(fresh);
+        if let Some(held) = lock(&self.files).get_mut(&fh) {
+            *held = fresh.clone();
+        }
+        fresh
     }
 
     /// Closes open file `fh`.

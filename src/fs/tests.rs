@@ -320,3 +320,92 @@ async fn the_root_listing_continues_by_slot_and_its_mtime_moves() {
     let cookies: Vec<_> = all.iter().map(|e| e.next_offset).collect();
     assert!(cookies.windows(2).all(|w| w[0] < w[1]), "cookies ascend: {cookies:?}");
 }
+
+/// The cache file holding regular file `id` of `path` in the cache of `fx`: `f<id>` or the pack.
+/// Made writable, so a test can damage it.
+fn cache_file_of(fx: &Fixture, fs: &StoreFs, path: &StorePath, id: NodeId) -> std::path::PathBuf {
+    let dir = fx.config.dir.join("entries").join(path.hash_part());
+    let file = match fs.cache().cached(path).unwrap().manifest.node(id) {
+        Some(Node::File { packed: Some(_), .. }) => dir.join(crate::cache::layout::PACK_FILE),
+        _ => dir.join(crate::cache::unpack::file_name(id)),
+    };
+    let mut perms = std::fs::metadata(&file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false, reason = "the test damages a 0444 file")]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&file, perms).unwrap();
+    file
+}
+
+/// Acceptance (issue 12): a cached file with a flipped byte, a zero fill, cut short, deleted or
+/// replaced by a symlink is never served: the entry is set aside (counted once), the path
+/// fetched again, and the reader gets the right bytes, through a handle or without one.
+#[tokio::test]
+async fn damaged_cache_files_are_set_aside_and_fetched_again() {
+    type Damage = fn(&std::path::Path);
+    let flip: Damage = |f| {
+        let mut bytes = std::fs::read(f).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(f, bytes).unwrap();
+    };
+    let zero_fill: Damage = |f| {
+        let len = std::fs::metadata(f).unwrap().len();
+        std::fs::write(f, vec![0u8; len as usize]).unwrap();
+    };
+    let cut_short: Damage = |f| {
+        let len = std::fs::metadata(f).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(len - 1).unwrap();
+    };
+    let delete: Damage = |f| std::fs::remove_file(f).unwrap();
+    let symlink: Damage = |f| {
+        let elsewhere = f.with_extension("elsewhere");
+        std::fs::rename(f, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, f).unwrap();
+    };
+    let damages = [("flip", flip), ("zero fill", zero_fill), ("cut short", cut_short)];
+    let damages = damages.into_iter().chain([("deleted", delete), ("symlink", symlink)]);
+    let fx = Fixture::new(1);
+    let path = sp('k', "rot");
+    let size = 150 * 1024;
+    publish(&fx.ups[0], &key(), &path, &tree("#!/bin/sh\n", size));
+    let fs = mounted(&fx);
+    let root = fs.lookup(inode::ROOT_INO, path.to_string().as_bytes()).wait().await.unwrap();
+    let bin = fs.lookup(root.attr.ino, b"bin").wait().await.unwrap();
+    let tool = fs.lookup(bin.attr.ino, b"tool").wait().await.unwrap();
+    let data = fs.lookup(root.attr.ino, b"data").wait().await.unwrap();
+    let ids = |ino: u64| match Inode::from_ino(ino) {
+        Some(Inode::Node { node, .. }) => node,
+        _ => panic!("not a node"),
+    };
+    let mut expected_nars = 1;
+    for (n, (what, damage)) in damages.enumerate() {
+        // The packed tool, then data's own file, at its last byte, through no handle.
+        for (ino, offset, want) in [
+            (tool.attr.ino, 2, b"/bin/sh\n".to_vec()),
+            (data.attr.ino, size as u64 - 3, vec![7u8; 3]),
+        ] {
+            damage(&cache_file_of(&fx, &fs, &path, ids(ino)));
+            let read = fs.read(ino, NO_HANDLE, offset, 100);
+            assert!(!read.is_now(), "{what}: served from the damaged copy");
+            assert_eq!(read.wait().await.unwrap(), want, "{what}: the right bytes");
+            expected_nars += 1;
+            assert_eq!(fx.ups[0].requests().1, expected_nars, "{what}: fetched again");
+        }
+        let corrupt = fs.cache().stats.corrupt_entries.load(Ordering::Relaxed);
+        assert_eq!(corrupt, 2 * (n as u64 + 1), "{what}: each entry counted once");
+    }
+    // Through an open handle: the handle moves to the fresh copy.
+    let fh = fs.open(data.attr.ino, libc::O_RDONLY).wait().await.unwrap();
+    flip(&cache_file_of(&fx, &fs, &path, ids(data.attr.ino)));
+    let last = size as u64 - 4;
+    assert_eq!(now(fs.read(data.attr.ino, fh, 0, 4)).unwrap(), [7; 4], "the first block is fine");
+    let read = fs.read(data.attr.ino, fh, last, 4);
+    assert!(!read.is_now(), "served from the damaged copy through a handle");
+    assert_eq!(read.wait().await.unwrap(), [7; 4]);
+    assert_eq!(now(fs.read(data.attr.ino, fh, last, 4)).unwrap(), [7; 4], "the fresh copy, now");
+    // An own file opened (for passthrough) is checked whole before the handle exists.
+    flip(&cache_file_of(&fx, &fs, &path, ids(data.attr.ino)));
+    let fh = fs.open(data.attr.ino, libc::O_RDONLY).wait().await.unwrap();
+    assert_eq!(fx.ups[0].requests().1, expected_nars + 2, "the open fetched it again");
+    assert_eq!(now(fs.read(data.attr.ino, fh, 0, 4)).unwrap(), [7; 4]);
+}

@@ -249,6 +249,14 @@ pub const METRICS: &[Metric] = &[
         help: "narinfos or NARs rejected by verification",
     },
     Metric {
+        name: "storefs_corrupt_entries_total",
+        kind: Counter,
+        unit: "paths",
+        source: Daemon("corrupt_entries"),
+        shown: Line("corrupt entries", Count),
+        help: "Cached paths found damaged on disk (by a read or by verify) and set aside",
+    },
+    Metric {
         name: "process_start_time_seconds",
         kind: Gauge,
         unit: "seconds since the epoch",
