@@ -26,6 +26,7 @@ mod narinfo_store;
 mod ops;
 mod pins;
 mod prefetch;
+mod reason;
 pub mod renar;
 mod scan;
 pub mod stats;
@@ -53,7 +54,10 @@ pub use self::min_free::MinFree;
 pub use self::ops::{GcReport, VerifyReport};
 pub use self::prefetch::DEFAULT_PREFETCH_JOBS;
 use self::prefetch::Prefetcher;
+pub use self::reason::FailureReason;
+use self::reason::{FailureCounts, ReaderLimit};
 use self::stats::CacheStats;
+use crate::logging::Throttle;
 use crate::metrics::{Report, Snapshot};
 use crate::nix::nar::NodeId;
 use crate::nix::narinfo::NarInfo;
@@ -62,9 +66,14 @@ use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
 use crate::upstream::UpstreamSet;
 use crate::upstream::low_speed::LowSpeedLimit;
+use crate::upstream::rate::{DEFAULT_MAX_WAIT, KeyedPace, RateLimit};
 
 /// Most "absent" answers remembered at once.
 const NEGATIVE_CACHE_ENTRIES: usize = 65_536;
+/// Per-path failure lines written per interval (`FAILURE_LOG_INTERVAL`); the rest are counted.
+const FAILURE_LOG_LINES: u32 = 20;
+/// The interval of `FAILURE_LOG_LINES`.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the cache needs to know from the configuration.
 #[derive(Clone, Debug)]
@@ -81,6 +90,12 @@ pub struct CacheConfig {
     pub min_free: MinFree,
     /// Background downloads of referenced paths at once; 0 turns closure prefetch off.
     pub prefetch_jobs: usize,
+    /// Longest a reader waits for a path that is not cached (its turn under `uid_rate`
+    /// included); then it gets an error while the fetch goes on for later readers. None: no
+    /// bound.
+    pub fetch_timeout: Option<Duration>,
+    /// How fast one uid may start fetches (joining a running fetch is free).
+    pub uid_rate: RateLimit,
 }
 
 /// One verified store path in the cache.
@@ -138,6 +153,12 @@ pub struct NarCache {
     inflight: Mutex<HashMap<String, InFlight>>,
     negative: Mutex<LruCache<String, Instant>>,
     prefetcher: Prefetcher,
+    /// Each uid's turns to start a fetch.
+    uid_pace: KeyedPace<u32>,
+    /// Lines about one path's failure, rate limited: a storm of failing names writes a few.
+    failure_log: Throttle,
+    /// Failed lookups by reason.
+    failures: FailureCounts,
     /// Set by `close`: nothing in the directory changes any more (checked under `moves`).
     closed: AtomicBool,
     /// Becomes true when the start-up scan of `entries/` has finished, well or not.
@@ -171,6 +192,9 @@ impl NarCache {
             inflight: Mutex::new(HashMap::new()),
             negative: Mutex::new(LruCache::new(negative_cap)),
             prefetcher: Prefetcher::new(config.prefetch_jobs),
+            uid_pace: KeyedPace::new(config.uid_rate),
+            failure_log: Throttle::new(FAILURE_LOG_LINES, FAILURE_LOG_INTERVAL),
+            failures: FailureCounts::default(),
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
             stats: CacheStats::default(),
@@ -218,8 +242,54 @@ impl NarCache {
         self.cached(sp).is_some()
     }
 
-    /// The entry for `sp`, fetched and verified from the substituters if needed.
+    /// The entry for `sp`, fetched and verified from the substituters if needed, within the
+    /// fetch timeout; not limited by `uid_rate` (control commands, the daemon itself).
     pub async fn get(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
+        self.get_as(sp, None).await
+    }
+
+    /// [`NarCache::get`] for a reader with `uid`: starting a fetch takes one of the uid's
+    /// turns under `uid_rate`. Whatever happens, the answer comes within the fetch timeout: a
+    /// fetch still running then goes on in the background, and a later lookup joins it.
+    pub async fn get_as(
+        self: &Arc<Self>,
+        sp: &StorePath,
+        uid: Option<u32>,
+    ) -> Result<Arc<Entry>, CacheError> {
+        let result = match self.config.fetch_timeout {
+            Some(limit) => tokio::time::timeout(limit, self.lookup(sp, uid))
+                .await
+                .unwrap_or_else(|_| Err(reader_limit(sp, ReaderLimit::Deadline(limit)))),
+            None => self.lookup(sp, uid).await,
+        };
+        if let Err(err) = &result {
+            self.failures.count(err);
+        }
+        result
+    }
+
+    /// Waits for `uid`'s turn to start a fetch of `sp`; none is needed to join one.
+    async fn uid_turn(&self, sp: &StorePath, uid: u32) -> Result<(), CacheError> {
+        if lock(&self.inflight).contains_key(&sp.hash_part()) {
+            return Ok(());
+        }
+        let max_wait = self.config.fetch_timeout.unwrap_or(DEFAULT_MAX_WAIT);
+        match self.uid_pace.reserve(uid, Instant::now(), max_wait) {
+            Ok(wait) if wait.is_zero() => Ok(()),
+            Ok(wait) => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Err(wait) => Err(reader_limit(sp, ReaderLimit::UidRate { uid, wait })),
+        }
+    }
+
+    /// `get_as` before its deadline.
+    async fn lookup(
+        self: &Arc<Self>,
+        sp: &StorePath,
+        uid: Option<u32>,
+    ) -> Result<Arc<Entry>, CacheError> {
         CacheStats::bump(&self.stats.lookups);
         let hash = sp.hash_part();
         let mut found = lock(&self.catalog).get(&hash);
@@ -239,6 +309,9 @@ impl NarCache {
         if self.negative_hit(&hash) {
             CacheStats::bump(&self.stats.negative_hits);
             return Err(CacheError::NotFound(sp.to_string()));
+        }
+        if let Some(uid) = uid {
+            self.uid_turn(sp, uid).await?;
         }
         // A prefetch this reader joined may have given up for want of room just before it was
         // told a reader waits; then the reader fetches the path itself.
@@ -354,10 +427,16 @@ impl NarCache {
     }
 }
 
+/// A reader's failure to get `sp` that is no substituter's fault.
+fn reader_limit(sp: &StorePath, limit: ReaderLimit) -> CacheError {
+    let failures = error::Failures(vec![Failure { upstream: None, cause: Cause::new(limit) }]);
+    CacheError::Unavailable { path: sp.to_string(), failures }
+}
+
 impl Report for NarCache {
     fn report(&self, snap: &mut Snapshot) {
         let s = &self.stats;
-        for (key, n) in s.figures() {
+        for (key, n) in s.figures().chain(self.failures.figures()) {
             snap.set(key, n);
         }
         let (lookups, hits) = (CacheStats::get(&s.lookups), CacheStats::get(&s.hits));

@@ -164,6 +164,17 @@ impl StoreFs {
     /// Looks up `name` in directory `parent`. Inside a store path the answer is in memory; a
     /// name in the mount root may have to be fetched first.
     pub fn lookup(self: &Arc<Self>, parent: u64, name: &[u8]) -> Answer<Lookup> {
+        self.lookup_as(parent, name, None)
+    }
+
+    /// [`StoreFs::lookup`] by a reader with `uid`: a fetch it starts counts against the uid's
+    /// rate (`--uid-rate`).
+    pub fn lookup_as(
+        self: &Arc<Self>,
+        parent: u64,
+        name: &[u8],
+        uid: Option<u32>,
+    ) -> Answer<Lookup> {
         match self.inode(parent) {
             Err(err) => Answer::Now(Err(err)),
             Ok(Inode::Node { slot, node }) => {
@@ -180,7 +191,7 @@ impl StoreFs {
                 };
                 let this = self.clone();
                 Answer::AfterFetch(Box::pin(async move {
-                    let entry = this.cache.get(&sp).await?;
+                    let entry = this.cache.get_as(&sp, uid).await?;
                     let slot = this.hold(&entry, 1, true);
                     let ino = Inode::Node { slot, node: ROOT_NODE }.ino();
                     let attr = attr_of(&entry.manifest, ino, ROOT_NODE)?;

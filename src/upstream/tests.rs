@@ -28,7 +28,8 @@ fn upstream_with(
     stall: Duration,
 ) -> HttpUpstream {
     let client = build_client(HttpTimeouts { connect: 1000 * MS, stall }).unwrap();
-    let options = HttpOptions { retry: RetryPolicy::with_budget(budget), backoff, credentials };
+    let retry = RetryPolicy::with_budget(budget);
+    let options = HttpOptions { retry, backoff, credentials, ..HttpOptions::default() };
     HttpUpstream::new(url, client, options).unwrap()
 }
 
