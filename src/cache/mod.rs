@@ -33,6 +33,8 @@ pub mod stats;
 pub mod unpack;
 
 #[cfg(test)]
+mod limit_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 use self::contents::FileContents;

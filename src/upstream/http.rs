@@ -591,6 +591,36 @@ mod tests {
     }
 
     #[test]
+    fn redirects_to_special_addresses_only_from_the_same_kind() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let follows = |from: &str, next: &str| redirect_verdict(&[url(from)], &url(next)).is_ok();
+        let public = "https://cache.example.org/x.narinfo";
+        for special in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://169.254.0.1/",
+            "http://[fe80::1]/",
+            "http://[febf::1]/",
+            "http://127.0.0.1:8080/",
+            "http://[::1]/",
+            "http://0.0.0.0/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://224.0.0.1/",
+            "http://255.255.255.255/",
+            "http://100.100.100.200/",
+            "http://[fd00:ec2::254]/",
+            "http://metadata.google.internal./",
+        ] {
+            assert!(!follows(public, special), "{special} followed from {public}");
+        }
+        for ordinary in ["https://s3.example/y", "https://10.0.0.5/", "https://[fec0::1]/"] {
+            assert!(follows(public, ordinary), "{ordinary} refused");
+        }
+        assert!(follows("http://127.0.0.1:5000/c/x", "http://127.0.0.1:9000/nar"), "loopback");
+        assert!(follows("http://[fe80::2]/c/x", "http://169.254.1.1/nar"), "link-local");
+        assert!(!follows("http://127.0.0.1/c/x", "http://169.254.169.254/"), "another kind");
+    }
+
+    #[test]
     fn refuses_non_http_base_urls() {
         let err = HttpUpstream::new("ftp://x/", reqwest::Client::new(), HttpOptions::default())
             .unwrap_err();
