@@ -45,7 +45,7 @@ async fn a_trickled_narinfo_fails_the_reader_at_the_fetch_timeout() {
     assert!(first.unwrap_err().to_string().contains("--fetch-timeout"));
     assert!(took >= 2900 * MS && took < 6000 * MS, "EIO after {took:?}");
     assert_eq!(cache.snapshot().count("in_flight"), Some(1), "the fetch goes on");
-    let again = cache.get(&path).await;
+    let again = cache.get_as(&path, None).await;
     assert_eq!(reason(&again), Some(FailureReason::Timeout));
     let narinfos = server.seen().iter().filter(|s| s.path.ends_with(".narinfo")).count();
     assert_eq!(narinfos, 1, "the second reader joined the running fetch");

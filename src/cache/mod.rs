@@ -244,15 +244,17 @@ impl NarCache {
         self.cached(sp).is_some()
     }
 
-    /// The entry for `sp`, fetched and verified from the substituters if needed, within the
-    /// fetch timeout; not limited by `uid_rate` (control commands, the daemon itself).
+    /// The entry for `sp`, fetched and verified from the substituters if needed, however long
+    /// that takes (control commands: `storefs prefetch` of a large path must not give up).
+    /// Readers use [`NarCache::get_as`].
     pub async fn get(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
-        self.get_as(sp, None).await
+        self.lookup(sp, None).await
     }
 
-    /// [`NarCache::get`] for a reader with `uid`: starting a fetch takes one of the uid's
-    /// turns under `uid_rate`. Whatever happens, the answer comes within the fetch timeout: a
-    /// fetch still running then goes on in the background, and a later lookup joins it.
+    /// [`NarCache::get`] for a reader of the mount, with its `uid` when the kernel named one:
+    /// starting a fetch takes one of the uid's turns under `uid_rate`, and whatever happens the
+    /// answer comes within the fetch timeout (a fetch still running then goes on in the
+    /// background, and a later lookup joins it). Each failure is counted by its reason.
     pub async fn get_as(
         self: &Arc<Self>,
         sp: &StorePath,

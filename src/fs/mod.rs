@@ -297,7 +297,7 @@ impl StoreFs {
                 // Evicted since its lookup: the same path again, from the kept narinfo.
                 let this = self.clone();
                 Answer::AfterFetch(Box::pin(async move {
-                    let fresh = this.cache.get(&entry.store_path).await?;
+                    let fresh = this.cache.get_as(&entry.store_path, None).await?;
                     this.write_paths().refresh(&fresh);
                     Ok(fresh.open_file(node)?)
                 }))
