@@ -90,18 +90,9 @@ fn print(args: &StatsArgs) -> Result<(), StatsError> {
 pub fn table(s: &Snapshot) -> String {
     let mut t = String::new();
     for m in METRICS {
-        match (m.source, m.shown) {
-            (Source::Daemon(key), Shown::Line(label, format)) => {
-                let value = cell(format, s.figures.get(key), s);
-                t.push_str(&format!("{label:<18} {value}\n"));
-            }
-            (Source::Labelled { key, values, .. }, Shown::Line(label, format)) => {
-                let line = values.iter().map(|v| {
-                    format!("{v} {}", cell(format, s.figures.get(&format!("{key}_{v}")), s))
-                });
-                t.push_str(&format!("{label:<18} {}\n", line.collect::<Vec<_>>().join(", ")));
-            }
-            _ => {}
+        if let (Source::Daemon(key), Shown::Line(label, format)) = (m.source, m.shown) {
+            let value = cell(format, s.figures.get(key), s);
+            t.push_str(&format!("{label:<18} {value}\n"));
         }
     }
     let columns: Vec<(&str, Format, &str)> = METRICS
