@@ -314,14 +314,15 @@ impl NarCache {
             CacheStats::bump(&self.stats.negative_hits);
             return Err(CacheError::NotFound(sp.to_string()));
         }
-        if let Some(uid) = uid {
-            self.uid_turn(sp, uid).await?;
-        }
         // A prefetch this reader joined may have given up for want of room just before it was
         // told a reader waits; then the reader fetches the path itself.
         let mut tries = 0;
         let entry = loop {
             tries += 1;
+            if let (Some(uid), 1) = (uid, tries) {
+                // Starting a fetch takes a turn of the reader's uid (joining one does not).
+                self.uid_turn(sp, uid).await?;
+            }
             match self.start_or_join(sp).await {
                 Err(CacheError::NoRoomToPrefetch(_)) if tries < 3 => continue,
                 result => break result?,
