@@ -71,13 +71,13 @@ impl FailureReason {
     pub fn of(err: &CacheError) -> Option<Self> {
         match err {
             CacheError::NotFound(_) | CacheError::NoRoomToPrefetch(_) => None,
-            CacheError::TooLarge { .. } | CacheError::Pinned(_) | CacheError::Local { .. } => {
-                Some(FailureReason::Local)
-            }
             CacheError::Unavailable { failures, .. } => {
                 let each: Vec<_> = failures.0.iter().map(|f| Self::of_cause(&f.cause)).collect();
                 Some(Self::ALL.into_iter().find(|r| each.contains(r)).unwrap_or(Self::Network))
             }
+            // Every other error is about this host's disk: a path too large for it, no room
+            // left, a pinned path, a local failure.
+            _ => Some(FailureReason::Local),
         }
     }
 
@@ -95,7 +95,7 @@ impl FailureReason {
                 Rejected::OtherNarHash { .. } => FailureReason::Hash,
             };
         }
-        if let Some(DownloadError::Local(_) | DownloadError::NoSpace(_)) = cause.find() {
+        if let Some(DownloadError::Local { .. } | DownloadError::NoSpace { .. }) = cause.find() {
             return FailureReason::Local;
         }
         if let Some(unpack) = cause.find::<UnpackError>() {
