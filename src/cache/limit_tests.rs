@@ -60,7 +60,9 @@ async fn a_trickled_narinfo_fails_the_reader_at_the_fetch_timeout() {
 async fn one_uids_storm_does_not_fail_another_uids_lookup() {
     let mut fx = Fixture::new(1);
     fx.config.uid_rate = crate::upstream::rate::RateLimit { per_second: 1, burst: 2 };
-    fx.config.fetch_timeout = Some(500 * MS);
+    // Turns come every second after a burst of 2, and a reader may wait 3 s: five turns are
+    // taken (waiting 0, 0, 1, 2 and 3 s), every later one is refused at once.
+    fx.config.fetch_timeout = Some(3000 * MS);
     let wanted = sp('w', "wanted");
     publish(&fx.ups[0], &key(), &wanted, &tree("w", 10));
     let cache = fx.open();
@@ -69,19 +71,21 @@ async fn one_uids_storm_does_not_fail_another_uids_lookup() {
     let start = Instant::now();
     let storm = futures::future::join_all(names.iter().map(|n| cache.get_as(n, Some(1000))));
     let (storm, other) = tokio::join!(storm, cache.get_as(&wanted, Some(0)));
-    assert!(start.elapsed() < 2000 * MS, "refusals are immediate: {:?}", start.elapsed());
+    assert!(start.elapsed() < 6000 * MS, "the storm took {:?}", start.elapsed());
     other.expect("another uid's cold path is served");
     let refused = storm.iter().filter(|r| reason(r) == Some(FailureReason::RateLimited)).count();
     let absent = storm.iter().filter(|r| matches!(r, Err(CacheError::NotFound(_)))).count();
-    // 20 distinct hash parts: the burst of 2 fetched (absent), the others of those 50 names
-    // either joined those two fetches or were refused.
-    assert!(absent >= 2 && refused >= 40, "absent {absent}, refused {refused}");
-    assert_eq!(absent + refused, 50);
+    // 20 distinct hash parts: five took turns and were fetched (absent), the others of those
+    // 50 names either joined those fetches or were refused.
+    assert!(absent >= 2 && refused >= 35, "absent {absent}, refused {refused}");
+    // A turn taken near the end of the 3 s may leave too little time for its fetch.
+    let late = storm.iter().filter(|r| reason(r) == Some(FailureReason::Timeout)).count();
+    assert!(late <= 2 && absent + refused + late == 50, "{absent} {refused} {late}");
     let text =
         storm.iter().find_map(|r| r.as_ref().err().filter(|e| FailureReason::of(e).is_some()));
     assert!(text.unwrap().to_string().contains("uid 1000"), "{text:?}");
     let (narinfo_requests, _) = fx.ups[0].requests();
-    assert!(narinfo_requests <= 3, "{narinfo_requests} requests: the burst and the other uid");
+    assert!(narinfo_requests <= 6, "{narinfo_requests} requests: five turns and the other uid");
     // Known absent: no turn needed.
     let known = storm.iter().zip(&names).find(|(r, _)| matches!(r, Err(CacheError::NotFound(_))));
     assert!(matches!(
