@@ -73,7 +73,6 @@ impl Throttle {
 
 /// `tracing::warn!` through a [`Throttle`]: written only when the throttle admits it, preceded
 /// by a line saying how many similar lines were left out before it.
-#[macro_export]
 macro_rules! warn_throttled {
     ($throttle:expr, $($arg:tt)+) => {
         if let Some(suppressed) = $throttle.admit() {
@@ -84,6 +83,7 @@ macro_rules! warn_throttled {
         }
     };
 }
+pub(crate) use warn_throttled;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use tokio_util::io::SyncIoBridge;
 use tracing::{debug, info, warn};
 
-use crate::warn_throttled;
+use crate::logging::warn_throttled;
 
 use super::error::Failures;
 use super::evict::Reservation;

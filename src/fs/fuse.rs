@@ -29,9 +29,8 @@ use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
 use super::passthrough::Backing;
 use super::{Answer, StoreFs};
-use crate::logging::Throttle;
+use crate::logging::{Throttle, warn_throttled};
 use crate::sync::Arc;
-use crate::warn_throttled;
 
 /// Largest read the kernel may send us at once.
 const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
