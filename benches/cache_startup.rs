@@ -53,6 +53,8 @@ fn main() {
                 low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(30) },
                 min_free: MinFree::Bytes(0),
                 prefetch_jobs: 0,
+                fetch_timeout: None,
+                uid_rate: storefs::upstream::rate::RateLimit::OFF,
             };
             let keys = TrustedKeys::new(vec![key.public()]).unwrap();
             let c = rt.block_on(async { NarCache::open(config, UpstreamSet::default(), keys) });

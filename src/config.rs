@@ -39,6 +39,7 @@ use crate::fs::session::MountOptions;
 use crate::nix::signature::TrustedKeys;
 use crate::upstream::http::HttpTimeouts;
 use crate::upstream::low_speed::{DEFAULT_MIN_BYTES_PER_SEC, LowSpeedLimit};
+use crate::upstream::rate::RateLimit;
 use crate::upstream::retry::RetryPolicy;
 
 /// Everything the daemon needs, checked, grouped by the layer that takes it.
@@ -81,6 +82,11 @@ pub struct UpstreamConfig {
     pub retry: RetryPolicy,
     /// How long a failing substituter is skipped before it is probed again.
     pub backoff: Duration,
+    /// Requests per second to all substituters together.
+    pub rate: RateLimit,
+    /// Longest a whole narinfo request may take, and a request its turn under `rate`
+    /// (`--fetch-timeout`); None: no bound.
+    pub fetch_timeout: Option<Duration>,
     /// netrc file for HTTP Basic credentials (an existing file), if any.
     pub netrc_file: Option<PathBuf>,
     /// `(substituter URL, token file)`: the URL is spelled exactly as in `substituters`, the file
@@ -145,6 +151,14 @@ impl Config {
         )?;
         let stall =
             layers.seconds("stall-timeout", |s| &s.stall_timeout, 1, DEFAULT_STALL_TIMEOUT)?;
+        let fetch_timeout = Some(layers.seconds(
+            "fetch-timeout",
+            |s| &s.fetch_timeout,
+            0,
+            DEFAULT_FETCH_TIMEOUT,
+        )?)
+        .filter(|t| !t.is_zero());
+        check_cache_dir(&layers.absolute_path(|s| &s.cache_dir, DEFAULT_CACHE_DIR)?)?;
         let cache = CacheConfig {
             dir: layers.absolute_path(|s| &s.cache_dir, DEFAULT_CACHE_DIR)?,
             max_bytes: layers
@@ -169,6 +183,13 @@ impl Config {
                 min_bytes_per_sec: DEFAULT_MIN_BYTES_PER_SEC,
                 window: stall,
             },
+            fetch_timeout,
+            uid_rate: rate(layers.count(
+                "uid-rate",
+                |s| &s.uid_rate,
+                MAX_RATE,
+                DEFAULT_UID_RATE,
+            )?),
         };
         if cache.dir.starts_with(&mount.mountpoint) {
             let (cache, mountpoint) = (cache.dir, mount.mountpoint);
@@ -186,6 +207,13 @@ impl Config {
                 1,
                 DEFAULT_UPSTREAM_BACKOFF,
             )?,
+            rate: rate(layers.count(
+                "upstream-rate",
+                |s| &s.upstream_rate,
+                MAX_RATE,
+                DEFAULT_UPSTREAM_RATE,
+            )?),
+            fetch_timeout,
             netrc_file: netrc_file(layers, nix, &system.netrc_file)?,
             bearer_token_files: bearer_token_files(layers, &substituters)?,
             substituters,
@@ -203,6 +231,29 @@ impl Config {
             )?,
         })
     }
+}
+
+/// `n` requests per second (bursts of twice as many); 0 is no limit.
+fn rate(n: usize) -> RateLimit {
+    RateLimit::per_second(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Refuses an existing cache directory that another user owns or that its group or others may
+/// read: it holds the narinfos and files of every path this host used. (A missing one is
+/// created 0700 by the cache.)
+fn check_cache_dir(dir: &std::path::Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else { return Ok(()) };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let fix = if meta.uid() != euid {
+        format!("owned by uid {}, not by this daemon's uid {euid} (chown {euid} it)", meta.uid())
+    } else if meta.mode() & 0o077 != 0 {
+        format!("mode {:04o} lets its group or others in (chmod 0700 it)", meta.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::UnsafeCacheDir { dir: dir.to_owned(), reason: fix })
 }
 
 /// The configuration file `--config` names (which must exist), else the system's if it exists,

@@ -17,6 +17,7 @@ use crate::sync::Arc;
 use crate::upstream::UpstreamSet;
 use crate::upstream::auth::AuthSources;
 use crate::upstream::http::build_client;
+use crate::upstream::rate::{DEFAULT_MAX_WAIT, RequestLimiter};
 use crate::upstream::set::{UpstreamOptions, upstream_for_url};
 
 /// Exit code: success.
@@ -66,7 +67,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "--bearer-token-file names {url}, which is not a substituter"
         )));
     }
-    let options = UpstreamOptions { retry: upstream.retry, backoff: upstream.backoff, auth };
+    let max_wait = upstream.fetch_timeout.unwrap_or(DEFAULT_MAX_WAIT);
+    let options = UpstreamOptions {
+        retry: upstream.retry,
+        backoff: upstream.backoff,
+        auth,
+        limiter: Arc::new(RequestLimiter::new(upstream.rate, max_wait)),
+        document_timeout: upstream.fetch_timeout,
+    };
     let upstreams = upstream
         .substituters
         .iter()

@@ -27,6 +27,8 @@ fn open_cache(dir: &std::path::Path, fx: &common::Fixtures) -> Arc<NarCache> {
         low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(60) },
         min_free: MinFree::Bytes(0),
         prefetch_jobs: 0,
+        fetch_timeout: None,
+        uid_rate: storefs::upstream::rate::RateLimit::OFF,
     };
     let keys = TrustedKeys::parse_all([fx.public_key.as_str()]).unwrap();
     NarCache::open(config, UpstreamSet::in_order(vec![up]), keys).unwrap()

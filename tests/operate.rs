@@ -226,10 +226,10 @@ fn stats_and_metrics_report_exactly_what_the_workload_did() {
     let declared = |per_upstream: bool| -> std::collections::BTreeSet<String> {
         METRICS
             .iter()
-            .filter_map(|m| match m.source {
-                Source::Daemon(k) if !per_upstream => Some(k.to_owned()),
-                Source::PerUpstream(k, _) if per_upstream => Some(k.to_owned()),
-                _ => None,
+            .flat_map(|m| match m.source {
+                Source::Daemon(_) | Source::Labelled { .. } if !per_upstream => m.json_keys(),
+                Source::PerUpstream(..) if per_upstream => m.json_keys(),
+                _ => vec![],
             })
             .collect()
     };

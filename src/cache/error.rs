@@ -26,10 +26,15 @@ impl Cause {
 
     /// The first `io::Error` in the chain, if any.
     pub fn io_error(&self) -> Option<&io::Error> {
+        self.find()
+    }
+
+    /// The first error of type `T` in the chain (the kept error first), if any.
+    pub fn find<T: Error + 'static>(&self) -> Option<&T> {
         let mut next: Option<&(dyn Error + 'static)> = Some(self.0.as_ref());
         while let Some(err) = next {
-            if let Some(io) = err.downcast_ref::<io::Error>() {
-                return Some(io);
+            if let Some(found) = err.downcast_ref::<T>() {
+                return Some(found);
             }
             next = err.source();
         }

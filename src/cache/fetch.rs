@@ -13,6 +13,8 @@ use std::time::Instant;
 use tokio_util::io::SyncIoBridge;
 use tracing::{debug, info, warn};
 
+use crate::logging::warn_throttled;
+
 use super::error::Failures;
 use super::evict::Reservation;
 use super::layout::LayoutError;
@@ -123,8 +125,8 @@ impl NarCache {
                 Err(self.refuse(info, free, "still full after evicting and retrying"))
             }
             Err(err) => {
-                warn!(store_path = %info.store_path, upstream = up.url(), error = %err,
-                      "NAR rejected");
+                warn_throttled!(self.failure_log, store_path = %info.store_path,
+                                upstream = up.url(), error = %err, "NAR rejected");
                 failures.push(Failure::of(up.url(), err));
                 Ok(None)
             }
@@ -176,20 +178,22 @@ impl NarCache {
                 return None;
             }
             Err(err) => {
-                warn!(store_path = %sp, upstream = up.url(), error = %err, "narinfo failed");
+                warn_throttled!(self.failure_log, store_path = %sp, upstream = up.url(),
+                                error = %err, "narinfo failed");
                 failures.push(Failure { upstream: None, cause: Cause::new(err) });
                 return None;
             }
         };
         if info.store_path != *sp {
             // NI-3: a narinfo for another path under this hash; that is "not here".
-            warn!(store_path = %sp, upstream = up.url(), claimed = %info.store_path,
-                  "narinfo names another store path; ignored");
+            warn_throttled!(self.failure_log, store_path = %sp, upstream = up.url(),
+                            claimed = %info.store_path, "narinfo names another store path; ignored");
             return None;
         }
         if let Err(err) = self.keys.verify(&info) {
             CacheStats::bump(&self.stats.verify_failures);
-            warn!(store_path = %sp, upstream = up.url(), error = %err, "untrusted narinfo");
+            warn_throttled!(self.failure_log, store_path = %sp, upstream = up.url(),
+                            error = %err, "untrusted narinfo");
             failures.push(Failure::of(up.url(), Rejected::Untrusted(err)));
             return None;
         }
@@ -442,7 +446,7 @@ impl<R: std::io::Read> std::io::Read for CountingReader<R> {
 
 /// Why one download from one substituter failed; each keeps its cause's source chain.
 #[derive(Debug, thiserror::Error)]
-enum DownloadError {
+pub(super) enum DownloadError {
     /// The substituter or its bytes: the next substituter may do better.
     #[error("{0}")]
     Remote(#[source] Cause),
@@ -477,7 +481,7 @@ impl DownloadError {
 
 /// Why a narinfo that was served is not used.
 #[derive(Debug, thiserror::Error)]
-enum Rejected {
+pub(super) enum Rejected {
     #[error("untrusted narinfo: {0}")]
     Untrusted(#[source] crate::nix::signature::VerifyError),
     #[error("NarHash {offered} differs from {pinned} served before")]

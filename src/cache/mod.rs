@@ -29,11 +29,14 @@ mod no_room;
 mod ops;
 mod pins;
 mod prefetch;
+mod reason;
 pub mod renar;
 mod scan;
 pub mod stats;
 pub mod unpack;
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -57,7 +60,10 @@ pub use self::min_free::MinFree;
 pub use self::ops::{GcReport, VerifyReport, WalkStep};
 pub use self::prefetch::DEFAULT_PREFETCH_JOBS;
 use self::prefetch::Prefetcher;
+pub use self::reason::FailureReason;
+use self::reason::{FailureCounts, ReaderLimit};
 use self::stats::CacheStats;
+use crate::logging::Throttle;
 use crate::metrics::{Report, Snapshot};
 use crate::nix::nar::NodeId;
 use crate::nix::narinfo::NarInfo;
@@ -66,9 +72,14 @@ use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
 use crate::upstream::UpstreamSet;
 use crate::upstream::low_speed::LowSpeedLimit;
+use crate::upstream::rate::{DEFAULT_MAX_WAIT, KeyedPace, RateLimit};
 
 /// Most "absent" answers remembered at once.
 const NEGATIVE_CACHE_ENTRIES: usize = 65_536;
+/// Per-path failure lines written per interval (`FAILURE_LOG_INTERVAL`); the rest are counted.
+const FAILURE_LOG_LINES: u32 = 20;
+/// The interval of `FAILURE_LOG_LINES`.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the cache needs to know from the configuration.
 #[derive(Clone, Debug)]
@@ -85,6 +96,12 @@ pub struct CacheConfig {
     pub min_free: MinFree,
     /// Background downloads of referenced paths at once; 0 turns closure prefetch off.
     pub prefetch_jobs: usize,
+    /// Longest a reader waits for a path that is not cached (its turn under `uid_rate`
+    /// included); then it gets an error while the fetch goes on for later readers. None: no
+    /// bound.
+    pub fetch_timeout: Option<Duration>,
+    /// How fast one uid may start fetches (joining a running fetch is free).
+    pub uid_rate: RateLimit,
 }
 
 /// One verified store path in the cache.
@@ -144,6 +161,12 @@ pub struct NarCache {
     /// Paths refused for want of room, for the negative TTL.
     no_room: no_room::NoRoomMemory,
     prefetcher: Prefetcher,
+    /// Each uid's turns to start a fetch.
+    uid_pace: KeyedPace<u32>,
+    /// Lines about one path's failure, rate limited: a storm of failing names writes a few.
+    failure_log: Throttle,
+    /// Failed lookups by reason.
+    failures: FailureCounts,
     /// Set by `close`: nothing in the directory changes any more (checked under `moves`).
     closed: AtomicBool,
     /// Becomes true when the start-up scan of `entries/` has finished, well or not.
@@ -182,6 +205,9 @@ impl NarCache {
             negative: Mutex::new(LruCache::new(negative_cap)),
             no_room: no_room::NoRoomMemory::new(config.negative_ttl),
             prefetcher: Prefetcher::new(config.prefetch_jobs),
+            uid_pace: KeyedPace::new(config.uid_rate),
+            failure_log: Throttle::new(FAILURE_LOG_LINES, FAILURE_LOG_INTERVAL),
+            failures: FailureCounts::default(),
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
             stats: CacheStats::default(),
@@ -229,8 +255,56 @@ impl NarCache {
         self.cached(sp).is_some()
     }
 
-    /// The entry for `sp`, fetched and verified from the substituters if needed.
+    /// The entry for `sp`, fetched and verified from the substituters if needed, however long
+    /// that takes (control commands: `storefs prefetch` of a large path must not give up).
+    /// Readers use [`NarCache::get_as`].
     pub async fn get(self: &Arc<Self>, sp: &StorePath) -> Result<Arc<Entry>, CacheError> {
+        self.lookup(sp, None).await
+    }
+
+    /// [`NarCache::get`] for a reader of the mount, with its `uid` when the kernel named one:
+    /// starting a fetch takes one of the uid's turns under `uid_rate`, and whatever happens the
+    /// answer comes within the fetch timeout (a fetch still running then goes on in the
+    /// background, and a later lookup joins it). Each failure is counted by its reason.
+    pub async fn get_as(
+        self: &Arc<Self>,
+        sp: &StorePath,
+        uid: Option<u32>,
+    ) -> Result<Arc<Entry>, CacheError> {
+        let result = match self.config.fetch_timeout {
+            Some(limit) => tokio::time::timeout(limit, self.lookup(sp, uid))
+                .await
+                .unwrap_or_else(|_| Err(reader_limit(sp, ReaderLimit::Deadline(limit)))),
+            None => self.lookup(sp, uid).await,
+        };
+        if let Err(err) = &result {
+            self.failures.count(err);
+        }
+        result
+    }
+
+    /// Waits for `uid`'s turn to start a fetch of `sp`; none is needed to join one.
+    async fn uid_turn(&self, sp: &StorePath, uid: u32) -> Result<(), CacheError> {
+        if lock(&self.inflight).contains_key(&sp.hash_part()) {
+            return Ok(());
+        }
+        let max_wait = self.config.fetch_timeout.unwrap_or(DEFAULT_MAX_WAIT);
+        match self.uid_pace.reserve(uid, Instant::now(), max_wait) {
+            Ok(wait) if wait.is_zero() => Ok(()),
+            Ok(wait) => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Err(wait) => Err(reader_limit(sp, ReaderLimit::UidRate { uid, wait })),
+        }
+    }
+
+    /// `get_as` before its deadline.
+    async fn lookup(
+        self: &Arc<Self>,
+        sp: &StorePath,
+        uid: Option<u32>,
+    ) -> Result<Arc<Entry>, CacheError> {
         CacheStats::bump(&self.stats.lookups);
         let hash = sp.hash_part();
         let mut found = lock(&self.catalog).get(&hash);
@@ -260,6 +334,10 @@ impl NarCache {
         let mut tries = 0;
         let entry = loop {
             tries += 1;
+            if let (Some(uid), 1) = (uid, tries) {
+                // Starting a fetch takes a turn of the reader's uid (joining one does not).
+                self.uid_turn(sp, uid).await?;
+            }
             match self.start_or_join(sp).await {
                 Err(CacheError::NoRoomToPrefetch(_)) if tries < 3 => continue,
                 result => break result?,
@@ -375,10 +453,16 @@ impl NarCache {
     }
 }
 
+/// A reader's failure to get `sp` that is no substituter's fault.
+fn reader_limit(sp: &StorePath, limit: ReaderLimit) -> CacheError {
+    let failures = error::Failures(vec![Failure { upstream: None, cause: Cause::new(limit) }]);
+    CacheError::Unavailable { path: sp.to_string(), failures }
+}
+
 impl Report for NarCache {
     fn report(&self, snap: &mut Snapshot) {
         let s = &self.stats;
-        for (key, n) in s.figures() {
+        for (key, n) in s.figures().chain(self.failures.figures()) {
             snap.set(key, n);
         }
         let (lookups, hits) = (CacheStats::get(&s.lookups), CacheStats::get(&s.hits));

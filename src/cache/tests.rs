@@ -117,6 +117,8 @@ impl Fixture {
             low_speed: LowSpeedLimit { min_bytes_per_sec: 1, window: Duration::from_secs(60) },
             min_free: MinFree::Bytes(0),
             prefetch_jobs: 0,
+            fetch_timeout: None,
+            uid_rate: crate::upstream::rate::RateLimit::OFF,
         };
         let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
         Self { _dir: dir, config, ups, previous: std::sync::Mutex::new(std::sync::Weak::new()) }
@@ -482,6 +484,7 @@ async fn the_snapshot_counts_each_upstream() {
         crate::metrics::METRICS.iter().any(|m| match m.source {
             crate::metrics::Source::Daemon(k) | crate::metrics::Source::Latency(k) => k == key,
             crate::metrics::Source::PerUpstream(k, _) => k == key,
+            crate::metrics::Source::Labelled { .. } => m.json_keys().iter().any(|k| k == key),
             crate::metrics::Source::Build => false,
         })
     };

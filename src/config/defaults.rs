@@ -30,6 +30,17 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A transfer that receives nothing for this long is dead.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a reader waits for a path that is not cached: long enough for a 1 GiB NAR at
+/// 10 MiB/s, short enough that a stuck job notices within minutes (the issue saw 21).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upstream requests per second, all substituters together: well above a cold closure's need
+/// (prefetch runs 4 fetches at once), well below what made a cache answer 429.
+pub const DEFAULT_UPSTREAM_RATE: usize = 200;
+/// Fetches per second one uid may start: a quarter of the upstream rate, so one tenant cannot
+/// take it all.
+pub const DEFAULT_UID_RATE: usize = 50;
+/// Most requests per second either rate accepts.
+pub const MAX_RATE: u64 = 1_000_000;
 /// How long a failing substituter is skipped before it is probed again.
 pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(60);
 /// The largest number of seconds any duration setting takes (one year): more is surely a typo,

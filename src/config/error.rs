@@ -49,6 +49,14 @@ pub enum ConfigError {
         #[source]
         source: Box<ConfigError>,
     },
+    /// The cache directory exists but may be read or changed by others.
+    #[error("cache directory {}: {reason}", dir.display())]
+    UnsafeCacheDir {
+        /// The cache directory.
+        dir: PathBuf,
+        /// What is wrong, and the fix.
+        reason: String,
+    },
     /// The cache directory lies under the mountpoint (the daemon would deadlock on itself).
     #[error("cache directory {cache} is inside the mountpoint {mountpoint}")]
     CacheInsideMount {

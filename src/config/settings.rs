@@ -78,6 +78,24 @@ pub struct Settings {
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub stall_timeout: Option<u64>,
 
+    /// Seconds a reader waits for a path that is not cached (narinfo and NAR, and its turn
+    /// under --uid-rate) before it gets EIO; the fetch goes on in the background for later
+    /// readers. Also bounds each whole narinfo request. 0: no bound [default: 120].
+    #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
+    pub fetch_timeout: Option<u64>,
+
+    /// Most requests per second to all substituters together (bursts of twice as many); a
+    /// request that would wait longer than --fetch-timeout for its turn is not sent. 0: no
+    /// limit [default: 200].
+    #[arg(long, value_name = "N", help_heading = UPSTREAM_OPTIONS)]
+    pub upstream_rate: Option<u64>,
+
+    /// Most fetches per second one uid may start by looking up paths that are not cached
+    /// (bursts of twice as many; joining a running fetch is free), so one tenant's storm of
+    /// names cannot use up --upstream-rate. 0: no limit [default: 50].
+    #[arg(long, value_name = "N", help_heading = UPSTREAM_OPTIONS)]
+    pub uid_rate: Option<u64>,
+
     /// Seconds a failing cache is skipped before it is probed again; at least 1 [default: 60].
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub upstream_backoff: Option<u64>,

@@ -573,3 +573,50 @@ fn file_keys() -> Vec<String> {
 fn is_key(word: &str) -> bool {
     !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c == '-')
 }
+
+#[test]
+fn a_cache_dir_others_may_read_or_that_another_user_owns_is_refused_naming_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new();
+    let dir = host.path("cache");
+    std::fs::create_dir(&dir).unwrap();
+    let flags = Settings {
+        cache_dir: Some(dir.clone()),
+        mountpoint: Some(host.path("mnt")),
+        ..Default::default()
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let err = host.resolve(&flags).unwrap_err().to_string();
+    let named = err.contains(dir.to_str().unwrap());
+    assert!(named && err.contains("mode 0750") && err.contains("chmod 0700"), "{err}");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    host.resolve(&flags).expect("0700, owned by us");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let err = host.resolve(&flags).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 65534") && err.contains("chown 0"), "{err}");
+    }
+}
+
+#[test]
+fn the_fetch_timeout_and_rates_resolve_with_zero_meaning_off() {
+    let host = Host::new();
+    let c = host.resolve(&Settings::default()).unwrap();
+    assert_eq!(c.cache.fetch_timeout, Some(DEFAULT_FETCH_TIMEOUT));
+    assert_eq!(c.upstream.fetch_timeout, Some(DEFAULT_FETCH_TIMEOUT));
+    assert_eq!(c.upstream.rate.per_second, 200);
+    assert_eq!(c.cache.uid_rate.per_second, 50);
+    let off = Settings {
+        fetch_timeout: Some(0),
+        upstream_rate: Some(0),
+        uid_rate: Some(0),
+        ..Default::default()
+    };
+    let c = host.resolve(&off).unwrap();
+    assert_eq!((c.cache.fetch_timeout, c.upstream.rate.per_second), (None, 0));
+    assert_eq!(c.cache.uid_rate, crate::upstream::rate::RateLimit::OFF);
+    let too_fast = Settings { uid_rate: Some(MAX_RATE + 1), ..Default::default() };
+    let err = host.resolve(&too_fast).unwrap_err().to_string();
+    assert!(err.starts_with("--uid-rate: 1000001 is out of range"), "{err}");
+}

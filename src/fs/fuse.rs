@@ -14,7 +14,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
@@ -29,6 +29,7 @@ use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
 use super::passthrough::Backing;
 use super::{Answer, StoreFs};
+use crate::logging::{Throttle, warn_throttled};
 use crate::sync::Arc;
 
 /// Largest read the kernel may send us at once.
@@ -126,10 +127,14 @@ fn reply_opened(fs: &StoreFs, backing: &Backing<BackingId>, ino: u64, fh: u64, r
 }
 
 /// Logs a failed request at the level its error deserves and returns the errno to reply with.
+/// Failed requests logged at WARN, at most 20 lines per 10 s: a storm of failing names from a
+/// job must not flood the journal.
+static FAILED_REQUESTS: Throttle = Throttle::new(20, Duration::from_secs(10));
+
 fn fail(op: &'static str, ino: u64, err: &FsError) -> Errno {
     match err.level() {
         Level::DEBUG => event!(Level::DEBUG, op, ino, error = %err, "request failed"),
-        _ => event!(Level::WARN, op, ino, error = %err, "request failed"),
+        _ => warn_throttled!(FAILED_REQUESTS, op, ino, error = %err, "request failed"),
     }
     Errno::from_i32(err.errno())
 }
@@ -177,8 +182,9 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.respond(self.fs.lookup(parent.0, name.as_bytes()), move |found| match found {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let answer = self.fs.lookup_as(parent.0, name.as_bytes(), Some(req.uid()));
+        self.respond(answer, move |found| match found {
             Ok(l) => reply.entry(&l.ttl, &to_file_attr(&l.attr), Generation(0)),
             Err(err) => reply.error(fail("lookup", parent.0, &err)),
         });

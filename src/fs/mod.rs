@@ -175,6 +175,17 @@ impl StoreFs {
     /// Looks up `name` in directory `parent`. Inside a store path the answer is in memory; a
     /// name in the mount root may have to be fetched first.
     pub fn lookup(self: &Arc<Self>, parent: u64, name: &[u8]) -> Answer<Lookup> {
+        self.lookup_as(parent, name, None)
+    }
+
+    /// [`StoreFs::lookup`] by a reader with `uid`: a fetch it starts counts against the uid's
+    /// rate (`--uid-rate`).
+    pub fn lookup_as(
+        self: &Arc<Self>,
+        parent: u64,
+        name: &[u8],
+        uid: Option<u32>,
+    ) -> Answer<Lookup> {
         match self.inode(parent) {
             Err(err) => Answer::Now(Err(err)),
             Ok(Inode::Node { slot, node }) => {
@@ -191,7 +202,7 @@ impl StoreFs {
                 };
                 let this = self.clone();
                 Answer::AfterFetch(Box::pin(async move {
-                    let entry = this.cache.get(&sp).await?;
+                    let entry = this.cache.get_as(&sp, uid).await?;
                     let slot = this.hold(&entry, 1, true);
                     let ino = Inode::Node { slot, node: ROOT_NODE }.ino();
                     let attr = attr_of(&entry.manifest, ino, ROOT_NODE)?;
@@ -386,7 +397,9 @@ impl StoreFs {
         problem: std::io::Error,
     ) -> Result<FileContents, FsError> {
         self.cache.set_aside(&entry, &problem.to_string()).await;
-        let fresh = self.cache.get(&entry.store_path).await?;
+        // A read's fetch: bounded by --fetch-timeout like a lookup's (no uid: the path was
+        // looked up already, so its turn was taken then).
+        let fresh = self.cache.get_as(&entry.store_path, None).await?;
         self.write_paths().refresh(&fresh);
         Ok(fresh.open_file(node)?)
     }

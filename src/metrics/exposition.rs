@@ -45,6 +45,15 @@ fn samples(out: &mut String, m: &Metric, snap: &Snapshot) {
                 }
             }
         }
+        Source::Labelled { key, label, values } => {
+            for value in values {
+                if let Some(v) = snap.figures.get(&format!("{key}_{value}")).and_then(Value::as_f64)
+                {
+                    let value = escape_label(value);
+                    let _ = writeln!(out, "{}{{{label}=\"{value}\"}} {}", m.name, number(v));
+                }
+            }
+        }
         Source::Latency(key) => {
             if let Some(h) = snap.histograms.get(key) {
                 histogram(out, m.name, h);
@@ -94,6 +103,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.set("lookups", 3);
         snap.set("hit_rate", 0.5);
+        snap.set("lookup_failures_timeout", 2);
         let mut up = UpstreamSnapshot { url: "http://x/\"q\"".into(), ..Default::default() };
         up.figures.insert("bytes".into(), Value::Count(10));
         up.figures.insert("online".into(), Value::Flag(false));
@@ -131,6 +141,7 @@ mod tests {
         for want in [
             "storefs_lookups_total 3\n",
             "storefs_hit_rate 0.5\n",
+            "storefs_lookup_failures_total{reason=\"timeout\"} 2\n",
             "storefs_upstream_bytes_total{upstream=\"http://x/\\\"q\\\"\"} 10\n",
             "storefs_upstream_online{upstream=\"http://x/\\\"q\\\"\"} 0\n",
             "storefs_upstream_latency_p50_seconds{upstream=\"http://x/\\\"q\\\"\"} 0.25\n",

@@ -26,6 +26,16 @@ pub enum Source {
     /// `upstreams[].figures[key]` of each substituter (label `upstream`), times `scale` for
     /// Prometheus (whose units are seconds and bytes).
     PerUpstream(&'static str, f64),
+    /// `figures["{key}_{value}"]` for each of `values`: one daemon-wide family with one
+    /// sample per value of the label `label`, printed by `stats --json` under each such key.
+    Labelled {
+        /// The keys' common start.
+        key: &'static str,
+        /// The label's name.
+        label: &'static str,
+        /// The label's values, each a key's end.
+        values: &'static [&'static str],
+    },
     /// `histograms[key]`; only in `/metrics`.
     Latency(&'static str),
     /// Always 1, labelled `version` with the daemon's version; only in `/metrics`.
@@ -241,6 +251,19 @@ pub const METRICS: &[Metric] = &[
         help: "Closure prefetches that got no verified copy",
     },
     Metric {
+        name: "storefs_lookup_failures_total",
+        kind: Counter,
+        unit: "lookups",
+        source: Labelled {
+            key: "lookup_failures",
+            label: "reason",
+            values: &["untrusted", "hash", "local", "network", "rate_limited", "timeout"],
+        },
+        // Not in the human table yet: its lines are one per daemon-wide key.
+        shown: Hidden,
+        help: "Lookups and reads a reader waited for that got EIO, by reason",
+    },
+    Metric {
         name: "storefs_verify_failures_total",
         kind: Counter,
         unit: "documents",
@@ -336,7 +359,17 @@ impl Metric {
         match self.source {
             Daemon(key) => Some(key.to_owned()),
             PerUpstream(key, _) => Some(format!("upstreams[].{key}")),
+            Labelled { key, label, .. } => Some(format!("{key}_<{label}>")),
             Latency(_) | Build => None,
+        }
+    }
+
+    /// Every key it has in `stats --json` (a labelled metric has one per label value).
+    pub fn json_keys(&self) -> Vec<String> {
+        match self.source {
+            Labelled { key, values, .. } => values.iter().map(|v| format!("{key}_{v}")).collect(),
+            Daemon(key) | PerUpstream(key, _) => vec![key.to_owned()],
+            Latency(_) | Build => vec![],
         }
     }
 
@@ -345,6 +378,8 @@ impl Metric {
         match self.source {
             PerUpstream(..) => "`upstream`",
             Build => "`version`",
+            Labelled { label: "reason", .. } => "`reason`",
+            Labelled { .. } => "see METRICS.md",
             Daemon(_) | Latency(_) => "—",
         }
     }

@@ -5,8 +5,13 @@
 //! it may touch the network at all, the [`RetryPolicy`] whether a failed try is tried again, and
 //! the outcome feeds back into the health. A NAR is retried only until its first body bytes
 //! arrive; after that a failure is the caller's (the cache layer tries the next substituter).
+//!
+//! Every try also waits for its turn under the daemon-wide [`RequestLimiter`], and for the end
+//! of a cache's own request to slow down: a 429 holds back this cache's requests until its
+//! `Retry-After` (1 s when it names none) and never marks the cache down.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,16 +24,19 @@ use tracing::{debug, info, warn};
 use super::auth::Credentials;
 use super::counters::{CountedBody, UpstreamCounters};
 use super::health::{Admission, DEFAULT_BACKOFF, HostHealth};
+use super::rate::RequestLimiter;
 use super::retry::{RetryPolicy, is_transient, parse_retry_after};
 use super::{NarBody, Upstream, UpstreamError};
 use crate::nix::cache_info::CacheInfo;
 use crate::nix::narinfo::{MAX_NARINFO_SIZE, NarInfo};
-use crate::sync::Arc;
+use crate::sync::{Arc, Mutex, lock};
 
 /// Largest `nix-cache-info` we read.
 const MAX_CACHE_INFO_SIZE: u64 = 64 * 1024;
 /// Most redirects followed for one request (attic sends NARs to presigned storage URLs).
 pub const MAX_REDIRECTS: usize = 10;
+/// How long a 429 without a `Retry-After` holds back the cache's requests.
+const DEFAULT_SLOW_DOWN: Duration = Duration::from_secs(1);
 
 /// Timeouts for every HTTP request.
 #[derive(Clone, Copy, Debug)]
@@ -51,8 +59,9 @@ pub fn build_client(timeouts: HttpTimeouts) -> Result<reqwest::Client, reqwest::
         .build()
 }
 
-/// Follow at most `MAX_REDIRECTS` hops, never to another scheme than http(s), never https → http.
-/// (The client itself drops `Authorization` when a hop changes host, port or scheme.)
+/// Follow at most `MAX_REDIRECTS` hops, never to another scheme than http(s), never https → http,
+/// never to a special address (see [`special_host`]) unless the request started at one of the
+/// same kind. (The client itself drops `Authorization` when a hop changes host, port or scheme.)
 fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         match redirect_verdict(attempt.previous(), attempt.url()) {
@@ -69,8 +78,49 @@ fn redirect_verdict(previous: &[Url], next: &Url) -> Result<(), String> {
         Err(format!("more than {MAX_REDIRECTS} redirects"))
     } else if !matches!(next.scheme(), "http" | "https") || downgrade {
         Err(format!("refused redirect to {next}"))
+    } else if let Some(kind) = special_host(next) {
+        // The first URL is the substituter's own: a cache on loopback may redirect to loopback.
+        let origin = previous.first().and_then(special_host);
+        if origin == Some(kind) {
+            Ok(())
+        } else {
+            Err(format!("refused redirect to {next}: {kind} address"))
+        }
     } else {
         Ok(())
+    }
+}
+
+/// The kind of special address `url`'s host is, if it is one a binary cache has no business
+/// sending a client to: link-local (169.254/16, fe80::/10, where cloud metadata services
+/// live), loopback, unspecified, multicast or broadcast, a known metadata name or address
+/// (`metadata.google.internal`, AWS's fd00:ec2::254, Alibaba's 100.100.100.200). IPv4 mapped
+/// into IPv6 counts as IPv4. A host NAME that resolves to such an address is not recognised
+/// here (the redirect policy sees URLs, not resolved addresses).
+fn special_host(url: &Url) -> Option<&'static str> {
+    let host = url.host_str()?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let ip = match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        Ok(v4) => v4,
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            let metadata = ["metadata.google.internal", "metadata", "instance-data"];
+            return metadata.contains(&name.as_str()).then_some("cloud metadata");
+        }
+    };
+    match ip {
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+        IpAddr::V4(v4) if v4.octets() == [100, 100, 100, 200] => Some("cloud metadata"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast"),
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some("link-local"),
+        IpAddr::V6(v6) if v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254] => {
+            Some("cloud metadata")
+        }
+        ip if ip.is_loopback() => Some("loopback"),
+        ip if ip.is_unspecified() => Some("unspecified"),
+        ip if ip.is_multicast() => Some("multicast"),
+        _ => None,
     }
 }
 
@@ -83,6 +133,11 @@ pub struct HttpOptions {
     pub backoff: Duration,
     /// What every request to the cache carries, if anything.
     pub credentials: Option<Credentials>,
+    /// The daemon-wide rate limit every try waits for (shared by all HTTP caches).
+    pub limiter: Arc<RequestLimiter>,
+    /// Longest a whole narinfo or nix-cache-info request may take, body included (so a
+    /// document trickled a byte at a time ends); None for no bound.
+    pub document_timeout: Option<Duration>,
 }
 
 impl Default for HttpOptions {
@@ -91,6 +146,8 @@ impl Default for HttpOptions {
             retry: RetryPolicy::with_budget(Duration::from_secs(5)),
             backoff: DEFAULT_BACKOFF,
             credentials: None,
+            limiter: Arc::default(),
+            document_timeout: None,
         }
     }
 }
@@ -105,6 +162,10 @@ pub struct HttpUpstream {
     credentials: Option<Credentials>,
     health: Arc<HostHealth>,
     counters: Arc<UpstreamCounters>,
+    limiter: Arc<RequestLimiter>,
+    document_timeout: Option<Duration>,
+    /// Until when the cache asked us (HTTP 429) to send nothing.
+    slow_until: Mutex<Option<Instant>>,
 }
 
 /// One failed try, with what the server asked for.
@@ -161,6 +222,9 @@ impl HttpUpstream {
             credentials: options.credentials,
             health: Arc::new(HostHealth::new(options.backoff)),
             counters: Arc::default(),
+            limiter: options.limiter,
+            document_timeout: options.document_timeout,
+            slow_until: Mutex::new(None),
         })
     }
 
@@ -193,13 +257,47 @@ impl HttpUpstream {
         Ok(url)
     }
 
-    /// Sends one GET, with the cache's credentials.
-    async fn send(&self, url: &Url) -> Result<reqwest::Response, Failure> {
+    /// Sends one GET, with the cache's credentials, bounded as a whole by `timeout` if given.
+    async fn send(
+        &self,
+        url: &Url,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, Failure> {
         let mut req = self.client.get(url.clone());
         if let Some(credentials) = &self.credentials {
             req = credentials.apply(req);
         }
+        if let Some(timeout) = timeout {
+            req = req.timeout(timeout);
+        }
         req.send().await.map_err(|source| transport(url, source).into())
+    }
+
+    /// Waits until this cache's request to slow down is over and the daemon-wide limit gives
+    /// a turn; `RateLimited` at once when that would take longer than the limiter allows.
+    async fn turn(&self, url: &Url) -> Result<(), UpstreamError> {
+        let limited = |wait| UpstreamError::RateLimited { url: url.to_string(), wait };
+        let slow_until = *lock(&self.slow_until);
+        if let Some(wait) = slow_until.map(|t| t.saturating_duration_since(Instant::now())) {
+            if wait > self.limiter.max_wait() {
+                return Err(limited(wait));
+            }
+            tokio::time::sleep(wait).await;
+        }
+        self.limiter.turn().await.map_err(limited)
+    }
+
+    /// The cache answered 429: hold back its requests for what it asked (capped by the
+    /// backoff), without marking it down.
+    fn slow_down(&self, retry_after: Option<Duration>) {
+        let asked = retry_after.unwrap_or(DEFAULT_SLOW_DOWN).min(self.health.backoff());
+        let until = Instant::now() + asked;
+        let mut slow = lock(&self.slow_until);
+        if slow.is_none_or(|t| t < until) {
+            *slow = Some(until);
+        }
+        debug!(upstream = %self.display, hold_ms = asked.as_millis() as u64,
+               "cache asks to slow down (HTTP 429)");
     }
 
     /// Runs `attempt` as the cache's health and the retry policy allow, feeding the outcome back
@@ -221,6 +319,8 @@ impl HttpUpstream {
             }
             Admission::Normal => (self.retry, ProbeGuard { health: &self.health, armed: false }),
         };
+        // Not sent, so not counted; a probe refused here is undone by its guard.
+        self.turn(url).await?;
         let pending = self.counters.start();
         let result = self.retrying(url, policy, probe, attempt).await;
         pending.finish(&result);
@@ -252,6 +352,10 @@ impl HttpUpstream {
                 }
                 Err(failure) => failure,
             };
+            let too_many = matches!(failure.error, UpstreamError::Status { status: 429, .. });
+            if too_many {
+                self.slow_down(failure.retry_after);
+            }
             if !is_transient(&failure.error) {
                 // The cache answered, just not with what we wanted: it is up.
                 probe.armed = false;
@@ -265,6 +369,16 @@ impl HttpUpstream {
                            delay_ms = delay.as_millis() as u64, error = %failure.error,
                            "request failed; retrying");
                     tokio::time::sleep(delay).await;
+                    if self.turn(url).await.is_err() {
+                        // No turn for the retry: give up with what the cache said.
+                        return Err(failure.error);
+                    }
+                }
+                None if too_many => {
+                    // "Slow down" is an answer: the cache is up, this request just failed.
+                    probe.armed = false;
+                    self.answered();
+                    return Err(failure.error);
                 }
                 None => {
                     probe.armed = false;
@@ -291,7 +405,7 @@ impl HttpUpstream {
     }
 
     async fn get_small_once(&self, url: &Url, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
-        let resp = self.send(url).await?;
+        let resp = self.send(url, self.document_timeout).await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),
             s if !s.is_success() => return Err(status_failure(url, &resp)),
@@ -315,7 +429,7 @@ impl HttpUpstream {
     /// One try at a NAR: the response and its first bytes (so a body that stalls before it
     /// starts is retried like a failed request).
     async fn nar_once(&self, url: &Url, max_bytes: u64) -> Result<NarStart, Failure> {
-        let resp = self.send(url).await?;
+        let resp = self.send(url, None).await?;
         if !resp.status().is_success() {
             // A 404 here is not "absent": the narinfo said the NAR exists (NET-12).
             return Err(status_failure(url, &resp));
@@ -527,6 +641,36 @@ mod tests {
             assert_eq!(text.matches(url.as_str()).count(), 1, "{case}: URL not once: {text}");
             assert_eq!(text.matches("error sending request").count(), 1, "{case}: {text}");
         }
+    }
+
+    #[test]
+    fn redirects_to_special_addresses_only_from_the_same_kind() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let follows = |from: &str, next: &str| redirect_verdict(&[url(from)], &url(next)).is_ok();
+        let public = "https://cache.example.org/x.narinfo";
+        for special in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://169.254.0.1/",
+            "http://[fe80::1]/",
+            "http://[febf::1]/",
+            "http://127.0.0.1:8080/",
+            "http://[::1]/",
+            "http://0.0.0.0/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://224.0.0.1/",
+            "http://255.255.255.255/",
+            "http://100.100.100.200/",
+            "http://[fd00:ec2::254]/",
+            "http://metadata.google.internal./",
+        ] {
+            assert!(!follows(public, special), "{special} followed from {public}");
+        }
+        for ordinary in ["https://s3.example/y", "https://10.0.0.5/", "https://[fec0::1]/"] {
+            assert!(follows(public, ordinary), "{ordinary} refused");
+        }
+        assert!(follows("http://127.0.0.1:5000/c/x", "http://127.0.0.1:9000/nar"), "loopback");
+        assert!(follows("http://[fe80::2]/c/x", "http://169.254.1.1/nar"), "link-local");
+        assert!(!follows("http://127.0.0.1/c/x", "http://169.254.169.254/"), "another kind");
     }
 
     #[test]

@@ -13,12 +13,13 @@ pub mod http;
 pub mod low_speed;
 #[cfg(test)]
 pub mod mock;
+pub mod rate;
 pub mod retry;
 pub mod set;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testserver;
+pub(crate) mod testserver;
 
 use std::fmt::Debug;
 use std::pin::Pin;
@@ -134,6 +135,15 @@ pub enum UpstreamError {
         url: String,
         /// When the cache will be probed again.
         until: Instant,
+    },
+    /// The request was not sent: the daemon's upstream rate limit (`--upstream-rate`), or the
+    /// cache's own request to slow down (HTTP 429), would have made it wait too long.
+    #[error("request to {url} not sent: rate limited for another {} ms", wait.as_millis())]
+    RateLimited {
+        /// The URL that would have been asked.
+        url: String,
+        /// How long it would have had to wait.
+        wait: std::time::Duration,
     },
     /// The substituter URL itself is unusable.
     #[error("substituter {url:?}: {reason}")]

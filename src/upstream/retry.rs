@@ -102,6 +102,7 @@ pub fn is_transient(err: &UpstreamError) -> bool {
         UpstreamError::Transport { source, .. } => !source.is_redirect() && !source.is_builder(),
         UpstreamError::Status { status, .. } => is_retryable_status(*status),
         UpstreamError::Down { .. }
+        | UpstreamError::RateLimited { .. }
         | UpstreamError::TooLarge { .. }
         | UpstreamError::NarInfo { .. }
         | UpstreamError::CacheInfo { .. }

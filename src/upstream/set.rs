@@ -8,6 +8,7 @@ use super::auth::AuthSources;
 use super::file::FileUpstream;
 use super::health::DEFAULT_BACKOFF;
 use super::http::{HttpOptions, HttpUpstream};
+use super::rate::RequestLimiter;
 use super::retry::RetryPolicy;
 use super::{Upstream, UpstreamError};
 use crate::nix::store_path::STORE_DIR;
@@ -27,6 +28,10 @@ pub struct UpstreamOptions {
     pub backoff: Duration,
     /// netrc entries and bearer tokens.
     pub auth: AuthSources,
+    /// The daemon-wide rate limit on requests, shared by every HTTP cache.
+    pub limiter: Arc<RequestLimiter>,
+    /// Longest a whole narinfo or nix-cache-info request may take; None for no bound.
+    pub document_timeout: Option<Duration>,
 }
 
 impl Default for UpstreamOptions {
@@ -35,6 +40,8 @@ impl Default for UpstreamOptions {
             retry: HttpOptions::default().retry,
             backoff: DEFAULT_BACKOFF,
             auth: AuthSources::default(),
+            limiter: Arc::default(),
+            document_timeout: None,
         }
     }
 }
@@ -52,7 +59,13 @@ pub fn upstream_for_url(
         if let Some(c) = &credentials {
             info!(upstream = url, auth = c.scheme(), "substituter credentials");
         }
-        let http = HttpOptions { retry: options.retry, backoff: options.backoff, credentials };
+        let http = HttpOptions {
+            retry: options.retry,
+            backoff: options.backoff,
+            credentials,
+            limiter: options.limiter.clone(),
+            document_timeout: options.document_timeout,
+        };
         Ok(Arc::new(HttpUpstream::new(url, client.clone(), http)?))
     } else {
         Err(UpstreamError::BadBaseUrl {

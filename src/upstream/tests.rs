@@ -8,6 +8,7 @@ use tokio::io::AsyncReadExt;
 
 use super::auth::Credentials;
 use super::http::{HttpOptions, HttpTimeouts, HttpUpstream, build_client};
+use super::rate::{RateLimit, RequestLimiter};
 use super::retry::RetryPolicy;
 use super::testserver::{Reply, TestServer};
 use super::{Upstream, UpstreamError};
@@ -28,7 +29,8 @@ fn upstream_with(
     stall: Duration,
 ) -> HttpUpstream {
     let client = build_client(HttpTimeouts { connect: 1000 * MS, stall }).unwrap();
-    let options = HttpOptions { retry: RetryPolicy::with_budget(budget), backoff, credentials };
+    let retry = RetryPolicy::with_budget(budget);
+    let options = HttpOptions { retry, backoff, credentials, ..HttpOptions::default() };
     HttpUpstream::new(url, client, options).unwrap()
 }
 
@@ -84,7 +86,12 @@ async fn a_retry_after_beyond_the_cap_fails_at_once() {
     assert_eq!(status_of(&err), Some(429));
     assert_eq!(server.count(), 1);
     assert!(start.elapsed() < 1000 * MS);
-    assert!(!up.is_up(), "a cache asking for an hour is down");
+    assert!(up.is_up(), "a cache asking to slow down is not down");
+    // It is held back for the backoff (the cap on what a cache may ask): longer than a request
+    // may wait for its turn, so the next one is refused at once, without a request.
+    let err = up.narinfo("x").await.unwrap_err();
+    assert!(matches!(err, UpstreamError::RateLimited { .. }), "{err:?}");
+    assert_eq!(server.count(), 1);
 }
 
 #[tokio::test]
@@ -349,4 +356,114 @@ async fn counts_its_own_requests_errors_and_bytes() {
     assert!(matches!(up.narinfo("x").await, Err(UpstreamError::Down { .. })));
     assert_eq!(server.count(), before);
     assert_eq!(counts(&up), [5, 1, 5000], "a cache skipped while down is not asked");
+}
+
+/// A 429 is "slow down", not "down": the request is retried after its Retry-After, later
+/// requests wait for the end of the hold, and the cache stays up throughout.
+#[tokio::test]
+async fn too_many_requests_slows_the_cache_down_without_marking_it_down() {
+    let server = TestServer::start(|_, n| match n {
+        0 | 1 => Reply::with_header(429, "Retry-After", "1"),
+        _ => Reply::status(404),
+    });
+    let up = upstream(&server.url(), 10_000 * MS, 60_000 * MS);
+    let start = Instant::now();
+    assert!(up.narinfo("a").await.unwrap().is_none(), "retried after the 429s");
+    assert!(up.is_up());
+    let at: Vec<Instant> = server.seen().iter().map(|s| s.at).collect();
+    assert_eq!(at.len(), 3);
+    assert!(at[1] - at[0] >= 950 * MS && at[2] - at[1] >= 950 * MS, "{at:?}");
+    assert!(start.elapsed() < 5000 * MS);
+    // A 429 that outlasts the retry budget fails this request only.
+    let server = TestServer::start(|_, _| Reply::with_header(429, "Retry-After", "1"));
+    let up = upstream(&server.url(), 500 * MS, 60_000 * MS);
+    let err = up.narinfo("b").await.unwrap_err();
+    assert_eq!(status_of(&err), Some(429));
+    assert!(up.is_up(), "never marked down for a 429");
+    let asked = Instant::now();
+    let _ = up.narinfo("c").await;
+    let held = server.seen().last().unwrap().at.saturating_duration_since(asked);
+    assert!(held >= 500 * MS, "the next request waited for the hold, {held:?}");
+}
+
+/// The daemon-wide limit spaces requests: 20 requests at 10/s with a burst of 2 take about
+/// 1.8 s, and a request that would wait past the limiter's bound is not sent.
+#[tokio::test]
+async fn the_request_limiter_spaces_requests_and_refuses_long_waits() {
+    let server = TestServer::start(|_, _| Reply::status(404));
+    let limiter = Arc::new(RequestLimiter::new(RateLimit { per_second: 10, burst: 2 }, 5000 * MS));
+    let client = build_client(HttpTimeouts { connect: 1000 * MS, stall: 2000 * MS }).unwrap();
+    let options = HttpOptions { limiter: limiter.clone(), ..HttpOptions::default() };
+    let up = Arc::new(HttpUpstream::new(&server.url(), client.clone(), options).unwrap());
+    let start = Instant::now();
+    let asks = (0..20).map(|i| {
+        let up = up.clone();
+        tokio::spawn(async move { up.narinfo(&format!("p{i}")).await })
+    });
+    for ask in asks.collect::<Vec<_>>() {
+        assert!(ask.await.unwrap().unwrap().is_none());
+    }
+    let took = start.elapsed();
+    assert!(took >= 1700 * MS && took < 6000 * MS, "{took:?}");
+    let seen: Vec<Instant> = server.seen().iter().map(|s| s.at).collect();
+    for (i, window) in seen.windows(12).enumerate() {
+        // Any 12 consecutive requests span at least (12 - burst) intervals.
+        assert!(window[11] - window[0] >= 900 * MS, "requests {i}..{} too close", i + 11);
+    }
+    // Only 100 ms of waiting allowed: the burst is spent, so the next request is refused.
+    let tight = Arc::new(RequestLimiter::new(RateLimit { per_second: 1, burst: 1 }, 100 * MS));
+    let options = HttpOptions { limiter: tight, ..HttpOptions::default() };
+    let up = HttpUpstream::new(&server.url(), client, options).unwrap();
+    let before = server.count();
+    assert!(up.narinfo("first").await.unwrap().is_none());
+    let err = up.narinfo("second").await.unwrap_err();
+    assert!(matches!(err, UpstreamError::RateLimited { .. }), "{err:?}");
+    assert_eq!(server.count(), before + 1, "the refused request was not sent");
+    assert!(up.is_up());
+}
+
+/// A narinfo trickled one byte at a time never stalls, so only the whole-request bound
+/// (`--fetch-timeout`) ends it.
+#[tokio::test]
+async fn a_trickled_narinfo_ends_at_the_document_timeout() {
+    let server =
+        TestServer::start(|_, _| Reply::Trickle { body: vec![b'x'; 1000], every: 200 * MS });
+    let client = build_client(HttpTimeouts { connect: 1000 * MS, stall: 2000 * MS }).unwrap();
+    let retry = RetryPolicy::with_budget(100 * MS);
+    let options =
+        HttpOptions { retry, document_timeout: Some(1500 * MS), ..HttpOptions::default() };
+    let up = HttpUpstream::new(&server.url(), client, options).unwrap();
+    let start = Instant::now();
+    let err = up.narinfo("slow").await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, UpstreamError::Transport { .. }), "{err:?}");
+    assert!(took >= 1400 * MS && took < 4000 * MS, "{took:?}");
+}
+
+/// Redirects to link-local (cloud metadata) and other special addresses are refused from a
+/// cache elsewhere, and followed when the cache itself is at such an address (loopback here).
+#[tokio::test]
+async fn redirects_to_special_addresses_are_refused() {
+    for target in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/x",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://[::ffff:169.254.169.254]/x",
+    ] {
+        let server = TestServer::start(move |_, _| Reply::with_header(302, "Location", target));
+        let up = upstream(&server.url(), 5000 * MS, 60_000 * MS);
+        let start = Instant::now();
+        let err = up.nar("nar/x.nar", 1 << 20).await.err().unwrap();
+        assert!(format!("{err:?}").contains("refused redirect"), "{target}: {err:?}");
+        assert!(start.elapsed() < 2000 * MS, "{target}: no connection was tried");
+        assert_eq!(server.count(), 1, "{target}: not retried");
+        assert!(up.is_up());
+    }
+    let storage = TestServer::start(|_, _| Reply::ok(b"nar bytes"));
+    let target = format!("http://{}/nar/x.nar", storage.addr());
+    let cache = TestServer::start(move |_, _| Reply::with_header(302, "Location", &target));
+    let up = upstream(&cache.url(), 5000 * MS, 60_000 * MS);
+    let mut got = Vec::new();
+    up.nar("nar/x.nar", 1 << 20).await.unwrap().read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"nar bytes", "loopback to loopback is followed");
 }

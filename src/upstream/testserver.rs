@@ -1,5 +1,6 @@
 //! A scripted HTTP/1.1 server on 127.0.0.1:0 for loopback tests: each request gets the reply a
-//! script chooses (a status, silence, a body cut short, a stall), and every request is recorded.
+//! script chooses (a status, silence, a body cut short, a stall, a trickle), and every request
+//! is recorded.
 //! Test-only; written over `std::net` so it can break the protocol on purpose.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,9 @@ pub(crate) enum Reply {
     CloseMidBody { announced: usize, sent: Vec<u8> },
     /// Announce `announced` body bytes, send headers only, then hold the connection.
     StallAfterHeaders { announced: usize },
+    /// A complete 200 response whose body goes out one byte every `every` (until the client
+    /// hangs up): never stalled, never done.
+    Trickle { body: Vec<u8>, every: Duration },
 }
 
 impl Reply {
@@ -163,6 +167,16 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script, stop: &A
         Reply::StallAfterHeaders { announced } => {
             let _ = conn.write_all(head(200, &[], announced).as_bytes());
             hold(reader);
+        }
+        Reply::Trickle { body, every } => {
+            let _ = conn.write_all(head(200, &[], body.len()).as_bytes());
+            for byte in body {
+                // The pace is the point of this reply, not a wait for something.
+                std::thread::sleep(every);
+                if stop.load(Ordering::SeqCst) || conn.write_all(&[byte]).is_err() {
+                    break;
+                }
+            }
         }
     }
 }

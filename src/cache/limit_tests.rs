@@ -1,0 +1,96 @@
+//! The limits a reader meets: `--fetch-timeout` bounds every wait (a narinfo trickled a byte at
+//! a time, from the real HTTP upstream), and `--uid-rate` keeps one uid's storm of names from
+//! failing another uid's lookups; each failure is counted under its reason.
+
+use std::time::{Duration, Instant};
+
+use super::tests::{Fixture, key, publish, sp, tree};
+use super::*;
+use crate::upstream::Upstream;
+use crate::upstream::http::{HttpOptions, HttpTimeouts, HttpUpstream, build_client};
+use crate::upstream::testserver::{Reply, TestServer};
+
+const MS: Duration = Duration::from_millis(1);
+/// The first 20 letters of Nix's base32 alphabet: one hash part each.
+const ALPHABET: &[u8] = b"0123456789abcdfghijk";
+
+fn reason(result: &Result<Arc<Entry>, CacheError>) -> Option<FailureReason> {
+    result.as_ref().err().and_then(FailureReason::of)
+}
+
+/// A narinfo trickled at one byte every 2 s never trips the stall timeout; the reader still
+/// gets its error at the fetch timeout, and the fetch goes on for later readers to join.
+#[tokio::test]
+async fn a_trickled_narinfo_fails_the_reader_at_the_fetch_timeout() {
+    let server = TestServer::start(|seen, _| {
+        if seen.path.ends_with(".narinfo") {
+            Reply::Trickle { body: vec![b'S'; 600], every: 2000 * MS }
+        } else {
+            Reply::status(404)
+        }
+    });
+    let client = build_client(HttpTimeouts { connect: 1000 * MS, stall: 30_000 * MS }).unwrap();
+    let http = HttpUpstream::new(&server.url(), client, HttpOptions::default()).unwrap();
+    let mut fx = Fixture::new(0);
+    fx.config.fetch_timeout = Some(3000 * MS);
+    let dir = fx.config.dir.clone();
+    let set = UpstreamSet::in_order(vec![Arc::new(http) as Arc<dyn Upstream>]);
+    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+    let cache = NarCache::open(CacheConfig { dir, ..fx.config.clone() }, set, keys).unwrap();
+    let path = sp('z', "trickled");
+    let start = Instant::now();
+    let first = cache.get_as(&path, Some(1000)).await;
+    let took = start.elapsed();
+    assert_eq!(reason(&first), Some(FailureReason::Timeout), "{first:?}");
+    assert!(first.unwrap_err().to_string().contains("--fetch-timeout"));
+    assert!(took >= 2900 * MS && took < 6000 * MS, "EIO after {took:?}");
+    assert_eq!(cache.snapshot().count("in_flight"), Some(1), "the fetch goes on");
+    let again = cache.get_as(&path, None).await;
+    assert_eq!(reason(&again), Some(FailureReason::Timeout));
+    let narinfos = server.seen().iter().filter(|s| s.path.ends_with(".narinfo")).count();
+    assert_eq!(narinfos, 1, "the second reader joined the running fetch");
+    assert_eq!(cache.snapshot().count("lookup_failures_timeout"), Some(2));
+    cache.close();
+}
+
+/// One uid looking up many absent names gets its turns at `--uid-rate` and errors past them
+/// (within the fetch timeout, at once); another uid's cold lookup is served meanwhile, and
+/// answers already known (absent) cost no turn.
+#[tokio::test]
+async fn one_uids_storm_does_not_fail_another_uids_lookup() {
+    let mut fx = Fixture::new(1);
+    fx.config.uid_rate = crate::upstream::rate::RateLimit { per_second: 1, burst: 2 };
+    // Turns come every second after a burst of 2, and a reader may wait 3 s: five turns are
+    // taken (waiting 0, 0, 1, 2 and 3 s), every later one is refused at once.
+    fx.config.fetch_timeout = Some(3000 * MS);
+    let wanted = sp('w', "wanted");
+    publish(&fx.ups[0], &key(), &wanted, &tree("w", 10));
+    let cache = fx.open();
+    let names: Vec<StorePath> =
+        (0..50).map(|i| sp(ALPHABET[i % 20] as char, &format!("storm{i}"))).collect();
+    let start = Instant::now();
+    let storm = futures::future::join_all(names.iter().map(|n| cache.get_as(n, Some(1000))));
+    let (storm, other) = tokio::join!(storm, cache.get_as(&wanted, Some(0)));
+    assert!(start.elapsed() < 6000 * MS, "the storm took {:?}", start.elapsed());
+    other.expect("another uid's cold path is served");
+    let refused = storm.iter().filter(|r| reason(r) == Some(FailureReason::RateLimited)).count();
+    let absent = storm.iter().filter(|r| matches!(r, Err(CacheError::NotFound(_)))).count();
+    // 20 distinct hash parts: five took turns and were fetched (absent), the others of those
+    // 50 names either joined those fetches or were refused.
+    assert!(absent >= 2 && refused >= 35, "absent {absent}, refused {refused}");
+    // A turn taken near the end of the 3 s may leave too little time for its fetch.
+    let late = storm.iter().filter(|r| reason(r) == Some(FailureReason::Timeout)).count();
+    assert!(late <= 2 && absent + refused + late == 50, "{absent} {refused} {late}");
+    let limited = |e: &&CacheError| FailureReason::of(e) == Some(FailureReason::RateLimited);
+    let text = storm.iter().find_map(|r| r.as_ref().err().filter(limited));
+    assert!(text.unwrap().to_string().contains("uid 1000"), "{text:?}");
+    let (narinfo_requests, _) = fx.ups[0].requests();
+    assert!(narinfo_requests <= 6, "{narinfo_requests} requests: five turns and the other uid");
+    // Known absent: no turn needed.
+    let known = storm.iter().zip(&names).find(|(r, _)| matches!(r, Err(CacheError::NotFound(_))));
+    assert!(matches!(
+        cache.get_as(known.unwrap().1, Some(1000)).await,
+        Err(CacheError::NotFound(_))
+    ));
+    assert_eq!(cache.snapshot().count("lookup_failures_rate_limited"), Some(refused as u64));
+}
