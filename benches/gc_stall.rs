@@ -173,8 +173,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn describe(label: &str, mut v: Vec<Duration>) -> String {
     v.sort();
+    let slow = v.iter().filter(|d| **d > Duration::from_millis(10)).count();
     format!(
-        "{label}: {} reads, p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        "{label}: {} reads, {slow} over 10 ms, p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
         v.len(),
         pct(&v, 0.5),
         pct(&v, 0.99),
