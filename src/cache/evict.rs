@@ -141,7 +141,7 @@ impl NarCache {
             };
             // A victim that cannot be moved is cached again as the oldest: stop rather than pick
             // it again.
-            let Some(trash) = self.move_to_trash(&victim) else { break };
+            let Ok(trash) = self.move_to_trash(victim) else { break };
             freed.bytes += trash.1;
             freed.inodes += self.layout.inodes_in(&trash.0);
             trashed.push(trash);
@@ -151,22 +151,23 @@ impl NarCache {
     }
 
     /// Moves `victim`, already taken out of the catalog, to `trash/`, with the `moves` lock
-    /// held by the caller. If that fails it is cached again (its bytes are still on disk).
-    fn move_to_trash(&self, victim: &Arc<Entry>) -> Option<(PathBuf, u64)> {
+    /// held by the caller. If that fails it is cached again (its bytes are still on disk), and
+    /// an `EROFS` turns the cache read-only.
+    fn move_to_trash(&self, victim: Arc<Entry>) -> Result<(PathBuf, u64), LayoutError> {
         match self.layout.discard(&victim.dir) {
             Ok(trash) => {
                 CacheStats::bump(&self.stats.evictions);
                 debug!(store_path = %victim.store_path, bytes = victim.manifest.disk_bytes,
                        "evicted");
-                Some((trash, victim.manifest.disk_bytes))
+                Ok((trash, victim.manifest.disk_bytes))
             }
             Err(err) => {
                 if err.is_read_only() {
                     self.layout.saw_read_only();
                 }
                 warn!(store_path = %victim.store_path, error = %err, "eviction failed");
-                lock(&self.catalog).put_back(victim.clone());
-                None
+                lock(&self.catalog).put_back(victim);
+                Err(err)
             }
         }
     }
@@ -191,18 +192,7 @@ impl NarCache {
             }
             cat.take(hash).expect("peeked under the same lock")
         };
-        match self.layout.discard(&victim.dir) {
-            Ok(trash) => {
-                CacheStats::bump(&self.stats.evictions);
-                debug!(store_path = %victim.store_path, "evicted");
-                Ok(Some((trash, victim.manifest.disk_bytes)))
-            }
-            Err(err) => {
-                warn!(store_path = %victim.store_path, error = %err, "eviction failed");
-                lock(&self.catalog).put_back(victim);
-                Err(err)
-            }
-        }
+        self.move_to_trash(victim).map(Some)
     }
 
     /// The cache filesystem's free space now, and how much `--min-free` keeps.
