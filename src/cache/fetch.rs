@@ -370,10 +370,9 @@ impl NarCache {
         let manifest = match unpacked {
             Ok(m) => m,
             Err(err) => {
-                let failure = if err.is_no_space() {
-                    // Counted before the staging directory goes: the retry needs as many inodes.
-                    DownloadError::no_space(Cause::new(err), self.layout.inodes_in(&staging))
-                } else if err.is_local() {
+                // A full disk (ENOSPC or EDQUOT anywhere in the chain) counts the staging
+                // directory's inodes before it goes: the retry needs as many.
+                let failure = if err.is_local() {
                     self.local_failure(err, Some(&staging))
                 } else {
                     // The body broke, stalled or did not verify: only its reader knows.

@@ -89,12 +89,6 @@ pub enum LayoutError {
 }
 
 impl LayoutError {
-    /// True when the disk ran out of space or inodes.
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, LayoutError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
-    }
-
     /// True when the cache filesystem is read-only.
     pub fn is_read_only(&self) -> bool {
         matches!(self, LayoutError::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS))

@@ -75,19 +75,6 @@ impl UnpackError {
         matches!(self, UnpackError::Nar(ParseError::Io(_)))
     }
 
-    /// True when the local disk ran out of space or inodes (DSK-1, DSK-3).
-    pub fn is_no_space(&self) -> bool {
-        let no_space =
-            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
-        match self {
-            UnpackError::Local { source, .. } => no_space(source),
-            UnpackError::Nar(ParseError::Visitor(e)) => {
-                e.downcast_ref::<LocalWriteError>().is_some_and(|l| no_space(&l.source))
-            }
-            _ => false,
-        }
-    }
-
     /// True when the failure is the local disk's, not the upstream's.
     pub fn is_local(&self) -> bool {
         match self {
@@ -432,6 +419,22 @@ impl Visitor for Unpacker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full disk is found through the error's source chain, wherever the write failed: in
+    /// the staging directory itself or inside the NAR visitor (the download's evict-and-retry
+    /// relies on this).
+    #[test]
+    fn full_disks_are_found_through_the_source_chain() {
+        let full = || io::Error::from_raw_os_error(libc::ENOSPC);
+        let direct = UnpackError::Local { path: "staging".into(), source: full() };
+        let inside = LocalWriteError { path: "staging/f1".into(), source: full() };
+        let visited = UnpackError::Nar(ParseError::Visitor(Box::new(inside)));
+        let other = UnpackError::Local { path: "x".into(), source: io::Error::other("eio") };
+        for (err, full) in [(direct, true), (visited, true), (other, false)] {
+            assert!(err.is_local());
+            assert_eq!(crate::cache::Cause::new(err).is_no_space(), full);
+        }
+    }
 
     /// However the bytes arrive, the checksums are those of whole blocks (the last one short).
     #[test]
