@@ -28,6 +28,18 @@ metrics::counters! {
 }
 
 impl UpstreamCounters {
+    /// Runs `request` as one counted request: counted as it starts, then timed and judged by
+    /// its result.
+    pub async fn count<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        let pending = self.start();
+        let result = request.await;
+        pending.finish(&result);
+        result
+    }
+
     /// Counts a request as sent now; `Pending::finish` records its outcome.
     pub fn start(&self) -> Pending<'_> {
         metrics::bump(&self.requests);

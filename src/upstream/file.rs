@@ -87,24 +87,16 @@ impl Upstream for FileUpstream {
     }
 
     async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
-        let pending = self.counters.start();
-        let result = self.read_cache_info().await;
-        pending.finish(&result);
-        result
+        self.counters.count(self.read_cache_info()).await
     }
 
     async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
-        let pending = self.counters.start();
-        let result = self.read_narinfo(hash_part).await;
-        pending.finish(&result);
-        result
+        self.counters.count(self.read_narinfo(hash_part)).await
     }
 
     async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
-        let pending = self.counters.start();
-        let result = self.open_nar(nar_url, max_bytes).await;
-        pending.finish(&result);
-        Ok(CountedBody::wrap(result?, self.counters.clone()))
+        let body = self.counters.count(self.open_nar(nar_url, max_bytes)).await?;
+        Ok(CountedBody::wrap(body, self.counters.clone()))
     }
 }
 

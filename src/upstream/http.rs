@@ -321,10 +321,7 @@ impl HttpUpstream {
         };
         // Not sent, so not counted; a probe refused here is undone by its guard.
         self.turn(url).await?;
-        let pending = self.counters.start();
-        let result = self.retrying(url, policy, probe, attempt).await;
-        pending.finish(&result);
-        result
+        self.counters.count(self.retrying(url, policy, probe, attempt)).await
     }
 
     /// `run` once admitted: tries `attempt` until it succeeds, fails for good, or `policy` says

@@ -69,22 +69,16 @@ impl Upstream for MockUpstream {
     }
 
     async fn cache_info(&self) -> Result<Option<CacheInfo>, UpstreamError> {
-        self.counters.start().finish(&Ok::<(), UpstreamError>(()));
-        Ok(None)
+        self.counters.count(async { Ok(None) }).await
     }
 
     async fn narinfo(&self, hash_part: &str) -> Result<Option<NarInfo>, UpstreamError> {
-        let pending = self.counters.start();
-        let result = self.answer_narinfo(hash_part);
-        pending.finish(&result);
-        result
+        self.counters.count(async { self.answer_narinfo(hash_part) }).await
     }
 
     async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
-        let pending = self.counters.start();
-        let result = self.answer_nar(nar_url, max_bytes).await;
-        pending.finish(&result);
-        Ok(CountedBody::wrap(result?, self.counters.clone()))
+        let body = self.counters.count(self.answer_nar(nar_url, max_bytes)).await?;
+        Ok(CountedBody::wrap(body, self.counters.clone()))
     }
 }
 
