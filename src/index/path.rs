@@ -210,6 +210,10 @@ pub fn index_path(
     };
     // The narinfo parsed, so it is UTF-8.
     let new_text = with_file_fields(&String::from_utf8_lossy(&text), &fields);
+    // What is about to be served must parse, and sign as before (no signed line changed).
+    let narinfo_error = |source| PathError::Narinfo { file: narinfo_file.clone(), source };
+    let new_info = NarInfo::parse(new_text.as_bytes()).map_err(narinfo_error)?;
+    debug_assert_eq!(new_info.fingerprint(), info.fingerprint());
     durable::replace(&narinfo_file, new_text.as_bytes()).map_err(write_error(&narinfo_file))?;
     failpoint::hit("index::after_narinfo_rename");
 

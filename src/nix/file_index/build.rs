@@ -56,15 +56,19 @@ impl TreeCollector {
     }
 }
 
-/// Reads `contents` to its end in pieces of at most `piece` bytes, handing each to `each`.
+/// Bytes read from a file's contents at a time.
+const PIECE_BYTES: usize = 64 << 10;
+
+/// Reads `contents` to its end through `buf` (reused across files, [`PIECE_BYTES`] long),
+/// handing each piece to `each`.
 fn read_pieces(
     contents: &mut dyn Read,
-    piece: usize,
+    buf: &mut Vec<u8>,
     mut each: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; piece.clamp(1, 1 << 20)];
+    buf.resize(PIECE_BYTES, 0);
     loop {
-        match contents.read(&mut buf) {
+        match contents.read(buf) {
             Ok(0) => return Ok(()),
             Ok(n) => each(&buf[..n])?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -83,6 +87,7 @@ pub fn tree_of_nar(nar: impl Read, nar_size: u64) -> Result<(Vec<IndexNode>, Nar
     struct Hashing {
         tree: TreeCollector,
         nar: Sha256,
+        piece: Vec<u8>,
     }
     impl Visitor for Hashing {
         fn directory(
@@ -105,7 +110,7 @@ pub fn tree_of_nar(nar: impl Read, nar_size: u64) -> Result<(Vec<IndexNode>, Nar
             self.tree.start(id, parent, Start::File { executable, size })?;
             self.nar.update(&self.tree.header);
             let mut file = Sha256::new();
-            read_pieces(contents, 1 << 16, |piece| {
+            read_pieces(contents, &mut self.piece, |piece| {
                 file.update(piece);
                 self.nar.update(piece);
                 Ok(())
@@ -124,7 +129,7 @@ pub fn tree_of_nar(nar: impl Read, nar_size: u64) -> Result<(Vec<IndexNode>, Nar
             Ok(())
         }
     }
-    let mut v = Hashing { tree: TreeCollector::default(), nar: Sha256::new() };
+    let mut v = Hashing { tree: TreeCollector::default(), nar: Sha256::new(), piece: Vec::new() };
     parse(nar, nar_size, &mut v)?;
     v.tree.header.clear();
     v.tree.layout.finish(&mut v.tree.header).map_err(|e| ParseError::Visitor(e.into()))?;
@@ -164,6 +169,8 @@ pub struct IndexBuilder<'w> {
     file_hash: Sha256,
     nar_pos: u64,
     file_pos: u64,
+    /// Read buffer for file contents, reused.
+    piece: Vec<u8>,
 }
 
 impl std::fmt::Debug for IndexBuilder<'_> {
@@ -191,6 +198,7 @@ impl<'w> IndexBuilder<'w> {
             file_hash: Sha256::new(),
             nar_pos: 0,
             file_pos: 0,
+            piece: Vec::new(),
         }
     }
 
@@ -292,10 +300,13 @@ impl Visitor for IndexBuilder<'_> {
             self.flush()?;
         }
         let mut digest = Sha256::new();
-        read_pieces(contents, self.target, |piece| {
+        let mut buf = std::mem::take(&mut self.piece);
+        let read = read_pieces(contents, &mut buf, |piece| {
             digest.update(piece);
             self.push(piece)
-        })?;
+        });
+        self.piece = buf;
+        read?;
         self.tree.set_digest(digest.finalize().into());
         Ok(())
     }

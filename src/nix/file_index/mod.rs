@@ -102,13 +102,13 @@ impl Frame {
     /// The NAR file's byte range: what an HTTP Range request asks for.
     #[must_use]
     pub fn file_range(&self) -> Range<u64> {
-        self.file_offset..self.file_offset + self.file_len
+        self.file_offset..self.file_offset.saturating_add(self.file_len)
     }
 
     /// The NAR's byte range it decodes to.
     #[must_use]
     pub fn nar_range(&self) -> Range<u64> {
-        self.nar_offset..self.nar_offset + self.nar_len
+        self.nar_offset..self.nar_offset.saturating_add(self.nar_len)
     }
 }
 
@@ -173,7 +173,7 @@ impl FileIndex {
             return 0..0;
         }
         let end = file.nar_offset.saturating_add(file.size);
-        let first = self.frames.partition_point(|f| f.nar_offset + f.nar_len <= file.nar_offset);
+        let first = self.frames.partition_point(|f| f.nar_range().end <= file.nar_offset);
         let last = self.frames.partition_point(|f| f.nar_offset < end);
         first..last.max(first)
     }

@@ -179,14 +179,21 @@ impl FileIndex {
             return Err(wrong());
         }
         let mut out = Vec::with_capacity(usize::try_from(file.size).map_err(|_| wrong())?);
-        let end = file.nar_offset + file.size;
-        for (frame, bytes) in self.frames[want.clone()].iter().zip(decoded) {
-            if bytes.len() as u64 != frame.nar_len {
-                return Err(wrong());
-            }
+        let end = file.nar_offset.saturating_add(file.size);
+        let frames = self.frames.get(want.clone()).ok_or_else(wrong)?;
+        for (frame, bytes) in frames.iter().zip(decoded) {
+            // Where the file's bytes lie in this frame; a hand-built index whose frames do not
+            // cover the file gets an error here, never a panic.
             let from = file.nar_offset.max(frame.nar_offset) - frame.nar_offset;
-            let to = end.min(frame.nar_offset + frame.nar_len) - frame.nar_offset;
-            out.extend_from_slice(&bytes[from as usize..to as usize]);
+            let to = end.min(frame.nar_range().end).saturating_sub(frame.nar_offset);
+            let piece = usize::try_from(from)
+                .ok()
+                .zip(usize::try_from(to).ok())
+                .and_then(|(from, to)| bytes.get(from..to));
+            match piece {
+                Some(piece) if bytes.len() as u64 == frame.nar_len => out.extend_from_slice(piece),
+                _ => return Err(wrong()),
+            }
         }
         let digest: [u8; 32] = Sha256::digest(&out).into();
         if out.len() as u64 != file.size || digest != file.digest {
