@@ -11,7 +11,7 @@ use super::durable::{self, TempFile};
 use super::rewrite::{FileFields, with_file_fields};
 use super::{IndexSettings, UrlCounts};
 use crate::failpoint;
-use crate::nix::file_index::{FileIndex, IndexBuilder, NarEncoding, NarFile, SignedIndex};
+use crate::nix::file_index::{IndexBuilder, SignedIndex};
 use crate::nix::hash::NarHash;
 use crate::nix::nar::{ParseError, VisitError, parse};
 use crate::nix::narinfo::{self, Compression, NarInfo};
@@ -186,18 +186,8 @@ pub fn index_path(
     tmp.commit(&new_nar).map_err(write_error(&new_nar))?;
     failpoint::hit("index::after_nar_written");
 
-    let index = FileIndex {
-        store_path: info.store_path.clone(),
-        nar_hash: info.nar_hash,
-        nar_size: info.nar_size,
-        nar_file: NarFile {
-            encoding: NarEncoding::SeekableZstd,
-            size: out.file_size,
-            hash: out.file_hash,
-        },
-        frames: out.frames,
-        nodes: out.nodes,
-    };
+    let (file_hash, file_size) = (out.file_hash, out.file_size);
+    let index = out.into_index(info.store_path.clone());
     let frames = index.frames.len() as u64;
     let index_bytes = SignedIndex::sign(index, &settings.key).to_bytes();
     durable::replace(&index_file, &index_bytes).map_err(write_error(&index_file))?;
@@ -205,8 +195,8 @@ pub fn index_path(
     let fields = FileFields {
         url: url.clone(),
         compression: Compression::Zstd.as_str().to_owned(),
-        file_hash: out.file_hash.to_string(),
-        file_size: out.file_size,
+        file_hash: file_hash.to_string(),
+        file_size,
     };
     // The narinfo parsed, so it is UTF-8.
     let new_text = with_file_fields(&String::from_utf8_lossy(&text), &fields);
@@ -224,7 +214,7 @@ pub fn index_path(
     Ok(Outcome::Indexed(Sizes {
         nar: info.nar_size,
         old_file: info.file_size.unwrap_or(old_size),
-        new_file: out.file_size,
+        new_file: file_size,
         index: index_bytes.len() as u64,
         frames,
     }))

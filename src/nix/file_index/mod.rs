@@ -23,7 +23,7 @@ pub mod verify;
 
 use std::ops::Range;
 
-pub use build::{BuildOutput, FrameWriter, IndexBuilder};
+pub use build::{BuildOutput, FrameCutter, IndexBuilder, NarSink, TreeBuilder, tree_of_nar};
 pub use encode::encode_body;
 pub use error::IndexError;
 pub use verify::FileCheckError;

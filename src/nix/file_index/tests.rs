@@ -55,18 +55,7 @@ fn build(tree: &Node, target: u64) -> Built {
     let nar_hash = NarHash::from_digest(sha2::Sha256::digest(&nar).into());
     assert_eq!(out.nar_hash, nar_hash);
     assert_eq!(out.file_size, file.len() as u64);
-    let index = FileIndex {
-        store_path: StorePath::from_basename(PATH).unwrap(),
-        nar_hash,
-        nar_size: out.nar_size,
-        nar_file: NarFile {
-            encoding: NarEncoding::SeekableZstd,
-            size: out.file_size,
-            hash: out.file_hash,
-        },
-        frames: out.frames,
-        nodes: out.nodes,
-    };
+    let index = out.into_index(StorePath::from_basename(PATH).unwrap());
     Built { nar, file, index }
 }
 

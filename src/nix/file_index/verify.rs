@@ -5,8 +5,10 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
-use super::build::tree_of_nar;
-use super::{FileIndex, FileNode, IndexError, NarEncoding, SignedIndex, encode_body, fingerprint};
+use super::{
+    FileIndex, FileNode, IndexError, NarEncoding, SignedIndex, encode_body, fingerprint,
+    tree_of_nar,
+};
 use crate::nix::hash::NarHash;
 use crate::nix::nar::ParseError;
 use crate::nix::narinfo::{Compression, NarInfo};
