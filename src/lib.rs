@@ -8,7 +8,8 @@
 //! - [`cache`]: the verified local disk cache, single-flight fetch, LRU quota.
 //! - [`index`]: `storefs index`, which prepares a binary cache directory for file-level
 //!   laziness (beside `cache` in the layers; only `cli` uses it).
-//! - [`fs`]: filesystem semantics, plus the one fuser adapter and the mount session.
+//! - [`fs`]: filesystem semantics, plus the FUSE adapter and the mount session.
+//! - [`wire`]: storefs's own FUSE transport (linux/fuse.h), used only by `fs`.
 //! - [`config`]: every setting, resolved into the config types of `upstream`, `cache` and `fs`.
 //! - [`daemon`]: wires them together; [`control`]: the control socket; [`cli`]: the command line.
 //! - [`logging`], [`metrics`], [`notify`], [`sync`]: used by anyone.
@@ -30,3 +31,4 @@ pub mod nix;
 pub mod notify;
 pub mod sync;
 pub mod upstream;
+pub mod wire;
