@@ -55,6 +55,7 @@ fn main() {
                 prefetch_jobs: 0,
                 fetch_timeout: None,
                 uid_rate: storefs::upstream::rate::RateLimit::OFF,
+                index_keys: storefs::nix::signature::TrustedKeys::default(),
             };
             let keys = TrustedKeys::new(vec![key.public()]).unwrap();
             let c = rt.block_on(async { NarCache::open(config, UpstreamSet::default(), keys) });

@@ -33,7 +33,7 @@ pub use self::values::{parse_listen_addr, parse_min_free, parse_size};
 
 use self::credentials::{bearer_token_files, netrc_file};
 use self::layers::Layers;
-use self::substituters::{substituters, trusted_keys};
+use self::substituters::{substituters, trusted_index_keys, trusted_keys};
 use crate::cache::CacheConfig;
 use crate::fs::session::MountOptions;
 use crate::nix::signature::TrustedKeys;
@@ -190,6 +190,7 @@ impl Config {
                 MAX_RATE,
                 DEFAULT_UID_RATE,
             )?),
+            index_keys: trusted_index_keys(layers)?,
         };
         if cache.dir.starts_with(&mount.mountpoint) {
             let (cache, mountpoint) = (cache.dir, mount.mountpoint);

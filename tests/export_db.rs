@@ -29,6 +29,7 @@ fn open_cache(dir: &std::path::Path, fx: &common::Fixtures) -> Arc<NarCache> {
         prefetch_jobs: 0,
         fetch_timeout: None,
         uid_rate: storefs::upstream::rate::RateLimit::OFF,
+        index_keys: storefs::nix::signature::TrustedKeys::default(),
     };
     let keys = TrustedKeys::parse_all([fx.public_key.as_str()]).unwrap();
     NarCache::open(config, UpstreamSet::in_order(vec![up]), keys).unwrap()

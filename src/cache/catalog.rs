@@ -79,11 +79,24 @@ impl Catalog {
     /// under `hash` is replaced (its bytes no longer counted).
     pub fn admit(&mut self, hash: String, entry: Arc<Entry>) {
         self.kept.pop(&hash);
-        self.used_bytes += entry.manifest.disk_bytes;
+        self.used_bytes += entry.disk_bytes();
         if let Some(old) = self.lru.put(hash, entry) {
-            self.used_bytes -= old.manifest.disk_bytes;
+            self.used_bytes -= old.disk_bytes();
         }
         self.generation += 1;
+    }
+
+    /// `bytes` more are on disk for `entry` (files of a partial entry): counted, for it and for
+    /// the cache, when it is cached; not when it is leaving or gone (its directory goes whole).
+    pub fn grow(&mut self, entry: &Arc<Entry>, bytes: u64) {
+        let hash = entry.store_path.hash_part();
+        let (Some(cached), Some(partial)) = (self.lru.peek(&hash), entry.partial()) else {
+            return;
+        };
+        if Arc::ptr_eq(cached, entry) {
+            partial.count_added(bytes);
+            self.used_bytes += bytes;
+        }
     }
 
     /// Marks `hash` most recently used (a path known to be in use, e.g. found on disk after a
@@ -138,7 +151,7 @@ impl Catalog {
             .lru
             .iter()
             .filter(|(k, _)| !self.pins.contains_key(*k))
-            .map(|(_, e)| e.manifest.disk_bytes)
+            .map(|(_, e)| e.disk_bytes())
             .sum();
         let free_after =
             room.free_bytes.saturating_add(self.leaving_bytes).saturating_add(evictable);
@@ -173,7 +186,7 @@ impl Catalog {
     pub fn take(&mut self, hash: &str) -> Option<Arc<Entry>> {
         let entry = self.lru.pop(hash)?;
         self.kept.put(hash.to_owned(), ());
-        let bytes = entry.manifest.disk_bytes;
+        let bytes = entry.disk_bytes();
         self.used_bytes -= bytes;
         self.leaving_bytes += bytes;
         self.generation += 1;
@@ -184,7 +197,7 @@ impl Catalog {
     /// as the least recently used path.
     pub fn put_back(&mut self, entry: Arc<Entry>) {
         let hash = entry.store_path.hash_part();
-        self.leaving_bytes -= entry.manifest.disk_bytes;
+        self.leaving_bytes -= entry.disk_bytes();
         self.admit(hash.clone(), entry);
         self.lru.demote(&hash);
     }
@@ -286,7 +299,7 @@ mod tests {
         assert_eq!(cat.used_bytes(), 100);
         assert!(cat.fits(&r, 50), "50 free plus 100 leaving covers 100 kept + 50");
         assert!(!cat.fits(&r, 51));
-        cat.gone(victim.manifest.disk_bytes);
+        cat.gone(victim.disk_bytes());
         assert!(!cat.fits(&r, 50), "once deleted, the filesystem's figure must show it");
     }
 

@@ -157,9 +157,9 @@ impl NarCache {
         match self.layout.discard(&victim.dir) {
             Ok(trash) => {
                 CacheStats::bump(&self.stats.evictions);
-                debug!(store_path = %victim.store_path, bytes = victim.manifest.disk_bytes,
+                debug!(store_path = %victim.store_path, bytes = victim.disk_bytes(),
                        "evicted");
-                Ok((trash, victim.manifest.disk_bytes))
+                Ok((trash, victim.disk_bytes()))
             }
             Err(err) => {
                 if err.is_read_only() {

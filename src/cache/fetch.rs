@@ -106,6 +106,9 @@ impl NarCache {
         }
         self.prefetch_references(info);
         let Some(up) = up else { return Ok(None) };
+        if let Some(entry) = self.partial_from_index(up, info).await {
+            return Ok(Some(entry));
+        }
         let room = self.room_for(info, wanted)?;
         let prefetch = room.is_some();
         if !prefetch {
@@ -134,7 +137,10 @@ impl NarCache {
     }
 
     /// The substituters in priority order, asked for their nix-cache-info at the first fetch.
-    async fn ordered_upstreams(&self, sp: &StorePath) -> Result<&UpstreamSet, CacheError> {
+    pub(super) async fn ordered_upstreams(
+        &self,
+        sp: &StorePath,
+    ) -> Result<&UpstreamSet, CacheError> {
         let ordered = self
             .ordered
             .get_or_init(|| async {
@@ -411,6 +417,7 @@ impl NarCache {
             manifest,
             dir,
             touched_secs: AtomicU64::new(scan::unix_now()),
+            partial: None,
         });
         if let Err(err) = self.narinfos.put(up.url(), info) {
             warn!(store_path = %sp, error = %err, "cannot remember the narinfo");

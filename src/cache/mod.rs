@@ -21,14 +21,17 @@ mod error;
 mod evict;
 mod export;
 mod fetch;
+mod index_entry;
 pub mod layout;
 pub mod manifest;
 mod min_free;
 mod narinfo_store;
 mod no_room;
 mod ops;
+pub mod partial;
 mod pins;
 mod prefetch;
+mod ranged;
 mod reason;
 pub mod renar;
 mod scan;
@@ -58,6 +61,7 @@ use self::layout::{Layout, LayoutError};
 use self::manifest::Manifest;
 pub use self::min_free::MinFree;
 pub use self::ops::{GcReport, VerifyReport, WalkStep};
+use self::partial::Partial;
 pub use self::prefetch::DEFAULT_PREFETCH_JOBS;
 use self::prefetch::Prefetcher;
 pub use self::reason::FailureReason;
@@ -102,6 +106,8 @@ pub struct CacheConfig {
     pub fetch_timeout: Option<Duration>,
     /// How fast one uid may start fetches (joining a running fetch is free).
     pub uid_rate: RateLimit,
+    /// Keys whose signed file indexes are trusted; empty: every path is fetched whole.
+    pub index_keys: TrustedKeys,
 }
 
 /// One verified store path in the cache.
@@ -116,17 +122,41 @@ pub struct Entry {
     dir: PathBuf,
     /// When the manifest's mtime (the persisted LRU position) was last set, in Unix seconds.
     touched_secs: AtomicU64,
+    /// For a path served from a verified file index: the index and which files are present.
+    partial: Option<Partial>,
 }
 
 impl Entry {
     /// Opens regular file `id` of this entry. Fails with `NotFound` once the entry was evicted.
+    /// A file of a partial entry that is not present yet is an error that is not damage
+    /// (`Entry::is_missing` tells it first): fetch it with `NarCache::fetch_file`.
     pub fn open_file(&self, id: NodeId) -> std::io::Result<FileContents> {
         match self.manifest.node(id) {
-            Some(Node::File { size, packed, sums, .. }) => {
-                FileContents::open(&self.dir, id, *size, *packed, sums.clone())
-            }
+            Some(Node::File { size, packed, sums, .. }) => match &self.partial {
+                None => FileContents::open(&self.dir, id, *size, *packed, sums.clone()),
+                Some(partial) => match partial.sums_of(id) {
+                    Some(sums) => FileContents::open(&self.dir, id, *size, None, Some(sums)),
+                    None => Err(std::io::Error::other(format!("file {id} not fetched yet"))),
+                },
+            },
             _ => Err(std::io::Error::other(format!("node {id} is not a regular file"))),
         }
+    }
+
+    /// True for a regular file of a partial entry that is not present yet.
+    pub fn is_missing(&self, id: NodeId) -> bool {
+        self.partial.as_ref().is_some_and(|p| p.index.file(id).is_some() && !p.has(id))
+    }
+
+    /// The index and present files, for a path served from a verified file index.
+    pub fn partial(&self) -> Option<&Partial> {
+        self.partial.as_ref()
+    }
+
+    /// Bytes the entry occupies on disk: its manifest's count, plus the files a partial entry
+    /// fetched since.
+    pub fn disk_bytes(&self) -> u64 {
+        self.manifest.disk_bytes + self.partial.as_ref().map_or(0, Partial::added_bytes)
     }
 }
 

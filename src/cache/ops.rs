@@ -10,8 +10,10 @@ use super::evict::Victims;
 use super::renar;
 use super::{CacheError, Cause, Entry, NarCache};
 use crate::nix::hash::NarHash;
+use crate::nix::nar::NodeId;
 use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, lock};
+use sha2::Digest;
 
 /// How many paths `closure` fetches at once.
 pub const CLOSURE_PARALLELISM: usize = 8;
@@ -69,7 +71,7 @@ impl NarCache {
         roots: &[StorePath],
     ) -> Result<Vec<StorePath>, CacheError> {
         let mut out = Vec::new();
-        for (sp, result) in self.walk(roots, true, CLOSURE_PARALLELISM, &|_| {}).await {
+        for (sp, result) in self.walk(roots, true, false, CLOSURE_PARALLELISM, &|_| {}).await {
             result?;
             out.push(sp);
         }
@@ -88,7 +90,7 @@ impl NarCache {
         parallelism: usize,
         progress: impl Fn(WalkStep<'_>) + Sync,
     ) -> Vec<(StorePath, Result<(), CacheError>)> {
-        self.walk(paths, closure, parallelism, &progress).await
+        self.walk(paths, closure, true, parallelism, &progress).await
     }
 
     /// The one closure walker (behind `closure`, `prefetch` and `export_db`): breadth-first
@@ -97,6 +99,7 @@ impl NarCache {
         self: &Arc<Self>,
         roots: &[StorePath],
         follow: bool,
+        complete: bool,
         parallelism: usize,
         progress: &(dyn Fn(WalkStep<'_>) + Sync),
     ) -> Vec<(StorePath, Result<(), CacheError>)> {
@@ -113,7 +116,15 @@ impl NarCache {
                 futures::stream::iter(level.clone().into_iter().enumerate())
                     .map(|(i, sp)| {
                         let this = self.clone();
-                        async move { (i, this.get(&sp).await) }
+                        async move {
+                            let got = this.get(&sp).await;
+                            // `storefs prefetch` makes a partial entry whole.
+                            let got = match got {
+                                Ok(entry) if complete => this.complete(&entry).await.map(|()| entry),
+                                got => got,
+                            };
+                            (i, got)
+                        }
                     })
                     .buffer_unordered(parallelism.max(1))
                     .inspect(|(i, result)| {
@@ -267,8 +278,23 @@ impl NarCache {
     }
 }
 
-/// Checks one entry's files against its narinfo; the error says what is wrong.
+/// Checks one entry's files against its narinfo (a partial entry: each present file against
+/// its block checksums and the index's SHA-256); the error says what is wrong.
 fn check_entry(entry: &Entry) -> Result<(), String> {
+    if let Some(partial) = entry.partial() {
+        for id in 0..partial.index.nodes.len() as NodeId {
+            let Some(file) = partial.index.file(id).filter(|_| partial.has(id)) else { continue };
+            let bytes = entry
+                .open_file(id)
+                .and_then(|f| f.read_at(0, file.size))
+                .map_err(|e| format!("file {id}: {e}"))?;
+            let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+            if digest != file.digest {
+                return Err(format!("file {id} does not match the index's SHA-256"));
+            }
+        }
+        return Ok(());
+    }
     let (digest, len) =
         renar::hash_entry(&entry.manifest, &entry.dir).map_err(|e| e.to_string())?;
     if len != entry.narinfo.nar_size {

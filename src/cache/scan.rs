@@ -151,12 +151,14 @@ impl NarCache {
         // A key removed from the configuration must stop vouching for cached paths too.
         self.keys.verify(&narinfo).map_err(|e| format!("no longer trusted: {e}"))?;
         let touched = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let partial = self.load_partial(dir, &narinfo)?;
         Ok(Entry {
             store_path: narinfo.store_path.clone(),
             narinfo,
             manifest,
             dir: dir.into(),
             touched_secs: AtomicU64::new(touched),
+            partial,
         })
     }
 

@@ -36,6 +36,24 @@ metrics::counters! {
         /// Reader fetches refused because the path would not fit on the cache filesystem even
         /// after evicting every unpinned path (and lookups answered from that refusal).
         no_room_refusals,
+        /// Paths published as partial entries from a verified file index (no NAR download).
+        index_hits,
+        /// Indexes refused: unsigned, no signature by a trusted index key, or one that does
+        /// not verify.
+        index_refused_signature,
+        /// Indexes refused: signed, but for another store path, NarHash, NarSize or NAR file
+        /// than the verified narinfo.
+        index_refused_mismatch,
+        /// Indexes refused: malformed (the strict parser), or the request for one failed.
+        index_refused_malformed,
+        /// HTTP Range requests for frames of indexed NARs.
+        range_requests,
+        /// Bytes received by range requests (compressed frame bytes).
+        range_bytes,
+        /// Files of partial entries fetched, verified against the index and stored.
+        files_fetched,
+        /// Frames whose bytes did not match the index (their files got EIO from that cache).
+        frame_failures,
     }
     also {
         /// Time of each narinfo request (not those skipped while a cache is down).

@@ -61,6 +61,7 @@ pub(crate) fn entry_for_tests(path: &StorePath, disk_bytes: u64) -> Arc<Entry> {
         manifest,
         dir: std::path::PathBuf::from("/nonexistent"),
         touched_secs: AtomicU64::new(0),
+        partial: None,
     })
 }
 
@@ -119,6 +120,7 @@ impl Fixture {
             prefetch_jobs: 0,
             fetch_timeout: None,
             uid_rate: crate::upstream::rate::RateLimit::OFF,
+            index_keys: crate::nix::signature::TrustedKeys::default(),
         };
         let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
         Self { _dir: dir, config, ups, previous: std::sync::Mutex::new(std::sync::Weak::new()) }

@@ -48,6 +48,13 @@ pub struct Settings {
     #[arg(long = "trusted-public-key", value_name = "NAME:BASE64", help_heading = UPSTREAM_OPTIONS)]
     pub trusted_public_keys: Option<Vec<String>>,
 
+    /// Trusted index key NAME:BASE64; repeatable. A path whose signed file index
+    /// (`<hash>.index`, written by `storefs index`) verifies under one of these is served file by
+    /// file: metadata from the index, each file fetched by HTTP Range on first read and checked
+    /// against the index's SHA-256 [default: none: every path is fetched whole].
+    #[arg(long = "trusted-index-key", value_name = "NAME:BASE64", help_heading = UPSTREAM_OPTIONS)]
+    pub trusted_index_keys: Option<Vec<String>>,
+
     /// Nix configuration to read substituters, keys and netrc-file from when nothing else gives
     /// them [default: /etc/nix/nix.conf, if it exists].
     #[arg(long, value_name = "FILE", help_heading = UPSTREAM_OPTIONS)]

@@ -362,6 +362,14 @@ impl StoreFs {
             Err(err) => return Answer::Now(Err(err)),
         };
         self.cache.mark_used(&entry.store_path);
+        if entry.is_missing(node) {
+            // A path served from its file index: this file's bytes come now, verified.
+            let this = self.clone();
+            return Answer::AfterFetch(Box::pin(async move {
+                this.cache.fetch_file(&entry, node).await?;
+                Ok(entry.open_file(node)?)
+            }));
+        }
         match entry.open_file(node) {
             Ok(contents) => Answer::Now(Ok(contents)),
             // Evicted since its lookup (`NotFound`), or its cache file damaged: the same path

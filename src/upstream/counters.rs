@@ -52,6 +52,11 @@ impl UpstreamCounters {
         metrics::bump(&self.errors);
     }
 
+    /// Counts `n` bytes received outside a NAR body (byte ranges of a NAR file).
+    pub fn received(&self, n: u64) {
+        metrics::add(&self.bytes, n);
+    }
+
     /// This substituter in a snapshot.
     pub fn snapshot(&self, url: &str, online: bool) -> UpstreamSnapshot {
         let mut figures: std::collections::BTreeMap<String, Value> =

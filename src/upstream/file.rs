@@ -1,6 +1,7 @@
 //! `file://` binary caches: a directory laid out like an HTTP cache (what `nix copy --to file://` writes).
 
 use std::io::{ErrorKind, Read};
+use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
@@ -98,6 +99,16 @@ impl Upstream for FileUpstream {
         let body = self.counters.count(self.open_nar(nar_url, max_bytes)).await?;
         Ok(CountedBody::wrap(body, self.counters.clone()))
     }
+
+    async fn index(&self, hash_part: &str, limit: u64) -> Result<Option<Vec<u8>>, UpstreamError> {
+        self.counters.count(self.read_small(&format!("{hash_part}.index"), limit)).await
+    }
+
+    async fn range(&self, nar_url: &str, range: Range<u64>) -> Result<Vec<u8>, UpstreamError> {
+        let bytes = self.counters.count(self.read_range(nar_url, range)).await?;
+        self.counters.received(bytes.len() as u64);
+        Ok(bytes)
+    }
 }
 
 /// The requests, uncounted.
@@ -121,6 +132,32 @@ impl FileUpstream {
             url: format!("{}/{name}", self.display),
             source,
         })
+    }
+
+    async fn read_range(&self, nar_url: &str, range: Range<u64>) -> Result<Vec<u8>, UpstreamError> {
+        let path = self.resolve(nar_url)?;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let shown = path.display().to_string();
+            let err = |source| UpstreamError::File { path: shown.clone(), source };
+            let file = std::fs::File::open(&path).map_err(err)?;
+            let want = range.end.saturating_sub(range.start);
+            let len = file.metadata().map_err(err)?.len();
+            if range.end > len {
+                let got = len.saturating_sub(range.start);
+                let (start, end) = (range.start, range.end);
+                return Err(UpstreamError::BadRange { url: shown, start, end, got, status: 0 });
+            }
+            let mut buf =
+                vec![0; usize::try_from(want).map_err(|e| err(std::io::Error::other(e)))?];
+            file.read_exact_at(&mut buf, range.start).map_err(err)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| UpstreamError::File {
+            path: nar_url.to_owned(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     async fn open_nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {

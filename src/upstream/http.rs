@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -257,13 +258,19 @@ impl HttpUpstream {
         Ok(url)
     }
 
-    /// Sends one GET, with the cache's credentials, bounded as a whole by `timeout` if given.
+    /// Sends one GET, with the cache's credentials, bounded as a whole by `timeout` if given,
+    /// asking only for `range` if given.
     async fn send(
         &self,
         url: &Url,
         timeout: Option<Duration>,
+        range: Option<&Range<u64>>,
     ) -> Result<reqwest::Response, Failure> {
         let mut req = self.client.get(url.clone());
+        if let Some(r) = range {
+            let last = r.end.saturating_sub(1);
+            req = req.header(reqwest::header::RANGE, format!("bytes={}-{last}", r.start));
+        }
         if let Some(credentials) = &self.credentials {
             req = credentials.apply(req);
         }
@@ -402,7 +409,7 @@ impl HttpUpstream {
     }
 
     async fn get_small_once(&self, url: &Url, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
-        let resp = self.send(url, self.document_timeout).await?;
+        let resp = self.send(url, self.document_timeout, None).await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),
             s if !s.is_success() => return Err(status_failure(url, &resp)),
@@ -426,7 +433,7 @@ impl HttpUpstream {
     /// One try at a NAR: the response and its first bytes (so a body that stalls before it
     /// starts is retried like a failed request).
     async fn nar_once(&self, url: &Url, max_bytes: u64) -> Result<NarStart, Failure> {
-        let resp = self.send(url, None).await?;
+        let resp = self.send(url, None, None).await?;
         if !resp.status().is_success() {
             // A 404 here is not "absent": the narinfo said the NAR exists (NET-12).
             return Err(status_failure(url, &resp));
@@ -437,6 +444,43 @@ impl HttpUpstream {
         let mut rest = resp.bytes_stream().boxed();
         let first = rest.try_next().await.map_err(|e| transport(url, e))?;
         Ok(NarStart { first, rest })
+    }
+
+    /// One try at a byte range: HTTP 206 with exactly the bytes asked for. A 200 (the server
+    /// ignores ranges) is refused after its headers, before the whole file comes.
+    async fn range_once(&self, url: &Url, range: &Range<u64>) -> Result<Vec<u8>, Failure> {
+        let want = range.end.saturating_sub(range.start);
+        let resp = self.send(url, self.document_timeout, Some(range)).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(status_failure(url, &resp));
+        }
+        let bad = |got: u64| UpstreamError::BadRange {
+            url: url.to_string(),
+            start: range.start,
+            end: range.end,
+            got,
+            status: status.as_u16(),
+        };
+        if status != StatusCode::PARTIAL_CONTENT {
+            return Err(bad(resp.content_length().unwrap_or(0)).into());
+        }
+        if let Some(len) = resp.content_length().filter(|len| *len != want) {
+            return Err(bad(len).into());
+        }
+        let mut body = Vec::with_capacity(usize::try_from(want).unwrap_or(0).min(64 << 20));
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| transport(url, e))? {
+            if (body.len() + chunk.len()) as u64 > want {
+                return Err(bad(body.len() as u64 + chunk.len() as u64).into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if body.len() as u64 != want {
+            return Err(bad(body.len() as u64).into());
+        }
+        self.counters.received(want);
+        Ok(body)
     }
 
     fn join(&self, name: &str) -> Url {
@@ -536,6 +580,15 @@ impl Upstream for HttpUpstream {
             self.counters.failed();
             UpstreamError::NarInfo { url: url.to_string(), source }
         })
+    }
+
+    async fn index(&self, hash_part: &str, limit: u64) -> Result<Option<Vec<u8>>, UpstreamError> {
+        self.get_small(self.join(&format!("{hash_part}.index")), limit).await
+    }
+
+    async fn range(&self, nar_url: &str, range: Range<u64>) -> Result<Vec<u8>, UpstreamError> {
+        let url = self.resolve(nar_url)?;
+        self.run(&url, || self.range_once(&url, &range)).await
     }
 
     async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {

@@ -22,6 +22,7 @@ mod tests;
 pub(crate) mod testserver;
 
 use std::fmt::Debug;
+use std::ops::Range;
 use std::pin::Pin;
 use std::time::Instant;
 
@@ -63,6 +64,20 @@ pub trait Upstream: Send + Sync + Debug {
     /// that leave the cache's origin. `max_bytes` bounds what the caller will read; bodies that
     /// announce more are refused up front.
     async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError>;
+
+    /// `<hash_part>.index`, the signed file index `storefs index` writes, NOT verified, at most
+    /// `limit` bytes. `Ok(None)` when the cache has none (HTTP 404 or 403, missing file, or an
+    /// upstream that cannot serve single files).
+    async fn index(&self, _hash_part: &str, _limit: u64) -> Result<Option<Vec<u8>>, UpstreamError> {
+        Ok(None)
+    }
+
+    /// Exactly the bytes `range` of the NAR file at `nar_url` (an HTTP Range request), NOT
+    /// verified. An answer of another length is an error, never a short or long read.
+    async fn range(&self, nar_url: &str, range: Range<u64>) -> Result<Vec<u8>, UpstreamError> {
+        let _ = range;
+        Err(UpstreamError::NoRanges { url: format!("{}/{nar_url}", self.url()) })
+    }
 }
 
 /// Why a request to one binary cache failed.
@@ -144,6 +159,26 @@ pub enum UpstreamError {
         url: String,
         /// How long it would have had to wait.
         wait: std::time::Duration,
+    },
+    /// This upstream cannot serve byte ranges.
+    #[error("{url}: byte ranges are not supported here")]
+    NoRanges {
+        /// The URL asked for.
+        url: String,
+    },
+    /// A byte range came back with another length than asked for, or as a whole file.
+    #[error("{url}: asked for bytes {start}..{end}, got {got} (HTTP {status})")]
+    BadRange {
+        /// The URL asked for.
+        url: String,
+        /// First byte asked for.
+        start: u64,
+        /// End (exclusive) asked for.
+        end: u64,
+        /// Bytes received (or announced).
+        got: u64,
+        /// The HTTP status (0 for a file).
+        status: u16,
     },
     /// The substituter URL itself is unusable.
     #[error("substituter {url:?}: {reason}")]

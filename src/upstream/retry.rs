@@ -107,6 +107,8 @@ pub fn is_transient(err: &UpstreamError) -> bool {
         | UpstreamError::NarInfo { .. }
         | UpstreamError::CacheInfo { .. }
         | UpstreamError::ForeignNarUrl { .. }
+        | UpstreamError::NoRanges { .. }
+        | UpstreamError::BadRange { .. }
         | UpstreamError::File { .. }
         | UpstreamError::BadBaseUrl { .. } => false,
     }

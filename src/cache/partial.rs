@@ -1,0 +1,275 @@
+//! Partial cache entries: a store path whose tree came from a verified file index, and whose
+//! regular files arrive one by one, each checked against the index's SHA-256 before it is kept.
+//!
+//! On disk, an entry directory of a partial entry holds (docs/CACHE_FORMAT.md):
+//! - `manifest`: the tree from the index (files without block checksums: none is present yet);
+//! - `index`: the signed index as fetched, verified again when the entry is loaded;
+//! - `present`: an append-only log, one record per file that is present (below);
+//! - `f<id>`: each present regular file, whatever its size (no `pack`).
+//!
+//! A record is `u32 node | u32 n | n × u64 block checksum | u64 XXH3-64 of the record before
+//! it`, little-endian. A file is written and synced, renamed to `f<id>`, the directory synced,
+//! and only then is its record appended and synced: a crash leaves only verified files
+//! recorded. A torn or damaged record ends the log when it is loaded (what follows is ignored,
+//! those files are fetched again).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::manifest::{BlockSums, CHECK_BLOCK_BYTES, Manifest, Node, block_sum};
+use super::unpack::{block_rounded, file_name};
+use crate::nix::file_index::{FileIndex, NodeKind};
+use crate::nix::nar::NodeId;
+use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+
+/// The signed index kept in a partial entry's directory.
+pub const INDEX_FILE: &str = "index";
+/// The log of the files present in a partial entry.
+pub const PRESENT_FILE: &str = "present";
+/// Most block checksums one record may hold (a file of at most 2^40 bytes).
+const MAX_RECORD_SUMS: u32 = 1 << 24;
+
+/// What a partial entry knows beyond its manifest: the index and which files are present.
+#[derive(Debug)]
+pub struct Partial {
+    /// The verified index.
+    pub index: FileIndex,
+    /// The block checksums of each present file.
+    present: Mutex<HashMap<NodeId, BlockSums>>,
+    /// Bytes the present files occupy on disk, beyond the manifest's `disk_bytes`.
+    added_bytes: AtomicU64,
+    /// One fetch of this entry's files at a time (each re-checks what is present first).
+    pub(super) fetching: tokio::sync::Mutex<()>,
+}
+
+/// A regular file fetched and verified, ready to be stored.
+#[derive(Debug)]
+pub struct VerifiedFile {
+    /// Its node.
+    pub id: NodeId,
+    /// Its contents, which hashed to the index's digest.
+    pub bytes: Vec<u8>,
+    /// Mode 0555 rather than 0444.
+    pub executable: bool,
+}
+
+impl Partial {
+    /// A partial entry with no file present yet.
+    pub fn new(index: FileIndex) -> Self {
+        Self {
+            index,
+            present: Mutex::new(HashMap::new()),
+            added_bytes: AtomicU64::new(0),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reloads the files recorded present in `dir` (the log up to its first bad record, each
+    /// with its cache file there at its size).
+    pub fn load(index: FileIndex, dir: &Path) -> io::Result<Self> {
+        let partial = Self::new(index);
+        let log = match std::fs::read(dir.join(PRESENT_FILE)) {
+            Ok(log) => log,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut added = 0;
+        let mut present = lock(&partial.present);
+        for (id, sums) in records(&log) {
+            let Some(file) = partial.index.file(id) else { break };
+            if sums.len() as u64 != file.size.div_ceil(CHECK_BLOCK_BYTES) {
+                break;
+            }
+            match std::fs::symlink_metadata(dir.join(file_name(id))) {
+                Ok(meta) if meta.is_file() && meta.len() == file.size => {
+                    if present.insert(id, sums).is_none() {
+                        added += meta.blocks() * 512;
+                    }
+                }
+                _ => continue,
+            }
+        }
+        drop(present);
+        partial.added_bytes.store(added, Ordering::Relaxed);
+        Ok(partial)
+    }
+
+    /// The block checksums of file `id` if it is present.
+    pub fn sums_of(&self, id: NodeId) -> Option<BlockSums> {
+        lock(&self.present).get(&id).cloned()
+    }
+
+    /// Whether file `id` is present.
+    pub fn has(&self, id: NodeId) -> bool {
+        lock(&self.present).contains_key(&id)
+    }
+
+    /// How many regular files the index has, and how many of them are present.
+    pub fn progress(&self) -> (usize, usize) {
+        let files = self.index.nodes.iter().filter(|n| matches!(n.kind, NodeKind::File(_))).count();
+        (files, lock(&self.present).len())
+    }
+
+    /// Bytes on disk of the present files.
+    pub fn added_bytes(&self) -> u64 {
+        self.added_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` more on disk; only under the catalog's lock, while the entry is in it, so
+    /// the catalog's sum and the entry's own figure never disagree.
+    pub(super) fn count_added(&self, bytes: u64) {
+        self.added_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Stores `files` in `dir` durably (written, synced, renamed, the directory synced, then
+    /// recorded in the log and the log synced) and marks them present. Returns the bytes they
+    /// occupy on disk, for the caller to count (`count_added`) under the catalog's lock.
+    /// Blocking.
+    pub fn store(&self, dir: &Path, files: Vec<VerifiedFile>) -> io::Result<u64> {
+        let mut staged = Vec::with_capacity(files.len());
+        for file in files {
+            let tmp = dir.join(format!("{}.tmp", file_name(file.id)));
+            let _ = std::fs::remove_file(&tmp);
+            let mode = if file.executable { 0o555 } else { 0o444 };
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            out.write_all(&file.bytes)?;
+            let sums: BlockSums = if file.bytes.is_empty() {
+                Vec::new().into()
+            } else {
+                file.bytes.chunks(CHECK_BLOCK_BYTES as usize).map(block_sum).collect()
+            };
+            staged.push((file.id, tmp, out, sums));
+        }
+        let mut bytes = 0;
+        for (_, _, out, _) in &staged {
+            out.sync_all()?;
+            bytes += out.metadata()?.blocks() * 512;
+        }
+        for (id, tmp, _, _) in &staged {
+            std::fs::rename(tmp, dir.join(file_name(*id)))?;
+        }
+        File::open(dir)?.sync_all()?;
+        let mut log = Vec::new();
+        for (id, _, _, sums) in &staged {
+            log.extend_from_slice(&record(*id, sums));
+        }
+        let mut out = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(PRESENT_FILE))?;
+        out.write_all(&log)?;
+        out.sync_data()?;
+        let mut present = lock(&self.present);
+        for (id, _, _, sums) in staged {
+            present.insert(id, sums);
+        }
+        Ok(bytes)
+    }
+}
+
+/// The manifest of a partial entry: the index's tree, no file present, and the bytes the entry
+/// directory, its manifest and its index take (`index_len`).
+pub fn manifest_of(index: &FileIndex, narinfo: String, index_len: u64) -> Manifest {
+    let mut nodes: Vec<Node> = index
+        .nodes
+        .iter()
+        .map(|n| {
+            let parent = n.parent.as_ref().map_or(0, |(p, _)| *p);
+            match &n.kind {
+                NodeKind::Directory => Node::Directory { parent, entries: Vec::new() },
+                NodeKind::File(f) => Node::File {
+                    parent,
+                    executable: f.executable,
+                    size: f.size,
+                    packed: None,
+                    sums: None,
+                },
+                NodeKind::Symlink { target } => Node::Symlink { parent, target: target.clone() },
+            }
+        })
+        .collect();
+    // NAR order is pre-order with entries sorted by name, so entries come out sorted.
+    for (id, n) in index.nodes.iter().enumerate() {
+        if let Some((parent, name)) = &n.parent
+            && let Some(Node::Directory { entries, .. }) = nodes.get_mut(*parent as usize)
+        {
+            entries.push((name.clone(), id as NodeId));
+        }
+    }
+    let mut manifest = Manifest { narinfo, disk_bytes: 0, nodes };
+    let own = block_rounded(manifest.encode().len() as u64) + block_rounded(index_len);
+    manifest.disk_bytes = own + super::unpack::BLOCK_BYTES;
+    manifest
+}
+
+/// One log record for file `id` with `sums`.
+fn record(id: NodeId, sums: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + sums.len() * 8);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(sums.len() as u32).to_le_bytes());
+    for sum in sums {
+        out.extend_from_slice(&sum.to_le_bytes());
+    }
+    let check = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&check.to_le_bytes());
+    out
+}
+
+/// The records of a log, up to the first one that is torn or does not match its checksum.
+fn records(mut log: &[u8]) -> Vec<(NodeId, BlockSums)> {
+    let mut out = Vec::new();
+    let u32_at = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let u64_at = |b: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    while !log.is_empty() {
+        let (Some(id), Some(n)) = (u32_at(log, 0), u32_at(log, 4)) else { break };
+        if n > MAX_RECORD_SUMS {
+            break;
+        }
+        let body = 8 + n as usize * 8;
+        let Some(check) = u64_at(log, body) else { break };
+        let Some(head) = log.get(..body) else { break };
+        if xxhash_rust::xxh3::xxh3_64(head) != check {
+            break;
+        }
+        let sums: BlockSums = (0..n as usize).filter_map(|i| u64_at(log, 8 + i * 8)).collect();
+        out.push((id, sums));
+        log = &log[body + 8..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_is_ignored() {
+        let mut log = record(3, &[1, 2, 3]);
+        log.extend_from_slice(&record(7, &[]));
+        let whole = records(&log);
+        assert_eq!(whole.len(), 2);
+        assert_eq!((whole[0].0, &whole[0].1[..]), (3, &[1u64, 2, 3][..]));
+        assert_eq!((whole[1].0, whole[1].1.len()), (7, 0));
+        for cut in 0..log.len() {
+            let n = records(&log[..cut]).len();
+            assert!(n <= 1, "a torn second record must not load (cut at {cut})");
+        }
+        let mut flipped = log.clone();
+        flipped[5] ^= 1;
+        assert!(records(&flipped).is_empty(), "a damaged first record ends the log");
+    }
+}

@@ -1,0 +1,327 @@
+//! Fetching files of a partial entry: the frames a file lies in, asked for with HTTP Range
+//! requests (neighbouring frames coalesced into one range, several ranges in flight), each
+//! frame checked against its SHA-256 in the index and decoded, each file cut out and checked
+//! against its own SHA-256, and only then stored and served. Small files of the same directory
+//! ride along when their frames cost little (read-ahead). A frame whose bytes do not match gives
+//! an error for the files in it, never a wrong byte, and the next cache is asked for it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+
+use futures::StreamExt;
+use tracing::{debug, warn};
+
+use super::error::Failures;
+use super::partial::{Partial, VerifiedFile};
+use super::stats::CacheStats;
+use super::{CacheError, Cause, Entry, Failure, NarCache};
+use crate::logging::warn_throttled;
+use crate::nix::file_index::{FileIndex, NodeKind};
+use crate::nix::nar::NodeId;
+use crate::sync::{Arc, lock};
+use crate::upstream::Upstream;
+
+/// Range requests of one batch in flight at once.
+const RANGES_IN_FLIGHT: usize = 4;
+/// Largest range asked for at once (several frames coalesced), in bytes of the NAR file.
+const MAX_RANGE_BYTES: u64 = 8 << 20;
+/// Largest sibling file read ahead with a file.
+const READ_AHEAD_FILE_BYTES: u64 = 64 * 1024;
+/// Most bytes of frames fetched for read-ahead beyond those of the file asked for.
+const READ_AHEAD_BYTES: u64 = 256 * 1024;
+/// Most bytes of frames one batch of `complete` fetches.
+const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
+
+impl NarCache {
+    /// Makes file `id` of partial entry `entry` present: fetched, verified and stored, with the
+    /// small files of its directory when cheap. An error (EIO to the reader) when no cache gave
+    /// bytes that verify.
+    pub async fn fetch_file(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        id: NodeId,
+    ) -> Result<(), CacheError> {
+        let Some(partial) = entry.partial() else { return Ok(()) };
+        let _turn = partial.fetching.lock().await;
+        if partial.has(id) || partial.index.file(id).is_none() {
+            return Ok(());
+        }
+        let batch = read_ahead(partial, id);
+        self.fetch_batch(entry, partial, batch).await?;
+        if partial.has(id) { Ok(()) } else { Err(self.file_failed(entry, id, Vec::new())) }
+    }
+
+    /// Fetches every file of partial entry `entry` that is not present (`storefs prefetch`).
+    pub async fn complete(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<(), CacheError> {
+        let Some(partial) = entry.partial() else { return Ok(()) };
+        let _turn = partial.fetching.lock().await;
+        let missing: Vec<NodeId> = (0..partial.index.nodes.len() as NodeId)
+            .filter(|id| partial.index.file(*id).is_some() && !partial.has(*id))
+            .collect();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for id in missing {
+            bytes += frame_bytes(&partial.index, &[id]);
+            batch.push(id);
+            if bytes >= COMPLETE_BATCH_BYTES {
+                self.fetch_batch(entry, partial, std::mem::take(&mut batch)).await?;
+                bytes = 0;
+            }
+        }
+        self.fetch_batch(entry, partial, batch).await?;
+        match partial.progress() {
+            (files, present) if files == present => Ok(()),
+            (files, present) => {
+                let why = format!("{present} of {files} files verified");
+                Err(self.file_failed(
+                    entry,
+                    0,
+                    vec![Failure { upstream: None, cause: Cause::msg(why) }],
+                ))
+            }
+        }
+    }
+
+    /// Fetches and stores the files `wanted` (of one entry), asking the cache that served the
+    /// entry first and then the others, for whatever is still missing. Files whose frames do not
+    /// verify anywhere stay missing; only a local failure is an error here.
+    async fn fetch_batch(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        partial: &Partial,
+        wanted: Vec<NodeId>,
+    ) -> Result<(), CacheError> {
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if self.layout.read_only() {
+            let why = "cache directory is read-only: files of partial entries are not fetched";
+            return Err(self.file_failed(
+                entry,
+                wanted[0],
+                vec![Failure { upstream: None, cause: Cause::msg(why) }],
+            ));
+        }
+        let mut missing = wanted;
+        let mut failures = Vec::new();
+        for up in self.upstreams_for(entry).await {
+            let (verified, failed) = self.fetch_from(up.as_ref(), entry, partial, &missing).await;
+            if let Some(failure) = failed {
+                failures.push(failure);
+            }
+            if !verified.is_empty() {
+                missing.retain(|id| !verified.iter().any(|f| f.id == *id));
+                self.store_files(entry, verified).await?;
+            }
+            if missing.is_empty() {
+                break;
+            }
+        }
+        if !missing.is_empty() {
+            debug!(store_path = %entry.store_path, missing = missing.len(), failures = %Failures(failures),
+                   "files not fetched");
+        }
+        Ok(())
+    }
+
+    /// The substituters to ask for an entry's frames: the one that served it first, then the
+    /// others (every frame is checked against the index, whoever sends it).
+    async fn upstreams_for(&self, entry: &Entry) -> Vec<Arc<dyn Upstream>> {
+        let Ok(ordered) = self.ordered_upstreams(&entry.store_path).await else {
+            return self.upstreams.iter().cloned().collect();
+        };
+        let first = self.narinfos.get(&entry.store_path.hash_part()).map(|(from, _)| from);
+        let mut list: Vec<_> = ordered.iter().cloned().collect();
+        list.sort_by_key(|u| Some(u.url()) != first.as_deref());
+        list
+    }
+
+    /// The files of `ids` whose bytes `up` sent and that verified, and the failure if any.
+    async fn fetch_from(
+        &self,
+        up: &dyn Upstream,
+        entry: &Entry,
+        partial: &Partial,
+        ids: &[NodeId],
+    ) -> (Vec<VerifiedFile>, Option<Failure>) {
+        let index = &partial.index;
+        let frames: BTreeSet<usize> =
+            ids.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect();
+        let runs = coalesce(index, &frames);
+        let url = entry.narinfo.url.as_str();
+        let fetched: Vec<_> = futures::stream::iter(runs)
+            .map(|run| async move {
+                let first = index.frames.get(run.start).map_or(0, |f| f.file_offset);
+                let last = index.frames.get(run.end - 1).map_or(0, |f| f.file_range().end);
+                CacheStats::bump(&self.stats.range_requests);
+                let bytes = up.range(url, first..last).await;
+                (run, first, bytes)
+            })
+            .buffer_unordered(RANGES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut decoded: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut failure = None;
+        for (run, first, bytes) in fetched {
+            let bytes = match bytes {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    warn_throttled!(self.failure_log, store_path = %entry.store_path,
+                                    upstream = up.url(), error = %err, "range request failed");
+                    failure = Some(Failure::of(up.url(), err));
+                    continue;
+                }
+            };
+            CacheStats::add(&self.stats.range_bytes, bytes.len() as u64);
+            CacheStats::add(&self.stats.bytes_downloaded, bytes.len() as u64);
+            for i in run {
+                let Some(frame) = index.frames.get(i) else { continue };
+                let from = usize::try_from(frame.file_offset - first).unwrap_or(usize::MAX);
+                let piece =
+                    from.checked_add(frame.file_len as usize).and_then(|to| bytes.get(from..to));
+                match piece.map(|p| index.decode_frame(i, p)) {
+                    Some(Ok(nar)) => {
+                        decoded.insert(i, nar);
+                    }
+                    Some(Err(err)) => {
+                        CacheStats::bump(&self.stats.frame_failures);
+                        CacheStats::bump(&self.stats.verify_failures);
+                        up.counters().failed();
+                        warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
+                              "frame does not match the index; its files are not served from here");
+                        failure = Some(Failure::of(up.url(), err));
+                    }
+                    None => {}
+                }
+            }
+        }
+        let mut verified = Vec::new();
+        for id in ids {
+            let Some(file) = index.file(*id) else { continue };
+            let parts: Option<Vec<Vec<u8>>> =
+                index.frames_of(file).map(|i| decoded.get(&i).cloned()).collect();
+            let Some(parts) = parts else { continue };
+            match index.file_contents(file, &parts) {
+                Ok(bytes) => {
+                    verified.push(VerifiedFile { id: *id, bytes, executable: file.executable })
+                }
+                Err(err) => {
+                    warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
+                          "file does not match the index");
+                    failure = Some(Failure::of(up.url(), err));
+                }
+            }
+        }
+        (verified, failure)
+    }
+
+    /// Stores verified files in the entry's directory and counts their bytes.
+    async fn store_files(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        files: Vec<VerifiedFile>,
+    ) -> Result<(), CacheError> {
+        let n = files.len() as u64;
+        let first = files.first().map_or(0, |f| f.id);
+        let this = self.clone();
+        let held = entry.clone();
+        let stored = tokio::task::spawn_blocking(move || match held.partial() {
+            Some(partial) => partial.store(&held.dir, files),
+            None => Ok(0),
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        match stored {
+            Ok(bytes) => {
+                CacheStats::add(&this.stats.files_fetched, n);
+                lock(&this.catalog).grow(entry, bytes);
+                Ok(())
+            }
+            Err(err) => {
+                if err.raw_os_error() == Some(libc::EROFS) {
+                    self.layout.saw_read_only();
+                }
+                Err(self.file_failed(
+                    entry,
+                    first,
+                    vec![Failure { upstream: None, cause: Cause::new(err) }],
+                ))
+            }
+        }
+    }
+
+    /// The reader's error for file `id` of `entry`.
+    fn file_failed(&self, entry: &Entry, id: NodeId, mut failures: Vec<Failure>) -> CacheError {
+        if failures.is_empty() {
+            let why = format!("file {id}: no cache sent bytes that match the index");
+            failures.push(Failure { upstream: None, cause: Cause::msg(why) });
+        }
+        CacheError::Unavailable { path: entry.store_path.to_string(), failures: Failures(failures) }
+    }
+}
+
+/// File `id` and, read ahead, the small missing files of its directory whose frames are among
+/// its own or cost little more.
+fn read_ahead(partial: &Partial, id: NodeId) -> Vec<NodeId> {
+    let index = &partial.index;
+    let mut batch = vec![id];
+    let Some(parent) = index.nodes.get(id as usize).and_then(|n| n.parent.as_ref()).map(|p| p.0)
+    else {
+        return batch;
+    };
+    let mut frames: BTreeSet<usize> =
+        index.file(id).map(|f| index.frames_of(f).collect()).unwrap_or_default();
+    let mut extra = 0;
+    for (sibling, node) in index.nodes.iter().enumerate() {
+        let sibling = sibling as NodeId;
+        let NodeKind::File(file) = &node.kind else { continue };
+        if sibling == id
+            || node.parent.as_ref().map(|p| p.0) != Some(parent)
+            || file.size > READ_AHEAD_FILE_BYTES
+            || partial.has(sibling)
+        {
+            continue;
+        }
+        let cost: u64 = index
+            .frames_of(file)
+            .filter(|i| !frames.contains(i))
+            .filter_map(|i| index.frames.get(i))
+            .map(|f| f.file_len)
+            .sum();
+        if extra + cost > READ_AHEAD_BYTES {
+            continue;
+        }
+        extra += cost;
+        frames.extend(index.frames_of(file));
+        batch.push(sibling);
+    }
+    batch
+}
+
+/// Bytes of the NAR file the frames of `ids` take.
+fn frame_bytes(index: &FileIndex, ids: &[NodeId]) -> u64 {
+    let frames: BTreeSet<usize> =
+        ids.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect();
+    frames.iter().filter_map(|i| index.frames.get(*i)).map(|f| f.file_len).sum()
+}
+
+/// `frames` as runs of neighbouring frames, each at most `MAX_RANGE_BYTES` (or one frame).
+fn coalesce(index: &FileIndex, frames: &BTreeSet<usize>) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for &i in frames {
+        let len = index.frames.get(i).map_or(0, |f| f.file_len);
+        match runs.last_mut() {
+            Some(run) if run.end == i && bytes + len <= MAX_RANGE_BYTES => {
+                run.end = i + 1;
+                bytes += len;
+            }
+            _ => {
+                runs.push(i..i + 1);
+                bytes = len;
+            }
+        }
+    }
+    runs
+}

@@ -1,0 +1,235 @@
+//! File-level laziness through the real mount (issue 14, part 2): with `--trusted-index-key`, a
+//! path of an indexed cache is listed and stat'ed from its signed index with no NAR download,
+//! its files come by HTTP Range and verify, a restart keeps them; a tampered frame gives EIO for
+//! its files only; a tampered or untrusted index falls back to the whole NAR, verified by
+//! NarHash. Needs root, nix-bin, nginx and zstd.
+
+#![cfg(feature = "fuse_tests")]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::daemon::{Daemon, storefs_bin};
+use common::{Fixtures, Nginx, daemon_args, fuse_setup, hash_part, require, run};
+use sha2::{Digest, Sha256};
+use storefs::nix::file_index::{FileIndex, NodeKind, SignedIndex};
+use storefs::nix::signature::SigningKey;
+
+const NEEDS: &[&str] = &["root", "nix-store", "nix-hash", "nginx", "zstd"];
+
+/// A copy of the fixture's xz cache in a fresh directory, indexed with `frame_size`.
+fn indexed_cache(fx: &Fixtures, frame_size: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("xz");
+    run(Command::new("cp").arg("-a").arg(fx.cache_dir("xz")).arg(&dir));
+    run(Command::new(storefs_bin())
+        .arg("index")
+        .arg(&dir)
+        .arg("--secret-key-file")
+        .arg(fx.secret_key_path())
+        .args(["--frame-size", frame_size]));
+    (tmp, dir)
+}
+
+/// The mount over `nginx`'s `xz` cache, trusting indexes signed by `index_key`.
+fn mount(tmp: &Path, fx: &Fixtures, nginx: &Nginx, index_key: &str) -> Daemon {
+    // No closure prefetch: the requests counted are the reader's own.
+    let extra = ["--trusted-index-key", index_key, "--prefetch-jobs", "0"];
+    Daemon::start(tmp, &daemon_args(&[nginx.url("xz")], &fx.public_key, &extra))
+}
+
+/// Requests nginx saw for NAR files: (ranged, whole).
+fn nar_requests(nginx: &Nginx) -> (usize, usize) {
+    let nars: Vec<_> = nginx.entries().into_iter().filter(|e| e.path().contains("/nar/")).collect();
+    let ranged = nars.iter().filter(|e| e.range.is_some() && e.status == 206).count();
+    (ranged, nars.len() - ranged)
+}
+
+/// Walks `dir` as `find` and `ls -l` would (lstat, readdir, readlink), returning the number of
+/// names seen.
+fn walk_metadata(dir: &Path) -> usize {
+    let mut seen = 0;
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        seen += 1;
+        if meta.is_dir() {
+            seen += walk_metadata(&path);
+        } else if meta.file_type().is_symlink() {
+            assert!(!fs::read_link(&path).unwrap().as_os_str().is_empty());
+        }
+    }
+    seen
+}
+
+fn nix_hash(path: &Path) -> String {
+    let out = run(Command::new("nix-hash").args(["--type", "sha256", "--base32"]).arg(path));
+    String::from_utf8_lossy(&out).trim().to_owned()
+}
+
+fn nar_hash_of(dir: &Path, store_path: &str) -> String {
+    let info = fs::read_to_string(dir.join(format!("{}.narinfo", hash_part(store_path)))).unwrap();
+    info.lines().find_map(|l| l.strip_prefix("NarHash: sha256:")).unwrap().to_owned()
+}
+
+fn stats(d: &Daemon) -> serde_json::Value {
+    let out = d.client(&["stats", "--json"]);
+    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn stat(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {v}"))
+}
+
+fn mounted(d: &Daemon, store_path: &str) -> PathBuf {
+    d.mnt.join(store_path.trim_start_matches("/nix/store/"))
+}
+
+/// The index of `store_path` in the cache at `dir`.
+fn index_of(dir: &Path, store_path: &str) -> FileIndex {
+    let raw = fs::read(dir.join(format!("{}.index", hash_part(store_path)))).unwrap();
+    SignedIndex::parse(&raw).unwrap().index
+}
+
+/// The path of node `id` below its store path's root.
+fn node_path(ix: &FileIndex, id: usize) -> PathBuf {
+    let mut names = Vec::new();
+    let mut at = id;
+    while let Some((parent, name)) = &ix.nodes[at].parent {
+        names.push(String::from_utf8(name.clone()).unwrap());
+        at = *parent as usize;
+    }
+    names.iter().rev().collect()
+}
+
+#[test]
+fn metadata_comes_from_the_index_and_files_by_range_verified_and_kept_across_a_restart() {
+    let test =
+        "metadata_comes_from_the_index_and_files_by_range_verified_and_kept_across_a_restart";
+    let Some(fx) = fuse_setup(test) else { return };
+    if require(NEEDS, test) {
+        return;
+    }
+    let (tmp, dir) = indexed_cache(fx, "256K");
+    let nginx = Nginx::start(tmp.path(), "");
+    let mut d = mount(tmp.path(), fx, &nginx, &fx.public_key);
+
+    // Listing, stat and readlink of whole trees: answered from the indexes, no NAR requested.
+    let names: usize =
+        [&fx.weird, &fx.deep, &fx.busybox_bin].iter().map(|p| walk_metadata(&mounted(&d, p))).sum();
+    assert!(names > 20, "walked {names} names");
+    assert_eq!(nar_requests(&nginx), (0, 0), "metadata needed no NAR bytes");
+    let s = stats(&d);
+    assert!(stat(&s, "index_hits") >= 3, "{s}");
+
+    // Reading: by range only, and every file of every path verifies to its NarHash.
+    let out = run(&mut Command::new(mounted(&d, &fx.exe)));
+    assert_eq!(String::from_utf8_lossy(&out).trim_end(), fx.exe_expected);
+    for path in &fx.closure {
+        assert_eq!(nix_hash(&mounted(&d, path)), nar_hash_of(&dir, path), "{path}");
+    }
+    let (ranged, whole) = nar_requests(&nginx);
+    assert!(ranged > 0 && whole == 0, "{ranged} ranged, {whole} whole NAR requests");
+    let s = stats(&d);
+    assert!(stat(&s, "range_requests") >= ranged as u64, "{s}");
+    assert!(stat(&s, "files_fetched") > 0 && stat(&s, "frame_failures") == 0, "{s}");
+    assert!(stat(&s, "range_bytes") > 0, "{s}");
+
+    // A restart keeps the files fetched: reading them again sends no request.
+    d.stop();
+    nginx.clear_log();
+    let d = mount(tmp.path(), fx, &nginx, &fx.public_key);
+    for path in [&fx.weird, &fx.big, &fx.deep] {
+        assert_eq!(nix_hash(&mounted(&d, path)), nar_hash_of(&dir, path), "{path}");
+    }
+    assert_eq!(nar_requests(&nginx), (0, 0), "files kept across the restart");
+    let verify = d.client(&["verify"]);
+    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
+}
+
+#[test]
+fn a_tampered_frame_gives_eio_for_its_files_only() {
+    let test = "a_tampered_frame_gives_eio_for_its_files_only";
+    let Some(fx) = fuse_setup(test) else { return };
+    if require(NEEDS, test) {
+        return;
+    }
+    // Small frames, so that files of one path lie in different frames.
+    let (tmp, dir) = indexed_cache(fx, "1K");
+    let ix = index_of(&dir, &fx.weird);
+    let files: Vec<(usize, std::ops::Range<usize>)> = (0..ix.nodes.len())
+        .filter_map(|id| match &ix.nodes[id].kind {
+            NodeKind::File(f) if f.size > 0 => Some((id, ix.frames_of(f))),
+            _ => None,
+        })
+        .collect();
+    let (bad, bad_frames) = files[0].clone();
+    let good: Vec<usize> = files
+        .iter()
+        .filter(|(_, frames)| frames.clone().all(|i| !bad_frames.contains(&i)))
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(!good.is_empty(), "some file lies in other frames");
+    let frame = &ix.frames[bad_frames.start];
+    let info = fs::read_to_string(dir.join(format!("{}.narinfo", hash_part(&fx.weird)))).unwrap();
+    let url = info.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+    let nar = fs::OpenOptions::new().read(true).write(true).open(dir.join(url)).unwrap();
+    let at = frame.file_offset + frame.file_len / 2;
+    let mut byte = [0u8];
+    nar.read_exact_at(&mut byte, at).unwrap();
+    nar.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+
+    let nginx = Nginx::start(tmp.path(), "");
+    let d = mount(tmp.path(), fx, &nginx, &fx.public_key);
+    let root = mounted(&d, &fx.weird);
+    let err = fs::read(root.join(node_path(&ix, bad))).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    for id in good {
+        let bytes = fs::read(root.join(node_path(&ix, id))).unwrap();
+        let NodeKind::File(f) = &ix.nodes[id].kind else { unreachable!() };
+        assert_eq!(<[u8; 32]>::from(Sha256::digest(&bytes)), f.digest, "node {id}");
+    }
+    let s = stats(&d);
+    assert!(stat(&s, "frame_failures") >= 1, "{s}");
+    assert_eq!(nar_requests(&nginx).1, 0, "no whole NAR: the path stays file-level");
+}
+
+#[test]
+fn a_tampered_or_untrusted_index_falls_back_to_the_whole_nar() {
+    let test = "a_tampered_or_untrusted_index_falls_back_to_the_whole_nar";
+    let Some(fx) = fuse_setup(test) else { return };
+    if require(NEEDS, test) {
+        return;
+    }
+    let (tmp, dir) = indexed_cache(fx, "256K");
+    // Tampered: one byte of the body of weird's index (its signature then fails).
+    let index_file = dir.join(format!("{}.index", hash_part(&fx.weird)));
+    let mut raw = fs::read(&index_file).unwrap();
+    raw[40] ^= 1;
+    fs::write(&index_file, &raw).unwrap();
+    let nginx = Nginx::start(tmp.path(), "");
+    let mut d = mount(tmp.path(), fx, &nginx, &fx.public_key);
+    assert_eq!(nix_hash(&mounted(&d, &fx.weird)), nar_hash_of(&dir, &fx.weird));
+    assert_eq!(nar_requests(&nginx).1, 1, "weird came whole");
+    let s = stats(&d);
+    assert_eq!(stat(&s, "index_refused_signature") + stat(&s, "index_refused_malformed"), 1);
+    d.stop();
+
+    // An unknown index key: every index is refused, every path comes whole and verifies.
+    let other = SigningKey::generate("other-index-1", [7; 32]).to_public_string();
+    fs::remove_dir_all(tmp.path().join("cache")).unwrap();
+    nginx.clear_log();
+    let d = mount(tmp.path(), fx, &nginx, &other);
+    for path in [&fx.deep, &fx.big] {
+        assert_eq!(nix_hash(&mounted(&d, path)), nar_hash_of(&dir, path), "{path}");
+    }
+    assert_eq!(nar_requests(&nginx), (0, 2));
+    let s = stats(&d);
+    assert_eq!(stat(&s, "index_refused_signature"), 2, "{s}");
+    assert_eq!(stat(&s, "index_hits"), 0, "{s}");
+}
