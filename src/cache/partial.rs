@@ -124,12 +124,10 @@ impl Partial {
         self.added_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Stores `files` in `dir` durably (written, synced, renamed, the directory synced, then
-    /// recorded in the log and the log synced) and marks them present. Returns the bytes they
-    /// occupy on disk, for the caller to count (`count_added`) under the catalog's lock.
-    /// Blocking.
-    pub fn store(&self, dir: &Path, files: Vec<VerifiedFile>) -> io::Result<u64> {
-        let mut staged = Vec::with_capacity(files.len());
+    /// Writes `files` into `dir` under temporary names and syncs them: the first half of
+    /// storing them, done without any lock. Blocking.
+    pub fn stage(dir: &Path, files: Vec<VerifiedFile>) -> io::Result<Staged> {
+        let mut staged = Staged { files: Vec::with_capacity(files.len()), bytes: 0 };
         for file in files {
             let tmp = dir.join(format!("{}.tmp", file_name(file.id)));
             let _ = std::fs::remove_file(&tmp);
@@ -141,24 +139,29 @@ impl Partial {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             out.write_all(&file.bytes)?;
+            out.sync_all()?;
+            staged.bytes += out.metadata()?.blocks() * 512;
             let sums: BlockSums = if file.bytes.is_empty() {
                 Vec::new().into()
             } else {
                 file.bytes.chunks(CHECK_BLOCK_BYTES as usize).map(block_sum).collect()
             };
-            staged.push((file.id, tmp, out, sums));
+            staged.files.push((file.id, sums));
         }
-        let mut bytes = 0;
-        for (_, _, out, _) in &staged {
-            out.sync_all()?;
-            bytes += out.metadata()?.blocks() * 512;
-        }
-        for (id, tmp, _, _) in &staged {
-            std::fs::rename(tmp, dir.join(file_name(*id)))?;
+        Ok(staged)
+    }
+
+    /// The second half: renames the staged files into place, syncs `dir`, then records them
+    /// in the log, syncs it and marks them present. The caller holds the cache's `moves` lock
+    /// and has checked that `dir` is still this entry's. Returns the bytes they occupy on disk,
+    /// for the caller to count (`count_added`) under the catalog's lock. Blocking.
+    pub fn commit(&self, dir: &Path, staged: Staged) -> io::Result<u64> {
+        for (id, _) in &staged.files {
+            std::fs::rename(dir.join(format!("{}.tmp", file_name(*id))), dir.join(file_name(*id)))?;
         }
         File::open(dir)?.sync_all()?;
         let mut log = Vec::new();
-        for (id, _, _, sums) in &staged {
+        for (id, sums) in &staged.files {
             log.extend_from_slice(&record(*id, sums));
         }
         let mut out = OpenOptions::new()
@@ -170,11 +173,18 @@ impl Partial {
         out.write_all(&log)?;
         out.sync_data()?;
         let mut present = lock(&self.present);
-        for (id, _, _, sums) in staged {
+        for (id, sums) in staged.files {
             present.insert(id, sums);
         }
-        Ok(bytes)
+        Ok(staged.bytes)
     }
+}
+
+/// Files written and synced under temporary names, not yet present.
+#[derive(Debug)]
+pub struct Staged {
+    files: Vec<(NodeId, BlockSums)>,
+    bytes: u64,
 }
 
 /// The manifest of a partial entry: the index's tree, no file present, and the bytes the entry

@@ -33,22 +33,42 @@ const READ_AHEAD_BYTES: u64 = 256 * 1024;
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
 
 impl NarCache {
-    /// Makes file `id` of partial entry `entry` present: fetched, verified and stored, with the
-    /// small files of its directory when cheap. An error (EIO to the reader) when no cache gave
-    /// bytes that verify.
+    /// Makes file `id` of `entry`'s path present, fetched, verified and stored with the small
+    /// files of its directory when cheap, and returns the entry that holds it: `entry`, or the
+    /// path's entry now if `entry` was evicted meanwhile (fetched again, same NarHash). An
+    /// error (EIO to the reader) when no cache gave bytes that verify.
     pub async fn fetch_file(
         self: &Arc<Self>,
         entry: &Arc<Entry>,
         id: NodeId,
-    ) -> Result<(), CacheError> {
-        let Some(partial) = entry.partial() else { return Ok(()) };
-        let _turn = partial.fetching.lock().await;
-        if partial.has(id) || partial.index.file(id).is_none() {
-            return Ok(());
+    ) -> Result<Arc<Entry>, CacheError> {
+        let mut entry = entry.clone();
+        for _ in 0..2 {
+            if !self.is_current(&entry) {
+                entry = self.get_as(&entry.store_path, None).await?;
+            }
+            let Some(partial) = entry.partial() else { return Ok(entry) };
+            let _turn = partial.fetching.lock().await;
+            if partial.has(id) || partial.index.file(id).is_none() {
+                return Ok(entry.clone());
+            }
+            let batch = read_ahead(partial, id);
+            if !self.fetch_batch(&entry, partial, batch).await? {
+                continue; // evicted meanwhile
+            }
+            if partial.has(id) {
+                return Ok(entry.clone());
+            }
+            return Err(self.file_failed(&entry, id, Vec::new()));
         }
-        let batch = read_ahead(partial, id);
-        self.fetch_batch(entry, partial, batch).await?;
-        if partial.has(id) { Ok(()) } else { Err(self.file_failed(entry, id, Vec::new())) }
+        let why = "evicted twice while its file was fetched";
+        Err(self.file_failed(&entry, id, vec![Failure { upstream: None, cause: Cause::msg(why) }]))
+    }
+
+    /// Whether `entry` is the one cached for its path now.
+    fn is_current(&self, entry: &Arc<Entry>) -> bool {
+        let hash = entry.store_path.hash_part();
+        lock(&self.catalog).peek(&hash).is_some_and(|e| Arc::ptr_eq(e, entry))
     }
 
     /// Fetches every file of partial entry `entry` that is not present (`storefs prefetch`).
@@ -60,39 +80,39 @@ impl NarCache {
             .collect();
         let mut batch = Vec::new();
         let mut bytes = 0;
+        let mut current = true;
         for id in missing {
             bytes += frame_bytes(&partial.index, &[id]);
             batch.push(id);
             if bytes >= COMPLETE_BATCH_BYTES {
-                self.fetch_batch(entry, partial, std::mem::take(&mut batch)).await?;
+                current =
+                    current && self.fetch_batch(entry, partial, std::mem::take(&mut batch)).await?;
                 bytes = 0;
             }
         }
-        self.fetch_batch(entry, partial, batch).await?;
+        current = current && self.fetch_batch(entry, partial, batch).await?;
         match partial.progress() {
-            (files, present) if files == present => Ok(()),
+            (files, present) if current && files == present => Ok(()),
             (files, present) => {
-                let why = format!("{present} of {files} files verified");
-                Err(self.file_failed(
-                    entry,
-                    0,
-                    vec![Failure { upstream: None, cause: Cause::msg(why) }],
-                ))
+                let why = format!("{present} of {files} files verified and stored");
+                let failure = Failure { upstream: None, cause: Cause::msg(why) };
+                Err(self.file_failed(entry, 0, vec![failure]))
             }
         }
     }
 
     /// Fetches and stores the files `wanted` (of one entry), asking the cache that served the
     /// entry first and then the others, for whatever is still missing. Files whose frames do not
-    /// verify anywhere stay missing; only a local failure is an error here.
+    /// verify anywhere stay missing; only a local failure is an error here. False when the
+    /// entry was evicted meanwhile (nothing more is stored into it).
     async fn fetch_batch(
         self: &Arc<Self>,
         entry: &Arc<Entry>,
         partial: &Partial,
         wanted: Vec<NodeId>,
-    ) -> Result<(), CacheError> {
+    ) -> Result<bool, CacheError> {
         if wanted.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         if self.layout.read_only() {
             let why = "cache directory is read-only: files of partial entries are not fetched";
@@ -111,7 +131,9 @@ impl NarCache {
             }
             if !verified.is_empty() {
                 missing.retain(|id| !verified.iter().any(|f| f.id == *id));
-                self.store_files(entry, verified).await?;
+                if !self.store_files(entry, verified).await? {
+                    return Ok(false);
+                }
             }
             if missing.is_empty() {
                 break;
@@ -121,7 +143,7 @@ impl NarCache {
             debug!(store_path = %entry.store_path, missing = missing.len(), failures = %Failures(failures),
                    "files not fetched");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The substituters to ask for an entry's frames: the one that served it first, then the
@@ -215,38 +237,48 @@ impl NarCache {
         (verified, failure)
     }
 
-    /// Stores verified files in the entry's directory and counts their bytes.
+    /// Stores verified files in the entry's directory and counts their bytes; false when the
+    /// entry was evicted meanwhile (then nothing is recorded in it).
     async fn store_files(
         self: &Arc<Self>,
         entry: &Arc<Entry>,
         files: Vec<VerifiedFile>,
-    ) -> Result<(), CacheError> {
+    ) -> Result<bool, CacheError> {
         let n = files.len() as u64;
         let first = files.first().map_or(0, |f| f.id);
-        let this = self.clone();
-        let held = entry.clone();
-        let stored = tokio::task::spawn_blocking(move || match held.partial() {
-            Some(partial) => partial.store(&held.dir, files),
-            None => Ok(0),
+        let (this, held) = (self.clone(), entry.clone());
+        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let Some(partial) = held.partial() else { return Ok(false) };
+            let staged = match Partial::stage(&held.dir, files) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                staged => staged?,
+            };
+            // Under `moves`, the entry's directory is where it was checked to be: nothing
+            // renames it into the trash while its files are renamed into it and recorded.
+            let _moves = lock(&this.moves);
+            if this.is_closed() || !this.is_current(&held) {
+                return Ok(false);
+            }
+            let bytes = partial.commit(&held.dir, staged)?;
+            lock(&this.catalog).grow(&held, bytes);
+            Ok(true)
         })
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
         match stored {
-            Ok(bytes) => {
-                CacheStats::add(&this.stats.files_fetched, n);
-                lock(&this.catalog).grow(entry, bytes);
-                Ok(())
+            Ok(current) => {
+                if current {
+                    CacheStats::add(&self.stats.files_fetched, n);
+                }
+                Ok(current)
             }
             Err(err) => {
                 if err.raw_os_error() == Some(libc::EROFS) {
                     self.layout.saw_read_only();
                 }
-                Err(self.file_failed(
-                    entry,
-                    first,
-                    vec![Failure { upstream: None, cause: Cause::new(err) }],
-                ))
+                let failure = Failure { upstream: None, cause: Cause::new(err) };
+                Err(self.file_failed(entry, first, vec![failure]))
             }
         }
     }

@@ -366,8 +366,11 @@ impl StoreFs {
             // A path served from its file index: this file's bytes come now, verified.
             let this = self.clone();
             return Answer::AfterFetch(Box::pin(async move {
-                this.cache.fetch_file(&entry, node).await?;
-                Ok(entry.open_file(node)?)
+                let holder = this.cache.fetch_file(&entry, node).await?;
+                if !Arc::ptr_eq(&holder, &entry) {
+                    this.write_paths().refresh(&holder);
+                }
+                Ok(holder.open_file(node)?)
             }));
         }
         match entry.open_file(node) {
@@ -407,7 +410,11 @@ impl StoreFs {
         self.cache.set_aside(&entry, &problem.to_string()).await;
         // A read's fetch: bounded by --fetch-timeout like a lookup's (no uid: the path was
         // looked up already, so its turn was taken then).
-        let fresh = self.cache.get_as(&entry.store_path, None).await?;
+        let mut fresh = self.cache.get_as(&entry.store_path, None).await?;
+        if fresh.is_missing(node) {
+            // Served from its file index again: this file is fetched anew.
+            fresh = self.cache.fetch_file(&fresh, node).await?;
+        }
         self.write_paths().refresh(&fresh);
         Ok(fresh.open_file(node)?)
     }
