@@ -35,6 +35,11 @@ Options:
   --site-layout L     per-package (default: one store path per site-packages entry) or one-path
                       (the whole tree as ONE store path, issue 14's worst case); its own fixture
                       directory (default DIR gets the suffix -one-path)
+  --indexed           serve a copy of the cache prepared by `storefs index` (signed with the
+                      fixture's key): Nix and path-level storefs read it as before, and row a
+                      adds a cold job through storefs with --trusted-index-key (file-level), its
+                      bytes against the job's, and a NarHash check of every path read through
+                      that mount after the job (nix-hash)
   --storefs PATH      measure this storefs binary instead of building one (e.g. an older
                       release, to compare before and after a change on the same fixture)
   -h, --help          this help
@@ -46,7 +51,7 @@ EOF
 }
 
 REPS=3 QUICK=0 DIR="" COMPRESSION=zstd RATE=100mbit DELAY_MS=10 DROP=1 WRITE_DOC="" ONLY=abc SF_ARGS=""
-STOREFS_GIVEN="" SITE_LAYOUT=per-package
+STOREFS_GIVEN="" SITE_LAYOUT=per-package INDEXED=0
 while (($#)); do
     case $1 in
         --reps) REPS=${2:?--reps needs N}; shift 2 ;;
@@ -61,6 +66,7 @@ while (($#)); do
         --write-doc) WRITE_DOC=${2:?}; shift 2 ;;
         --site-layout) SITE_LAYOUT=${2:?--site-layout needs per-package or one-path}; shift 2 ;;
         --storefs) STOREFS_GIVEN=${2:?}; shift 2 ;;
+        --indexed) INDEXED=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown option $1 (see --help)" >&2; exit 1 ;;
     esac
@@ -230,6 +236,22 @@ CLOSURE_BYTES=$(nix-store -q --size "${CLOSURE[@]}" | awk '{s += $1} END {print 
 CLOSURE_FILES=$(find "${CLOSURE[@]}" -type f | wc -l)
 STDLIB_FILES=$(find "$STDLIB" -type f | wc -l); STDLIB_MB=$(du -sm "$STDLIB" | cut -f1)
 SITE_FILES=$(find -L "$SITE" -type f | wc -l); SITE_MB=$(du -smL "$SITE" | cut -f1)
+# The indexed copy of the served cache, made again when the fixture or storefs changed.
+CACHE_SUB=$COMPRESSION
+if ((INDEXED)); then
+    CACHE_SUB=$COMPRESSION-indexed
+    IX_KEY=$(printf '%s\n' "$FIXTURE_KEY" "$(sha256sum "$STOREFS" | cut -d' ' -f1)" | sha256sum | cut -d' ' -f1)
+    if [[ $(cat "$DIR/caches/$CACHE_SUB/.indexed" 2>/dev/null) != "$IX_KEY" ]]; then
+        log "fixture: storefs index of a copy of the $COMPRESSION cache"
+        rm -rf "$DIR/caches/$CACHE_SUB"
+        cp -a "$DIR/caches/$COMPRESSION" "$DIR/caches/$CACHE_SUB"
+        t_ix=$(date +%s%N)
+        "$STOREFS" index "$DIR/caches/$CACHE_SUB" --secret-key-file "$DIR/keys/secret" >"$DIR/index.log" 2>&1 ||
+            { cat "$DIR/index.log" >&2; die "storefs index failed"; }
+        log "fixture: indexed in $((($(date +%s%N) - t_ix) / 1000000)) ms: $(tail -n1 "$DIR/index.log")"
+        echo "$IX_KEY" >"$DIR/caches/$CACHE_SUB/.indexed"
+    fi
+fi
 log "fixture: $NPATHS paths, $((CLOSURE_BYTES / 1048576)) MiB (NAR), $CLOSURE_FILES files; stdlib $STDLIB_MB MB / $STDLIB_FILES files; site-packages $SITE_MB MB / $SITE_FILES files"
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +338,7 @@ python3 "$REPO/scripts/delay-proxy.py" 127.0.0.1:0 "$NS_IP:8080" "$DELAY_MS" "$W
 PIDS_TO_STOP+=($!)
 wait_for "the delaying proxy's port file" 20 test -s "$WORK/proxy.port"
 PROXY_PORT=$(cat "$WORK/proxy.port")
-CACHE_URL=http://127.0.0.1:$PROXY_PORT/$COMPRESSION
+CACHE_URL=http://127.0.0.1:$PROXY_PORT/$CACHE_SUB
 wait_for "nginx through the proxy" 20 http_ok "http://127.0.0.1:$PROXY_PORT/__ready"
 rtt_ms=$(python3 - "$PROXY_PORT" <<'PY'
 import socket, sys, time
@@ -362,11 +384,11 @@ JOB_RCHAR=$(tail -n1 "$WORK/job.out" | awk '{print $NF}')
 log "job: $(tail -n1 "$WORK/job.out") (reads ~$((JOB_RCHAR * 1000 / CLOSURE_BYTES / 10)).$((JOB_RCHAR * 1000 / CLOSURE_BYTES % 10))% of the closure's bytes)"
 
 SF_PID=""
-start_storefs() { # MNT CACHE
+start_storefs() { # MNT CACHE [EXTRA FLAGS...]
     mkdir -p "$1"
     "$STOREFS" mount "$1" --cache-dir "$2" --nix-conf /dev/null --substituter "$CACHE_URL" \
         --trusted-public-key "$PUBLIC_KEY" --max-size 50G --min-free 0 --negative-ttl 0 \
-        --control-socket "$WORK/storefs.sock" $SF_ARGS >>"$WORK/storefs.log" 2>&1 &
+        --control-socket "$WORK/storefs.sock" $SF_ARGS "${@:3}" >>"$WORK/storefs.log" 2>&1 &
     SF_PID=$!
     PIDS_TO_STOP+=("$SF_PID"); MOUNTS_TO_DROP+=("$1")
     local deadline=$(($(date +%s) + 20))
@@ -435,6 +457,28 @@ for rep in $(seq 1 "$REPS"); do
         read -r n b < <(log_count); add sf_job_req "$n"; add sf_job_bytes "$b"
         stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
 
+        if ((INDEXED)); then
+            log "rep $rep/$REPS: a. cold job through storefs, file-level (--trusted-index-key)"
+            log_reset
+            t=$(now_ns)
+            start_storefs "$R_DIR/mnt" "$R_DIR/sfcache" --trusted-index-key "$PUBLIC_KEY"
+            run_job "$R_DIR/mnt"
+            add sf_ix_job_ms "$(ms_since "$t")"
+            read -r n b < <(log_count); add sf_ix_job_req "$n"; add sf_ix_job_bytes "$b"
+            if ((rep == 1)); then
+                log "rep $rep/$REPS:    every path read through this mount hashes to its NarHash?"
+                bad=0
+                for p in "${CLOSURE[@]}"; do
+                    want_hash=$(sed -n 's/^NarHash: sha256://p' "$DIR/caches/$CACHE_SUB/$(basename "$p" | cut -c1-32).narinfo")
+                    got_hash=$(nix-hash --type sha256 --base32 "$R_DIR/mnt/$(basename "$p")")
+                    [[ $got_hash == "$want_hash" ]] || { bad=$((bad + 1)); log "NarHash differs: $p"; }
+                done
+                NARHASH_CHECK="$((NPATHS - bad)) of $NPATHS paths"
+                ((bad == 0)) || die "$bad paths read through the file-level mount differ from their NarHash"
+            fi
+            stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
+        fi
+
         log "rep $rep/$REPS: a. cold job with Nix (nix-store -r, then the job)"
         log_reset
         t=$(now_ns)
@@ -499,6 +543,11 @@ TABLE=$(
     echo "| measurement | storefs | baseline | ratio | target |"
     echo "|---|---|---|---|---|"
     echo "| a. cold job (s), vs Nix substitution + job | $(sec "$(M sf_job_ms)") | $(sec "$(M nix_job_ms)") | $(ratio "$(M sf_job_ms)" "$(M nix_job_ms)") | <= 0.75 |"
+    if ((INDEXED)); then
+        echo "| a. cold job, file-level (--trusted-index-key) (s), vs Nix substitution + job | $(sec "$(M sf_ix_job_ms)") | $(sec "$(M nix_job_ms)") | $(ratio "$(M sf_ix_job_ms)" "$(M nix_job_ms)") | <= 0.15 |"
+        echo "| a. MiB downloaded, cold job, file-level, vs MiB the job reads (rchar) | $(mib "$(M sf_ix_job_bytes)") | $(mib "$JOB_RCHAR") | $(ratio "$(M sf_ix_job_bytes)" "$JOB_RCHAR") | <= 3 |"
+        echo "| a. requests, cold job, file-level, vs Nix | $(M sf_ix_job_req) | $(M nix_job_req) | $(ratio "$(M sf_ix_job_req)" "$(M nix_job_req)") | |"
+    fi
     echo "| b. cold full read (s), vs Nix substitution | $(sec "$(M sf_full_ms)") | $(sec "$(M nix_full_ms)") | $(ratio "$(M sf_full_ms)" "$(M nix_full_ms)") | <= 1.05 |"
     echo "| c. warm read throughput, page cache $( ((DROP)) && echo dropped || echo kept) (MiB/s), vs local disk | $(M sf_warm_mbs) | $(M nat_warm_mbs) | $(ratio "$(M sf_warm_mbs)" "$(M nat_warm_mbs)") | >= 0.9 |"
     echo "| c. warm read throughput, page cache hot (read again, MiB/s), vs local disk | $(M sf_hot_mbs) | $(M nat_hot_mbs) | $(ratio "$(M sf_hot_mbs)" "$(M nat_hot_mbs)") | >= 0.9 |"
@@ -511,7 +560,7 @@ TABLE=$(
 )
 RAW=$(for k in $(printf '%s\n' "${!R[@]}" | sort); do printf '%-14s %s\n' "$k" "${R[$k]}"; done)
 FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), $( ((SYNTH)) && echo "synthetic site-packages" || echo site-packages) ($SITE_MB MB, $SITE_FILES files, one store path per top-level entry), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
-SETUP="link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
+SETUP="$( ((INDEXED)) && echo "cache indexed by storefs index (every NarHash checked through the file-level mount after the job: ${NARHASH_CHECK:-not run}); ")link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
 echo
 echo "storefs benchmark, $DATE"
 echo "machine: $MACHINE"
@@ -525,7 +574,7 @@ echo "raw values (ms, MiB/s, bytes, KiB) per repetition:"
 echo "$RAW"
 if [[ -n $WRITE_DOC ]]; then
     {
-        echo "Run on $DATE, \`scripts/bench.sh --reps $REPS$( ((QUICK)) && echo ' --quick')$( [[ $COMPRESSION != zstd ]] && echo " --compression $COMPRESSION")\`."
+        echo "Run on $DATE, \`scripts/bench.sh --reps $REPS$( ((QUICK)) && echo ' --quick')$( ((INDEXED)) && echo ' --indexed')$( [[ $SITE_LAYOUT != per-package ]] && echo " --site-layout $SITE_LAYOUT")$( [[ $COMPRESSION != zstd ]] && echo " --compression $COMPRESSION")\`."
         echo
         echo "- Machine: $MACHINE"
         echo "- Fixture: $FIXDESC"
