@@ -236,9 +236,8 @@ fn write_failure(err: &ParseError) -> Option<io::Error> {
 /// the seekable NAR, by `FileHash`) and that NAR is in place with its size.
 fn already_indexed(settings: &IndexSettings, index_file: &Path, info: &NarInfo) -> bool {
     let Ok(bytes) = fs::read(index_file) else { return false };
-    let Ok(signed) = SignedIndex::parse(&bytes) else { return false };
     let Ok(keys) = TrustedKeys::new(vec![settings.key.public()]) else { return false };
-    let Ok((index, _)) = signed.verify(&keys, info) else { return false };
+    let Ok((index, _)) = SignedIndex::open(&bytes, &keys, info) else { return false };
     let Ok(nar) = nar_file(&settings.dir, index_file, &info.url) else { return false };
     fs::metadata(nar).is_ok_and(|m| m.len() == index.nar_file.size)
 }
