@@ -121,34 +121,24 @@ fn nix_substitutes_the_whole_closure_from_an_indexed_cache() {
     let (tmp, dir) = cache_copy(fx);
     index_ok(&dir, fx);
     let nginx = Nginx::start(tmp.path(), "");
-    let root = tmp.path().join("root");
-    run(Command::new("nix-store")
-        .arg("--store")
-        .arg(&root)
-        .args(["-r", &fx.top])
-        .args(["--option", "substituters", &nginx.url("xz")])
-        .args(["--option", "trusted-public-keys", &fx.public_key])
-        .args(["--option", "build-users-group", ""])
-        .env_remove("NIX_REMOTE"));
-    for path in &fx.closure {
-        let copied = root.join(path.trim_start_matches('/'));
-        assert!(copied.symlink_metadata().is_ok(), "{path} was not substituted");
-    }
-    // And `nix copy --from`, into another fresh store.
-    let copy_root = tmp.path().join("copy-root");
-    run(Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command", "copy"])
-        .args(["--from", &nginx.url("xz")])
-        .arg("--to")
-        .arg(&copy_root)
-        .arg(&fx.top)
-        .args(["--option", "trusted-public-keys", &fx.public_key])
-        .args(["--option", "build-users-group", ""])
-        .env_remove("NIX_REMOTE"));
-    for path in &fx.closure {
-        let copied = copy_root.join(path.trim_start_matches('/'));
-        assert!(copied.symlink_metadata().is_ok(), "{path} was not copied");
-    }
+    let nix = |program: &str, args: &[&str], root: &Path| {
+        run(Command::new(program)
+            .args(args)
+            .arg("--store")
+            .arg(root)
+            .args(["--option", "trusted-public-keys", &fx.public_key])
+            .args(["--option", "build-users-group", ""])
+            .env_remove("NIX_REMOTE"));
+        for path in &fx.closure {
+            let copied = root.join(path.trim_start_matches('/'));
+            assert!(copied.symlink_metadata().is_ok(), "{program} {args:?}: {path} is missing");
+        }
+    };
+    let url = nginx.url("xz");
+    nix("nix-store", &["-r", &fx.top, "--option", "substituters", &url], &tmp.path().join("a"));
+    // `--store` is where `nix copy` copies to, unless `--to` says otherwise.
+    let copy = ["--extra-experimental-features", "nix-command", "copy", "--from", &url, &fx.top];
+    nix("nix", &copy, &tmp.path().join("b"));
     // Nix checked each NAR against NarHash as it substituted; it read the re-encoded ones.
     let n = 2 * fx.closure.len();
     assert_eq!(nginx.wait_for_requests(".nar.zst", n, Duration::from_secs(10)), n);
