@@ -2,6 +2,7 @@
 //! clap (it derives the `mount` flags); nothing else sees clap types.
 
 pub mod check;
+pub mod index;
 pub mod mount;
 pub mod mount_probe;
 pub mod ops;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Check the running daemon: its mount answers, each substituter answers, the trusted keys
     /// verify what the caches sign, the cache directory is sane. One line per check.
     Check(check::CheckArgs),
+    /// Prepare a binary cache directory for file-level laziness: re-encode each NAR as
+    /// seekable zstd and write a signed per-path index beside its narinfo.
+    Index(index::IndexArgs),
 }
 
 /// Prints a failure on stderr once, as `storefs: <what failed>: <cause>: <its cause>...`. A cause
@@ -97,6 +101,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => ops::verify(&args),
         Command::ExportDb(args) => ops::export_db(&args),
         Command::Check(args) => check::run(&args),
+        Command::Index(args) => index::run(&args),
     }
 }
 
