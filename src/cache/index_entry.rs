@@ -75,10 +75,10 @@ impl NarCache {
         }
     }
 
-    /// Parses `raw` and trusts it under the index keys for `info`.
+    /// Trusts `raw` under the index keys for `info`: its signature is checked before its body
+    /// is parsed (`SignedIndex::open`).
     pub(super) fn verify_index(&self, raw: &[u8], info: &NarInfo) -> Result<FileIndex, IndexError> {
-        let signed = SignedIndex::parse(raw)?;
-        signed.verify(&self.config.index_keys, info).map(|(index, _key)| index)
+        SignedIndex::open(raw, &self.config.index_keys, info).map(|(index, _key)| index)
     }
 
     /// Writes the partial entry (manifest and index) into staging, publishes it like any entry

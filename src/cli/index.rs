@@ -15,6 +15,9 @@ use crate::nix::signature::SigningKey;
 
 /// Without a terminal, one progress line per this many paths.
 const PROGRESS_EVERY: usize = 100;
+/// `--frame-size`'s default as the help shows it: [`index::DEFAULT_FRAME_BYTES`] (a test ties
+/// the two).
+const DEFAULT_FRAME_SIZE: &str = "256K";
 
 /// `storefs index`.
 #[derive(Debug, Args)]
@@ -46,7 +49,7 @@ pub struct IndexArgs {
     /// NAR bytes per frame: small files share a frame, larger ones are split into frames of
     /// this size. Smaller frames let a reader fetch less around a small file but compress
     /// worse and make the index larger.
-    #[arg(long, value_name = "SIZE", default_value = "256K")]
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_FRAME_SIZE)]
     frame_size: String,
 }
 
@@ -149,5 +152,15 @@ fn print_summary(s: &Summary) {
     }
     for (name, err) in &s.failed {
         println!("failed: {name}: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_frame_size_is_the_indexers() {
+        assert_eq!(parse_size(DEFAULT_FRAME_SIZE).unwrap(), index::DEFAULT_FRAME_BYTES);
     }
 }

@@ -113,6 +113,13 @@ pub enum PathError {
         /// What it hashes to.
         found: NarHash,
     },
+    /// The rewritten narinfo would not name the new NAR, or would sign otherwise (a narinfo
+    /// this tool cannot edit line by line); nothing was replaced.
+    #[error("{}: rewriting URL, Compression, FileHash and FileSize would change other fields", file.display())]
+    Rewrite {
+        /// The narinfo.
+        file: PathBuf,
+    },
     /// Writing the new NAR, the index or the narinfo failed.
     #[error("cannot write {}: {source}", file.display())]
     Write {
@@ -203,7 +210,15 @@ pub fn index_path(
     // What is about to be served must parse, and sign as before (no signed line changed).
     let narinfo_error = |source| PathError::Narinfo { file: narinfo_file.clone(), source };
     let new_info = NarInfo::parse(new_text.as_bytes()).map_err(narinfo_error)?;
-    debug_assert_eq!(new_info.fingerprint(), info.fingerprint());
+    let rewritten = new_info.fingerprint() == info.fingerprint()
+        && new_info.signatures == info.signatures
+        && new_info.url == url
+        && new_info.compression == Compression::Zstd
+        && new_info.file_hash.as_deref().and_then(|h| NarHash::parse(h).ok()) == Some(file_hash)
+        && new_info.file_size == Some(file_size);
+    if !rewritten {
+        return Err(PathError::Rewrite { file: narinfo_file });
+    }
     durable::replace(&narinfo_file, new_text.as_bytes()).map_err(write_error(&narinfo_file))?;
     failpoint::hit("index::after_narinfo_rename");
 
@@ -236,9 +251,8 @@ fn write_failure(err: &ParseError) -> Option<io::Error> {
 /// the seekable NAR, by `FileHash`) and that NAR is in place with its size.
 fn already_indexed(settings: &IndexSettings, index_file: &Path, info: &NarInfo) -> bool {
     let Ok(bytes) = fs::read(index_file) else { return false };
-    let Ok(signed) = SignedIndex::parse(&bytes) else { return false };
     let Ok(keys) = TrustedKeys::new(vec![settings.key.public()]) else { return false };
-    let Ok((index, _)) = signed.verify(&keys, info) else { return false };
+    let Ok((index, _)) = SignedIndex::open(&bytes, &keys, info) else { return false };
     let Ok(nar) = nar_file(&settings.dir, index_file, &info.url) else { return false };
     fs::metadata(nar).is_ok_and(|m| m.len() == index.nar_file.size)
 }

@@ -24,6 +24,7 @@ const MIN_FRAME_RECORD: u64 = 4 + SHA256_SIZE as u64;
 const MIN_ENTRY_RECORD: u64 = 4;
 
 /// Reads fields off the front of the index, naming the field and offset on failure.
+#[derive(Debug)]
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -98,14 +99,24 @@ impl<'a> Cursor<'a> {
     }
 }
 
-impl SignedIndex {
-    /// Parses an index file (see the module docs for what is checked). The result is not yet
-    /// trusted: call [`SignedIndex::verify`].
+/// An index file split into its parts, nothing of the body parsed yet.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    /// The raw `name:base64` signatures.
+    pub signatures: Vec<String>,
+    /// SHA-256 of the body, the digest the signatures cover.
+    pub body_digest: [u8; SHA256_SIZE],
+    body: Cursor<'a>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Splits an index file: magic, signatures, body (the rest of the file). Bounded work: the
+    /// body is only hashed, so a signature can be checked before the body is parsed.
     ///
     /// # Errors
     ///
-    /// Anything malformed or inconsistent, naming the field, node or frame.
-    pub fn parse(bytes: &[u8]) -> Result<Self, IndexError> {
+    /// Too large, a bad magic, or a malformed signature section.
+    pub fn split(bytes: &'a [u8]) -> Result<Self, IndexError> {
         if bytes.len() > MAX_INDEX_BYTES {
             return Err(IndexError::TooLarge { size: bytes.len() });
         }
@@ -113,36 +124,75 @@ impl SignedIndex {
         if c.take(MAGIC.len(), "magic").ok() != Some(&MAGIC[..]) {
             return Err(IndexError::BadMagic);
         }
-        let path = c.bytes("store path", "/nix/store/".len() + MAX_BASENAME_LEN)?;
-        let store_path = StorePath::from_absolute_path(path).map_err(IndexError::StorePath)?;
-        let nar_hash = NarHash::from_digest(c.digest("NarHash")?);
-        let nar_size = c.varint("NarSize")?;
-        if nar_size == 0 {
-            return Err(IndexError::ZeroNarSize);
-        }
-        let code = c.byte("nar file encoding")?;
-        let encoding = NarEncoding::from_code(code).ok_or(IndexError::UnknownEncoding(code))?;
-        let file_size = c.varint("nar file size")?;
-        let file_hash = NarHash::from_digest(c.digest("nar file hash")?);
-        let nar_file = NarFile { encoding, size: file_size, hash: file_hash };
-        let frames = parse_frames(&mut c, nar_size, file_size)?;
-        let nodes = parse_tree(&mut c, nar_size)?;
-        let body_digest: [u8; SHA256_SIZE] = Sha256::digest(&bytes[..c.pos]).into();
         let signatures = parse_signatures(&mut c)?;
-        if c.left() > 0 {
-            return Err(IndexError::Trailing { count: c.left() as usize, offset: c.pos });
-        }
-        let index = FileIndex { store_path, nar_hash, nar_size, nar_file, frames, nodes };
-        Ok(SignedIndex { index, body_digest, signatures })
+        let body_digest: [u8; SHA256_SIZE] = Sha256::digest(&bytes[c.pos..]).into();
+        Ok(Self { signatures, body_digest, body: c })
     }
 
-    /// The index file: body, then signatures.
+    /// The store path and NarHash the body claims (its first fields), parsing nothing else.
+    ///
+    /// # Errors
+    ///
+    /// The body is too short for them, or the store path is malformed.
+    pub fn claims(&self) -> Result<(StorePath, NarHash), IndexError> {
+        let mut c = Cursor { bytes: self.body.bytes, pos: self.body.pos };
+        let path = c.bytes("store path", "/nix/store/".len() + MAX_BASENAME_LEN)?;
+        let store_path = StorePath::from_absolute_path(path).map_err(IndexError::StorePath)?;
+        Ok((store_path, NarHash::from_digest(c.digest("NarHash")?)))
+    }
+
+    /// Parses the body (see the module docs for what is checked).
+    ///
+    /// # Errors
+    ///
+    /// Anything malformed or inconsistent, naming the field, node or frame.
+    pub fn parse_body(self) -> Result<SignedIndex, IndexError> {
+        let Envelope { signatures, body_digest, body: mut c } = self;
+        let index = parse_body(&mut c)?;
+        Ok(SignedIndex { index, body_digest, signatures })
+    }
+}
+
+impl SignedIndex {
+    /// Parses a whole index file, body included, trusting nothing: for tools and tests. A
+    /// reader uses [`SignedIndex::open`], which checks the signature before parsing the body.
+    ///
+    /// # Errors
+    ///
+    /// Anything malformed or inconsistent, naming the field, node or frame.
+    pub fn parse(bytes: &[u8]) -> Result<Self, IndexError> {
+        Envelope::split(bytes)?.parse_body()
+    }
+
+    /// The index file: magic, signatures, body.
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = super::encode_body(&self.index);
+        let mut out = MAGIC.to_vec();
         put_signatures(&mut out, &self.signatures);
+        out.extend_from_slice(&super::encode_body(&self.index));
         out
     }
+}
+
+fn parse_body(c: &mut Cursor<'_>) -> Result<FileIndex, IndexError> {
+    let path = c.bytes("store path", "/nix/store/".len() + MAX_BASENAME_LEN)?;
+    let store_path = StorePath::from_absolute_path(path).map_err(IndexError::StorePath)?;
+    let nar_hash = NarHash::from_digest(c.digest("NarHash")?);
+    let nar_size = c.varint("NarSize")?;
+    if nar_size == 0 {
+        return Err(IndexError::ZeroNarSize);
+    }
+    let code = c.byte("nar file encoding")?;
+    let encoding = NarEncoding::from_code(code).ok_or(IndexError::UnknownEncoding(code))?;
+    let file_size = c.varint("nar file size")?;
+    let file_hash = NarHash::from_digest(c.digest("nar file hash")?);
+    let nar_file = NarFile { encoding, size: file_size, hash: file_hash };
+    let frames = parse_frames(c, nar_size, file_size)?;
+    let nodes = parse_tree(c, nar_size)?;
+    if c.left() > 0 {
+        return Err(IndexError::Trailing { count: c.left() as usize, offset: c.pos });
+    }
+    Ok(FileIndex { store_path, nar_hash, nar_size, nar_file, frames, nodes })
 }
 
 fn parse_frames(

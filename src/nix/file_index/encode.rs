@@ -1,6 +1,6 @@
 //! Writes an index body and its signature section (the layout is in docs/INDEX_FORMAT.md).
 
-use super::{FileIndex, MAGIC, NodeKind};
+use super::{FileIndex, NodeKind};
 
 /// Node tags in the body.
 pub(super) const TAG_DIRECTORY: u8 = 1;
@@ -23,11 +23,11 @@ pub(super) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// The body of `index`: everything its signatures cover.
+/// The body of `index`: everything its signatures cover (the file is the magic, the signature
+/// section, then this).
 #[must_use]
 pub fn encode_body(index: &FileIndex) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
     put_bytes(&mut out, index.store_path.to_absolute_path().as_bytes());
     out.extend_from_slice(index.nar_hash.digest());
     put_varint(&mut out, index.nar_size);

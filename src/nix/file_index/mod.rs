@@ -2,14 +2,16 @@
 //! store path, a SHA-256 of each regular file, and the frames of the seekable zstd NAR, so a
 //! reader can fetch and verify single files with HTTP Range requests. Pure: no I/O.
 //!
-//! The format is specified in docs/INDEX_FORMAT.md. In short: a binary body (magic, store path,
-//! NarHash, NarSize, the NAR file's size and SHA-256, the frame table, the tree in NAR order)
-//! followed by `name:base64` ed25519 signatures over
-//! `storefs-index-1;<store path>;<NarHash>;<sha256 of the body>` (see [`fingerprint`]).
+//! The format is specified in docs/INDEX_FORMAT.md. In short: a magic, `name:base64` ed25519
+//! signatures over `storefs-index-1;<store path>;<NarHash>;<sha256 of the body>` (see
+//! [`fingerprint`]), then the binary body (store path, NarHash, NarSize, the NAR file's size
+//! and SHA-256, the frame table, the tree in NAR order). Signatures come first so that a reader
+//! checks them against the narinfo before it parses the body ([`SignedIndex::open`]).
 //!
 //! - [`build`]: turns a NAR into seekable zstd frames and the index describing them.
-//! - [`decode`]: [`SignedIndex::parse`], the strict parser for hostile input.
-//! - [`verify`]: the signature and narinfo checks, and frame and file checks for readers.
+//! - [`decode`]: the strict parser for hostile input ([`decode::Envelope`], [`SignedIndex::parse`]).
+//! - [`verify`]: [`SignedIndex::open`], the signature and narinfo checks, and frame and file
+//!   checks for readers.
 //!
 //! What is stored and what is derived: a file's offset in the NAR and the frames it lies in are
 //! not stored; the parser computes them from the tree (a NAR is canonical) and the frame table,
@@ -38,7 +40,7 @@ pub const MAGIC: &[u8; 16] = b"storefs-index-1\n";
 /// First field of the signed fingerprint; a new format version gets a new one.
 pub const FINGERPRINT_VERSION: &str = "storefs-index-1";
 /// Largest index file accepted, in bytes.
-pub const MAX_INDEX_BYTES: usize = 256 << 20;
+pub const MAX_INDEX_BYTES: usize = 64 << 20;
 /// Most nodes a tree may have (as many as the mount can number).
 pub const MAX_NODES: usize = 1 << 24;
 /// Most frames a NAR may have.
@@ -189,6 +191,7 @@ impl FileIndex {
 }
 
 /// A parsed index with its signatures, not yet trusted; [`SignedIndex::verify`] trusts it.
+/// Readers use [`SignedIndex::open`] instead, which checks the signature before parsing.
 #[derive(Clone, Debug)]
 pub struct SignedIndex {
     /// The contents.

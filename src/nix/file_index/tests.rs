@@ -85,8 +85,12 @@ fn signed_bytes(index: &FileIndex) -> Vec<u8> {
     SignedIndex::sign(index.clone(), &key()).to_bytes()
 }
 
+/// What a reader does: [`SignedIndex::open`]; the tools' parse-then-verify must agree with it.
 fn parse_and_verify(bytes: &[u8], info: &NarInfo) -> Result<FileIndex, IndexError> {
-    SignedIndex::parse(bytes)?.verify(&trusted(), info).map(|(ix, _)| ix)
+    let opened = SignedIndex::open(bytes, &trusted(), info).map(|(ix, _)| ix);
+    let parsed = SignedIndex::parse(bytes).and_then(|s| s.verify(&trusted(), info));
+    assert_eq!(opened.is_ok(), parsed.is_ok(), "{opened:?} vs {parsed:?}");
+    opened
 }
 
 #[test]
@@ -171,12 +175,14 @@ fn hostile_indexes_are_refused() {
     let good = signed_bytes(&b.index);
 
     let mut bad_sig = good.clone();
-    let last = bad_sig.len() - 3;
-    bad_sig[last] ^= 0x01; // inside the base64 of the signature
+    // Magic, signature count, the signature's length, then `index-test-1:` and its base64.
+    let in_base64 = MAGIC.len() + 2 + "index-test-1:".len() + 20;
+    bad_sig[in_base64] ^= 0x01;
     let other_key = SigningKey::generate("someone-else-1", [9; 32]);
     let unknown = SignedIndex::sign(b.index.clone(), &other_key).to_bytes();
-    let mut unsigned = encode_body(&b.index);
+    let mut unsigned = MAGIC.to_vec();
     unsigned.push(0);
+    unsigned.extend(encode_body(&b.index));
     let mut other_hash = info.clone();
     other_hash.nar_hash = NarHash::from_digest([1; 32]);
     let mut other_path = info.clone();
@@ -220,8 +226,15 @@ fn hostile_indexes_are_refused() {
         ("unsorted_names", resign(unsorted), &info, "not after its predecessor"),
         ("tree_larger_than_nar", resign(resized), &info, "NarSize"),
         ("empty", Vec::new(), &info, "bad magic"),
-        ("truncated", good[..good.len() / 2].to_vec(), &info, "truncated"),
-        ("trailing_bytes", [good.clone(), vec![0]].concat(), &info, "trailing"),
+        // The body's digest changes, so the signature fails before the body is parsed.
+        ("truncated", good[..good.len() / 2].to_vec(), &info, "does not verify"),
+        ("trailing_bytes", [good.clone(), vec![0]].concat(), &info, "does not verify"),
+        (
+            "cut_in_the_signatures",
+            good[..MAGIC.len() + 5].to_vec(),
+            &info,
+            "more than the index can hold",
+        ),
     ];
     for (name, bytes, info, want) in cases {
         let err = parse_and_verify(&bytes, info).expect_err(name).to_string();
@@ -230,13 +243,25 @@ fn hostile_indexes_are_refused() {
 }
 
 #[test]
+fn the_structural_parser_names_truncation_and_trailing_bytes() {
+    let b = build(&sample_tree(), 1024);
+    let good = signed_bytes(&b.index);
+    let cut = SignedIndex::parse(&good[..good.len() - 10]).unwrap_err().to_string();
+    assert!(cut.contains("truncated"), "{cut}");
+    let trailing = SignedIndex::parse(&[good, vec![0]].concat()).unwrap_err().to_string();
+    assert!(trailing.contains("1 trailing bytes"), "{trailing}");
+}
+
+#[test]
 fn huge_counts_are_refused_before_allocating() {
     let b = build(&file(b"x", false), 1024);
     let body = encode_body(&b.index);
-    // The frame count sits right after the fixed header; claim 2^40 frames.
-    let at = MAGIC.len() + 1 + "/nix/store/".len() + PATH.len() + 32 + 1 + 1 + 1 + 32;
+    // The frame count sits right after the fixed fields; claim 2^40 frames.
+    let at = 1 + "/nix/store/".len() + PATH.len() + 32 + 1 + 1 + 1 + 32;
     assert_eq!(body[at], 1, "one frame");
-    let mut huge = body[..at].to_vec();
+    let mut huge = MAGIC.to_vec();
+    huge.push(0);
+    huge.extend_from_slice(&body[..at]);
     encode::put_varint(&mut huge, 1 << 40);
     huge.extend_from_slice(&body[at + 1..]);
     let err = SignedIndex::parse(&huge).unwrap_err().to_string();

@@ -5,6 +5,7 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
+use super::decode::Envelope;
 use super::{
     FileIndex, FileNode, IndexError, NarEncoding, SignedIndex, encode_body, fingerprint,
     tree_of_nar,
@@ -14,6 +15,7 @@ use crate::nix::nar::ParseError;
 use crate::nix::narinfo::{Compression, NarInfo};
 use crate::nix::seekable::{self, SeekableError};
 use crate::nix::signature::{SigningKey, TrustedKeys};
+use crate::nix::store_path::StorePath;
 
 /// Why bytes fetched for a frame or a file were refused.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +83,32 @@ impl SignedIndex {
         Self { index, body_digest, signatures }
     }
 
-    /// Trusts the index for the path `info` describes: a signature by one of `keys` over its
-    /// fingerprint verifies, and its store path, NarHash, NarSize and NAR file (`Compression`,
-    /// `FileHash`, `FileSize`) are the narinfo's. `info` must itself be verified already.
-    /// Returns the index and the name of the key that vouched for it.
+    /// Reads an index file for the path `info` describes, trusting nothing before its
+    /// signature: the file is split and only the body's first fields (store path, NarHash) are
+    /// read; they must be the narinfo's; a signature by one of `keys` over the fingerprint of
+    /// the narinfo's store path and NarHash and the body's digest must verify; only then is the
+    /// body parsed, and its NarSize and NAR file (`Compression`, `FileHash`, `FileSize`) must be
+    /// the narinfo's. `info` must itself be verified already. Returns the index and the name of
+    /// the key that vouched for it.
+    ///
+    /// # Errors
+    ///
+    /// A malformed file, no trusted signature, or any field that differs from the narinfo.
+    pub fn open(
+        bytes: &[u8],
+        keys: &TrustedKeys,
+        info: &NarInfo,
+    ) -> Result<(FileIndex, String), IndexError> {
+        let envelope = Envelope::split(bytes)?;
+        let (store_path, nar_hash) = envelope.claims()?;
+        check_claims(&store_path, &nar_hash, info)?;
+        let key = check_signature(&envelope.signatures, &envelope.body_digest, keys, info)?;
+        let index = envelope.parse_body()?.index;
+        check_nar(&index, info)?;
+        Ok((index, key))
+    }
+
+    /// [`SignedIndex::open`]'s checks for an index parsed already (by [`SignedIndex::parse`]).
     ///
     /// # Errors
     ///
@@ -94,29 +118,52 @@ impl SignedIndex {
         keys: &TrustedKeys,
         info: &NarInfo,
     ) -> Result<(FileIndex, String), IndexError> {
-        if self.signatures.is_empty() {
-            return Err(IndexError::Unsigned);
-        }
-        let ix = &self.index;
-        let message = fingerprint(&ix.store_path, &ix.nar_hash, &self.body_digest);
-        let key = keys
-            .verify_message(message.as_bytes(), &self.signatures)
-            .map_err(IndexError::Signature)?;
-        if ix.store_path != info.store_path {
-            return Err(IndexError::StorePathDiffers {
-                index: ix.store_path.to_string(),
-                narinfo: info.store_path.to_string(),
-            });
-        }
-        if ix.nar_hash != info.nar_hash {
-            return Err(IndexError::NarHashDiffers { index: ix.nar_hash, narinfo: info.nar_hash });
-        }
-        if ix.nar_size != info.nar_size {
-            return Err(IndexError::NarSizeDiffers { index: ix.nar_size, narinfo: info.nar_size });
-        }
-        check_nar_file(ix, info)?;
+        check_claims(&self.index.store_path, &self.index.nar_hash, info)?;
+        let key = check_signature(&self.signatures, &self.body_digest, keys, info)?;
+        check_nar(&self.index, info)?;
         Ok((self.index, key))
     }
+}
+
+/// The index is for the narinfo's store path and NarHash.
+fn check_claims(
+    store_path: &StorePath,
+    nar_hash: &NarHash,
+    info: &NarInfo,
+) -> Result<(), IndexError> {
+    if *store_path != info.store_path {
+        return Err(IndexError::StorePathDiffers {
+            index: store_path.to_string(),
+            narinfo: info.store_path.to_string(),
+        });
+    }
+    if *nar_hash != info.nar_hash {
+        return Err(IndexError::NarHashDiffers { index: *nar_hash, narinfo: info.nar_hash });
+    }
+    Ok(())
+}
+
+/// A signature by a trusted key over the fingerprint of the narinfo's store path and NarHash
+/// and `body_digest`; returns the key's name.
+fn check_signature(
+    signatures: &[String],
+    body_digest: &[u8; 32],
+    keys: &TrustedKeys,
+    info: &NarInfo,
+) -> Result<String, IndexError> {
+    if signatures.is_empty() {
+        return Err(IndexError::Unsigned);
+    }
+    let message = fingerprint(&info.store_path, &info.nar_hash, body_digest);
+    keys.verify_message(message.as_bytes(), signatures).map_err(IndexError::Signature)
+}
+
+/// The parsed index's NarSize and NAR file are the narinfo's.
+fn check_nar(ix: &FileIndex, info: &NarInfo) -> Result<(), IndexError> {
+    if ix.nar_size != info.nar_size {
+        return Err(IndexError::NarSizeDiffers { index: ix.nar_size, narinfo: info.nar_size });
+    }
+    check_nar_file(ix, info)
 }
 
 /// The narinfo's `Compression`, `FileHash` and `FileSize` name the file the index describes.
