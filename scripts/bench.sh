@@ -559,7 +559,7 @@ TABLE=$(
     echo "| e. storefs peak RSS (VmHWM, MiB) after full + warm reads | $(kib_mib "$(M sf_hwm_kb)") | | | < 150 |"
 )
 RAW=$(for k in $(printf '%s\n' "${!R[@]}" | sort); do printf '%-14s %s\n' "$k" "${R[$k]}"; done)
-FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), $( ((SYNTH)) && echo "synthetic site-packages" || echo site-packages) ($SITE_MB MB, $SITE_FILES files, one store path per top-level entry), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
+FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), $( ((SYNTH)) && echo "synthetic site-packages" || echo site-packages) ($SITE_MB MB, $SITE_FILES files, $( [[ $SITE_LAYOUT == one-path ]] && echo "the whole tree as one store path" || echo "one store path per top-level entry")), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
 SETUP="$( ((INDEXED)) && echo "cache indexed by storefs index (every NarHash checked through the file-level mount after the job: ${NARHASH_CHECK:-not run}); ")link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
 echo
 echo "storefs benchmark, $DATE"

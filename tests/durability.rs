@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::big::hundred_mb_cache;
-use common::daemon::{Daemon, storefs_bin};
+use common::daemon::{Daemon, stat, stats, storefs_bin};
 use common::{Fixtures, Nginx, daemon_args as args, du_bytes, fuse_setup as setup, hash_part};
 
 fn nar_field(fx: &Fixtures, sp: &str, field: &str) -> String {
@@ -195,17 +195,6 @@ impl Tmpfs {
         assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
         st.f_bavail * st.f_frsize
     }
-}
-
-/// `storefs stats --json` of `d`, parsed.
-fn stats(d: &Daemon) -> serde_json::Value {
-    let out = d.client(&["stats", "--json"]);
-    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn stat(v: &serde_json::Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {v}"))
 }
 
 impl Drop for Tmpfs {

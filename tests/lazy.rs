@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::daemon::{Daemon, storefs_bin};
+use common::daemon::{Daemon, stat, stats, storefs_bin};
 use common::{Fixtures, Nginx, daemon_args, fuse_setup, hash_part, require, run};
 use sha2::{Digest, Sha256};
 use storefs::nix::file_index::{FileIndex, NodeKind, SignedIndex};
@@ -74,16 +74,6 @@ fn nix_hash(path: &Path) -> String {
 fn nar_hash_of(dir: &Path, store_path: &str) -> String {
     let info = fs::read_to_string(dir.join(format!("{}.narinfo", hash_part(store_path)))).unwrap();
     info.lines().find_map(|l| l.strip_prefix("NarHash: sha256:")).unwrap().to_owned()
-}
-
-fn stats(d: &Daemon) -> serde_json::Value {
-    let out = d.client(&["stats", "--json"]);
-    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn stat(v: &serde_json::Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {v}"))
 }
 
 fn mounted(d: &Daemon, store_path: &str) -> PathBuf {

@@ -39,6 +39,8 @@ pub mod stats;
 pub mod unpack;
 
 #[cfg(test)]
+mod lazy_tests;
+#[cfg(test)]
 mod limit_tests;
 #[cfg(test)]
 pub(crate) mod tests;

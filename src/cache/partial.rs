@@ -8,9 +8,9 @@
 //! - `f<id>`: each present regular file, whatever its size (no `pack`).
 //!
 //! A record is `u32 node | u32 n | n × u64 block checksum | u64 XXH3-64 of the record before
-//! it`, little-endian. A file is written and synced, renamed to `f<id>`, the directory synced,
-//! and only then is its record appended and synced: a crash leaves only verified files
-//! recorded. A torn or damaged record ends the log when it is loaded (what follows is ignored,
+//! it`, little-endian. A file is written under a temporary name, renamed to `f<id>` and served;
+//! in the background the filesystem is synced (`syncfs`), and only then is its record appended
+//! and synced: a crash leaves only verified, durable files recorded. A torn or damaged record ends the log when it is loaded (what follows is ignored,
 //! those files are fetched again).
 
 use std::collections::HashMap;
@@ -43,6 +43,8 @@ pub struct Partial {
     added_bytes: AtomicU64,
     /// One fetch of this entry's files at a time (each re-checks what is present first).
     pub(super) fetching: tokio::sync::Mutex<()>,
+    /// One append to the `present` log at a time.
+    log: Mutex<()>,
 }
 
 /// A regular file fetched and verified, ready to be stored.
@@ -64,6 +66,7 @@ impl Partial {
             present: Mutex::new(HashMap::new()),
             added_bytes: AtomicU64::new(0),
             fetching: tokio::sync::Mutex::new(()),
+            log: Mutex::new(()),
         }
     }
 
@@ -124,8 +127,9 @@ impl Partial {
         self.added_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Writes `files` into `dir` under temporary names and syncs them: the first half of
-    /// storing them, done without any lock. Blocking.
+    /// Writes `files` into `dir` under temporary names: the first half of storing them, done
+    /// without any lock. Not synced: nothing records them before `persist` has synced them.
+    /// Blocking.
     pub fn stage(dir: &Path, files: Vec<VerifiedFile>) -> io::Result<Staged> {
         let mut staged = Staged { files: Vec::with_capacity(files.len()), bytes: 0 };
         for file in files {
@@ -139,7 +143,6 @@ impl Partial {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             out.write_all(&file.bytes)?;
-            out.sync_all()?;
             staged.bytes += out.metadata()?.blocks() * 512;
             let sums: BlockSums = if file.bytes.is_empty() {
                 Vec::new().into()
@@ -151,32 +154,43 @@ impl Partial {
         Ok(staged)
     }
 
-    /// The second half: renames the staged files into place, syncs `dir`, then records them
-    /// in the log, syncs it and marks them present. The caller holds the cache's `moves` lock
-    /// and has checked that `dir` is still this entry's. Returns the bytes they occupy on disk,
-    /// for the caller to count (`count_added`) under the catalog's lock. Blocking.
-    pub fn commit(&self, dir: &Path, staged: Staged) -> io::Result<u64> {
+    /// The second half: renames the staged files into place and marks them present in memory
+    /// (readers may read them now). The caller holds the cache's `moves` lock and has checked
+    /// that `dir` is still this entry's. Returns the bytes they occupy on disk, for the caller to
+    /// count (`count_added`) under the catalog's lock, and their log records, for `persist`.
+    /// Blocking.
+    pub fn commit(&self, dir: &Path, staged: Staged) -> io::Result<(u64, Vec<u8>)> {
         for (id, _) in &staged.files {
             std::fs::rename(dir.join(format!("{}.tmp", file_name(*id))), dir.join(file_name(*id)))?;
         }
-        File::open(dir)?.sync_all()?;
         let mut log = Vec::new();
-        for (id, sums) in &staged.files {
-            log.extend_from_slice(&record(*id, sums));
+        let mut present = lock(&self.present);
+        for (id, sums) in staged.files {
+            log.extend_from_slice(&record(id, &sums));
+            present.insert(id, sums);
         }
+        Ok((staged.bytes, log))
+    }
+
+    /// Makes committed files present across a crash: one `syncfs` of the cache filesystem
+    /// (their bytes and names), then their `records` appended to the log and synced. Until
+    /// then a crash leaves them unrecorded, so they are fetched again. Run in the background,
+    /// after the reader got its bytes. Blocking.
+    pub fn persist(&self, dir: &Path, records: &[u8]) -> io::Result<()> {
+        let dir_file = File::open(dir)?;
+        // SAFETY: `dir_file` is an open descriptor for the whole call.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir_file)) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let _log = lock(&self.log);
         let mut out = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(dir.join(PRESENT_FILE))?;
-        out.write_all(&log)?;
-        out.sync_data()?;
-        let mut present = lock(&self.present);
-        for (id, sums) in staged.files {
-            present.insert(id, sums);
-        }
-        Ok(staged.bytes)
+        out.write_all(records)?;
+        out.sync_data()
     }
 }
 

@@ -26,9 +26,9 @@ const RANGES_IN_FLIGHT: usize = 4;
 /// Largest range asked for at once (several frames coalesced), in bytes of the NAR file.
 const MAX_RANGE_BYTES: u64 = 8 << 20;
 /// Largest sibling file read ahead with a file.
-const READ_AHEAD_FILE_BYTES: u64 = 64 * 1024;
+const READ_AHEAD_FILE_BYTES: u64 = 128 * 1024;
 /// Most bytes of frames fetched for read-ahead beyond those of the file asked for.
-const READ_AHEAD_BYTES: u64 = 256 * 1024;
+const READ_AHEAD_BYTES: u64 = 512 * 1024;
 /// Most bytes of frames one batch of `complete` fetches.
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
 
@@ -259,8 +259,19 @@ impl NarCache {
             if this.is_closed() || !this.is_current(&held) {
                 return Ok(false);
             }
-            let bytes = partial.commit(&held.dir, staged)?;
+            let (bytes, records) = partial.commit(&held.dir, staged)?;
             lock(&this.catalog).grow(&held, bytes);
+            drop(_moves);
+            // Durable in the background: the reader does not wait for the sync.
+            let persist = move || {
+                if let Some(partial) = held.partial()
+                    && let Err(err) = partial.persist(&held.dir, &records)
+                {
+                    debug!(store_path = %held.store_path, error = %err,
+                           "files not recorded present (fetched again after a restart)");
+                }
+            };
+            drop(tokio::runtime::Handle::current().spawn_blocking(persist));
             Ok(true)
         })
         .await

@@ -28,6 +28,14 @@ pub struct MockUpstream {
     pub nars_waiting: AtomicUsize,
     /// The most NAR requests ever unanswered at once.
     pub most_nars_waiting: AtomicUsize,
+    /// File indexes by hash part.
+    indexes: Mutex<HashMap<String, Vec<u8>>>,
+    /// Number of index requests seen.
+    pub index_requests: AtomicUsize,
+    /// Number of byte-range requests seen.
+    pub range_requests: AtomicUsize,
+    /// When set, byte-range answers carry this byte of the NAR file flipped.
+    pub flip_byte: Mutex<Option<u64>>,
     /// Counted like a real cache's.
     counters: Arc<UpstreamCounters>,
 }
@@ -43,6 +51,11 @@ impl MockUpstream {
         self.nars.lock().expect("mock lock").insert(info.url.clone(), body);
         let hash = info.store_path.hash_part();
         self.narinfos.lock().expect("mock lock").insert(hash, info);
+    }
+
+    /// Publishes `bytes` as the file index of `hash_part`.
+    pub fn insert_index(&self, hash_part: &str, bytes: Vec<u8>) {
+        self.indexes.lock().expect("mock lock").insert(hash_part.to_owned(), bytes);
     }
 
     /// Holds every NAR request until a permit is added to the returned gate.
@@ -79,6 +92,35 @@ impl Upstream for MockUpstream {
     async fn nar(&self, nar_url: &str, max_bytes: u64) -> Result<NarBody, UpstreamError> {
         let body = self.counters.count(self.answer_nar(nar_url, max_bytes)).await?;
         Ok(CountedBody::wrap(body, self.counters.clone()))
+    }
+
+    async fn index(&self, hash_part: &str, _limit: u64) -> Result<Option<Vec<u8>>, UpstreamError> {
+        self.index_requests.fetch_add(1, Ordering::SeqCst);
+        Ok(self.indexes.lock().expect("mock lock").get(hash_part).cloned())
+    }
+
+    async fn range(
+        &self,
+        nar_url: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        self.range_requests.fetch_add(1, Ordering::SeqCst);
+        let mut file =
+            self.nars.lock().expect("mock lock").get(nar_url).cloned().unwrap_or_default();
+        if let Some(at) = *self.flip_byte.lock().expect("mock lock") {
+            if let Some(b) = file.get_mut(at as usize) {
+                *b ^= 0x40;
+            }
+        }
+        let bad = |got| UpstreamError::BadRange {
+            url: nar_url.to_owned(),
+            start: range.start,
+            end: range.end,
+            got,
+            status: 416,
+        };
+        let (start, end) = (range.start as usize, range.end as usize);
+        file.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| bad(file.len() as u64))
     }
 }
 

@@ -266,3 +266,15 @@ pub fn is_storefs_mount(mnt: &Path) -> bool {
 fn force_unmount(mnt: &Path) {
     let _ = Command::new("umount").arg("-l").arg(mnt).status();
 }
+
+/// `storefs stats --json` of `d`, parsed.
+pub fn stats(d: &Daemon) -> serde_json::Value {
+    let out = d.client(&["stats", "--json"]);
+    assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The count `key` of a `stats` answer.
+pub fn stat(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {v}"))
+}

@@ -1,0 +1,177 @@
+//! Partial entries over in-memory upstreams: a path with a verified file index is published with
+//! no NAR download and its files come by range, verified; hostile indexes (unknown key, another
+//! NarHash, a tampered body) mean the whole NAR; a tampered frame fails only its files; the
+//! files present survive a restart.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::tests::{Fixture, key, sp};
+use super::*;
+use crate::nix::file_index::{FileIndex, IndexBuilder, SignedIndex};
+use crate::nix::hash::NarHash;
+use crate::nix::nar::{Node as NarNode, parse};
+use crate::nix::nixbase32;
+use crate::nix::signature::SigningKey;
+use crate::upstream::mock::MockUpstream;
+
+/// A change made to an index before it is signed.
+type Tamper = dyn FnOnce(&mut FileIndex);
+
+fn index_key() -> SigningKey {
+    SigningKey::generate("index-1", [9; 32])
+}
+
+/// A path whose two files lie in different frames (frames of 1 KiB), plus a symlink.
+fn two_frames_tree() -> NarNode {
+    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 3000] };
+    NarNode::Directory(vec![
+        (b"a".to_vec(), file(1)),
+        (b"b".to_vec(), file(2)),
+        (b"link".to_vec(), NarNode::Symlink { target: b"a".to_vec() }),
+    ])
+}
+
+/// Publishes `tree` as `path` in `up` the way `storefs index` leaves a cache: a seekable zstd
+/// NAR, a narinfo signed by `key()` naming it, and an index signed by `signer`, changed by
+/// `tamper` before signing. Returns the index as published.
+fn publish_indexed(
+    up: &MockUpstream,
+    path: &StorePath,
+    tree: &NarNode,
+    signer: &SigningKey,
+    tamper: impl FnOnce(&mut FileIndex),
+) -> FileIndex {
+    let nar = tree.to_nar();
+    let mut file = Vec::new();
+    let mut builder = IndexBuilder::new(&mut file, 1024, 3);
+    parse(&nar[..], nar.len() as u64, &mut builder).unwrap();
+    let mut index = builder.finish().unwrap().into_index(path.clone());
+    let text = format!(
+        "StorePath: {}\nURL: nar/{}.nar.zst\nCompression: zstd\nFileHash: {}\nFileSize: {}\n\
+         NarHash: {}\nNarSize: {}\nReferences: \n",
+        path.to_absolute_path(),
+        nixbase32::encode(index.nar_file.hash.digest()),
+        index.nar_file.hash,
+        index.nar_file.size,
+        NarHash::from_digest(Sha256::digest(&nar).into()),
+        nar.len(),
+    );
+    let mut info = NarInfo::parse(text.as_bytes()).unwrap();
+    info.signatures.push(key().sign(&info));
+    up.insert(info, file);
+    tamper(&mut index);
+    let bytes = SignedIndex::sign(index.clone(), signer).to_bytes();
+    up.insert_index(&path.hash_part(), bytes);
+    index
+}
+
+fn fixture() -> Fixture {
+    let mut fx = Fixture::new(1);
+    fx.config.index_keys = TrustedKeys::new(vec![index_key().public()]).unwrap();
+    fx
+}
+
+fn requests(up: &MockUpstream) -> (usize, usize) {
+    let ranges = up.range_requests.load(crate::sync::Ordering::SeqCst);
+    (up.requests().1, ranges)
+}
+
+async fn read(
+    cache: &Arc<NarCache>,
+    entry: &Arc<Entry>,
+    name: &[u8],
+) -> Result<Vec<u8>, CacheError> {
+    let id = entry.manifest.child(manifest::ROOT_NODE, name).unwrap();
+    let holder = cache.fetch_file(entry, id).await?;
+    Ok(holder.open_file(id).unwrap().read_at(0, u64::MAX).unwrap())
+}
+
+#[tokio::test]
+async fn a_verified_index_gives_the_tree_without_the_nar_and_files_by_range() {
+    let fx = fixture();
+    let path = sp('l', "lazy");
+    publish_indexed(&fx.ups[0], &path, &two_frames_tree(), &index_key(), |_| {});
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    assert!(entry.partial().is_some());
+    assert_eq!(entry.manifest.nodes.len(), 4);
+    assert_eq!(requests(&fx.ups[0]), (0, 0), "the tree needed no NAR bytes");
+    assert_eq!(read(&cache, &entry, b"a").await.unwrap(), vec![1; 3000]);
+    assert_eq!(requests(&fx.ups[0]).0, 0, "no whole NAR");
+    assert!(requests(&fx.ups[0]).1 >= 1);
+    assert_eq!(read(&cache, &entry, b"b").await.unwrap(), vec![2; 3000]);
+    assert_eq!(CacheStats::get(&cache.stats.index_hits), 1);
+    let used = cache.used_bytes();
+    assert!(used >= entry.manifest.disk_bytes + 2 * 4096, "files counted in the quota: {used}");
+
+    // Recorded present in the background: wait for both records (24 bytes each), then a
+    // restart keeps both files and sends no further request.
+    let log = entry.dir.join(partial::PRESENT_FILE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&log).map_or(0, |m| m.len()) < 48 {
+        assert!(std::time::Instant::now() < deadline, "files not recorded present");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = requests(&fx.ups[0]);
+    drop(entry);
+    let cache = fx.open();
+    cache.wait_scanned().await;
+    let entry = cache.get(&path).await.unwrap();
+    assert_eq!(read(&cache, &entry, b"a").await.unwrap(), vec![1; 3000]);
+    assert_eq!(read(&cache, &entry, b"b").await.unwrap(), vec![2; 3000]);
+    assert_eq!(requests(&fx.ups[0]), before, "served from disk after the restart");
+    assert_eq!(cache.used_bytes(), used, "the quota counts the same bytes after the restart");
+    let report = cache.verify(Some(std::slice::from_ref(&path))).await;
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+}
+
+#[tokio::test]
+async fn an_untrusted_or_mismatched_index_means_the_whole_nar() {
+    let stranger = SigningKey::generate("stranger-1", [5; 32]);
+    let other_hash = NarHash::from_digest([3; 32]);
+    let cases: [(&str, SigningKey, Box<Tamper>); 3] = [
+        ("unknown key", stranger, Box::new(|_| {})),
+        ("other NarHash", index_key(), Box::new(move |ix| ix.nar_hash = other_hash)),
+        ("other size", index_key(), Box::new(|ix| ix.nar_size += 1)),
+    ];
+    for (i, (case, signer, tamper)) in cases.into_iter().enumerate() {
+        let fx = fixture();
+        let path = sp(['m', 'n', 'p'][i], "refused");
+        publish_indexed(&fx.ups[0], &path, &two_frames_tree(), &signer, tamper);
+        let cache = fx.open();
+        let entry = cache.get(&path).await.unwrap();
+        assert!(entry.partial().is_none(), "{case}: served path-level");
+        assert_eq!(requests(&fx.ups[0]), (1, 0), "{case}: the whole NAR, no range");
+        let id = entry.manifest.child(manifest::ROOT_NODE, b"b").unwrap();
+        assert_eq!(entry.open_file(id).unwrap().read_at(0, u64::MAX).unwrap(), vec![2; 3000]);
+        // Another NarSize no longer fits the tree: the body is refused as malformed.
+        let refused = CacheStats::get(&cache.stats.index_refused_signature)
+            + CacheStats::get(&cache.stats.index_refused_mismatch)
+            + CacheStats::get(&cache.stats.index_refused_malformed);
+        assert_eq!(refused, 1, "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_frame_fails_its_file_only() {
+    let fx = fixture();
+    let path = sp('q', "tampered");
+    let index = publish_indexed(&fx.ups[0], &path, &two_frames_tree(), &index_key(), |_| {});
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let b = entry.manifest.child(manifest::ROOT_NODE, b"b").unwrap();
+    let b_frames = index.frames_of(index.file(b).unwrap());
+    let a_frames = index.frames_of(index.file(b - 1).unwrap());
+    assert!(a_frames.clone().all(|f| !b_frames.contains(&f)), "a and b lie in other frames");
+    let frame = &index.frames[b_frames.start];
+    *fx.ups[0].flip_byte.lock().unwrap() = Some(frame.file_offset + frame.file_len / 2);
+    assert!(matches!(read(&cache, &entry, b"b").await, Err(CacheError::Unavailable { .. })));
+    assert!(entry.is_missing(b), "nothing of b stored");
+    assert_eq!(read(&cache, &entry, b"a").await.unwrap(), vec![1; 3000]);
+    assert!(CacheStats::get(&cache.stats.frame_failures) >= 1);
+    // The cache sends good bytes again: b is fetched and verified then.
+    *fx.ups[0].flip_byte.lock().unwrap() = None;
+    assert_eq!(read(&cache, &entry, b"b").await.unwrap(), vec![2; 3000]);
+}
