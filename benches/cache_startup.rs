@@ -56,6 +56,7 @@ fn main() {
                 fetch_timeout: None,
                 uid_rate: storefs::upstream::rate::RateLimit::OFF,
                 index_keys: storefs::nix::signature::TrustedKeys::default(),
+                index_min_nar_bytes: 0,
             };
             let keys = TrustedKeys::new(vec![key.public()]).unwrap();
             let c = rt.block_on(async { NarCache::open(config, UpstreamSet::default(), keys) });

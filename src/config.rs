@@ -191,6 +191,9 @@ impl Config {
                 DEFAULT_UID_RATE,
             )?),
             index_keys: trusted_index_keys(layers)?,
+            index_min_nar_bytes: layers
+                .parsed("index-min-nar-size", |s| &s.index_min_nar_size, parse_size_or_zero)?
+                .unwrap_or(DEFAULT_INDEX_MIN_NAR_BYTES),
         };
         if cache.dir.starts_with(&mount.mountpoint) {
             let (cache, mountpoint) = (cache.dir, mount.mountpoint);
@@ -232,6 +235,11 @@ impl Config {
             )?,
         })
     }
+}
+
+/// A size, or `0`.
+fn parse_size_or_zero(text: &str) -> Result<u64, ConfigError> {
+    if text.trim() == "0" { Ok(0) } else { parse_size(text) }
 }
 
 /// `n` requests per second (bursts of twice as many); 0 is no limit.

@@ -37,8 +37,10 @@ fn indexed_cache(fx: &Fixtures, frame_size: &str) -> (tempfile::TempDir, PathBuf
 
 /// The mount over `nginx`'s `xz` cache, trusting indexes signed by `index_key`.
 fn mount(tmp: &Path, fx: &Fixtures, nginx: &Nginx, index_key: &str) -> Daemon {
-    // No closure prefetch: the requests counted are the reader's own.
-    let extra = ["--trusted-index-key", index_key, "--prefetch-jobs", "0"];
+    // No closure prefetch: the requests counted are the reader's own. Every index is used,
+    // however small its NAR.
+    let extra =
+        ["--trusted-index-key", index_key, "--prefetch-jobs", "0", "--index-min-nar-size", "0"];
     Daemon::start(tmp, &daemon_args(&[nginx.url("xz")], &fx.public_key, &extra))
 }
 

@@ -17,6 +17,7 @@ use crate::logging::warn_throttled;
 
 use super::error::Failures;
 use super::evict::Reservation;
+use super::index_entry::IndexAnswer;
 use super::layout::LayoutError;
 use super::scan;
 use super::stats::CacheStats;
@@ -73,17 +74,23 @@ impl NarCache {
         let pinned = served_before.as_ref().map(|(_, info)| info.nar_hash);
         if let Some((from, info)) = served_before {
             let up = upstreams.iter().find(|u| u.url() == from).map(|u| u.as_ref());
-            if let Some(entry) = self.fetch_verified(up, &info, wanted, &mut failures).await? {
+            if let Some(entry) = self.fetch_verified(up, &info, wanted, None, &mut failures).await?
+            {
                 return Ok(entry);
             }
         }
         for up in upstreams.iter() {
-            let Some(info) = self.verified_narinfo(up.as_ref(), sp, pinned, &mut failures).await
-            else {
-                continue;
-            };
+            // The file index, if the mount trusts any, is asked for beside the narinfo: one
+            // round trip for both. It is used only once the narinfo verified.
+            let (info, index) = tokio::join!(
+                self.verified_narinfo(up.as_ref(), sp, pinned, &mut failures),
+                self.index_answer(up.as_ref(), sp)
+            );
+            let Some(info) = info else { continue };
             let up = Some(up.as_ref());
-            if let Some(entry) = self.fetch_verified(up, &info, wanted, &mut failures).await? {
+            if let Some(entry) =
+                self.fetch_verified(up, &info, wanted, index, &mut failures).await?
+            {
                 return Ok(entry);
             }
         }
@@ -91,7 +98,8 @@ impl NarCache {
     }
 
     /// With `info` verified: refuses a path that can never fit, queues its references for
-    /// prefetch, then downloads it from `up` (when that substituter is configured). `Ok(None)`
+    /// prefetch, then serves it from its file index (`index`: the answer already in hand, if
+    /// any) or downloads it from `up` (when that substituter is configured). `Ok(None)`
     /// when there was nothing to download from or the download failed (its reason then added to
     /// `failures`), so the next substituter may be tried.
     async fn fetch_verified(
@@ -99,6 +107,7 @@ impl NarCache {
         up: Option<&dyn Upstream>,
         info: &NarInfo,
         wanted: &AtomicBool,
+        index: Option<IndexAnswer>,
         failures: &mut Vec<Failure>,
     ) -> Result<Option<Arc<Entry>>, CacheError> {
         if let Some(err) = self.cannot_fit(info) {
@@ -106,7 +115,7 @@ impl NarCache {
         }
         self.prefetch_references(info);
         let Some(up) = up else { return Ok(None) };
-        if let Some(entry) = self.partial_from_index(up, info).await {
+        if let Some(entry) = self.partial_from_index(up, info, index).await {
             return Ok(Some(entry));
         }
         let room = self.room_for(info, wanted)?;

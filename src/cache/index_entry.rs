@@ -15,23 +15,47 @@ use super::{Entry, NarCache, scan};
 use crate::logging::warn_throttled;
 use crate::nix::file_index::{FileIndex, IndexError, MAX_INDEX_BYTES, SignedIndex};
 use crate::nix::narinfo::NarInfo;
+use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicU64, lock};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// An upstream's answer to the request for a path's file index.
+pub(super) type IndexAnswer = Result<Option<Vec<u8>>, UpstreamError>;
 
 impl NarCache {
-    /// The partial entry for `info` (verified) from `up`'s index, published; None when index
-    /// keys are off, the cache has no index for the path, or the index is refused (counted by
-    /// reason and logged): the caller then downloads the NAR.
+    /// `up`'s answer for the file index of `sp`, or None (no request) when the mount trusts no
+    /// index key or the cache is read-only.
+    pub(super) async fn index_answer(
+        &self,
+        up: &dyn Upstream,
+        sp: &StorePath,
+    ) -> Option<IndexAnswer> {
+        if self.config.index_keys.is_empty() || self.layout.read_only() {
+            return None;
+        }
+        Some(up.index(&sp.hash_part(), MAX_INDEX_BYTES as u64).await)
+    }
+
+    /// The partial entry for `info` (verified) from `up`'s index (`answer`, or asked for now),
+    /// published; None when index keys are off, the NAR is small enough to fetch whole, the
+    /// cache has no index for the path, or the index is refused (counted by reason and logged):
+    /// the caller then downloads the NAR.
     pub(super) async fn partial_from_index(
         self: &Arc<Self>,
         up: &dyn Upstream,
         info: &NarInfo,
+        answer: Option<IndexAnswer>,
     ) -> Option<Arc<Entry>> {
-        if self.config.index_keys.is_empty() || self.layout.read_only() {
+        // A small NAR costs one request whole, less than a round trip per file read.
+        if info.file_size.is_some_and(|size| size <= self.config.index_min_nar_bytes) {
             return None;
         }
         let sp = &info.store_path;
-        let raw = match up.index(&sp.hash_part(), MAX_INDEX_BYTES as u64).await {
+        let answer = match answer {
+            Some(answer) => answer,
+            None => self.index_answer(up, sp).await?,
+        };
+        let raw = match answer {
             Ok(Some(raw)) => raw,
             Ok(None) => {
                 debug!(store_path = %sp, upstream = up.url(), "no file index");

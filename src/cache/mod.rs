@@ -110,6 +110,8 @@ pub struct CacheConfig {
     pub uid_rate: RateLimit,
     /// Keys whose signed file indexes are trusted; empty: every path is fetched whole.
     pub index_keys: TrustedKeys,
+    /// NAR files (`FileSize`) up to this size are fetched whole even when indexed.
+    pub index_min_nar_bytes: u64,
 }
 
 /// One verified store path in the cache.

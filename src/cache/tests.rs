@@ -121,6 +121,7 @@ impl Fixture {
             fetch_timeout: None,
             uid_rate: crate::upstream::rate::RateLimit::OFF,
             index_keys: crate::nix::signature::TrustedKeys::default(),
+            index_min_nar_bytes: 0,
         };
         let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
         Self { _dir: dir, config, ups, previous: std::sync::Mutex::new(std::sync::Weak::new()) }

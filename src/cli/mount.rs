@@ -127,6 +127,7 @@ mod tests {
             ("prefetch_jobs", format!("[default: {DEFAULT_PREFETCH_JOBS}]")),
             ("cache_dir", format!("[default: {DEFAULT_CACHE_DIR}]")),
             ("max_size", format!("[default: {}G]", DEFAULT_MAX_SIZE_BYTES >> 30)),
+            ("index_min_nar_size", format!("[default: {}K]", DEFAULT_INDEX_MIN_NAR_BYTES >> 10)),
             ("min_free", format!("[default: {min_free}%]")),
             ("control_socket", format!("[default: {DEFAULT_CONTROL_SOCKET}]")),
         ];

@@ -11,6 +11,8 @@ pub const DEFAULT_MOUNTPOINT: &str = "/nix/store";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/storefs";
 /// Default cache size limit: 10 GiB.
 pub const DEFAULT_MAX_SIZE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// `--index-min-nar-size`: NAR files up to this size are fetched whole even when indexed.
+pub const DEFAULT_INDEX_MIN_NAR_BYTES: u64 = 512 * 1024;
 /// The substituter used when neither flags nor nix.conf name one.
 pub const DEFAULT_SUBSTITUTER: &str = "https://cache.nixos.org";
 /// cache.nixos.org's signing key.

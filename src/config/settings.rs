@@ -55,6 +55,12 @@ pub struct Settings {
     #[arg(long = "trusted-index-key", value_name = "NAME:BASE64", help_heading = UPSTREAM_OPTIONS)]
     pub trusted_index_keys: Option<Vec<String>>,
 
+    /// With `--trusted-index-key`: a path whose NAR file (the narinfo's FileSize) is at most
+    /// this large is fetched whole even when indexed, one request instead of one per file read;
+    /// 0 uses every index [default: 512K].
+    #[arg(long, value_name = "SIZE", help_heading = UPSTREAM_OPTIONS)]
+    pub index_min_nar_size: Option<String>,
+
     /// Nix configuration to read substituters, keys and netrc-file from when nothing else gives
     /// them [default: /etc/nix/nix.conf, if it exists].
     #[arg(long, value_name = "FILE", help_heading = UPSTREAM_OPTIONS)]
