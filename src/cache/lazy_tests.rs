@@ -175,3 +175,21 @@ async fn a_tampered_frame_fails_its_file_only() {
     *fx.ups[0].flip_byte.lock().unwrap() = None;
     assert_eq!(read(&cache, &entry, b"b").await.unwrap(), vec![2; 3000]);
 }
+
+#[tokio::test]
+async fn prefetch_completes_a_partial_entry() {
+    let fx = fixture();
+    let path = sp('r', "prefetched");
+    publish_indexed(&fx.ups[0], &path, &two_frames_tree(), &index_key(), |_| {});
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    assert_eq!(entry.partial().unwrap().progress(), (2, 0));
+    let results = cache.prefetch(std::slice::from_ref(&path), false, 1, |_| {}).await;
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    assert_eq!(entry.partial().unwrap().progress(), (2, 2), "every file present");
+    assert_eq!(requests(&fx.ups[0]).0, 0, "by range, not the whole NAR");
+    for (name, byte) in [(&b"a"[..], 1), (&b"b"[..], 2)] {
+        let id = entry.manifest.child(manifest::ROOT_NODE, name).unwrap();
+        assert_eq!(entry.open_file(id).unwrap().read_at(0, u64::MAX).unwrap(), vec![byte; 3000]);
+    }
+}

@@ -26,9 +26,9 @@ const RANGES_IN_FLIGHT: usize = 4;
 /// Largest range asked for at once (several frames coalesced), in bytes of the NAR file.
 const MAX_RANGE_BYTES: u64 = 8 << 20;
 /// Largest sibling file read ahead with a file.
-const READ_AHEAD_FILE_BYTES: u64 = 128 * 1024;
+const READ_AHEAD_FILE_BYTES: u64 = 256 * 1024;
 /// Most bytes of frames fetched for read-ahead beyond those of the file asked for.
-const READ_AHEAD_BYTES: u64 = 512 * 1024;
+const READ_AHEAD_BYTES: u64 = 2 << 20;
 /// Most bytes of frames one batch of `complete` fetches.
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
 
