@@ -41,7 +41,11 @@ fn mount(tmp: &Path, fx: &Fixtures, nginx: &Nginx, index_key: &str) -> Daemon {
     // however small its NAR.
     let extra =
         ["--trusted-index-key", index_key, "--prefetch-jobs", "0", "--index-min-nar-size", "0"];
-    Daemon::start(tmp, &daemon_args(&[nginx.url("xz")], &fx.public_key, &extra))
+    let mnt = tmp.join("mnt");
+    // After a SIGKILL the mountpoint is a dead mount (ENOTCONN): the daemon detaches it.
+    let _ = fs::create_dir(&mnt);
+    let args = daemon_args(&[nginx.url("xz")], &fx.public_key, &extra);
+    Daemon::start_at(&mnt, &tmp.join("cache"), &tmp.join("storefs.log"), &args)
 }
 
 /// Requests nginx saw for NAR files: (ranged, whole).
@@ -224,4 +228,41 @@ fn a_tampered_or_untrusted_index_falls_back_to_the_whole_nar() {
     let s = stats(&d);
     assert_eq!(stat(&s, "index_refused_signature"), 2, "{s}");
     assert_eq!(stat(&s, "index_hits"), 0, "{s}");
+}
+
+#[test]
+fn a_daemon_killed_while_files_arrive_leaves_only_verified_files_present() {
+    let test = "a_daemon_killed_while_files_arrive_leaves_only_verified_files_present";
+    let Some(fx) = fuse_setup(test) else { return };
+    if require(NEEDS, test) {
+        return;
+    }
+    // Small frames: many files, each stored (and recorded in the background) on its own.
+    let (tmp, dir) = indexed_cache(fx, "4K");
+    let nginx = Nginx::start(tmp.path(), "");
+    for delay_ms in [20u64, 80, 300] {
+        let d = mount(tmp.path(), fx, &nginx, &fx.public_key);
+        let pid = d.pid();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            // SAFETY: signalling the daemon this test started, by its pid.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        for path in &fx.closure {
+            if Command::new("nix-hash").arg(mounted(&d, path)).output().is_err() {
+                break;
+            }
+        }
+        killer.join().unwrap();
+        let mut d = d;
+        d.wait_exit(std::time::Duration::from_secs(10)).expect("daemon did not die");
+        std::mem::forget(d); // dead; the next daemon takes the mountpoint over
+    }
+    // Whatever was recorded present verifies, and every path still reads to its NarHash.
+    let d = mount(tmp.path(), fx, &nginx, &fx.public_key);
+    let verify = d.client(&["verify"]);
+    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
+    for path in &fx.closure {
+        assert_eq!(nix_hash(&mounted(&d, path)), nar_hash_of(&dir, path), "{path}");
+    }
 }
