@@ -198,7 +198,11 @@ impl NarCache {
             CacheStats::add(&self.stats.bytes_downloaded, bytes.len() as u64);
             for i in run {
                 let Some(frame) = index.frames.get(i) else { continue };
-                let from = usize::try_from(frame.file_offset - first).unwrap_or(usize::MAX);
+                let from = frame
+                    .file_offset
+                    .checked_sub(first)
+                    .and_then(|at| usize::try_from(at).ok())
+                    .unwrap_or(usize::MAX);
                 let piece =
                     from.checked_add(frame.file_len as usize).and_then(|to| bytes.get(from..to));
                 match piece.map(|p| index.decode_frame(i, p)) {
