@@ -285,6 +285,9 @@ impl NarCache {
             Ok(current) => {
                 if current {
                     CacheStats::add(&self.stats.files_fetched, n);
+                    // The entry grew: evict others if the quota or free space says so.
+                    let (this, hash) = (self.clone(), entry.store_path.hash_part());
+                    drop(tokio::task::spawn_blocking(move || this.evict_after_publish(&hash)));
                 }
                 Ok(current)
             }
