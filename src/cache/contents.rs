@@ -36,13 +36,14 @@ const CHECK_ALL_BLOCKS: u64 = 16;
 /// True when `err`, from opening or reading a cached file, means the cache's copy is damaged
 /// (set it aside and fetch the path again) rather than that the system failed (out of
 /// descriptors or memory): missing (`NotFound`), a symlink in its place (`ELOOP`, opened with
-/// `O_NOFOLLOW`), a directory in its place, shorter than the manifest says (`UnexpectedEof`), or a
-/// block that does not match its checksum (`InvalidData`).
+/// `O_NOFOLLOW`), a directory in its place, shorter than the manifest says (`UnexpectedEof`), a
+/// block that does not match its checksum (`InvalidData`), or a disk that cannot read it back
+/// (`EIO`: the fresh copy goes to other blocks; if it fails too, the reader gets `EIO`).
 pub fn is_damage(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
-    ) || matches!(err.raw_os_error(), Some(libc::ELOOP | libc::EISDIR))
+    ) || matches!(err.raw_os_error(), Some(libc::ELOOP | libc::EISDIR | libc::EIO))
 }
 
 impl FileContents {
@@ -143,6 +144,7 @@ impl FileContents {
         if offset.saturating_add(buf.len() as u64) > self.len {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "read beyond the file's end"));
         }
+        crate::failpoint::io("contents::read")?;
         let mut filled = 0;
         while filled < buf.len() {
             match self.file.read_at(&mut buf[filled..], self.start + offset + filled as u64) {
@@ -255,6 +257,7 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
         let swapped = FileContents::open(dir.path(), 1, len, None, Some(sums)).unwrap_err();
         assert!(is_damage(&swapped), "symlink: {swapped}");
+        assert!(is_damage(&io::Error::from_raw_os_error(libc::EIO)), "the disk lost the copy");
         let busy = io::Error::from_raw_os_error(libc::EMFILE);
         assert!(!is_damage(&busy), "out of descriptors is not the cache's fault");
     }

@@ -246,10 +246,16 @@ impl Layout {
     pub fn publish(&self, staging: &Path, hash_part: &str) -> Result<PathBuf, LayoutError> {
         let dir = File::open(staging).map_err(io_err("cannot open", staging))?;
         // One syncfs flushes every file of the entry; far cheaper than an fsync per file.
-        // SAFETY: `dir` is an open descriptor for the whole call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(io_err("cannot sync", staging)(io::Error::last_os_error()));
-        }
+        let synced = crate::failpoint::io("publish::sync").and_then(|()| {
+            // SAFETY: `dir` is an open descriptor for the whole call.
+            match unsafe { libc::syncfs(dir.as_raw_fd()) } {
+                0 => Ok(()),
+                _ => Err(io::Error::last_os_error()),
+            }
+        });
+        // Never retried (an fsync that failed may have dropped the dirty pages it could not
+        // write): the staged entry is lost, and the caller discards it.
+        synced.map_err(io_err("cannot sync", staging))?;
         let target = self.entry_dir(hash_part);
         crate::failpoint::hit("publish::before_rename");
         fs::rename(staging, &target).map_err(io_err("cannot publish", &target))?;

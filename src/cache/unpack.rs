@@ -124,7 +124,9 @@ pub fn unpack(
     let manifest_bytes = block_rounded(manifest.encode().len() as u64);
     manifest.disk_bytes = unpacker.disk_bytes + dir_bytes + manifest_bytes;
     let path = staging.join(MANIFEST_FILE);
-    std::fs::write(&path, manifest.encode()).map_err(local(path.clone()))?;
+    crate::failpoint::io("unpack::manifest")
+        .and_then(|()| std::fs::write(&path, manifest.encode()))
+        .map_err(local(path.clone()))?;
     Ok(manifest)
 }
 
