@@ -38,6 +38,8 @@ pub mod unpack;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]
+mod net_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 use self::contents::FileContents;

@@ -20,6 +20,8 @@ pub(crate) enum Reply {
     CloseMidBody { announced: usize, sent: Vec<u8> },
     /// Announce `announced` body bytes, send headers only, then hold the connection.
     StallAfterHeaders { announced: usize },
+    /// Announce `announced` body bytes and send all of `body`, which is longer.
+    LongerThanAnnounced { announced: usize, body: Vec<u8> },
     /// A complete 200 response whose body goes out one byte every `every` (until the client
     /// hangs up): never stalled, never done.
     Trickle { body: Vec<u8>, every: Duration },
@@ -163,6 +165,10 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script, stop: &A
             let _ = conn.flush();
             // Give the client time to read the first part as its own chunk.
             std::thread::sleep(Duration::from_millis(200));
+        }
+        Reply::LongerThanAnnounced { announced, body } => {
+            let _ = conn.write_all(head(200, &[], announced).as_bytes());
+            let _ = conn.write_all(&body);
         }
         Reply::StallAfterHeaders { announced } => {
             let _ = conn.write_all(head(200, &[], announced).as_bytes());
