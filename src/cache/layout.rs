@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock};
 
@@ -141,6 +141,11 @@ impl Layout {
                 path: root.into(),
                 reason: "writable by group or others (chmod 0700 it)",
             });
+        }
+        if let Ok(Some(kind)) = super::fs_kind::remote_kind_of(root) {
+            warn!(cache = %root.display(), filesystem = kind,
+                  "the cache directory is on a network filesystem: locking, syncfs and the page \
+                   cache are not dependable there; put it on a local disk");
         }
         let read_only = space_of(root).is_ok_and(|s| s.read_only);
         let (lock, read_only) = match read_only {

@@ -21,6 +21,7 @@ mod error;
 mod evict;
 mod export;
 mod fetch;
+mod fs_kind;
 pub mod layout;
 pub mod manifest;
 mod min_free;

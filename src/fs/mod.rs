@@ -15,6 +15,8 @@ mod paths;
 pub mod session;
 
 #[cfg(test)]
+mod folding_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
