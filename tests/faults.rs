@@ -178,3 +178,135 @@ fn extended_attributes_are_absent_everywhere() {
         assert_eq!(listxattr_len(path), 0, "listxattr {path:?}");
     }
 }
+
+/// A memory cgroup of this test's own (v2 if its memory controller is there, else v1), removed
+/// when dropped; None when this host has no writable one.
+struct MemoryCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: u64) -> Option<MemoryCgroup> {
+        let v2_root = Path::new("/sys/fs/cgroup");
+        let v2 = fs::read_to_string(v2_root.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let dir = match v2 {
+            true => v2_root.join(name),
+            false => Path::new("/sys/fs/cgroup/memory").join(name),
+        };
+        fs::create_dir(&dir).ok()?;
+        let cg = MemoryCgroup { dir, v2 };
+        let limit_file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
+        fs::write(cg.dir.join(limit_file), limit.to_string()).ok()?;
+        if !v2 {
+            // Swap would hide the pressure: memory and swap together get the same limit.
+            let _ = fs::write(cg.dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
+        }
+        Some(cg)
+    }
+
+    fn add(&self, pid: u32) {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// A `key value` line of one of the cgroup's files.
+    fn field(&self, file: &str, key: &str) -> u64 {
+        let text = fs::read_to_string(self.dir.join(file)).unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix(key).map(str::trim));
+        line.and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// Processes of the cgroup killed by the OOM killer.
+    fn oom_kills(&self) -> u64 {
+        match self.v2 {
+            true => self.field("memory.events", "oom_kill "),
+            false => self.field("memory.oom_control", "oom_kill "),
+        }
+    }
+
+    /// The most memory the cgroup used.
+    fn peak(&self) -> u64 {
+        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        fs::read_to_string(self.dir.join(file))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty once its daemon has exited (the daemon is dropped first).
+        let _ = eventually(Duration::from_secs(10), || fs::remove_dir(&self.dir).is_ok());
+    }
+}
+
+/// `sha256` of the file at `path`, read in 1 MiB pieces.
+fn sha256_file(path: &Path) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = fs::File::open(path).unwrap();
+    let (mut hash, mut buf) = (Sha256::new(), vec![0u8; 1 << 20]);
+    loop {
+        match file.read(&mut buf).unwrap() {
+            0 => return hash.finalize().into(),
+            n => hash.update(&buf[..n]),
+        }
+    }
+}
+
+/// The cgroup memory limit of the PRC-17 test: well below the 100 MB NAR it serves.
+const MEMORY_LIMIT: u64 = 64 << 20;
+
+/// PRC-17: under a cgroup memory limit (64 MiB) the daemon serves a 100 MB path and the whole
+/// closure at once, every byte right, and is never OOM-killed: NARs are streamed, never held.
+#[test]
+fn a_memory_limit_below_the_nar_size_is_served_without_oom() {
+    let test = "a_memory_limit_below_the_nar_size_is_served_without_oom";
+    let Some(fx) = setup(test) else { return };
+    let Some(cgroup) = MemoryCgroup::new(&format!("storefs-{}", std::process::id()), MEMORY_LIMIT)
+    else {
+        assert!(!common::is_ci(), "{test}: no writable memory cgroup");
+        eprintln!("SKIPPING {test}: no writable memory cgroup (v2 memory.max or v1 memory)");
+        return;
+    };
+    let (hundred_cache, hundred) = common::big::hundred_mb_cache(fx);
+    let web = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&hundred_cache, web.path().join("big")).unwrap();
+    std::os::unix::fs::symlink(fx.cache_dir("zstd"), web.path().join("zstd")).unwrap();
+    let nginx = Nginx::start(web.path(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let subs = [nginx.url("zstd"), nginx.url("big")];
+    let d = Daemon::start(tmp.path(), &daemon_args(&subs, &fx.public_key, &["--max-size", "1G"]));
+    cgroup.add(d.pid());
+    let big = d.path(&hundred, "data.bin");
+    let reader = std::thread::spawn(move || sha256_file(&big));
+    // Meanwhile every path of the closure, through nix-hash, against its signed NarHash.
+    for sp in &fx.closure {
+        let text = fs::read_to_string(fx.narinfo_path("zstd", sp)).unwrap();
+        let want = text.lines().find_map(|l| l.strip_prefix("NarHash: sha256:")).unwrap();
+        let mounted = d.path(sp, "");
+        let got = common::run(
+            std::process::Command::new("nix-hash")
+                .args(["--type", "sha256", "--base32"])
+                .arg(&mounted),
+        );
+        assert_eq!(String::from_utf8_lossy(&got).trim(), want, "{sp}");
+    }
+    let got = reader.join().unwrap();
+    assert_eq!(got, sha256_file(&Path::new(&hundred).join("data.bin")), "the 100 MB file");
+    assert_eq!(cgroup.oom_kills(), 0, "no OOM kill");
+    assert!(common::daemon::statfs_ok(&d.mnt), "the daemon still serves");
+    // The daemon's own peak resident set (the cgroup's peak includes the page cache).
+    let status = fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap_or("?").trim();
+    eprintln!(
+        "under a {} MiB limit: cgroup peak {} MiB (page cache included), daemon VmHWM {hwm}, \
+         for the 100 MB path and {} closure paths",
+        MEMORY_LIMIT >> 20,
+        cgroup.peak() >> 20,
+        fx.closure.len()
+    );
+    drop(d);
+}
