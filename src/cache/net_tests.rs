@@ -1,5 +1,6 @@
 //! The cache over real HTTP faults from the scripted loopback server and a listener that drops
-//! SYNs: what a reader gets, what is published, and that the next cache is tried.
+//! SYNs: what a reader gets, what is published, and that the next cache is tried. Each test
+//! names the reliability cases (docs/RELIABILITY.md) it provokes.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -17,9 +18,14 @@ const MS: Duration = Duration::from_millis(1);
 /// An HTTP upstream at `url` with a 300 ms connect timeout, a retry budget of as much, and a
 /// minute of backoff once it is marked down.
 fn http(url: &str) -> Arc<HttpUpstream> {
+    http_with_backoff(url, 60_000 * MS)
+}
+
+/// [`http`] with another backoff.
+fn http_with_backoff(url: &str, backoff: Duration) -> Arc<HttpUpstream> {
     let client = build_client(HttpTimeouts { connect: 300 * MS, stall: 5000 * MS }).unwrap();
     let retry = RetryPolicy::with_budget(300 * MS);
-    let options = HttpOptions { retry, backoff: 60_000 * MS, ..Default::default() };
+    let options = HttpOptions { retry, backoff, ..Default::default() };
     Arc::new(HttpUpstream::new(url, client, options).unwrap())
 }
 
@@ -113,4 +119,226 @@ async fn a_content_length_shorter_than_the_body_publishes_nothing() {
     // Node 3 is `data`: 5000 bytes of 7, nothing after them.
     let data = entry.open_file(3).unwrap().read_at(0, 10_000).unwrap();
     assert_eq!(data, vec![7u8; 5000]);
+}
+
+/// The signed narinfo text and NAR of `path` (a small tree), as the fixture's first mock holds
+/// them (the mock keeps serving the good copy).
+async fn signed(fx: &Fixture, path: &StorePath) -> (String, Vec<u8>) {
+    let nar = publish(&fx.ups[0], &key(), path, &tree("n", 3000));
+    let text = fx.ups[0].narinfo(&path.hash_part()).await.unwrap().unwrap().to_string();
+    (text, nar)
+}
+
+/// A server answering every narinfo with `narinfo` and the `k`-th NAR request with `nar(k)`;
+/// anything else (`nix-cache-info`) is 404.
+fn serving(narinfo: Vec<u8>, nar: impl Fn(usize) -> Reply + Send + Sync + 'static) -> TestServer {
+    let nars = Arc::new(crate::sync::AtomicUsize::new(0));
+    TestServer::start(move |seen, _| {
+        if seen.path.ends_with(".narinfo") {
+            Reply::ok(&narinfo)
+        } else if seen.path.contains("/nar/") {
+            nar(nars.fetch_add(1, crate::sync::Ordering::SeqCst))
+        } else {
+            Reply::status(404)
+        }
+    })
+}
+
+/// What a reader gets from `server` alone (an error, never `NotFound`, nothing published,
+/// not remembered as absent), and that with the fixture's good cache after it the path is
+/// served, byte for byte. Returns the error text.
+async fn fails_alone_then_the_next_cache_serves(server: &TestServer, path: &StorePath) -> String {
+    let alone = Fixture::new(0);
+    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+    let set = UpstreamSet::in_order(vec![http(&server.url()) as Arc<dyn Upstream>]);
+    let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
+    let err = cache.get(path).await.unwrap_err();
+    assert!(matches!(err, CacheError::Unavailable { .. }), "{err}");
+    assert!(cache.entries().is_empty(), "nothing published");
+    let again = cache.get(path).await;
+    assert!(matches!(again, Err(CacheError::Unavailable { .. })), "not absent: {again:?}");
+    cache.close();
+    let good = Fixture::new(1);
+    signed(&good, path).await;
+    let both = cache_over(&good, http(&server.url()));
+    let entry = both.get(path).await.expect("the next cache's copy");
+    let data = entry.open_file(3).unwrap().read_at(0, 10_000).unwrap();
+    assert_eq!(data, vec![7u8; 3000], "the good copy, byte for byte");
+    err.to_string()
+}
+
+/// NI-1 and NET-15: a narinfo missing a required field, with `NarSize: 0`, or an HTML page
+/// served with 200: an error naming the cache (`EIO`, not `ENOENT`), no NAR asked, and the
+/// next cache serves the path.
+#[tokio::test]
+async fn a_malformed_narinfo_or_an_html_page_fails_over_to_the_next_cache() {
+    let fx = Fixture::new(1);
+    let path = sp('m', "malformed");
+    let (good, _) = signed(&fx, &path).await;
+    let without_hash: String =
+        good.lines().filter(|l| !l.starts_with("NarHash:")).map(|l| format!("{l}\n")).collect();
+    let size_zero: String =
+        good.lines()
+            .map(|l| {
+                if l.starts_with("NarSize:") { "NarSize: 0\n".to_owned() } else { format!("{l}\n") }
+            })
+            .collect();
+    let html = "<!DOCTYPE html>\n<html><body>Welcome to our CDN</body></html>\n".to_owned();
+    for (case, text) in [("no NarHash", without_hash), ("NarSize 0", size_zero), ("HTML", html)] {
+        let server = serving(text.into_bytes(), |_| Reply::status(500));
+        let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
+        assert!(err.contains(&server.url()), "{case}: the error names the cache: {err}");
+        let nars = server.seen().iter().filter(|s| s.path.contains("/nar/")).count();
+        assert_eq!(nars, 0, "{case}: no NAR asked for");
+    }
+}
+
+/// NI-7: a narinfo body larger than the 1 MiB cap is refused without reading it all, and the
+/// next cache serves the path.
+#[tokio::test]
+async fn a_huge_narinfo_is_refused_and_the_next_cache_serves() {
+    let path = sp('h', "huge");
+    let mut huge = b"StorePath: /nix/store/x\n".to_vec();
+    huge.resize(3 << 20, b'A');
+    let server = serving(huge, |_| Reply::status(500));
+    let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
+    assert!(err.contains(&server.url()), "{err}");
+}
+
+/// NI-10, NI-12, NI-13 and SG-1, over the NAR or the narinfo's unsigned and missing fields:
+/// a wrong `Compression` (`xz` over a plain NAR) fails and the next cache serves; a lying
+/// `FileHash`/`FileSize` changes nothing (NarHash is the authority); no `Sig`, with or without
+/// a `CA` line, is untrusted and no NAR is asked for.
+#[tokio::test]
+async fn unsigned_fields_never_stand_in_for_the_signature_or_the_nar_hash() {
+    let fx = Fixture::new(1);
+    let path = sp('v', "unsigned");
+    let (good, nar) = signed(&fx, &path).await;
+    let edit = |f: &dyn Fn(&str) -> Option<String>| -> Vec<u8> {
+        good.lines().filter_map(f).map(|l| format!("{l}\n")).collect::<String>().into_bytes()
+    };
+    // Wrong compression: fails over.
+    let xz = edit(&|l| {
+        Some(if l.starts_with("Compression:") { "Compression: xz".into() } else { l.into() })
+    });
+    let body = nar.clone();
+    let server = serving(xz, move |_| Reply::ok(&body));
+    let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
+    assert!(err.contains(&server.url()), "{err}");
+    // Lying FileHash and FileSize: served all the same, from this cache.
+    let lying = edit(&|l| {
+        Some(match l.starts_with("Compression:") {
+            true => format!("{l}\nFileHash: sha256:{}\nFileSize: 1", "0".repeat(52)),
+            false => l.to_owned(),
+        })
+    });
+    let body = nar.clone();
+    let server = serving(lying, move |_| Reply::ok(&body));
+    let alone = Fixture::new(0);
+    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+    let set = UpstreamSet::in_order(vec![http(&server.url()) as Arc<dyn Upstream>]);
+    let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
+    let entry = cache.get(&path).await.expect("FileHash and FileSize are hints only");
+    assert_eq!(entry.open_file(3).unwrap().read_at(0, 10_000).unwrap(), vec![7u8; 3000]);
+    cache.close();
+    // No signature, with and without a CA line.
+    let unsigned = edit(&|l| (!l.starts_with("Sig:")).then(|| l.to_owned()));
+    let mut with_ca = unsigned.clone();
+    with_ca.extend_from_slice(format!("CA: fixed:r:sha256:{}\n", "1".repeat(52)).as_bytes());
+    for (case, text) in [("no Sig", unsigned), ("CA, no Sig", with_ca)] {
+        let body = nar.clone();
+        let server = serving(text, move |_| Reply::ok(&body));
+        let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
+        assert!(err.contains("signature") || err.contains("trusted"), "{case}: {err}");
+        let nars = server.seen().iter().filter(|s| s.path.contains("/nar/")).count();
+        assert_eq!(nars, 0, "{case}: no NAR downloaded");
+    }
+}
+
+/// NET-12 and NET-14: a NAR answering 404 after its narinfo's 200, and a NAR a proxy sent
+/// gzip-encoded (`Content-Encoding: gzip`, which storefs never asked for): errors, nothing
+/// published, and the next cache serves.
+#[tokio::test]
+async fn a_missing_or_re_encoded_nar_fails_over_to_the_next_cache() {
+    let fx = Fixture::new(1);
+    let path = sp('n', "missing");
+    let (good, nar) = signed(&fx, &path).await;
+    let server = serving(good.clone().into_bytes(), |_| Reply::status(404));
+    let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
+    assert!(err.contains("404"), "{err}");
+    let gz = flate2_free_gzip(&nar);
+    let server = serving(good.into_bytes(), move |_| Reply::Status {
+        code: 200,
+        headers: vec![("Content-Encoding".into(), "gzip".into())],
+        body: gz.clone(),
+    });
+    let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
+    assert!(err.contains(&server.url()), "{err}");
+}
+
+/// A gzip member holding `data` in stored (uncompressed) deflate blocks: what a proxy adding
+/// `Content-Encoding: gzip` would send, built without a gzip library.
+fn flate2_free_gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let mut chunks = data.chunks(65_535).peekable();
+    while let Some(chunk) = chunks.next() {
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// CRC-32 (IEEE), bit by bit: small inputs only.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// NET-18: a shared download that fails fails every waiter of it (one narinfo and one NAR
+/// request for all), is not remembered, and the next access downloads it again and serves it.
+#[tokio::test]
+async fn a_failed_shared_download_fails_every_waiter_and_the_next_access_retries() {
+    let fx = Fixture::new(1);
+    let path = sp('s', "shared");
+    let (good, nar) = signed(&fx, &path).await;
+    // The first NAR body is cut short (not retried once bytes were used); later ones are whole.
+    let server = serving(good.into_bytes(), move |k| match k {
+        0 => Reply::CloseMidBody { announced: nar.len(), sent: nar[..1000].to_vec() },
+        _ => Reply::ok(&nar),
+    });
+    let alone = Fixture::new(0);
+    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+    let up = http_with_backoff(&server.url(), 200 * MS);
+    let set = UpstreamSet::in_order(vec![up as Arc<dyn Upstream>]);
+    let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
+    let waiters = futures::future::join_all((0..5).map(|_| cache.get(&path))).await;
+    assert!(
+        waiters.iter().all(|w| matches!(w, Err(CacheError::Unavailable { .. }))),
+        "{waiters:?}"
+    );
+    let nars = |s: &TestServer| s.seen().iter().filter(|r| r.path.contains("/nar/")).count();
+    assert_eq!(nars(&server), 1, "one download for the five waiters");
+    // The cut-short body marked the cache down for its backoff (200 ms); then it is asked
+    // again, and serves.
+    let deadline = Instant::now() + 5000 * MS;
+    let entry = loop {
+        match cache.get(&path).await {
+            Ok(entry) => break entry,
+            Err(err) => assert!(Instant::now() < deadline, "never served again: {err}"),
+        }
+        tokio::time::sleep(50 * MS).await; // polling the end of the backoff, not a sync
+    };
+    assert_eq!(entry.open_file(3).unwrap().read_at(0, 10_000).unwrap(), vec![7u8; 3000]);
+    assert_eq!(nars(&server), 2);
 }
