@@ -148,9 +148,21 @@ fn serving(narinfo: Vec<u8>, nar: impl Fn(usize) -> Reply + Send + Sync + 'stati
 /// not remembered as absent), and that with the fixture's good cache after it the path is
 /// served, byte for byte. Returns the error text.
 async fn fails_alone_then_the_next_cache_serves(server: &TestServer, path: &StorePath) -> String {
-    let alone = Fixture::new(0);
+    fails_over(server, path, http, |_| {}).await
+}
+
+/// [`fails_alone_then_the_next_cache_serves`] with the upstream made by `up` and the cache's
+/// configuration changed by `tweak`.
+async fn fails_over(
+    server: &TestServer,
+    path: &StorePath,
+    up: impl Fn(&str) -> Arc<HttpUpstream>,
+    tweak: impl Fn(&mut CacheConfig),
+) -> String {
+    let mut alone = Fixture::new(0);
+    tweak(&mut alone.config);
     let keys = TrustedKeys::new(vec![key().public()]).unwrap();
-    let set = UpstreamSet::in_order(vec![http(&server.url()) as Arc<dyn Upstream>]);
+    let set = UpstreamSet::in_order(vec![up(&server.url()) as Arc<dyn Upstream>]);
     let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
     let err = cache.get(path).await.unwrap_err();
     assert!(matches!(err, CacheError::Unavailable { .. }), "{err}");
@@ -158,9 +170,10 @@ async fn fails_alone_then_the_next_cache_serves(server: &TestServer, path: &Stor
     let again = cache.get(path).await;
     assert!(matches!(again, Err(CacheError::Unavailable { .. })), "not absent: {again:?}");
     cache.close();
-    let good = Fixture::new(1);
+    let mut good = Fixture::new(1);
+    tweak(&mut good.config);
     signed(&good, path).await;
-    let both = cache_over(&good, http(&server.url()));
+    let both = cache_over(&good, up(&server.url()));
     let entry = both.get(path).await.expect("the next cache's copy");
     let data = entry.open_file(3).unwrap().read_at(0, 10_000).unwrap();
     assert_eq!(data, vec![7u8; 3000], "the good copy, byte for byte");
@@ -341,4 +354,102 @@ async fn a_failed_shared_download_fails_every_waiter_and_the_next_access_retries
     };
     assert_eq!(entry.open_file(3).unwrap().read_at(0, 10_000).unwrap(), vec![7u8; 3000]);
     assert_eq!(nars(&server), 2);
+}
+
+/// NET-4, NET-5, NET-6 and NET-7: a NAR body trickled below 1 KiB/s, one that stalls after
+/// bytes were used, one reset (RST) mid-body, and a chunked one closed without its final chunk:
+/// each ends within its bound with an error naming the cache, nothing is published, and the
+/// next cache serves the path.
+#[tokio::test]
+async fn nar_bodies_that_trickle_stall_reset_or_stop_short_fail_over_to_the_next_cache() {
+    let fx = Fixture::new(1);
+    let path = sp('b', "bodies");
+    let (good, nar) = signed(&fx, &path).await;
+    let part = nar[..1000].to_vec();
+    let (n, p) = (nar.len(), part.clone());
+    let cases: Vec<(&str, Box<dyn Fn(usize) -> Reply + Send + Sync>)> = vec![
+        (
+            "trickle",
+            Box::new({
+                let nar = nar.clone();
+                move |_| Reply::Trickle { body: nar.clone(), every: 50 * MS }
+            }),
+        ),
+        ("stall", Box::new(move |_| Reply::StallMidBody { announced: n, sent: p.clone() })),
+        (
+            "reset",
+            Box::new({
+                let part = part.clone();
+                move |_| Reply::ResetMidBody { announced: n, sent: part.clone() }
+            }),
+        ),
+        ("chunked", Box::new(move |_| Reply::ChunkedWithoutEnd { sent: part.clone() })),
+    ];
+    // The stall timeout (500 ms) ends a stall; the low-speed floor (1 KiB/s over 1 s) a trickle.
+    let up = |url: &str| {
+        let client = build_client(HttpTimeouts { connect: 300 * MS, stall: 500 * MS }).unwrap();
+        let retry = RetryPolicy::with_budget(300 * MS);
+        let options = HttpOptions { retry, backoff: 60_000 * MS, ..Default::default() };
+        Arc::new(HttpUpstream::new(url, client, options).unwrap())
+    };
+    let floor = |c: &mut CacheConfig| {
+        c.low_speed = crate::upstream::low_speed::LowSpeedLimit {
+            min_bytes_per_sec: 1024,
+            window: 1000 * MS,
+        };
+    };
+    for (case, reply) in cases {
+        let server = serving(good.clone().into_bytes(), reply);
+        let start = Instant::now();
+        let err = fails_over(&server, &path, up, floor).await;
+        assert!(err.contains(&server.url()), "{case}: {err}");
+        assert!(start.elapsed() < 10_000 * MS, "{case}: {:?}", start.elapsed());
+    }
+}
+
+/// NET-16: a cache whose host name does not resolve fails at once with an error naming it,
+/// and the next cache serves the path.
+#[tokio::test]
+async fn a_name_that_does_not_resolve_fails_over_to_the_next_cache() {
+    let fx = Fixture::new(1);
+    let path = sp('d', "dns");
+    signed(&fx, &path).await;
+    // `.invalid` never resolves (RFC 2606).
+    let dead = http("http://storefs-test.invalid/cache");
+    let cache = cache_over(&fx, dead.clone());
+    let start = Instant::now();
+    let entry = cache.get(&path).await.expect("the next cache serves it");
+    assert_eq!(entry.open_file(3).unwrap().read_at(0, 10).unwrap(), vec![7u8; 10]);
+    assert!(start.elapsed() < 5000 * MS, "{:?}", start.elapsed());
+    assert!(!dead.is_up(), "marked down");
+    cache.close();
+    let err = http("http://storefs-test.invalid/cache").narinfo("x").await.unwrap_err();
+    assert!(err.to_string().contains("storefs-test.invalid"), "names the host: {err}");
+}
+
+/// NI-3 and NI-4: a cache answering with a validly signed narinfo of another path (another
+/// hash part), and one whose `nix-cache-info` names another store directory: neither is
+/// served from, no NAR is asked of them, and the next cache serves the path.
+#[tokio::test]
+async fn a_narinfo_for_another_path_or_another_store_dir_is_never_served() {
+    let fx = Fixture::new(1);
+    let (wanted, other) = (sp('w', "wanted"), sp('x', "other"));
+    let (other_info, _) = signed(&fx, &other).await;
+    signed(&fx, &wanted).await;
+    let liar = serving(other_info.into_bytes(), |_| Reply::status(500));
+    let gnu = TestServer::start(|seen, _| match seen.path.as_str() {
+        p if p.ends_with("nix-cache-info") => Reply::ok(b"StoreDir: /gnu/store\n"),
+        _ => Reply::status(404),
+    });
+    for server in [&liar, &gnu] {
+        let cache = cache_over(&fx, http(&server.url()));
+        let entry = cache.get(&wanted).await.expect("the next cache serves it");
+        assert_eq!(entry.store_path, wanted);
+        let nars = server.seen().iter().filter(|s| s.path.contains("/nar/")).count();
+        assert_eq!(nars, 0, "{}: no NAR asked", server.url());
+        cache.close();
+        std::fs::remove_dir_all(fx.config.dir.join("entries").join(wanted.hash_part())).unwrap();
+    }
+    let narinfos = gnu.seen().iter().filter(|s| s.path.ends_with(".narinfo")).count();
+    assert_eq!(narinfos, 0, "a cache of another store directory is never asked");
 }

@@ -22,6 +22,13 @@ pub(crate) enum Reply {
     StallAfterHeaders { announced: usize },
     /// Announce `announced` body bytes and send all of `body`, which is longer.
     LongerThanAnnounced { announced: usize, body: Vec<u8> },
+    /// Announce `announced` body bytes, send `sent`, then hold the connection silent.
+    StallMidBody { announced: usize, sent: Vec<u8> },
+    /// Announce `announced` body bytes, send `sent`, then reset the connection (RST, by closing
+    /// with `SO_LINGER` 0).
+    ResetMidBody { announced: usize, sent: Vec<u8> },
+    /// A chunked body: `sent` as one chunk, then close without the final empty chunk.
+    ChunkedWithoutEnd { sent: Vec<u8> },
     /// A complete 200 response whose body goes out one byte every `every` (until the client
     /// hangs up): never stalled, never done.
     Trickle { body: Vec<u8>, every: Duration },
@@ -169,6 +176,42 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script, stop: &A
         Reply::LongerThanAnnounced { announced, body } => {
             let _ = conn.write_all(head(200, &[], announced).as_bytes());
             let _ = conn.write_all(&body);
+        }
+        Reply::StallMidBody { announced, sent } => {
+            let _ = conn.write_all(head(200, &[], announced).as_bytes());
+            let _ = conn.write_all(&sent);
+            hold(reader);
+        }
+        Reply::ResetMidBody { announced, sent } => {
+            let _ = conn.write_all(head(200, &[], announced).as_bytes());
+            let _ = conn.write_all(&sent);
+            let _ = conn.flush();
+            // Let the client read the first part before the reset.
+            std::thread::sleep(Duration::from_millis(200));
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: a valid socket and a linger struct of the size passed.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&conn),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            // Both handles must go for the close (and its RST) to happen.
+            drop(reader);
+            drop(conn);
+        }
+        Reply::ChunkedWithoutEnd { sent } => {
+            let head =
+                "HTTP/1.1 200 Scripted\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(format!("{:x}\r\n", sent.len()).as_bytes());
+            let _ = conn.write_all(&sent);
+            let _ = conn.write_all(b"\r\n");
+            let _ = conn.flush();
+            std::thread::sleep(Duration::from_millis(200));
         }
         Reply::StallAfterHeaders { announced } => {
             let _ = conn.write_all(head(200, &[], announced).as_bytes());
