@@ -356,6 +356,9 @@ async fn a_failed_shared_download_fails_every_waiter_and_the_next_access_retries
     assert_eq!(nars(&server), 2);
 }
 
+/// How a server answers its `k`-th NAR request.
+type NarReply = Box<dyn Fn(usize) -> Reply + Send + Sync>;
+
 /// NET-4, NET-5, NET-6 and NET-7: a NAR body trickled below 1 KiB/s, one that stalls after
 /// bytes were used, one reset (RST) mid-body, and a chunked one closed without its final chunk:
 /// each ends within its bound with an error naming the cache, nothing is published, and the
@@ -367,7 +370,7 @@ async fn nar_bodies_that_trickle_stall_reset_or_stop_short_fail_over_to_the_next
     let (good, nar) = signed(&fx, &path).await;
     let part = nar[..1000].to_vec();
     let (n, p) = (nar.len(), part.clone());
-    let cases: Vec<(&str, Box<dyn Fn(usize) -> Reply + Send + Sync>)> = vec![
+    let cases: Vec<(&str, NarReply)> = vec![
         (
             "trickle",
             Box::new({
