@@ -374,3 +374,79 @@ fn a_commit_writes_then_syncs_then_renames_then_syncs_the_directory() {
     let after = lines.iter().filter(|l| is_write(l) && l.contains(&format!("{entry}/"))).count();
     assert_eq!(after, 0, "nothing written into the published entry:\n{text}");
 }
+
+/// The mount options and the superblock options of the mount at `mnt`, from
+/// `/proc/self/mountinfo` (fields 6 and 11).
+fn mount_options(mnt: &Path) -> (Vec<String>, Vec<String>) {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = mnt.to_str().unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt))
+        .unwrap_or_else(|| panic!("{mnt} not in mountinfo"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    let dash = fields.iter().position(|f| *f == "-").unwrap();
+    let split = |s: &str| s.split(',').map(str::to_owned).collect::<Vec<_>>();
+    (split(fields[5]), split(fields[dash + 3]))
+}
+
+/// SEC-1: the kernel shows the mount `ro,nosuid,nodev` (with `allow_other` and
+/// `default_permissions` when other users are let in), and reads never change an atime, as
+/// `noatime` would promise (a read-only mount updates none, and every time reported is 1).
+#[test]
+fn the_mount_is_read_only_nosuid_nodev_and_keeps_atimes() {
+    let Some(fx) = setup("the_mount_is_read_only_nosuid_nodev_and_keeps_atimes") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    for allow_other in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let extra: &[&str] = if allow_other { &["--allow-other"] } else { &[] };
+        let d = start(fx, &nginx, tmp.path(), "", extra);
+        let (options, super_options) = mount_options(&d.mnt);
+        for want in ["ro", "nosuid", "nodev"] {
+            assert!(options.iter().any(|o| o == want), "{want} in {options:?}");
+        }
+        for want in ["allow_other", "default_permissions"] {
+            let has = super_options.iter().any(|o| o == want);
+            assert_eq!(has, allow_other, "{want} in {super_options:?}");
+        }
+        let file = d.path(&fx.deep_file, "");
+        let before = fs::metadata(&file).unwrap();
+        fs::read(&file).unwrap();
+        let after = fs::metadata(&file).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((before.atime(), after.atime()), (1, 1), "atime never moves");
+    }
+}
+
+/// SEC-4: the control socket is the daemon's owner's alone: another uid cannot connect (the
+/// socket is `0600`), even when it can reach the directory holding it.
+#[test]
+fn another_uid_cannot_use_the_control_socket() {
+    let test = "another_uid_cannot_use_the_control_socket";
+    let Some(fx) = setup(test) else { return };
+    if common::require(&["setpriv"], test) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let d = start(fx, &nginx, tmp.path(), "", &[]);
+    let mode = fs::metadata(&d.control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{:?}", d.control);
+    let as_user = |uid: &str| {
+        std::process::Command::new("setpriv")
+            .args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups"])
+            .arg(common::daemon::storefs_bin())
+            .args(["stats", "--control-socket"])
+            .arg(&d.control)
+            .output()
+            .unwrap()
+    };
+    let other = as_user("1000");
+    let text = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success(), "uid 1000 read the stats: {text}");
+    assert!(text.contains("cannot connect to the storefs daemon"), "storefs ran: {text}");
+    assert!(text.contains("ermission denied"), "the error says why: {text}");
+    assert!(as_user("0").status.success(), "root, the daemon's owner, can");
+}
