@@ -520,4 +520,18 @@ mod tests {
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(Layout::open(&root), Err(LayoutError::Unsafe { .. })));
     }
+
+    /// A symlink as the cache root is refused, not followed (someone could point it anywhere).
+    #[test]
+    fn refuses_a_symlinked_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+        let root = dir.path().join("cache");
+        std::os::unix::fs::symlink(&real, &root).unwrap();
+        let err = Layout::open(&root).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert!(fs::read_dir(&real).unwrap().next().is_none(), "nothing written through it");
+    }
 }
