@@ -450,3 +450,145 @@ fn another_uid_cannot_use_the_control_socket() {
     assert!(text.contains("ermission denied"), "the error says why: {text}");
     assert!(as_user("0").status.success(), "root, the daemon's owner, can");
 }
+
+/// SEC-2: a `0444` file cannot be executed through the mount (`EACCES`), even by root, while
+/// a `0555` one runs.
+#[test]
+fn a_file_without_exec_bits_cannot_be_executed() {
+    let Some(fx) = setup("a_file_without_exec_bits_cannot_be_executed") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    for allow_other in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let extra: &[&str] = if allow_other { &["--allow-other"] } else { &[] };
+        let d = start(fx, &nginx, tmp.path(), "", extra);
+        let data = d.path(&fx.deep_file, "");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o444);
+        let err = std::process::Command::new(&data).output().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "allow_other {allow_other}: {err}");
+        let out = std::process::Command::new(d.path(&fx.exe, "")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), fx.exe_expected);
+    }
+}
+
+/// Drops the kernel's clean page cache, so the next reads of mounted files reach the daemon.
+fn drop_page_cache() {
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
+    fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+}
+
+/// PRC-9: a program running from the mount while its store path is evicted (and the page
+/// cache dropped, so its next page faults reach the daemon) runs to its end and prints the
+/// right output; the path is fetched again for it and for the next run.
+#[test]
+fn a_running_program_survives_the_eviction_of_its_path() {
+    let Some(fx) = setup("a_running_program_survives_the_eviction_of_its_path") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(fx, &nginx, tmp.path(), "", &[]);
+    let busybox = d.path(&fx.busybox, "");
+    use std::os::unix::process::CommandExt;
+    // busybox picks its applet from argv[0]'s name (the store path's is `<hash>-busybox`).
+    let mut child = std::process::Command::new(&busybox)
+        .arg0("busybox")
+        .arg("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `cat` now waits on its input: evict its path and drop the pages it has.
+    let out = d.client(&["evict", &fx.busybox]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!d.cache.join("entries").join(hash_part(&fx.busybox)).exists(), "evicted");
+    drop_page_cache();
+    use std::io::Write;
+    let written = child.stdin.take().unwrap().write_all(b"ok\n");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?} {written:?}: {}", out.status, d.log_text());
+    written.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    let mut again = std::process::Command::new(&busybox);
+    let again = again.arg0("busybox").args(["echo", "again"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "again\n");
+}
+
+/// A daemon serving the zstd cache and the 100 MB path's cache (its NARs sent at `rate` by
+/// nginx), closure prefetch off; with the web root and nginx (keep them alive).
+fn slow_daemon(
+    fx: &Fixtures,
+    dir: &Path,
+    rate: &str,
+    more: &[&str],
+) -> (Daemon, tempfile::TempDir, Nginx, String) {
+    let (hundred_cache, hundred) = common::big::hundred_mb_cache(fx);
+    let web = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&hundred_cache, web.path().join("slow")).unwrap();
+    std::os::unix::fs::symlink(fx.cache_dir("zstd"), web.path().join("zstd")).unwrap();
+    let nginx = Nginx::start(web.path(), &format!("location /slow/nar/ {{ limit_rate {rate}; }}"));
+    let subs = [nginx.url("zstd"), nginx.url("slow")];
+    let mut extra = vec!["--max-size", "1G", "--prefetch-jobs", "0"];
+    extra.extend_from_slice(more);
+    let d = Daemon::start(dir, &daemon_args(&subs, &fx.public_key, &extra));
+    (d, web, nginx, hundred)
+}
+
+/// Waits until a download is being unpacked (staging is not empty).
+fn download_running(d: &Daemon) -> bool {
+    let staging = d.cache.join("staging");
+    eventually(Duration::from_secs(30), || !names_in(&staging).is_empty())
+}
+
+/// NET-21: while a 100 MB NAR downloads slowly, lookups of small paths that are *not* cached
+/// are fetched and answered at once, not queued behind it.
+#[test]
+fn small_cold_paths_are_served_during_a_large_download() {
+    let Some(fx) = setup("small_cold_paths_are_served_during_a_large_download") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, _web, _nginx, hundred) = slow_daemon(fx, tmp.path(), "10m", &[]);
+    let big = d.path(&hundred, "data.bin");
+    let downloader = std::thread::spawn(move || sha256_file(&big));
+    assert!(download_running(&d), "the download started");
+    let mut worst = Duration::ZERO;
+    let small = [&fx.hello, &fx.deep, &fx.weird, &fx.busybox, &fx.single_file_ref];
+    for sp in small {
+        let start = Instant::now();
+        fs::symlink_metadata(d.path(sp, "")).unwrap();
+        worst = worst.max(start.elapsed());
+    }
+    assert!(!downloader.is_finished(), "the download was still running");
+    eprintln!("worst cold lookup of a small path during the download: {worst:?}");
+    assert!(worst < Duration::from_secs(2), "a small cold path waited {worst:?}");
+    let got = downloader.join().unwrap();
+    assert_eq!(got, sha256_file(&Path::new(&hundred).join("data.bin")));
+}
+
+/// PRC-18: SIGTERM while a 100 MB NAR downloads (20 s at 5 MB/s). The mount is busy (a reader
+/// waits), so the daemon detaches it lazily and exits once that reader is answered: its error
+/// comes at `--fetch-timeout` (3 s here), the download is not published after the stop, and
+/// the process does not wait for it. The exit is clean (0); the restarted daemon starts with an
+/// empty staging directory and serves what was cached.
+#[test]
+fn sigterm_during_a_download_exits_cleanly_and_publishes_nothing_partial() {
+    let test = "sigterm_during_a_download_exits_cleanly_and_publishes_nothing_partial";
+    let Some(fx) = setup(test) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut d, _web, nginx, hundred) =
+        slow_daemon(fx, tmp.path(), "5m", &["--fetch-timeout", "3"]);
+    fs::read_dir(d.path(&fx.hello, "")).unwrap().count();
+    let big = d.path(&hundred, "data.bin");
+    let reader = std::thread::spawn(move || fs::read(big).map(|b| b.len()));
+    assert!(download_running(&d), "the download started");
+    let start = Instant::now();
+    assert_eq!(d.stop(), Some(0), "a clean exit");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "exit took {took:?}: {}", d.log_text());
+    let read = reader.join().unwrap();
+    assert!(read.is_err(), "the reader got an error, not a partial file: {read:?}");
+    assert!(!d.cache.join("entries").join(hash_part(&hundred)).exists(), "nothing published");
+    let requests = nginx.requests().len();
+    let d = Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]));
+    assert!(names_in(&d.cache.join("staging")).is_empty(), "staging emptied at start");
+    fs::read_dir(d.path(&fx.hello, "")).unwrap().count();
+    assert_eq!(nginx.requests().len(), requests, "the cached path needs no request");
+}
