@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::tests::{Fixture, key, publish, sp, tree};
 use super::*;
+use crate::nix::hash::NarHash;
 use crate::upstream::Upstream;
 use crate::upstream::http::{HttpOptions, HttpTimeouts, HttpUpstream, build_client};
 use crate::upstream::testserver::{Reply, TestServer};
@@ -94,4 +95,56 @@ async fn one_uids_storm_does_not_fail_another_uids_lookup() {
         Err(CacheError::NotFound(_))
     ));
     assert_eq!(cache.snapshot().count("lookup_failures_rate_limited"), Some(refused as u64));
+}
+
+/// NAR-11: decompression bombs. A zstd body of a few kilobytes that inflates to 256 MiB (a
+/// valid NAR followed by zeros, and a NAR whose one file claims 1 GiB) is stopped at the signed
+/// NarSize: an error at once, nothing published.
+#[tokio::test]
+async fn a_decompression_bomb_is_stopped_at_the_signed_nar_size() {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let fx = Fixture::new(1);
+    let small = tree("bomb", 100).to_nar();
+    // 256 MiB of zeros after `prefix`, zstd-compressed in a stream (never held in memory).
+    let bomb = |prefix: &[u8]| {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.write_all(prefix).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            enc.write_all(&zeros).unwrap();
+        }
+        enc.finish().unwrap()
+    };
+    let mut huge_file = Vec::new();
+    crate::nix::nar::writer::write_strs(
+        &mut huge_file,
+        &[b"nix-archive-1", b"(", b"type", b"regular", b"contents"],
+    )
+    .unwrap();
+    crate::nix::nar::writer::write_raw_len(&mut huge_file, 1 << 30).unwrap();
+    let cases = [("trailing zeros", 'p', bomb(&small)), ("a 1 GiB file", 'q', bomb(&huge_file))];
+    for (case, seed, body) in cases {
+        assert!(body.len() < 200_000, "{case}: a bomb ({} bytes)", body.len());
+        let path = sp(seed, "bomb");
+        let text = format!(
+            "StorePath: {}\nURL: nar/{}.nar.zst\nCompression: zstd\nNarHash: {}\nNarSize: {}\n\
+             References: \n",
+            path.to_absolute_path(),
+            path.hash_part(),
+            NarHash::from_digest(Sha256::digest(&small).into()),
+            small.len(),
+        );
+        let mut info = NarInfo::parse(text.as_bytes()).unwrap();
+        info.signatures.push(key().sign(&info));
+        fx.ups[0].insert(info, body);
+    }
+    let cache = fx.open();
+    for (case, seed) in [("trailing zeros", 'p'), ("a 1 GiB file", 'q')] {
+        let start = Instant::now();
+        let err = cache.get(&sp(seed, "bomb")).await.unwrap_err();
+        assert!(start.elapsed() < 2000 * MS, "{case}: stopped at once: {:?}", start.elapsed());
+        assert!(matches!(err, CacheError::Unavailable { .. }), "{case}: {err}");
+    }
+    assert!(cache.entries().is_empty(), "nothing published");
 }

@@ -11,7 +11,7 @@ use super::*;
 use crate::upstream::Upstream;
 use crate::upstream::http::{HttpOptions, HttpTimeouts, HttpUpstream, build_client};
 use crate::upstream::retry::RetryPolicy;
-use crate::upstream::testserver::{Reply, TestServer};
+use crate::upstream::testserver::{Reply, TestServer, gzip_stored};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -279,7 +279,7 @@ async fn a_missing_or_re_encoded_nar_fails_over_to_the_next_cache() {
     let server = serving(good.clone().into_bytes(), |_| Reply::status(404));
     let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
     assert!(err.contains("404"), "{err}");
-    let gz = flate2_free_gzip(&nar);
+    let gz = gzip_stored(&nar);
     let server = serving(good.into_bytes(), move |_| Reply::Status {
         code: 200,
         headers: vec![("Content-Encoding".into(), "gzip".into())],
@@ -287,35 +287,6 @@ async fn a_missing_or_re_encoded_nar_fails_over_to_the_next_cache() {
     });
     let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
     assert!(err.contains(&server.url()), "{err}");
-}
-
-/// A gzip member holding `data` in stored (uncompressed) deflate blocks: what a proxy adding
-/// `Content-Encoding: gzip` would send, built without a gzip library.
-fn flate2_free_gzip(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    let mut chunks = data.chunks(65_535).peekable();
-    while let Some(chunk) = chunks.next() {
-        out.push(u8::from(chunks.peek().is_none()));
-        let len = chunk.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(chunk);
-    }
-    out.extend_from_slice(&crc32(data).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
-
-/// CRC-32 (IEEE), bit by bit: small inputs only.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 /// NET-18: a shared download that fails fails every waiter of it (one narinfo and one NAR
@@ -455,4 +426,21 @@ async fn a_narinfo_for_another_path_or_another_store_dir_is_never_served() {
     }
     let narinfos = gnu.seen().iter().filter(|s| s.path.ends_with(".narinfo")).count();
     assert_eq!(narinfos, 0, "a cache of another store directory is never asked");
+}
+
+/// NAR-11: a NAR announced with more compressed bytes than the cap (NarSize + NarSize/16 +
+/// 1 MiB) is refused on its `Content-Length`, before its body is read (the server sends none:
+/// a read would wait for the 5 s stall timeout), and the next cache serves.
+#[tokio::test]
+async fn a_nar_announced_past_the_compressed_cap_is_refused_up_front() {
+    let fx = Fixture::new(1);
+    let path = sp('k', "capped");
+    let (good, nar) = signed(&fx, &path).await;
+    let cap = nar.len() + nar.len() / 16 + (1 << 20);
+    let server =
+        serving(good.into_bytes(), move |_| Reply::StallAfterHeaders { announced: cap + 1 });
+    let start = Instant::now();
+    let err = fails_alone_then_the_next_cache_serves(&server, &path).await;
+    assert!(start.elapsed() < 4000 * MS, "refused up front: {:?}", start.elapsed());
+    assert!(err.contains(&server.url()), "{err}");
 }
