@@ -2,7 +2,7 @@
 //! local one: its lock (`flock`), the `syncfs` that makes an entry durable before its rename, and
 //! the kernel's page cache over cached files are not dependable over NFS, SMB and the like, so a
 //! cache there is warned about at start. Case folding needs no check: no name from a NAR ever
-//! becomes a name on the cache filesystem (see `fs/folding_tests.rs`).
+//! becomes a name on the cache filesystem (see `fs/nar_data_tests.rs`).
 
 use std::ffi::CString;
 use std::io;

@@ -15,7 +15,7 @@ mod paths;
 pub mod session;
 
 #[cfg(test)]
-mod folding_tests;
+mod nar_data_tests;
 #[cfg(test)]
 mod tests;
 
