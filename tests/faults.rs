@@ -592,3 +592,59 @@ fn sigterm_during_a_download_exits_cleanly_and_publishes_nothing_partial() {
     fs::read_dir(d.path(&fx.hello, "")).unwrap().count();
     assert_eq!(nginx.requests().len(), requests, "the cached path needs no request");
 }
+
+/// Entries in the big directory of the PRC-10 test: many READDIRPLUS replies' worth.
+const BIG_DIR_ENTRIES: usize = 3000;
+
+/// PRC-10: a listing open across the eviction of its store path goes on to its end, each name
+/// once, and a process whose working directory is inside the evicted path still lists it; the
+/// path is fetched again for them.
+#[test]
+fn a_listing_and_a_working_directory_survive_the_eviction_of_their_path() {
+    let test = "a_listing_and_a_working_directory_survive_the_eviction_of_their_path";
+    let Some(fx) = setup(test) else { return };
+    use storefs::nix::nar::Node;
+    let web = tempfile::tempdir().unwrap();
+    let key = storefs::nix::signature::SigningKey::parse(
+        fs::read_to_string(fx.secret_key_path()).unwrap().trim(),
+    )
+    .unwrap();
+    let writer = common::hostile::CacheWriter::new(&web.path().join("big-dir"), key);
+    let names: Vec<String> = (0..BIG_DIR_ENTRIES).map(|i| format!("entry-{i:05}")).collect();
+    let file = |i: usize| Node::File { executable: false, contents: i.to_string().into_bytes() };
+    let inner = Node::Directory(
+        names.iter().enumerate().map(|(i, n)| (n.as_bytes().to_vec(), file(i))).collect(),
+    );
+    let tree = Node::Directory(vec![(b"dir".to_vec(), inner)]);
+    let basename = common::hostile::fake_basename(7, "big-dir");
+    writer.publish(&basename, &tree.to_nar(), common::hostile::Tamper::None);
+    let nginx = Nginx::start(web.path(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let args = daemon_args(&[nginx.url("big-dir")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let d = Daemon::start(tmp.path(), &args);
+    let dir = d.path(&basename, "dir");
+    // A shell whose working directory is in the path, waiting for its cue to list it.
+    let mut shell = std::process::Command::new("sh")
+        .args(["-c", "read cue; ls | wc -l"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut listing = fs::read_dir(&dir).unwrap();
+    let mut seen: Vec<String> =
+        listing.by_ref().take(10).map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let out = d.client(&["evict", &basename]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!d.cache.join("entries").join(hash_part(&basename)).exists(), "evicted");
+    seen.extend(listing.map(|e| e.unwrap().file_name().into_string().unwrap()));
+    seen.sort();
+    assert_eq!(seen, names, "the listing went on, each name once");
+    use std::io::Write;
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), BIG_DIR_ENTRIES.to_string());
+    let content = fs::read_to_string(dir.join("entry-02999")).unwrap();
+    assert_eq!(content, "2999", "a file of the evicted path reads right");
+}
