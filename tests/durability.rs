@@ -563,6 +563,54 @@ fn a_path_that_cannot_fit_is_refused_without_evicting() {
     }
 }
 
+/// DSK-11: another tenant's file leaves the cache filesystem just above `--min-free`. A path
+/// that fits only below the floor evicts the least recently used entry (the 4 MiB one) to keep
+/// the floor, nothing more, and is served; free space is back above the floor.
+#[test]
+fn the_min_free_floor_is_kept_by_evicting_during_fetches() {
+    let Some(fx) = setup("the_min_free_floor_is_kept_by_evicting_during_fetches") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 32 << 20);
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("disk/cache"));
+    fs::create_dir(&mnt).unwrap();
+    const FLOOR: u64 = 8 << 20;
+    let flags = ["--max-size", "1G", "--min-free", "8M", "--prefetch-jobs", "0"];
+    let d = Daemon::start_at(
+        &mnt,
+        &cache,
+        &tmp.path().join("log"),
+        &args(&[nginx.url("zstd")], &fx.public_key, &flags),
+    );
+    // The 4 MiB path first (least recently used), then small ones.
+    nix_hash(&d.path(&fx.big, "")).unwrap();
+    let small: Vec<&String> =
+        fx.closure.iter().filter(|sp| **sp != fx.big && **sp != fx.busybox).take(4).collect();
+    for sp in &small {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    // Someone else's file: 1 MiB above the floor is left, less than busybox's 2 MB.
+    let st = Command::new("fallocate")
+        .args(["-l", &(disk.free_bytes() - FLOOR - (1 << 20)).to_string()])
+        .arg(tmp.path().join("disk/balloon"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(nix_hash(&d.path(&fx.busybox, "")).unwrap(), nar_field(fx, &fx.busybox, "NarHash"));
+    let v = stats(&d);
+    assert_eq!(stat(&v, "evictions"), 1, "the least recently used entry only: {v}");
+    assert!(!cache.join("entries").join(hash_part(&fx.big)).exists(), "the 4 MiB path went");
+    for sp in &small {
+        assert!(cache.join("entries").join(hash_part(sp)).exists(), "{sp} stayed");
+    }
+    // The evicted entry is deleted from the trash in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk.free_bytes() < FLOOR {
+        assert!(Instant::now() < deadline, "free {} below the floor", disk.free_bytes());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Inodes one entry of `sp` takes in the cache: its directory, the manifest, `pack` if it has a
 /// file of at most 64 KiB, and one file per larger file.
 fn entry_inodes(sp: &str) -> u64 {
