@@ -519,3 +519,47 @@ async fn a_self_signed_certificate_fails_over_to_the_next_cache() {
     assert_eq!(entry.open_file(3).unwrap().read_at(0, 10).unwrap(), vec![7u8; 10]);
     assert!(!dead.is_up(), "marked down");
 }
+
+/// SG-10: two trusted caches serve different valid versions (different NarHash) of one path.
+/// The one with the lower `Priority` in its `nix-cache-info` wins, whatever the configured
+/// order, and the other is never asked for a NAR (a later fetch requires the same NarHash:
+/// `another_version_of_a_path_served_before_is_refused`).
+#[tokio::test]
+async fn of_two_valid_versions_the_cache_of_better_priority_wins() {
+    let path = sp('p', "versions");
+    let version = |marker: &str| {
+        let fx = Fixture::new(1);
+        let nar = publish(&fx.ups[0], &key(), &path, &tree(marker, 100));
+        (fx, nar)
+    };
+    let (one, nar_one) = version("one");
+    let (two, nar_two) = version("two");
+    assert_ne!(nar_one, nar_two);
+    let server = |fx: Fixture, nar: Vec<u8>, priority: u32| {
+        let path = path.clone();
+        let info = futures::executor::block_on(fx.ups[0].narinfo(&path.hash_part()));
+        let narinfo = info.unwrap().unwrap().to_string();
+        TestServer::start(move |seen, _| match seen.path.as_str() {
+            p if p.ends_with("nix-cache-info") => {
+                Reply::ok(format!("StoreDir: /nix/store\nPriority: {priority}\n").as_bytes())
+            }
+            p if p.ends_with(".narinfo") => Reply::ok(narinfo.as_bytes()),
+            p if p.contains("/nar/") => Reply::ok(&nar),
+            _ => Reply::status(404),
+        })
+    };
+    let (worse, better) = (server(one, nar_one, 40), server(two, nar_two, 10));
+    let fx = Fixture::new(0);
+    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+    // Configured worse first: the priorities decide.
+    let set = UpstreamSet::in_order(vec![
+        http(&worse.url()) as Arc<dyn Upstream>,
+        http(&better.url()) as Arc<dyn Upstream>,
+    ]);
+    let cache = NarCache::open(fx.config.clone(), set, keys).unwrap();
+    let entry = cache.get(&path).await.unwrap();
+    // Node 2 is `bin/tool`, holding the marker.
+    assert_eq!(entry.open_file(2).unwrap().read_at(0, 100).unwrap(), b"two");
+    let nars = worse.seen().iter().filter(|s| s.path.contains("/nar/")).count();
+    assert_eq!(nars, 0, "the worse cache's version was never downloaded");
+}
