@@ -648,3 +648,50 @@ fn a_listing_and_a_working_directory_survive_the_eviction_of_their_path() {
     let content = fs::read_to_string(dir.join("entry-02999")).unwrap();
     assert_eq!(content, "2999", "a file of the evicted path reads right");
 }
+
+/// PRC-8: a hung daemon (stopped with SIGSTOP) holds a reader; the kernel's FUSE connection
+/// shows it `waiting`, and writing to the connection's `abort` (what a watchdog does, through
+/// fusectl mounted in a private mount namespace) ends the wait at once (`ECONNABORTED`), and
+/// later requests get `ENOTCONN`.
+#[test]
+fn a_hung_daemon_is_aborted_through_fusectl_and_its_reader_is_answered() {
+    let test = "a_hung_daemon_is_aborted_through_fusectl_and_its_reader_is_answered";
+    let Some(fx) = setup(test) else { return };
+    if common::require(&["unshare"], test) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(fx, &nginx, tmp.path(), "", &[]);
+    let connection = fs::metadata(&d.mnt).unwrap().dev();
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGSTOP) };
+    let cold = d.path(&fx.deep, "");
+    let reader = std::thread::spawn(move || {
+        let started = Instant::now();
+        (fs::metadata(cold).map(|_| ()), started)
+    });
+    let dir = format!("/sys/fs/fuse/connections/{connection}");
+    let script = format!(
+        "mount -t fusectl none /sys/fs/fuse/connections || exit 2; \
+         for i in $(seq 100); do [ \"$(cat {dir}/waiting)\" -gt 0 ] && break; sleep 0.05; done; \
+         cat {dir}/waiting; echo 1 > {dir}/abort"
+    );
+    let out = std::process::Command::new("unshare").args(["-m", "sh", "-c", &script]).output();
+    let out = out.unwrap();
+    let aborted = Instant::now();
+    let (read, started) = reader.join().unwrap();
+    // SAFETY: as above; the daemon finds its connection aborted and exits.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGCONT) };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let waiting: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(waiting >= 1, "the reader's request was waiting");
+    // The request in flight is aborted (`ECONNABORTED`); every later one is `ENOTCONN`.
+    let err = read.unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+    assert!(aborted.elapsed() < Duration::from_secs(2), "answered at once after the abort");
+    assert!(started.elapsed() < Duration::from_secs(15), "the reader did not hang");
+    let later = fs::metadata(d.path(&fx.hello, "")).unwrap_err();
+    assert_eq!(later.raw_os_error(), Some(libc::ENOTCONN), "{later}");
+}
