@@ -695,3 +695,74 @@ fn a_hung_daemon_is_aborted_through_fusectl_and_its_reader_is_answered() {
     let later = fs::metadata(d.path(&fx.hello, "")).unwrap_err();
     assert_eq!(later.raw_os_error(), Some(libc::ENOTCONN), "{later}");
 }
+
+/// A shell in a mount namespace of its own holding a bind mount of `mnt` at `bind`, as a job
+/// container does; it stats `target` (under the bind mount) when told, and reports how.
+fn bind_mounted_shell(mnt: &Path, bind: &Path, target: &str) -> std::process::Child {
+    fs::create_dir_all(bind).unwrap();
+    let script = format!(
+        "mount --bind {} {} || exit 2; echo ready; read cue; stat {}/{target} >/dev/null 2>&1 \
+         && echo ok || ls {}/{target} 2>&1",
+        mnt.display(),
+        bind.display(),
+        bind.display(),
+        bind.display()
+    );
+    std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the shell's `ready`, tells it to go on, and returns what it printed then.
+fn cue(mut shell: std::process::Child) -> String {
+    use std::io::{BufRead, Write};
+    let mut out = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the bind mount was made");
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    shell.wait().unwrap();
+    rest
+}
+
+/// PRC-7: the daemon dies (SIGKILL) while a job's mount namespace holds a bind mount of the
+/// store: the job's reads fail at once with `ENOTCONN`, never hang; a restarted daemon takes
+/// the mountpoint back, and a new bind mount (the next job) reads again.
+#[test]
+fn a_dead_daemon_under_a_bind_mount_gives_enotconn_and_a_restart_serves_new_binds() {
+    let test = "a_dead_daemon_under_a_bind_mount_gives_enotconn_and_a_restart_serves_new_binds";
+    let Some(fx) = setup(test) else { return };
+    if common::require(&["unshare"], test) {
+        return;
+    }
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(fx, &nginx, tmp.path(), "", &[]);
+    // A path the kernel does not know yet, so the job's stat needs the daemon (a known one is
+    // answered from the kernel's caches even with the daemon dead).
+    let target = fx.deep.trim_start_matches("/nix/store/").to_owned();
+    fs::metadata(d.path(&fx.hello, "")).unwrap();
+    let job = bind_mounted_shell(&d.mnt, &tmp.path().join("job-store"), &target);
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(10), || fs::metadata(&d.mnt)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))),
+        "the mount went dead"
+    );
+    let started = Instant::now();
+    let said = cue(job);
+    assert!(said.contains("not connected"), "the job's read: {said}");
+    assert!(started.elapsed() < Duration::from_secs(2), "at once: {:?}", started.elapsed());
+    let (mnt, cache, log) = (d.mnt.clone(), d.cache.clone(), d.log.clone());
+    std::mem::forget(d); // its child is dead; the new daemon owns the mountpoint now
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &["--prefetch-jobs", "0"]);
+    let d = Daemon::start_at(&mnt, &cache, &log, &args);
+    let next_job = bind_mounted_shell(&d.mnt, &tmp.path().join("next-job-store"), &target);
+    assert_eq!(cue(next_job).trim(), "ok", "a new bind mount reads");
+}
