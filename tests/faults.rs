@@ -766,3 +766,59 @@ fn a_dead_daemon_under_a_bind_mount_gives_enotconn_and_a_restart_serves_new_bind
     let next_job = bind_mounted_shell(&d.mnt, &tmp.path().join("next-job-store"), &target);
     assert_eq!(cue(next_job).trim(), "ok", "a new bind mount reads");
 }
+
+/// SEC-6: a job (uid 1000) floods the daemon with lookups of every valid path of the closure
+/// under a quota too small for them. Its fetches are paced by `--uid-rate` (the rest `EAGAIN`),
+/// what it does fetch evicts only unpinned entries, and the working set root pinned stays
+/// cached and is served without a request; the refusals are counted and logged.
+#[test]
+fn a_flood_of_valid_paths_never_evicts_a_pinned_working_set() {
+    let test = "a_flood_of_valid_paths_never_evicts_a_pinned_working_set";
+    let Some(fx) = setup(test) else { return };
+    if common::require(&["setpriv", "perl"], test) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let flags = ["--allow-other", "--max-size", "5M", "--uid-rate", "2"];
+    let d = start(fx, &nginx, tmp.path(), "", &flags);
+    let working = [&fx.hello, &fx.deep];
+    for sp in working {
+        fs::read_dir(d.path(sp, "")).unwrap().count();
+    }
+    let out = d.client(&["pin", &fx.hello, &fx.deep]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The flood: every path of the closure, three times over, as uid 1000.
+    let script = "use Errno; my ($ok, $again, $other) = (0, 0, 0); for (1..3) { for (@ARGV) { \
+                  if (stat($_)) { $ok++ } elsif ($!{EAGAIN}) { $again++ } else { $other++ } } } \
+                  print \"$ok $again $other\\n\";";
+    // The two largest first, so the turns it gets overflow the quota.
+    let mut flood: Vec<&String> = vec![&fx.big, &fx.busybox];
+    flood.extend(fx.closure.iter().filter(|sp| **sp != fx.big && **sp != fx.busybox));
+    let paths: Vec<PathBuf> = flood.iter().map(|sp| d.path(sp, "")).collect();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "perl", "-e", script])
+        .args(&paths)
+        .output()
+        .unwrap();
+    let counts: Vec<usize> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    let (again, other) = (counts[1], counts[2]);
+    assert!(again > 0, "the flood was paced: {counts:?}");
+    assert_eq!(other, 0, "no other error: {counts:?}");
+    let requests = nginx.requests().len();
+    for sp in working {
+        assert!(d.cache.join("entries").join(hash_part(sp)).exists(), "{sp} stayed cached");
+        let file = if *sp == fx.deep { fx.deep_file.clone() } else { fx.exe.clone() };
+        assert_eq!(fs::read(d.path(&file, "")).unwrap(), fs::read(&file).unwrap(), "{file}");
+    }
+    assert_eq!(nginx.requests().len(), requests, "the working set needed no request");
+    assert_eq!(stat(&d, "lookup_failures_rate_limited"), again as u64);
+    assert!(stat(&d, "evictions") >= 1, "the flood's fetches did evict (unpinned entries)");
+    assert!(d.log_text().contains("--uid-rate"), "the refusals are logged");
+}
