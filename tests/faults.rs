@@ -419,7 +419,8 @@ fn the_mount_is_read_only_nosuid_nodev_and_keeps_atimes() {
 }
 
 /// SEC-4: the control socket is the daemon's owner's alone: another uid cannot connect (the
-/// socket is `0600`), even when it can reach the directory holding it.
+/// socket is `0600`), even when it can reach the directory holding it, so it can neither read
+/// the stats nor evict nor pin.
 #[test]
 fn another_uid_cannot_use_the_control_socket() {
     let test = "another_uid_cannot_use_the_control_socket";
@@ -434,21 +435,26 @@ fn another_uid_cannot_use_the_control_socket() {
     let d = start(fx, &nginx, tmp.path(), "", &[]);
     let mode = fs::metadata(&d.control).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{:?}", d.control);
-    let as_user = |uid: &str| {
+    fs::metadata(d.path(&fx.hello, "")).unwrap();
+    let as_user = |uid: &str, command: &[&str]| {
         std::process::Command::new("setpriv")
             .args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups"])
             .arg(common::daemon::storefs_bin())
-            .args(["stats", "--control-socket"])
+            .args(command)
+            .arg("--control-socket")
             .arg(&d.control)
             .output()
             .unwrap()
     };
-    let other = as_user("1000");
-    let text = String::from_utf8_lossy(&other.stderr);
-    assert!(!other.status.success(), "uid 1000 read the stats: {text}");
-    assert!(text.contains("cannot connect to the storefs daemon"), "storefs ran: {text}");
-    assert!(text.contains("ermission denied"), "the error says why: {text}");
-    assert!(as_user("0").status.success(), "root, the daemon's owner, can");
+    for command in [&["stats"][..], &["evict", &fx.hello], &["pin", &fx.hello]] {
+        let other = as_user("1000", command);
+        let text = String::from_utf8_lossy(&other.stderr);
+        assert!(!other.status.success(), "uid 1000 ran {command:?}: {text}");
+        assert!(text.contains("cannot connect to the storefs daemon"), "storefs ran: {text}");
+        assert!(text.contains("ermission denied"), "the error says why: {text}");
+    }
+    assert!(d.cache.join("entries").join(hash_part(&fx.hello)).exists(), "nothing evicted");
+    assert!(as_user("0", &["stats"]).status.success(), "root, the daemon's owner, can");
 }
 
 /// SEC-2: a `0444` file cannot be executed through the mount (`EACCES`), even by root, while
