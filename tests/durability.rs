@@ -89,6 +89,49 @@ fn a_restart_serves_the_closure_without_upstream_requests() {
     check_cache_is_whole(fx, &d);
 }
 
+/// PRC-5: a restart on a cache filled to its quota mounts within a bound that does not wait
+/// for the scan of the entries, serves them without a request, and respects a smaller quota
+/// given at the restart: the scan's end evicts down to it, least recently used first.
+#[test]
+fn a_restart_on_a_full_cache_mounts_at_once_and_keeps_a_smaller_quota() {
+    let Some(fx) = setup("a_restart_on_a_full_cache_mounts_at_once_and_keeps_a_smaller_quota")
+    else {
+        return;
+    };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(tmp.path(), &args(&[nginx.url("zstd")], &fx.public_key, &[]));
+    for sp in &fx.closure {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    let full = stat(&stats(&d), "cache_bytes");
+    assert_eq!(d.stop(), Some(0));
+    nginx.clear_log();
+    // Half the largest path less: one eviction or a few, never all (which entry goes first
+    // depends on last-use times a second apart at best).
+    let big: u64 = nar_field(fx, &fx.big, "NarSize").parse().unwrap();
+    let quota = full - big / 2;
+    let smaller = args(&[nginx.url("zstd")], &fx.public_key, &["--max-size", &quota.to_string()]);
+    let started = Instant::now();
+    let d = Daemon::start(tmp.path(), &smaller);
+    let mounted = started.elapsed();
+    assert!(mounted < Duration::from_secs(3), "mounted after {mounted:?}");
+    // The log holds both runs: the scan of this one ends with the second `cache loaded`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log_text().matches("cache loaded").count() < 2 {
+        assert!(Instant::now() < deadline, "the scan never ended:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while stat(&stats(&d), "cache_bytes") > quota {
+        assert!(Instant::now() < deadline, "the smaller quota was never kept: {}", stats(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cached = stat(&stats(&d), "cached_paths");
+    assert!(cached > 0 && cached < fx.closure.len() as u64, "{cached} paths kept");
+    eprintln!("restart on a full cache ({full} bytes): mounted after {mounted:?}");
+    assert_eq!(nginx.requests().len(), 0, "nothing asked upstream: {:?}", nginx.requests());
+}
+
 /// Acceptance: SIGKILL at each commit step (failpoints) and at random moments leaves, after a
 /// restart, only whole verified entries, empty staging and trash, and accounting equal to du.
 #[test]
