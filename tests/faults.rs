@@ -34,6 +34,12 @@ fn stat(d: &Daemon, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in stats"))
 }
 
+/// For a real-FUSE test that also needs `tools`: the fixture, or None after a loud skip.
+fn setup_with(test: &str, tools: &[&str]) -> Option<&'static Fixtures> {
+    let fx = setup(test)?;
+    (!common::require(tools, test)).then_some(fx)
+}
+
 /// The NAR requests nginx saw for `store_path` (its narinfo names the NAR by file hash, so
 /// they are counted from the narinfo's `URL:`).
 fn nar_requests(fx: &Fixtures, nginx: &Nginx, store_path: &str) -> usize {
@@ -328,10 +334,7 @@ fn traced(pid: u32) -> bool {
 #[test]
 fn a_commit_writes_then_syncs_then_renames_then_syncs_the_directory() {
     let test = "a_commit_writes_then_syncs_then_renames_then_syncs_the_directory";
-    let Some(fx) = setup(test) else { return };
-    if common::require(&["strace"], test) {
-        return;
-    }
+    let Some(fx) = setup_with(test, &["strace"]) else { return };
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let tmp = tempfile::tempdir().unwrap();
     let d = start(fx, &nginx, tmp.path(), "", &[]);
@@ -424,10 +427,7 @@ fn the_mount_is_read_only_nosuid_nodev_and_keeps_atimes() {
 #[test]
 fn another_uid_cannot_use_the_control_socket() {
     let test = "another_uid_cannot_use_the_control_socket";
-    let Some(fx) = setup(test) else { return };
-    if common::require(&["setpriv"], test) {
-        return;
-    }
+    let Some(fx) = setup_with(test, &["setpriv"]) else { return };
     use std::os::unix::fs::PermissionsExt;
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let tmp = tempfile::tempdir().unwrap();
@@ -662,10 +662,7 @@ fn a_listing_and_a_working_directory_survive_the_eviction_of_their_path() {
 #[test]
 fn a_hung_daemon_is_aborted_through_fusectl_and_its_reader_is_answered() {
     let test = "a_hung_daemon_is_aborted_through_fusectl_and_its_reader_is_answered";
-    let Some(fx) = setup(test) else { return };
-    if common::require(&["unshare"], test) {
-        return;
-    }
+    let Some(fx) = setup_with(test, &["unshare"]) else { return };
     use std::os::unix::fs::MetadataExt;
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let tmp = tempfile::tempdir().unwrap();
@@ -742,10 +739,7 @@ fn cue(mut shell: std::process::Child) -> String {
 #[test]
 fn a_dead_daemon_under_a_bind_mount_gives_enotconn_and_a_restart_serves_new_binds() {
     let test = "a_dead_daemon_under_a_bind_mount_gives_enotconn_and_a_restart_serves_new_binds";
-    let Some(fx) = setup(test) else { return };
-    if common::require(&["unshare"], test) {
-        return;
-    }
+    let Some(fx) = setup_with(test, &["unshare"]) else { return };
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let tmp = tempfile::tempdir().unwrap();
     let d = start(fx, &nginx, tmp.path(), "", &[]);
@@ -780,10 +774,7 @@ fn a_dead_daemon_under_a_bind_mount_gives_enotconn_and_a_restart_serves_new_bind
 #[test]
 fn a_flood_of_valid_paths_never_evicts_a_pinned_working_set() {
     let test = "a_flood_of_valid_paths_never_evicts_a_pinned_working_set";
-    let Some(fx) = setup(test) else { return };
-    if common::require(&["setpriv", "perl"], test) {
-        return;
-    }
+    let Some(fx) = setup_with(test, &["setpriv", "perl"]) else { return };
     use std::os::unix::fs::PermissionsExt;
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let tmp = tempfile::tempdir().unwrap();

@@ -29,6 +29,13 @@ fn http_with_backoff(url: &str, backoff: Duration) -> Arc<HttpUpstream> {
     Arc::new(HttpUpstream::new(url, client, options).unwrap())
 }
 
+/// A cache in `config`'s directory over `up` alone.
+fn cache_of(config: &CacheConfig, up: Arc<HttpUpstream>) -> Arc<NarCache> {
+    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+    let set = UpstreamSet::in_order(vec![up as Arc<dyn Upstream>]);
+    NarCache::open(config.clone(), set, keys).unwrap()
+}
+
 /// A cache over `first`, then the fixture's mock upstreams.
 fn cache_over(fx: &Fixture, first: Arc<HttpUpstream>) -> Arc<NarCache> {
     let mut all: Vec<Arc<dyn Upstream>> = vec![first];
@@ -103,9 +110,7 @@ async fn a_content_length_shorter_than_the_body_publishes_nothing() {
         }
     });
     let alone = Fixture::new(0);
-    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
-    let set = UpstreamSet::in_order(vec![http(&server.url()) as Arc<dyn Upstream>]);
-    let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
+    let cache = cache_of(&alone.config, http(&server.url()));
     let err = cache.get(&path).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, CacheError::Unavailable { .. }), "{text}");
@@ -161,9 +166,7 @@ async fn fails_over(
 ) -> String {
     let mut alone = Fixture::new(0);
     tweak(&mut alone.config);
-    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
-    let set = UpstreamSet::in_order(vec![up(&server.url()) as Arc<dyn Upstream>]);
-    let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
+    let cache = cache_of(&alone.config, up(&server.url()));
     let err = cache.get(path).await.unwrap_err();
     assert!(matches!(err, CacheError::Unavailable { .. }), "{err}");
     assert!(cache.entries().is_empty(), "nothing published");
@@ -248,9 +251,7 @@ async fn unsigned_fields_never_stand_in_for_the_signature_or_the_nar_hash() {
     let body = nar.clone();
     let server = serving(lying, move |_| Reply::ok(&body));
     let alone = Fixture::new(0);
-    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
-    let set = UpstreamSet::in_order(vec![http(&server.url()) as Arc<dyn Upstream>]);
-    let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
+    let cache = cache_of(&alone.config, http(&server.url()));
     let entry = cache.get(&path).await.expect("FileHash and FileSize are hints only");
     assert_eq!(entry.open_file(3).unwrap().read_at(0, 10_000).unwrap(), vec![7u8; 3000]);
     cache.close();
@@ -302,10 +303,7 @@ async fn a_failed_shared_download_fails_every_waiter_and_the_next_access_retries
         _ => Reply::ok(&nar),
     });
     let alone = Fixture::new(0);
-    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
-    let up = http_with_backoff(&server.url(), 200 * MS);
-    let set = UpstreamSet::in_order(vec![up as Arc<dyn Upstream>]);
-    let cache = NarCache::open(alone.config.clone(), set, keys).unwrap();
+    let cache = cache_of(&alone.config, http_with_backoff(&server.url(), 200 * MS));
     let waiters = futures::future::join_all((0..5).map(|_| cache.get(&path))).await;
     assert!(
         waiters.iter().all(|w| matches!(w, Err(CacheError::Unavailable { .. }))),
