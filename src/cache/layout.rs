@@ -172,6 +172,7 @@ impl Layout {
                         _ => Err(e),
                     })
                     .map_err(io_err("cannot create", &dir))?;
+                own_subdir(&dir, meta.uid())?;
             }
         }
         let layout = Self {
@@ -303,6 +304,29 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// Checks a directory of the cache found in place (reliability case DSK-9): something else in
+/// its place (a symlink, which would lead anywhere; a file; a FIFO) or another owner than the
+/// root's refuses the start, naming it; a mode letting others in is tightened to 0700, loudly.
+fn own_subdir(dir: &Path, owner: u32) -> Result<(), LayoutError> {
+    let meta = fs::symlink_metadata(dir).map_err(io_err("cannot stat", dir))?;
+    let unsafe_dir = |reason| Err(LayoutError::Unsafe { path: dir.into(), reason });
+    if !meta.is_dir() {
+        return unsafe_dir(
+            "not a directory (a symlink or another file in its place; move it away)",
+        );
+    }
+    if meta.uid() != owner {
+        return unsafe_dir("owned by another user than the cache directory");
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot chmod", dir))?;
+        warn!(dir = %dir.display(), mode = format!("{:04o}", meta.mode() & 0o7777),
+              "a cache directory let others in; made it 0700");
+    }
+    Ok(())
 }
 
 /// Size, free space and read-only flag of the filesystem holding `path`, from statvfs.
@@ -519,6 +543,27 @@ mod tests {
         fs::create_dir(&root).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(Layout::open(&root), Err(LayoutError::Unsafe { .. })));
+    }
+
+    /// DSK-9 inside the root: a directory of the cache open to others is made 0700 again; one
+    /// replaced by a symlink (to anywhere) refuses the start, and nothing is written through it.
+    #[test]
+    fn foreign_objects_in_place_of_its_directories_are_refused_or_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        drop(Layout::open(&root).unwrap());
+        let entries = root.join("entries");
+        fs::set_permissions(&entries, fs::Permissions::from_mode(0o777)).unwrap();
+        drop(Layout::open(&root).unwrap());
+        assert_eq!(fs::metadata(&entries).unwrap().mode() & 0o777, 0o700, "tightened");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let trash = root.join("trash");
+        fs::remove_dir(&trash).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &trash).unwrap();
+        let err = Layout::open(&root).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("trash") && err.to_string().contains("symlink"), "{err}");
+        assert!(fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing written through it");
     }
 
     /// A symlink as the cache root is refused, not followed (someone could point it anywhere).
