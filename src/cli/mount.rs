@@ -29,6 +29,9 @@ pub struct MountArgs {
     pub settings: Settings,
 }
 
+/// How long tasks may go on after the daemon stopped before the process exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `storefs mount`.
 pub fn run(args: &MountArgs) -> ExitCode {
     let config = match Config::resolve(&args.settings) {
@@ -45,7 +48,12 @@ pub fn run(args: &MountArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(crate::daemon::run(config, shutdown_signal())) {
+    let result = runtime.block_on(crate::daemon::run(config, shutdown_signal()));
+    // A download still running holds a blocking thread until its body ends (minutes for a
+    // large NAR): the daemon has unmounted and closed the cache, so it does not wait for it
+    // (its staging directory is emptied at the next start).
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let (DaemonError::Setup(cause) | DaemonError::Runtime(cause)) = &err;

@@ -15,6 +15,8 @@ mod paths;
 pub mod session;
 
 #[cfg(test)]
+mod nar_data_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
