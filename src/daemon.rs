@@ -1,6 +1,8 @@
 //! The composition root: upstreams → cache → filesystem → mount → control socket, metrics and
 //! systemd readiness, then wait for shutdown.
 
+pub mod relaunch;
+
 use std::future::Future;
 
 use tracing::{info, warn};

@@ -51,8 +51,9 @@ impl Inherited {
     }
 }
 
-/// Takes the descriptors passed to this process and unsets the variables, so children do not
-/// see them. Must run before any other thread exists (it changes the environment).
+/// Takes the descriptors passed to this process (moving them above `slots::SLOTS`) and unsets
+/// the variables, so children do not see them. Must run before any other thread exists (it
+/// changes the environment).
 pub fn take_from_env() -> Result<Inherited, ListenError> {
     let var = |name| std::env::var(name).ok();
     let parsed = parse(
@@ -68,16 +69,13 @@ pub fn take_from_env() -> Result<Inherited, ListenError> {
     let mut fds = Vec::new();
     for (i, name) in parsed?.into_iter().enumerate() {
         let fd = FIRST_FD + i as RawFd;
-        // SAFETY: fcntl on any number is harmless; F_GETFD fails on a closed descriptor.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        if flags < 0 {
-            return Err(ListenError::NotOpen(fd));
-        }
-        // SAFETY: as above; close-on-exec keeps them from our own children.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+        // Moved above the slots kept for passing descriptors on (`slots`), close-on-exec.
+        let moved = super::slots::above_slots(fd).map_err(|_| ListenError::NotOpen(fd))?;
         // SAFETY: the protocol hands descriptors 3.. to this process, and nothing else in it
-        // owns them: this runs once, at start.
-        fds.push((name, unsafe { OwnedFd::from_raw_fd(fd) }));
+        // owns them: this runs once, at start. The old number is closed.
+        unsafe { libc::close(fd) };
+        // SAFETY: `moved` is a new descriptor nothing else owns.
+        fds.push((name, unsafe { OwnedFd::from_raw_fd(moved) }));
     }
     Ok(Inherited { fds })
 }

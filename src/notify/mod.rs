@@ -5,6 +5,7 @@
 
 pub mod listen;
 pub mod scm;
+pub mod slots;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
