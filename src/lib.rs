@@ -27,3 +27,4 @@ pub mod nix;
 pub mod notify;
 pub mod sync;
 pub mod upstream;
+pub mod wire;

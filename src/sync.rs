@@ -1,7 +1,7 @@
 //! The one place locks and atomics come from, so a model checker (shuttle) can swap them later.
 
 pub use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-pub use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+pub use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 /// Locks `m`, treating poisoning as unrecoverable: a panic while holding one of our locks is
 /// already a bug, and serving from half-updated state would be worse than stopping.

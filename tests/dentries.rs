@@ -89,7 +89,7 @@ fn listings_carry_attributes_and_their_names_are_forgotten_exactly() {
     let mnt = tmp.path().join("mnt");
     fs::create_dir_all(&mnt).unwrap();
     let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]);
-    let env = [("STOREFS_LOG", "storefs=debug,fuser=debug,info")];
+    let env = [("STOREFS_LOG", "storefs=debug,info")];
     let d =
         Daemon::start_env(&mnt, &tmp.path().join("cache"), &tmp.path().join("log"), &args, &env);
 

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["cli"],
 ];
 /// Usable by any module; they use no layer.
-const UTILITIES: &[&str] = &["metrics", "logging", "notify", "sync", "failpoint"];
+const UTILITIES: &[&str] = &["metrics", "logging", "notify", "sync", "failpoint", "wire"];
 
 fn rank(module: &str) -> Option<usize> {
     LAYERS.iter().position(|group| group.contains(&module))

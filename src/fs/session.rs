@@ -1,20 +1,23 @@
 //! Mounting: `/dev/fuse`, `mount(2)` as `fuse.storefs`, the session threads, and unmounting.
 //!
-//! We call `mount(2)` ourselves rather than through fuser so the mount is typed `fuse.storefs` in
-//! /proc/mounts and so the daemon owns the `/dev/fuse` descriptor (a successor can take it over).
+//! We call `mount(2)` ourselves so the mount is typed `fuse.storefs` in /proc/mounts and so the
+//! daemon owns the `/dev/fuse` descriptor: `park` hands it back live, and a successor `resume`s
+//! it without a new mount (and without INIT, which the kernel sends once per connection).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use fuser::{BackgroundSession, Session, SessionACL};
 use tracing::{info, warn};
 
 use super::fuse::FuseAdapter;
+use crate::sync::Arc;
+use crate::wire::{self, ConnParams, Serving, Start};
 
 /// Filesystem type shown in /proc/mounts.
 pub const FS_TYPE: &str = "fuse.storefs";
@@ -51,11 +54,12 @@ pub enum MountError {
     },
 }
 
-/// A live mount; `unmount` ends it, `ended` tells when it ended by itself (external umount).
+/// A live mount; `unmount` ends it, `ended` tells when it ended by itself (external umount),
+/// `park` hands its live connection over.
 #[derive(Debug)]
 pub struct Mounted {
     mountpoint: PathBuf,
-    ended: tokio::sync::oneshot::Receiver<io::Result<()>>,
+    serving: Serving,
 }
 
 /// Mounts `adapter` read-only at `mountpoint` and starts serving.
@@ -107,29 +111,35 @@ pub fn mount(
         let action = mount_failure(err.raw_os_error(), uid, effective_capabilities());
         return Err(MountError::Sys { action, source: err });
     }
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(SESSION_THREADS);
-    config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
-    let acl = config.acl;
-    let started =
-        Session::from_fd(adapter, OwnedFd::from(dev), acl, config).and_then(Session::spawn);
-    match started {
-        Ok(session) => {
+    // Without `allow_other` the kernel itself lets only the mounting user in.
+    match wire::serve(OwnedFd::from(dev), Arc::new(adapter), Start::Fresh, SESSION_THREADS) {
+        Ok(serving) => {
             info!(mountpoint = %mountpoint.display(), "mounted");
-            let (tx, ended) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("storefs-session-wait".into())
-                .spawn(move || {
-                    let _ = tx.send(join(session));
-                })
-                .map_err(sys("cannot start session waiter"))?;
-            Ok(Mounted { mountpoint, ended })
+            Ok(Mounted { mountpoint, serving })
         }
         Err(e) => {
             detach(&mountpoint);
             Err(sys("FUSE handshake failed")(e))
         }
     }
+}
+
+/// Serves a live connection again: `dev` is the `/dev/fuse` descriptor of the mount at
+/// `mountpoint`, negotiated before with `params` (by a parked session, ours or a predecessor's).
+/// No mount(2), no INIT; requests the previous server read but never answered are re-sent by
+/// the kernel when it supports `FUSE_NOTIFY_RESEND`.
+pub fn resume(
+    adapter: FuseAdapter,
+    mountpoint: &Path,
+    dev: OwnedFd,
+    params: ConnParams,
+) -> Result<Mounted, MountError> {
+    let serving =
+        wire::serve(dev, Arc::new(adapter), Start::Resume(params), SESSION_THREADS).map_err(
+            |source| MountError::Sys { action: "cannot resume the FUSE connection".into(), source },
+        )?;
+    info!(mountpoint = %mountpoint.display(), resend = params.has_resend(), "resumed");
+    Ok(Mounted { mountpoint: mountpoint.into(), serving })
 }
 
 impl Mounted {
@@ -141,7 +151,25 @@ impl Mounted {
     /// Resolves when the session ended without `unmount` (someone unmounted it, or the kernel
     /// aborted the connection).
     pub async fn ended(&mut self) -> io::Result<()> {
-        (&mut self.ended).await.unwrap_or(Ok(()))
+        self.serving.ended().await
+    }
+
+    /// What INIT settled for this connection (to resume it later).
+    pub fn params(&self) -> ConnParams {
+        self.serving.params()
+    }
+
+    /// The `/dev/fuse` descriptor (for the fd store).
+    pub fn dev_fd(&self) -> BorrowedFd<'_> {
+        self.serving.dev()
+    }
+
+    /// Stops serving without unmounting: waits up to `grace` for replies in flight and returns
+    /// the live descriptor and its parameters, for `resume` (here or in a successor).
+    pub fn park(self, grace: Duration) -> io::Result<(OwnedFd, ConnParams)> {
+        let (dev, params) = self.serving.park(grace)?;
+        info!(mountpoint = %self.mountpoint.display(), "parked");
+        Ok((dev, params))
     }
 
     /// Unmounts (lazily if busy) and waits for the session threads to finish.
@@ -154,14 +182,11 @@ impl Mounted {
                   "unmount failed, detaching lazily");
             detach(&self.mountpoint);
         }
-        let result = self.ended.await.unwrap_or(Ok(()));
+        let mut serving = self.serving;
+        let result = serving.ended().await;
         info!(mountpoint = %self.mountpoint.display(), "unmounted");
         result
     }
-}
-
-fn join(session: BackgroundSession) -> io::Result<()> {
-    session.join()
 }
 
 fn detach(mountpoint: &Path) {
