@@ -92,11 +92,8 @@ fn a_killed_waiter_exits_at_once_while_another_gets_its_bytes() {
         std::thread::sleep(Duration::from_millis(10));
     }
     wait_blocked_in_lookup(&mut killed, "the reader to kill");
-    let mut patient = Command::new("cat")
-        .arg(d.path(&big, "data.bin"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut patient =
+        Command::new("cat").arg(d.path(&big, "data.bin")).stdout(Stdio::piped()).spawn().unwrap();
     let mut out = patient.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut bytes = Vec::new();

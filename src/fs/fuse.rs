@@ -204,17 +204,23 @@ impl Handler for FuseAdapter {
     }
 
     fn getattr(&self, _req: &RequestInfo, ino: u64, reply: ReplyAttr) {
-        match self.fs.getattr(ino) {
-            Ok(l) => reply.attr(&to_file_attr(&l.attr), l.ttl),
-            Err(err) => reply.error(fail("getattr", ino, &err)),
-        }
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            match ready.and_then(|()| fs.getattr(ino)) {
+                Ok(l) => reply.attr(&to_file_attr(&l.attr), l.ttl),
+                Err(err) => reply.error(fail("getattr", ino, &err)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &RequestInfo, ino: u64, reply: ReplyData) {
-        match self.fs.readlink(ino) {
-            Ok(target) => reply.data(&target),
-            Err(err) => reply.error(fail("readlink", ino, &err)),
-        }
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            match ready.and_then(|()| fs.readlink(ino)) {
+                Ok(target) => reply.data(&target),
+                Err(err) => reply.error(fail("readlink", ino, &err)),
+            }
+        });
     }
 
     fn open(&self, _req: &RequestInfo, ino: u64, flags: u32, reply: ReplyOpen) {
@@ -277,17 +283,20 @@ impl Handler for FuseAdapter {
     }
 
     fn readdir(&self, _req: &RequestInfo, ino: u64, _fh: u64, offset: u64, mut reply: ReplyDir) {
-        match self.fs.readdir(ino, offset) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(e.ino, e.next_offset, dirent_type(e.kind), &e.name) {
-                        break;
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            match ready.and_then(|()| fs.readdir(ino, offset)) {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(e.ino, e.next_offset, dirent_type(e.kind), &e.name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(err) => reply.error(fail("readdir", ino, &err)),
             }
-            Err(err) => reply.error(fail("readdir", ino, &err)),
-        }
+        });
     }
 
     fn readdirplus(
@@ -298,13 +307,18 @@ impl Handler for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirPlus,
     ) {
-        let listed = self.fs.readdirplus(ino, offset, |e, l| {
-            reply.add(e.next_offset, &e.name, &to_file_attr(&l.attr), l.ttl)
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            let listed = ready.and_then(|()| {
+                fs.readdirplus(ino, offset, |e, l| {
+                    reply.add(e.next_offset, &e.name, &to_file_attr(&l.attr), l.ttl)
+                })
+            });
+            match listed {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(fail("readdirplus", ino, &err)),
+            }
         });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(fail("readdirplus", ino, &err)),
-        }
     }
 
     fn statfs(&self, _req: &RequestInfo, _ino: u64, reply: ReplyStatfs) {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use self::attr::{Attr, IMMUTABLE_TTL, Kind, ROOT_TTL, node_attr, root_attr};
 use self::dir::RootListing;
@@ -503,6 +503,23 @@ impl StoreFs {
         }
     }
 
+    /// Ready when `ino`'s path can be answered from memory or the local disk; after a fetch when
+    /// its slot is known but its path not cached (it was evicted while a predecessor daemon
+    /// served the inode). Operations without an `Answer` of their own (`getattr`, `readlink`,
+    /// listings) run after it.
+    pub fn reloaded(self: &Arc<Self>, ino: u64) -> Answer<()> {
+        match Inode::from_ino(ino) {
+            Some(Inode::Node { slot, .. }) => match self.entry_answer(slot) {
+                Answer::AfterFetch(later) => {
+                    Answer::AfterFetch(Box::pin(async move { later.await.map(drop) }))
+                }
+                // Errors (ESTALE) are the operation's own to report.
+                Answer::Now(_) => Answer::Now(Ok(())),
+            },
+            _ => Answer::Now(Ok(())),
+        }
+    }
+
     /// Like [`StoreFs::entry`], fetching a known path that is not cached.
     fn entry_answer(self: &Arc<Self>, slot: u64) -> Answer<Arc<Entry>> {
         match self.known_entry(slot) {
@@ -529,7 +546,7 @@ impl StoreFs {
             let sp = paths.path_of(slot).ok_or(FsError::UnknownInode(slot << inode::NODE_BITS));
             sp?.clone()
         };
-        match self.cache.cached(&sp) {
+        match self.cache.cached_or_loaded(&sp) {
             Some(entry) => {
                 self.write_paths().resolved(&entry);
                 Ok(Ok(entry))
@@ -579,6 +596,13 @@ impl StoreFs {
         match paths.state() {
             Some(state) => state.park(&Parked { lookups, handles }),
             None => Ok(()),
+        }
+    }
+
+    /// Serving goes on here after a park (a failed upgrade): the park record is void.
+    pub fn unpark(&self) {
+        if let Some(Err(err)) = self.write_paths().state().map(StateFile::clear_park) {
+            warn!(error = %err, "cannot clear the park record");
         }
     }
 

@@ -191,8 +191,7 @@ mod tests {
         let lookups = first.lookups();
         assert_eq!(lookups, vec![(slot_a, 2)]);
         first.state().unwrap().park(&Parked { lookups, handles: vec![] }).unwrap();
-        let (state, found) = StateFile::adopt(fd).unwrap();
-        let found = found.unwrap();
+        let (state, found, _) = StateFile::adopt(fd).unwrap();
         let mut next = PathTable::default();
         assert_eq!(next.attach(state, &found), 1);
         assert_eq!(next.path_of(slot_a), Some(&a.store_path));
@@ -204,8 +203,8 @@ mod tests {
         let slot_b = next.hold(&b, 1, true);
         assert!(next.forget(12345, 7).is_none(), "an unknown slot's forget is harmless");
         let fd = next.state().unwrap().fd().try_clone_to_owned().unwrap();
-        let (_, found) = StateFile::adopt(fd).unwrap();
-        let slots = found.unwrap().slots;
+        let (_, found, _) = StateFile::adopt(fd).unwrap();
+        let slots = found.slots;
         assert!(slots.contains(&(slot_b, b.store_path.clone())), "new slots are logged");
     }
 }

@@ -49,26 +49,30 @@ impl StateFile {
     }
 
     /// Opens a state file handed over by a predecessor and starts a new epoch in it. A file that
-    /// does not check out is emptied (the connection is still live, so the successor serves it
-    /// with an empty slot table) and the error says why.
-    pub fn adopt(fd: OwnedFd) -> io::Result<(Self, Result<Recovered, StateError>)> {
+    /// does not check out is emptied, keeping the connection parameters if its header was sound
+    /// (the connection is still live, so the successor serves it with an empty slot table), and
+    /// the error says why.
+    pub fn adopt(fd: OwnedFd) -> io::Result<(Self, Recovered, Option<StateError>)> {
         let file = File::from(fd);
         let mut state = Self { file, header: Header::default() };
         let found = state.read();
         let epoch = state.header.epoch.max(1) + 1;
-        match &found {
-            Ok(_) => {
+        match found {
+            Ok(recovered) => {
                 // The park record was used once; a crash later must not reuse its counts.
                 state.header.park_len = 0;
                 state.header.epoch = epoch;
                 state.write_header()?;
+                Ok((state, recovered, None))
             }
-            Err(_) => {
-                state.header = Header { epoch, ..Header::default() };
+            Err(problem) => {
+                // The header is only kept when it decoded (`read` sets it then).
+                let params = std::mem::take(&mut state.header.params);
+                state.header = Header { epoch, params: params.clone(), ..Header::default() };
                 state.reset()?;
+                Ok((state, Recovered { params, ..Recovered::default() }, Some(problem)))
             }
         }
-        Ok((state, found))
     }
 
     /// The descriptor to store or pass on.
@@ -102,6 +106,12 @@ impl StateFile {
         let record = format::encode_park(parked);
         self.file.write_all_at(&record, LOG_START + self.header.log_len)?;
         self.header.park_len = record.len() as u64;
+        self.write_header()
+    }
+
+    /// Drops the park record (serving goes on in this process after all).
+    pub fn clear_park(&mut self) -> io::Result<()> {
+        self.header.park_len = 0;
         self.write_header()
     }
 
@@ -154,8 +164,8 @@ mod tests {
         state.append_slot(7, &sp(A)).unwrap();
         state.append_slot(8, &sp(B)).unwrap();
         // A SIGKILL here: nothing more is written.
-        let (next, found) = StateFile::adopt(handed_over(&state)).unwrap();
-        let found = found.unwrap();
+        let (next, found, problem) = StateFile::adopt(handed_over(&state)).unwrap();
+        assert_eq!(problem, None);
         assert_eq!(found.params, b"conn");
         assert_eq!(found.slots, vec![(7, sp(A)), (8, sp(B))]);
         assert!(found.parked.is_none(), "a crash leaves no counts");
@@ -171,11 +181,10 @@ mod tests {
             handles: vec![ParkedHandle { fh: 3, ino: 7 << 24 | 1, backing: 2 }],
         };
         state.park(&parked).unwrap();
-        let (mut next, found) = StateFile::adopt(handed_over(&state)).unwrap();
-        assert_eq!(found.unwrap().parked, Some(parked));
+        let (mut next, found, _) = StateFile::adopt(handed_over(&state)).unwrap();
+        assert_eq!(found.parked, Some(parked));
         next.append_slot(8, &sp(B)).unwrap();
-        let (third, found) = StateFile::adopt(handed_over(&next)).unwrap();
-        let found = found.unwrap();
+        let (third, found, _) = StateFile::adopt(handed_over(&next)).unwrap();
         assert!(found.parked.is_none(), "the counts were used by the second daemon");
         assert_eq!(found.slots, vec![(7, sp(A)), (8, sp(B))]);
         assert_eq!(third.epoch(), 3);
@@ -184,16 +193,23 @@ mod tests {
     #[test]
     fn a_damaged_file_is_refused_and_emptied_but_still_usable() {
         let mut state = StateFile::create().unwrap();
+        state.set_params(b"conn").unwrap();
         state.append_slot(7, &sp(A)).unwrap();
         state.file.write_all_at(b"X", LOG_START + 9).unwrap();
-        let (mut next, found) = StateFile::adopt(handed_over(&state)).unwrap();
-        assert!(matches!(found, Err(StateError::Record(0, _))), "{found:?}");
+        let (mut next, found, problem) = StateFile::adopt(handed_over(&state)).unwrap();
+        assert!(matches!(problem, Some(StateError::Record(0, _))), "{problem:?}");
+        assert!(found.slots.is_empty());
+        assert_eq!(found.params, b"conn", "a sound header keeps the connection usable");
         next.append_slot(8, &sp(B)).unwrap();
-        let (_, found) = StateFile::adopt(handed_over(&next)).unwrap();
-        assert_eq!(found.unwrap().slots, vec![(8, sp(B))]);
+        let (_, found, problem) = StateFile::adopt(handed_over(&next)).unwrap();
+        assert_eq!(
+            (found.slots, found.params, problem),
+            (vec![(8, sp(B))], b"conn".to_vec(), None)
+        );
         let garbage = File::from(OwnedFd::from(tempfile::tempfile().unwrap()));
         garbage.write_all_at(b"not a state file", 0).unwrap();
-        let (_, found) = StateFile::adopt(garbage.into()).unwrap();
-        assert_eq!(found.unwrap_err(), StateError::BadMagic);
+        let (_, found, problem) = StateFile::adopt(garbage.into()).unwrap();
+        assert_eq!(problem, Some(StateError::BadMagic));
+        assert!(found.params.is_empty(), "nothing is taken from a bad header");
     }
 }
