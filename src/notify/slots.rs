@@ -1,8 +1,9 @@
 //! Descriptors 3.. kept free for passing on: `storefs upgrade` hands its `/dev/fuse` descriptor
 //! and state file to a new binary by `execve` with `$LISTEN_FDS`, which wants them at 3, 4, ...
 //! In a running process those numbers belong to whoever opened first (the async runtime's
-//! epoll, a socket), so they are claimed at start with placeholders (`/dev/null`, close-on-exec)
-//! that nothing uses; just before `execve` the descriptors to pass are put in their place.
+//! epoll, a socket), so they are claimed at start with placeholders (an empty memfd,
+//! close-on-exec) that nothing uses; just before `execve` the descriptors to pass are put in
+//! their place.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -30,9 +31,16 @@ pub fn take_back() -> io::Result<()> {
 }
 
 fn claim_at(base: RawFd) -> io::Result<()> {
-    let null = std::fs::File::open("/dev/null")?;
+    // An empty memfd: needs no /dev (a container's may lack /dev/null).
+    // SAFETY: the name is a NUL-terminated literal.
+    let fd = unsafe { libc::memfd_create(c"storefs-slot".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let placeholder = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     for i in 0..SLOTS {
-        place(null.as_raw_fd(), base + i as RawFd, libc::O_CLOEXEC)?;
+        place(placeholder.as_raw_fd(), base + i as RawFd, libc::O_CLOEXEC)?;
     }
     Ok(())
 }
@@ -99,16 +107,16 @@ mod tests {
     fn slots_hold_placeholders_then_the_passed_descriptors_then_placeholders() {
         use std::os::fd::AsFd;
         claim_at(BASE).unwrap();
-        let null = std::fs::File::open("/dev/null").unwrap();
         let file = tempfile::tempfile().unwrap();
         for i in 0..SLOTS as RawFd {
-            assert!(cloexec(BASE + i) && same_file(BASE + i, null.as_raw_fd()));
+            assert!(cloexec(BASE + i) && same_file(BASE + i, BASE));
+            assert!(!same_file(BASE + i, file.as_raw_fd()));
         }
         pass_on_at(BASE, &[file.as_fd()]).unwrap();
         assert!(!cloexec(BASE) && same_file(BASE, file.as_raw_fd()));
         assert!(cloexec(BASE + 1));
         claim_at(BASE).unwrap();
-        assert!(cloexec(BASE) && same_file(BASE, null.as_raw_fd()));
+        assert!(cloexec(BASE) && same_file(BASE, BASE + 1), "a placeholder again");
         assert!(pass_on_at(BASE, &[file.as_fd(); SLOTS + 1]).is_err());
         let moved = above_slots(file.as_raw_fd()).unwrap();
         assert!(moved >= FIRST_FD + SLOTS as RawFd && cloexec(moved));
