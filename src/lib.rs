@@ -6,7 +6,8 @@
 //! - [`nix`]: Nix formats, pure (no I/O): base32, store paths, narinfo, signatures, NAR.
 //! - [`upstream`]: binary caches over HTTP(S) and `file://`, decompression.
 //! - [`cache`]: the verified local disk cache, single-flight fetch, LRU quota.
-//! - [`fs`]: filesystem semantics, plus the one fuser adapter and the mount session.
+//! - [`fs`]: filesystem semantics, plus the FUSE adapter and the mount session.
+//! - [`wire`]: storefs's own FUSE transport (linux/fuse.h), used only by `fs`.
 //! - [`config`]: every setting, resolved into the config types of `upstream`, `cache` and `fs`.
 //! - [`daemon`]: wires them together; [`control`]: the control socket; [`cli`]: the command line.
 //! - [`logging`], [`metrics`], [`notify`], [`sync`]: used by anyone.

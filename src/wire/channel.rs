@@ -54,8 +54,11 @@ impl Channel {
     pub fn receive(&self, buf: &mut [u8]) -> io::Result<Received> {
         // SAFETY: `buf` is valid for writes of its length.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if let Ok(n) = usize::try_from(n) {
-            return Ok(Received::Request(n));
+        match usize::try_from(n) {
+            // The device never reads 0 bytes while the connection lives.
+            Ok(0) => return Ok(Received::Ended),
+            Ok(n) => return Ok(Received::Request(n)),
+            Err(_) => {}
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
