@@ -50,6 +50,13 @@ fn check_readers(figures: &[Value]) -> (f64, u64) {
     (longest, reads)
 }
 
+/// The daemon's warnings and errors, for a failing test's output.
+fn print_warnings(log: &str) {
+    for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+        eprintln!("daemon: {line}");
+    }
+}
+
 /// statfs(`mnt`) in a thread, waited for at most 10 s: the errno (0 for success), or None if
 /// it hung.
 fn statfs_errno_within(mnt: &Path) -> Option<i32> {
@@ -108,9 +115,7 @@ fn crash_loop_under_readers_loses_no_read() {
     readers.wait_progress(READS_BETWEEN);
     let figures = readers.finish(FINISH);
     let log = sup.log_text();
-    for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
-        eprintln!("daemon: {line}");
-    }
+    print_warnings(&log);
     let (longest, reads) = check_readers(&figures);
     eprintln!(
         "crash loop: {kills} SIGKILLs, {restarts} SIGTERM restarts, {} starts, {reads} reads in \
@@ -187,6 +192,8 @@ fn upgrade_hands_the_mount_to_a_new_program_under_readers() {
     assert!(err.contains("serves on"), "{err}");
     readers.wait_progress(READS_BETWEEN);
     let figures = readers.finish(FINISH);
+    print_warnings(&d.log_text());
+
     let (longest, reads) = check_readers(&figures);
     eprintln!(
         "upgrade: 3 upgrades and 2 refused, {reads} reads, 0 failures, longest stall {longest:.3} s"

@@ -38,7 +38,20 @@ fn claim_at(base: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-    let placeholder = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let first = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // The memfd may itself have got a slot's number (the lowest free one): copied above the
+    // slots first, or closing it would free that slot for the next open.
+    // SAFETY: fcntl duplicates our own descriptor; the result is owned below.
+    let above =
+        unsafe { libc::fcntl(first.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base + SLOTS as RawFd) };
+    if above < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Closed before the slots are filled: it may be one of them.
+    drop(first);
+    // SAFETY: a new descriptor nothing else owns.
+    let placeholder =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(above) };
     for i in 0..SLOTS {
         place(placeholder.as_raw_fd(), base + i as RawFd, libc::O_CLOEXEC)?;
     }
