@@ -14,7 +14,7 @@ use crate::config::{Config, MountConfig};
 use crate::control::handler::UpgradeOrder;
 use crate::control::{self, DaemonHandler, DaemonInfo};
 use crate::fs::StoreFs;
-use crate::fs::fuse::FuseAdapter;
+use crate::fs::fuse::{FuseAdapter, OpenHandles};
 use crate::fs::session::{self, Mounted};
 use crate::metrics::{self, Report, Reporters, Snapshot};
 use crate::notify::Notifier;
@@ -170,7 +170,8 @@ pub async fn run(
         })
     });
     let served = Served { fs: &fs, adapter: &adapter, relaunch: &relaunch, state: &live.state };
-    let result = served.until_stopped(live.mounted, live.stored, shutdown, upgrades).await;
+    let result =
+        served.until_stopped(live.mounted, live.handles, live.stored, shutdown, upgrades).await;
     daemon_info.set_stopping();
     notify(&notifier, "STOPPING=1");
     let _ = stop_tx.send(true);
@@ -200,6 +201,7 @@ impl<A: Fn() -> FuseAdapter> Served<'_, A> {
     async fn until_stopped(
         &self,
         mut mounted: Mounted,
+        mut handles: OpenHandles,
         stored: bool,
         shutdown: impl Future<Output = Stop>,
         mut upgrades: tokio::sync::mpsc::Receiver<UpgradeOrder>,
@@ -210,7 +212,7 @@ impl<A: Fn() -> FuseAdapter> Served<'_, A> {
             tokio::select! {
                 stop = &mut shutdown => {
                     if stop == Stop::Terminate && stored {
-                        handover::park(self.fs, mounted).await
+                        handover::park(self.fs, mounted, &handles).await
                             .context("cannot park the connection")
                             .map_err(DaemonError::Runtime)?;
                         info!("parked for the next start; the mount stays");
@@ -224,7 +226,7 @@ impl<A: Fn() -> FuseAdapter> Served<'_, A> {
                     return ended.context("FUSE session failed").map_err(DaemonError::Runtime);
                 }
                 Some(order) = upgrades.recv() => {
-                    mounted = self.upgrade(mounted, order).await?;
+                    (mounted, handles) = self.upgrade(mounted, handles, order).await?;
                 }
             }
         }
@@ -232,26 +234,34 @@ impl<A: Fn() -> FuseAdapter> Served<'_, A> {
 
     /// Hands the mount over to the ordered program by `execve`; if that fails, serves on and
     /// tells the caller why.
-    async fn upgrade(&self, mounted: Mounted, order: UpgradeOrder) -> Result<Mounted, DaemonError> {
+    async fn upgrade(
+        &self,
+        mounted: Mounted,
+        handles: OpenHandles,
+        order: UpgradeOrder,
+    ) -> Result<(Mounted, OpenHandles), DaemonError> {
         use anyhow::Context as _;
         let program = match self.relaunch.program(order.binary.as_deref()) {
             Ok(p) => p,
             Err(why) => {
                 let _ = order.failed.send(why);
-                return Ok(mounted);
+                return Ok((mounted, handles));
             }
         };
         let mountpoint = mounted.mountpoint().to_path_buf();
         info!(program = %program.display(), "upgrade: parking the connection");
-        let (dev, params) = handover::park(self.fs, mounted)
+        let parked = handover::park(self.fs, mounted, &handles)
             .await
             .context("cannot park the connection for an upgrade")
             .map_err(DaemonError::Runtime)?;
+        let handover::Parked { dev, params, handles: open } = parked;
         let fds = [(handover::FUSE_FD, dev.as_fd()), (handover::STATE_FD, self.state.as_fd())];
         let err = self.relaunch.exec(&program, &fds);
         warn!(program = %program.display(), error = %err, "upgrade failed; serving on");
         self.fs.unpark();
         let adapter = (self.adapter)();
+        let handles = adapter.open_handles();
+        handles.restore(&open);
         let resumed =
             tokio::task::spawn_blocking(move || session::resume(adapter, &mountpoint, dev, params))
                 .await
@@ -261,7 +271,7 @@ impl<A: Fn() -> FuseAdapter> Served<'_, A> {
         let _ = order
             .failed
             .send(format!("cannot run {}: {err}; the old daemon serves on", program.display()));
-        Ok(resumed)
+        Ok((resumed, handles))
     }
 }
 

@@ -200,3 +200,41 @@ fn upgrade_hands_the_mount_to_a_new_program_under_readers() {
     );
     assert_eq!(d.pid(), pid, "the same process throughout");
 }
+
+#[test]
+fn passthrough_handles_open_across_a_restart_keep_reading_and_share_their_backing() {
+    use std::io::{Read, Seek, SeekFrom};
+    let test = "passthrough_handles_open_across_a_restart_keep_reading_and_share_their_backing";
+    let Some(fx) = setup(test) else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &["--passthrough"]);
+    let mut sup = Supervisor::start(dir.path(), &mnt, &args);
+    let path = mnt.join(fx.big.trim_start_matches("/nix/store/")).join("random.bin");
+    let want = std::fs::read(&fx.big_file).unwrap();
+    let half = want.len() / 2;
+    let read_from = |f: &mut std::fs::File, at: usize| {
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        got
+    };
+    let mut held = std::fs::File::open(&path).unwrap();
+    let mut first = vec![0; half];
+    held.read_exact(&mut first).unwrap();
+    assert_eq!(first, want[..half]);
+    assert!(sup.log_text().contains("FUSE passthrough on"), "{}", sup.log_text());
+
+    sup.restart();
+    assert_eq!(read_from(&mut held, half), want[half..], "the held handle reads on");
+    // The kernel refuses a second backing file for an inode with open passthrough handles
+    // (EBUSY): a new open must share the id the old daemon left open.
+    assert_eq!(std::fs::read(&path).unwrap(), want, "a new open of the held inode");
+    drop(held);
+    assert_eq!(std::fs::read(&path).unwrap(), want, "after the last release: a fresh id");
+    let log = sup.log_text();
+    assert!(!log.contains("passthrough refused"), "{log}");
+    print_warnings(&log);
+}

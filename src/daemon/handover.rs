@@ -11,9 +11,9 @@ use tracing::{info, warn};
 
 use super::relaunch::Relaunch;
 use crate::fs::StoreFs;
-use crate::fs::fuse::FuseAdapter;
+use crate::fs::fuse::{FuseAdapter, OpenHandles};
 use crate::fs::session::{self, MountError, MountOptions, Mounted};
-use crate::fs::state::{Recovered, StateFile};
+use crate::fs::state::{ParkedHandle, Recovered, StateFile};
 use crate::notify::Notifier;
 use crate::notify::listen::Inherited;
 use crate::sync::Arc;
@@ -47,6 +47,8 @@ pub struct Live {
     /// Whether the service manager keeps both descriptors: then a stop parks instead of
     /// unmounting, and the next start resumes.
     pub stored: bool,
+    /// The open passthrough handles of the serving adapter.
+    pub handles: OpenHandles,
 }
 
 /// Resumes the connection in `inherited`, or mounts `mountpoint` anew (detaching a dead mount a
@@ -73,14 +75,17 @@ pub async fn start(
             Ok((state, recovered, params)) => {
                 let state_dup = state.fd().try_clone_to_owned().map_err(sys("cannot dup"))?;
                 let slots = recovered.slots.len();
-                fs.attach_state(state, &recovered);
+                let parked = fs.attach_state(state, &recovered);
                 let (adapter, at) = (adapter(), mountpoint.to_path_buf());
+                let handles = adapter.open_handles();
+                handles.restore(&parked);
                 let mounted = blocking(move || session::resume(adapter, &at, dev, params))
                     .await
                     .map_err(sys("session thread"))??;
                 info!(slots, clean = recovered.parked.is_some(), "took the live mount over");
                 // The store still holds both descriptors: a restart takes nothing out of it.
-                return Ok(Live { mounted, state: state_dup, stored: stores_fds(notifier) });
+                let stored = stores_fds(notifier);
+                return Ok(Live { mounted, state: state_dup, stored, handles });
             }
             Err(why) => {
                 // A live connection without its parameters cannot be served: let it go (its
@@ -97,13 +102,14 @@ pub async fn start(
     // Attached before mounting: every slot the kernel can see is logged.
     fs.attach_state(state, &Recovered::default());
     let (adapter, at, options) = (adapter(), mountpoint.to_path_buf(), options.clone());
+    let handles = adapter.open_handles();
     let mounted = blocking(move || session::mount(adapter, &at, &options))
         .await
         .map_err(sys("session thread"))??;
     fs.set_connection_params(&mounted.params().to_bytes())
         .map_err(sys("cannot write the state file"))?;
     let stored = store(notifier, &mounted, &state_dup);
-    Ok(Live { mounted, state: state_dup, stored })
+    Ok(Live { mounted, state: state_dup, stored, handles })
 }
 
 /// The state file handed over, its contents and the connection parameters in it. A state file
@@ -158,12 +164,28 @@ fn forget_stored(notifier: &Notifier) {
     }
 }
 
+/// A parked connection: its descriptor, its parameters and the passthrough handles open on it.
+#[derive(Debug)]
+pub struct Parked {
+    /// The live `/dev/fuse` descriptor.
+    pub dev: OwnedFd,
+    /// What INIT settled.
+    pub params: ConnParams,
+    /// Passthrough handles open across the park, their backing ids left open.
+    pub handles: Vec<ParkedHandle>,
+}
+
 /// Stops serving at a request boundary without unmounting, and writes what a successor needs.
-pub async fn park(fs: &Arc<StoreFs>, mounted: Mounted) -> std::io::Result<(OwnedFd, ConnParams)> {
+pub async fn park(
+    fs: &Arc<StoreFs>,
+    mounted: Mounted,
+    handles: &OpenHandles,
+) -> std::io::Result<Parked> {
     let (dev, params) = blocking(move || mounted.park(PARK_GRACE)).await??;
+    let handles = handles.park();
     fs.set_connection_params(&params.to_bytes())?;
-    fs.park(Vec::new())?;
-    Ok((dev, params))
+    fs.park(handles.clone())?;
+    Ok(Parked { dev, params, handles })
 }
 
 /// Runs `f` on the blocking pool.

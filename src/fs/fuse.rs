@@ -20,6 +20,7 @@ use tracing::{Level, debug, event, info, warn};
 use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
 use super::passthrough::Backing;
+use super::state::ParkedHandle;
 use super::{Answer, StoreFs};
 use crate::logging::{Throttle, warn_throttled};
 use crate::sync::{Arc, AtomicBool, Ordering};
@@ -50,6 +51,11 @@ impl FuseAdapter {
         Self { fs, rt, backing, opendirs: AtomicBool::new(false) }
     }
 
+    /// The open passthrough handles, to hand over at a park or take over at a resume.
+    pub fn open_handles(&self) -> OpenHandles {
+        OpenHandles(self.backing.clone())
+    }
+
     /// Replies with `answer` now, or from a task once its fetch is done.
     fn respond<T: Send + 'static>(
         &self,
@@ -77,6 +83,30 @@ impl FuseAdapter {
         if !self.backing.answers_opens() {
             info!("files open without a round trip; the kernel page cache keeps their data");
         }
+    }
+}
+
+/// The passthrough handles open through an adapter: their backing ids belong to the connection,
+/// so a handover leaves them open and the successor shares them with later opens of the same
+/// inodes (the kernel refuses a second backing file for an inode with open handles) and closes
+/// them with the last release.
+#[derive(Clone, Debug)]
+pub struct OpenHandles(Arc<Backing<BackingId>>);
+
+impl OpenHandles {
+    /// Empties the table, leaving every id open in the connection (call once serving stopped).
+    pub fn park(&self) -> Vec<ParkedHandle> {
+        let parked = self.0.park(BackingId::leave_open);
+        let handle = |(fh, ino, id): (u64, u64, i32)| {
+            Some(ParkedHandle { fh, ino, backing: u32::try_from(id).ok()? })
+        };
+        parked.into_iter().filter_map(handle).collect()
+    }
+
+    /// Takes over the handles a predecessor parked.
+    pub fn restore(&self, handles: &[ParkedHandle]) {
+        let raw = |h: &ParkedHandle| Some((h.fh, h.ino, i32::try_from(h.backing).ok()?));
+        self.0.restore(&handles.iter().filter_map(raw).collect::<Vec<_>>());
     }
 }
 
@@ -118,7 +148,8 @@ fn dirent_type(kind: Kind) -> u32 {
 fn reply_opened(fs: &StoreFs, backing: &Backing<BackingId>, ino: u64, fh: u64, reply: ReplyOpen) {
     if let Some(contents) = fs.file(fh) {
         let register = |file: &File| reply.open_backing(file);
-        match backing.acquire(ino, fh, contents.own_file(), register) {
+        let adopt = |id| reply.adopt_backing(id);
+        match backing.acquire(ino, fh, contents.own_file(), register, adopt) {
             // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
             // passthrough reads use the cache file's own page cache anyway.
             Ok(Some(id)) => {
@@ -257,7 +288,10 @@ impl Handler for FuseAdapter {
     }
 
     fn release(&self, _req: &RequestInfo, _ino: u64, fh: u64, reply: ReplyEmpty) {
-        self.backing.release(fh);
+        if let Some(left_open) = self.backing.release(fh) {
+            // A predecessor's id, not used since the handover: closed on drop.
+            drop(reply.adopt_backing(left_open));
+        }
         self.fs.release(fh);
         reply.ok();
     }
