@@ -105,7 +105,7 @@ fn self_status(dir: &Path, i: usize) -> String {
 
 /// `F <sha256> <rel>` for each file and `L <target> <rel>` for each symlink of `closure`, as
 /// the real /nix/store has them.
-fn expected_lines(closure: &[String]) -> String {
+pub fn expected_lines(closure: &[String]) -> String {
     let mut out = String::new();
     for sp in closure {
         let base = sp.trim_start_matches("/nix/store/");
