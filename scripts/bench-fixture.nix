@@ -5,7 +5,10 @@
 #   siteSrc     host path of a site-packages dir ("" for the synthetic tree)
 #   namesFile   a Nix file holding the list of top-level site-packages entries (or synthetic names)
 #   chainLen    how many small chained paths
-{ busyboxSrc, stdlibSrc, siteSrc, namesFile, chainLen }:
+#   siteLayout  "per-package" (default: one store path per site-packages entry, as nixpkgs has)
+#               or "one-path" (the whole tree as ONE store path, the worst case for path-level
+#               laziness; issue 14)
+{ busyboxSrc, stdlibSrc, siteSrc, namesFile, chainLen, siteLayout ? "per-package" }:
 let
   names = import (/. + namesFile);
   nChain = builtins.fromJSON chainLen;
@@ -59,8 +62,24 @@ let
   pkg = n: if siteSrc == "" then synthPkg n else realPkg n;
   pkgs = map (n: { name = n; path = pkg n; }) names;
   # The environment (like python.withPackages): one symlink per package.
-  site = mk "bench-site-packages"
+  sitePerPackage = mk "bench-site-packages"
     ("mkdir $out\n" + builtins.concatStringsSep "\n" (map (p: "ln -s ${p.path} \"$out/${p.name}\"") pkgs));
+  # The same entries as real directories of ONE store path (a synthetic package is copied out of
+  # its own path, which the copy does not reference).
+  siteOnePath =
+    if siteSrc == "" then
+      mk "bench-site-packages-one-path" ("mkdir $out\n"
+        + builtins.concatStringsSep "\n" (map (p: "cp -r ${p.path} \"$out/${p.name}\"") pkgs))
+    else
+      builtins.path {
+        name = "bench-site-packages-one-path";
+        path = /. + siteSrc;
+        filter = p: t: dirOf p != siteSrc || elem (baseNameOf p) names;
+      };
+  site =
+    if siteLayout == "per-package" then sitePerPackage
+    else if siteLayout == "one-path" then siteOnePath
+    else throw "siteLayout must be per-package or one-path, not ${siteLayout}";
 
   pad = i: if i < 10 then "0${toString i}" else toString i;
   # Small paths, each referencing the previous two (in a file and a symlink).

@@ -32,6 +32,9 @@ Options:
   --storefs-args ARGS extra flags for `storefs mount`, e.g. "--prefetch-jobs 0" (word-split)
   --no-drop-caches    do not drop the page cache before warm measurements
   --write-doc FILE    also write the results section of docs/PERFORMANCE.md to FILE
+  --site-layout L     per-package (default: one store path per site-packages entry) or one-path
+                      (the whole tree as ONE store path, issue 14's worst case); its own fixture
+                      directory (default DIR gets the suffix -one-path)
   --storefs PATH      measure this storefs binary instead of building one (e.g. an older
                       release, to compare before and after a change on the same fixture)
   -h, --help          this help
@@ -43,7 +46,7 @@ EOF
 }
 
 REPS=3 QUICK=0 DIR="" COMPRESSION=zstd RATE=100mbit DELAY_MS=10 DROP=1 WRITE_DOC="" ONLY=abc SF_ARGS=""
-STOREFS_GIVEN=""
+STOREFS_GIVEN="" SITE_LAYOUT=per-package
 while (($#)); do
     case $1 in
         --reps) REPS=${2:?--reps needs N}; shift 2 ;;
@@ -56,6 +59,7 @@ while (($#)); do
         --storefs-args) SF_ARGS=${2?--storefs-args needs a value}; shift 2 ;;
         --no-drop-caches) DROP=0; shift ;;
         --write-doc) WRITE_DOC=${2:?}; shift 2 ;;
+        --site-layout) SITE_LAYOUT=${2:?--site-layout needs per-package or one-path}; shift 2 ;;
         --storefs) STOREFS_GIVEN=${2:?}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown option $1 (see --help)" >&2; exit 1 ;;
@@ -65,7 +69,11 @@ done
 want() { [[ $ONLY == *$1* ]]; }
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --reps must be a positive integer" >&2; exit 1; }
 [[ $COMPRESSION == zstd || $COMPRESSION == none ]] || { echo "bench: --compression is zstd or none" >&2; exit 1; }
-[[ -n $DIR ]] || { if ((QUICK)); then DIR=/var/tmp/storefs-bench-quick; else DIR=/var/tmp/storefs-bench; fi; }
+[[ $SITE_LAYOUT == per-package || $SITE_LAYOUT == one-path ]] || { echo "bench: --site-layout is per-package or one-path" >&2; exit 1; }
+if [[ -z $DIR ]]; then
+    if ((QUICK)); then DIR=/var/tmp/storefs-bench-quick; else DIR=/var/tmp/storefs-bench; fi
+    [[ $SITE_LAYOUT == per-package ]] || DIR=$DIR-$SITE_LAYOUT
+fi
 
 T0=$(date +%s)
 log() { printf '[bench %4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
@@ -161,7 +169,7 @@ CHAIN_LEN=80
 # build_fixture changes) change.
 FIXTURE_VERSION=2
 FIXTURE_KEY=$(printf '%s\n' "$FIXTURE_VERSION" "$(sha256sum "$REPO/scripts/bench-fixture.nix" | cut -d' ' -f1)" \
-    "$PYHOME" "$SITE_SRC" "$NAMES_NIX" "$CHAIN_LEN" | sha256sum | cut -d' ' -f1)
+    "$PYHOME" "$SITE_SRC" "$NAMES_NIX" "$CHAIN_LEN" "$SITE_LAYOUT" | sha256sum | cut -d' ' -f1)
 
 fixture_fresh() {
     [[ -f $DIR/stamp && $(head -n1 "$DIR/stamp") == "$FIXTURE_KEY" && -f $DIR/fixture.env ]] || return 1
@@ -177,7 +185,8 @@ build_fixture() {
     local top
     top=$(nix-build -Q --quiet --option max-jobs 2 "$DIR/fixture.nix" -o "$DIR/gcroot-top" \
         --argstr busyboxSrc "$BB" --argstr stdlibSrc "$STDLIB_SRC" --argstr siteSrc "$SITE_SRC" \
-        --argstr namesFile "$DIR/names.nix" --argstr chainLen "$CHAIN_LEN" "${NIXOPTS[@]}") || die "nix-build of the fixture failed"
+        --argstr namesFile "$DIR/names.nix" --argstr chainLen "$CHAIN_LEN" \
+        --argstr siteLayout "$SITE_LAYOUT" "${NIXOPTS[@]}") || die "nix-build of the fixture failed"
     log "fixture: built $top"
     nix-store -qR "$top" | LC_ALL=C sort >"$DIR/closure.txt"
     mkdir -p "$DIR/keys"

@@ -3,7 +3,8 @@
 //! feature every call compiles to nothing.
 //!
 //! Points: `unpack::after_first_file`, `publish::before_rename`, `publish::after_rename`,
-//! `evict::after_trash_rename`.
+//! `evict::after_trash_rename`, and in `storefs index` `index::after_nar_written`,
+//! `index::after_narinfo_rename`.
 
 /// Kills the process if the failpoint `name` is armed.
 #[inline]

@@ -6,6 +6,8 @@
 //! - [`nix`]: Nix formats, pure (no I/O): base32, store paths, narinfo, signatures, NAR.
 //! - [`upstream`]: binary caches over HTTP(S) and `file://`, decompression.
 //! - [`cache`]: the verified local disk cache, single-flight fetch, LRU quota.
+//! - [`index`]: `storefs index`, which prepares a binary cache directory for file-level
+//!   laziness (beside `cache` in the layers; only `cli` uses it).
 //! - [`fs`]: filesystem semantics, plus the FUSE adapter and the mount session.
 //! - [`wire`]: storefs's own FUSE transport (linux/fuse.h), used only by `fs`.
 //! - [`config`]: every setting, resolved into the config types of `upstream`, `cache` and `fs`.
@@ -22,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod failpoint;
 pub mod fs;
+pub mod index;
 pub mod logging;
 pub mod metrics;
 pub mod nix;

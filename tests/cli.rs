@@ -93,6 +93,45 @@ fn bad_values_are_named_and_exit_1() {
 }
 
 #[test]
+fn index_help_teaches_and_bad_input_is_named_with_exit_1() {
+    let out = storefs(&["index", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out);
+    for want in ["--secret-key-file", "--jobs", "--frame-size", "seekable zstd", "Sig", "Examples"]
+    {
+        assert!(help.contains(want), "index --help lacks {want}:\n{help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let missing = dir.path().join("no-such.sec");
+    let missing = missing.to_str().unwrap();
+    let bad_key = dir.path().join("bad.sec");
+    std::fs::write(&bad_key, "mykey-1:not-base64!").unwrap();
+    let bad_key = bad_key.to_str().unwrap();
+    let good_key = dir.path().join("good.sec");
+    let key = storefs::nix::signature::SigningKey::generate("mykey-1", [1; 32]);
+    std::fs::write(&good_key, key.to_secret_string()).unwrap();
+    let good_key = good_key.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["index", d, "--secret-key-file", missing], "no-such.sec"),
+        (&["index", d, "--secret-key-file", bad_key], "bad.sec"),
+        (&["index", d, "--secret-key-file", good_key, "--jobs", "0"], "--jobs 0"),
+        (&["index", d, "--secret-key-file", good_key, "--frame-size", "1G"], "--frame-size 1G"),
+        (&["index", "/no/such/dir", "--secret-key-file", good_key], "/no/such/dir"),
+        (&["index", d], "--secret-key-file"),
+    ];
+    for (args, named) in cases {
+        let out = storefs(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(named), "{args:?} does not name {named}: {}", text(&out));
+    }
+    // An empty directory is a successful run over nothing.
+    let out = storefs(&["index", d, "--secret-key-file", good_key]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("indexed 0 paths, skipped 0 already indexed, 0 failed"));
+}
+
+#[test]
 fn a_missing_mountpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nix.conf");

@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["nix"],
     &["upstream"],
-    &["cache"],
+    &["cache", "index"],
     &["fs"],
     &["config"],
     &["control"],

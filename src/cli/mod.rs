@@ -2,6 +2,7 @@
 //! clap (it derives the `mount` flags); nothing else sees clap types.
 
 pub mod check;
+pub mod index;
 pub mod mount;
 pub mod mount_probe;
 pub mod ops;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Hand the live mount over to a new storefs program without unmounting (after a package
     /// upgrade, or without systemd): readers see no error.
     Upgrade(upgrade::UpgradeArgs),
+    /// Prepare a binary cache directory for file-level laziness: re-encode each NAR as
+    /// seekable zstd and write a signed per-path index beside its narinfo.
+    Index(index::IndexArgs),
 }
 
 /// Prints a failure on stderr once, as `storefs: <what failed>: <cause>: <its cause>...`. A cause
@@ -102,6 +106,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::ExportDb(args) => ops::export_db(&args),
         Command::Check(args) => check::run(&args),
         Command::Upgrade(args) => upgrade::run(&args),
+        Command::Index(args) => index::run(&args),
     }
 }
 

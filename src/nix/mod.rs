@@ -9,10 +9,12 @@
 //! other than SHA-256. The NAR reader lives in `nar` and is written separately.
 
 pub mod cache_info;
+pub mod file_index;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod seekable;
 pub mod signature;
 pub mod store_path;
 

@@ -276,13 +276,28 @@ impl TrustedKeys {
     /// signature names a trusted key but is malformed or wrong (and none verifies);
     /// [`VerifyError::NoTrustedSignature`] otherwise.
     pub fn verify(&self, info: &NarInfo) -> Result<String, VerifyError> {
-        if info.signatures.is_empty() {
+        self.verify_message(info.fingerprint().as_bytes(), &info.signatures)
+    }
+
+    /// Returns the name of the trusted key whose signature (one of `signatures`, raw
+    /// `name:base64` values) over `message` verifies; the rules and errors of [`Self::verify`].
+    /// The signed file index (`file_index`) uses it with its own fingerprint.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::verify`].
+    pub fn verify_message(
+        &self,
+        message: &[u8],
+        signatures: &[String],
+    ) -> Result<String, VerifyError> {
+        if signatures.is_empty() {
             return Err(VerifyError::NoSignatures);
         }
-        let fingerprint = info.fingerprint();
+        let fingerprint = message;
         let mut names_seen: Vec<String> = Vec::new();
         let mut first_bad: Option<&str> = None;
-        for raw in &info.signatures {
+        for raw in signatures {
             // Split like Signature::parse does, so that a malformed signature that claims a
             // trusted name is reported as bad rather than as "untrusted".
             let claimed = raw.split_once(':').map_or(raw.as_str(), |(name, _)| name);
@@ -294,7 +309,7 @@ impl TrustedKeys {
                 continue;
             };
             match Signature::parse(raw) {
-                Ok(sig) if key.verifies(fingerprint.as_bytes(), &sig) => {
+                Ok(sig) if key.verifies(fingerprint, &sig) => {
                     return Ok(key.name.clone());
                 }
                 _ => {

@@ -283,12 +283,7 @@ fn dispatch(conn: &Arc<Conn>, handler: &dyn Handler, bytes: &[u8]) -> Flow {
                 handler.forget(ino, nlookup);
             }
         }
-        Operation::Interrupt { unique: target } => {
-            if !conn.interrupt(target) {
-                // Not read yet (or answered already): the kernel queues the interrupt again.
-                conn.write(unique, -libc::EAGAIN, &[]);
-            }
-        }
+        Operation::Interrupt { unique: target } => interrupt(conn, unique, target),
         Operation::Destroy => {
             conn.write(unique, 0, &[]);
             return Flow::Stop;
@@ -332,6 +327,15 @@ fn dispatch(conn: &Arc<Conn>, handler: &dyn Handler, bytes: &[u8]) -> Flow {
         }
     }
     Flow::Continue
+}
+
+/// INTERRUPT `unique` of request `target`: a request in flight is answered EINTR now; one not
+/// read yet (or answered already) gets the interrupt answered EAGAIN, and the kernel queues the
+/// interrupt again (for an answered one it finds nothing and drops it).
+fn interrupt(conn: &Conn, unique: u64, target: u64) {
+    if !conn.interrupt(target) {
+        conn.write(unique, -libc::EAGAIN, &[]);
+    }
 }
 
 /// The stop signal of the session threads: a flag and an eventfd that stays readable once
@@ -389,5 +393,51 @@ impl Ender {
                 let _ = tx.send(result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    /// (error, unique) of each reply written to `peer`.
+    fn replies(peer: &UnixDatagram) -> Vec<(i32, u64)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = peer.recv(&mut buf) {
+            assert!(n >= abi::OUT_HEADER_SIZE);
+            let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+            out.push((error, u64::from_ne_bytes(buf[8..16].try_into().unwrap())));
+        }
+        out
+    }
+
+    #[test]
+    fn interrupts_answer_the_request_in_flight_or_ask_the_kernel_to_retry() {
+        let (a, peer) = UnixDatagram::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let conn = Conn::new(Channel::new(OwnedFd::from(a)));
+        let waiting = conn.admit(6);
+        interrupt(&conn, 7, 6);
+        interrupt(&conn, 9, 8);
+        waiting.ok();
+        assert_eq!(
+            replies(&peer),
+            [(-libc::EINTR, 6), (-libc::EAGAIN, 9)],
+            "EINTR to the request in flight (its late reply swallowed), EAGAIN to the unknown"
+        );
+    }
+
+    #[test]
+    fn stop_wakes_a_waiting_thread() {
+        let (a, _peer) = UnixDatagram::pair().unwrap();
+        let stop = Arc::new(Stop::new().unwrap());
+        let waiter = {
+            let stop = stop.clone();
+            std::thread::spawn(move || wait_readable(OwnedFd::from(a).as_fd(), Some(&stop)))
+        };
+        stop.trigger();
+        assert!(!waiter.join().unwrap().unwrap(), "woken by the stop, not by the descriptor");
     }
 }

@@ -19,6 +19,7 @@
 //!   ([`writer::write_str`], [`writer::write_raw_len`]) build hostile streams for tests.
 
 mod error;
+pub mod layout;
 pub mod reader;
 mod tree;
 pub mod wire;

@@ -1,0 +1,268 @@
+//! Indexes one store path of a binary cache directory: check its NAR against the narinfo,
+//! write it again as seekable zstd, write the signed index, then point the narinfo at the new
+//! NAR. Each file is written beside its target and renamed into place after an fsync, in an
+//! order that leaves the narinfo pointing at a complete NAR at every instant.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Component, Path, PathBuf};
+
+use super::durable::{self, TempFile};
+use super::rewrite::{FileFields, with_file_fields};
+use super::{IndexSettings, UrlCounts};
+use crate::failpoint;
+use crate::nix::file_index::{IndexBuilder, SignedIndex};
+use crate::nix::hash::NarHash;
+use crate::nix::nar::{ParseError, VisitError, parse};
+use crate::nix::narinfo::{self, Compression, NarInfo};
+use crate::nix::nixbase32;
+use crate::nix::signature::TrustedKeys;
+use crate::upstream::decompress::{DecompressError, decoder};
+
+/// Suffix of the index file beside `<hash>.narinfo`.
+pub const INDEX_SUFFIX: &str = ".index";
+
+/// What happened to one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its index verifies and its NAR is in place: nothing to do.
+    Skipped,
+    /// Re-encoded and indexed.
+    Indexed(Sizes),
+}
+
+/// Sizes of one indexed path, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// NarSize.
+    pub nar: u64,
+    /// The NAR file before (its `FileSize`, or its size on disk).
+    pub old_file: u64,
+    /// The seekable zstd NAR file.
+    pub new_file: u64,
+    /// The index file.
+    pub index: u64,
+    /// Frames written.
+    pub frames: u64,
+}
+
+/// Why a path could not be indexed; each names the file and the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The narinfo is malformed.
+    #[error("{}: {source}", file.display())]
+    Narinfo {
+        /// The narinfo.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: narinfo::Error,
+    },
+    /// The URL leaves the cache directory.
+    #[error("{}: URL {url:?} is not a relative path inside the cache", file.display())]
+    BadUrl {
+        /// The narinfo.
+        file: PathBuf,
+        /// The URL.
+        url: String,
+    },
+    /// The NAR's compression cannot be decoded.
+    #[error("{}: {source}", file.display())]
+    Decompress {
+        /// The NAR file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: DecompressError,
+    },
+    /// The NAR is malformed, or longer than NarSize.
+    #[error("{}: {source}", file.display())]
+    Nar {
+        /// The NAR file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: ParseError,
+    },
+    /// The NAR's size is not NarSize.
+    #[error("{}: nar has {found} bytes, the narinfo's NarSize is {expected}", file.display())]
+    NarSize {
+        /// The NAR file.
+        file: PathBuf,
+        /// NarSize.
+        expected: u64,
+        /// The NAR's size.
+        found: u64,
+    },
+    /// The NAR's hash is not NarHash.
+    #[error("{}: nar hashes to {found}, the narinfo's NarHash is {expected}", file.display())]
+    NarHash {
+        /// The NAR file.
+        file: PathBuf,
+        /// NarHash.
+        expected: NarHash,
+        /// What it hashes to.
+        found: NarHash,
+    },
+    /// The rewritten narinfo would not name the new NAR, or would sign otherwise (a narinfo
+    /// this tool cannot edit line by line); nothing was replaced.
+    #[error("{}: rewriting URL, Compression, FileHash and FileSize would change other fields", file.display())]
+    Rewrite {
+        /// The narinfo.
+        file: PathBuf,
+    },
+    /// Writing the new NAR, the index or the narinfo failed.
+    #[error("cannot write {}: {source}", file.display())]
+    Write {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Indexes the path of the narinfo `name` in `settings.dir`; see the module docs.
+///
+/// # Errors
+///
+/// The narinfo or its NAR is unreadable or does not match, or a write failed. Nothing the
+/// narinfo points at has changed then.
+pub fn index_path(
+    settings: &IndexSettings,
+    name: &str,
+    urls: &UrlCounts,
+) -> Result<Outcome, PathError> {
+    let dir = &settings.dir;
+    let narinfo_file = dir.join(name);
+    let read = |file: &Path| fs::read(file).map_err(|source| read_error(file, source));
+    let text = read(&narinfo_file)?;
+    let info = NarInfo::parse(&text)
+        .map_err(|source| PathError::Narinfo { file: narinfo_file.clone(), source })?;
+    let index_file = dir.join(format!("{}{INDEX_SUFFIX}", info.store_path.hash_part()));
+    if already_indexed(settings, &index_file, &info) {
+        return Ok(Outcome::Skipped);
+    }
+    let old_nar = nar_file(dir, &narinfo_file, &info.url)?;
+    let old_size = fs::metadata(&old_nar).map_err(|source| read_error(&old_nar, source))?.len();
+
+    let nar_dir = dir.join("nar");
+    let write_error = |file: &Path| {
+        let file = file.to_path_buf();
+        move |source| PathError::Write { file, source }
+    };
+    fs::create_dir_all(&nar_dir).map_err(write_error(&nar_dir))?;
+    let mut tmp = TempFile::create(&nar_dir).map_err(write_error(&nar_dir))?;
+    let (out, consumed) = {
+        let src = File::open(&old_nar).map_err(|source| read_error(&old_nar, source))?;
+        let reader = decoder(info.compression, BufReader::new(src))
+            .map_err(|source| PathError::Decompress { file: old_nar.clone(), source })?;
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
+        let mut builder = IndexBuilder::new(&mut w, settings.frame_bytes, settings.zstd_level);
+        let consumed = parse(reader, info.nar_size, &mut builder).map_err(|source| {
+            match write_failure(&source) {
+                Some(e) => PathError::Write { file: nar_dir.clone(), source: e },
+                None => PathError::Nar { file: old_nar.clone(), source },
+            }
+        })?;
+        let out = builder
+            .finish()
+            .map_err(|e| PathError::Write { file: nar_dir.clone(), source: io::Error::other(e) })?;
+        w.flush().map_err(write_error(&nar_dir))?;
+        (out, consumed)
+    };
+    if consumed != info.nar_size {
+        let (expected, found) = (info.nar_size, consumed);
+        return Err(PathError::NarSize { file: old_nar, expected, found });
+    }
+    if out.nar_hash != info.nar_hash {
+        let (expected, found) = (info.nar_hash, out.nar_hash);
+        return Err(PathError::NarHash { file: old_nar, expected, found });
+    }
+    let url = format!("nar/{}.nar.zst", nixbase32::encode(out.file_hash.digest()));
+    let new_nar = dir.join(&url);
+    tmp.commit(&new_nar).map_err(write_error(&new_nar))?;
+    failpoint::hit("index::after_nar_written");
+
+    let (file_hash, file_size) = (out.file_hash, out.file_size);
+    let index = out.into_index(info.store_path.clone());
+    let frames = index.frames.len() as u64;
+    let index_bytes = SignedIndex::sign(index, &settings.key).to_bytes();
+    durable::replace(&index_file, &index_bytes).map_err(write_error(&index_file))?;
+
+    let fields = FileFields {
+        url: url.clone(),
+        compression: Compression::Zstd.as_str().to_owned(),
+        file_hash: file_hash.to_string(),
+        file_size,
+    };
+    // The narinfo parsed, so it is UTF-8.
+    let new_text = with_file_fields(&String::from_utf8_lossy(&text), &fields);
+    // What is about to be served must parse, and sign as before (no signed line changed).
+    let narinfo_error = |source| PathError::Narinfo { file: narinfo_file.clone(), source };
+    let new_info = NarInfo::parse(new_text.as_bytes()).map_err(narinfo_error)?;
+    let rewritten = new_info.fingerprint() == info.fingerprint()
+        && new_info.signatures == info.signatures
+        && new_info.url == url
+        && new_info.compression == Compression::Zstd
+        && new_info.file_hash.as_deref().and_then(|h| NarHash::parse(h).ok()) == Some(file_hash)
+        && new_info.file_size == Some(file_size);
+    if !rewritten {
+        return Err(PathError::Rewrite { file: narinfo_file });
+    }
+    durable::replace(&narinfo_file, new_text.as_bytes()).map_err(write_error(&narinfo_file))?;
+    failpoint::hit("index::after_narinfo_rename");
+
+    if urls.moved(&info.url, &url) {
+        // Unreferenced now; a failure only leaves an unused file behind.
+        let _ = fs::remove_file(&old_nar);
+    }
+    Ok(Outcome::Indexed(Sizes {
+        nar: info.nar_size,
+        old_file: info.file_size.unwrap_or(old_size),
+        new_file: file_size,
+        index: index_bytes.len() as u64,
+        frames,
+    }))
+}
+
+fn read_error(file: &Path, source: io::Error) -> PathError {
+    PathError::Read { file: file.to_path_buf(), source }
+}
+
+/// The I/O error of a failed frame write, if that is why the parse stopped (the output disk,
+/// not the NAR, is then at fault).
+fn write_failure(err: &ParseError) -> Option<io::Error> {
+    let ParseError::Visitor(inner) = err else { return None };
+    let inner: &VisitError = inner;
+    inner.downcast_ref::<io::Error>().map(|e| io::Error::new(e.kind(), e.to_string()))
+}
+
+/// Whether the path's index verifies with our own key against the narinfo (which then names
+/// the seekable NAR, by `FileHash`) and that NAR is in place with its size.
+fn already_indexed(settings: &IndexSettings, index_file: &Path, info: &NarInfo) -> bool {
+    let Ok(bytes) = fs::read(index_file) else { return false };
+    let Ok(keys) = TrustedKeys::new(vec![settings.key.public()]) else { return false };
+    let Ok((index, _)) = SignedIndex::open(&bytes, &keys, info) else { return false };
+    let Ok(nar) = nar_file(&settings.dir, index_file, &info.url) else { return false };
+    fs::metadata(nar).is_ok_and(|m| m.len() == index.nar_file.size)
+}
+
+/// The file a narinfo's URL names, which must be a plain relative path inside `dir`.
+fn nar_file(dir: &Path, narinfo_file: &Path, url: &str) -> Result<PathBuf, PathError> {
+    let rel = Path::new(url);
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain || url.contains("://") || url.contains('?') {
+        return Err(PathError::BadUrl { file: narinfo_file.to_path_buf(), url: url.to_owned() });
+    }
+    Ok(dir.join(rel))
+}
