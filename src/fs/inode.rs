@@ -148,10 +148,14 @@ mod tests {
         assert_eq!(t1.path_of(a1), Some(&a));
     }
 
+    /// Two paths of one digest: they want the same slot.
+    fn colliding() -> (StorePath, StorePath) {
+        (sp("00bgd045z0d4icpbc2yyz4gx48ak44la-a"), sp("00bgd045z0d4icpbc2yyz4gx48ak44la-b"))
+    }
+
     #[test]
     fn colliding_slots_probe_to_the_next_free_one() {
-        let a = sp("00bgd045z0d4icpbc2yyz4gx48ak44la-a");
-        let b = sp("00bgd045z0d4icpbc2yyz4gx48ak44la-b");
+        let (a, b) = colliding();
         let mut t = SlotTable::default();
         let (sa, sb) = (t.slot_of(&a), t.slot_of(&b));
         assert_eq!(preferred_slot(&a), preferred_slot(&b));
@@ -160,8 +164,7 @@ mod tests {
 
     #[test]
     fn restored_probed_slots_keep_their_numbers_whatever_comes_first() {
-        let a = sp("00bgd045z0d4icpbc2yyz4gx48ak44la-a");
-        let b = sp("00bgd045z0d4icpbc2yyz4gx48ak44la-b");
+        let (a, b) = colliding();
         let mut first = SlotTable::default();
         let (sa, sb) = (first.slot_of(&a), first.slot_of(&b));
         let mut next = SlotTable::default();

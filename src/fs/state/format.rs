@@ -251,16 +251,18 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sp(s: &str) -> StorePath {
+    /// A store path from its basename.
+    pub fn sp(s: &str) -> StorePath {
         StorePath::from_basename(s.as_bytes()).unwrap()
     }
 
-    const A: &str = "00bgd045z0d4icpbc2yyz4gx48ak44la-hello-2.12";
-    const B: &str = "11bgd045z0d4icpbc2yyz4gx48ak44la-bash-5.2";
+    /// Two store path basenames.
+    pub const A: &str = "00bgd045z0d4icpbc2yyz4gx48ak44la-hello-2.12";
+    pub const B: &str = "11bgd045z0d4icpbc2yyz4gx48ak44la-bash-5.2";
 
     #[test]
     fn header_round_trips_and_is_checked_against_the_file() {

@@ -144,14 +144,8 @@ impl StateFile {
 
 #[cfg(test)]
 mod tests {
+    use super::format::tests::{A, B, sp};
     use super::*;
-
-    fn sp(s: &str) -> StorePath {
-        StorePath::from_basename(s.as_bytes()).unwrap()
-    }
-
-    const A: &str = "00bgd045z0d4icpbc2yyz4gx48ak44la-hello-2.12";
-    const B: &str = "11bgd045z0d4icpbc2yyz4gx48ak44la-bash-5.2";
 
     fn handed_over(state: &StateFile) -> OwnedFd {
         state.fd().try_clone_to_owned().unwrap()
