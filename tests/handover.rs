@@ -202,9 +202,10 @@ fn upgrade_hands_the_mount_to_a_new_program_under_readers() {
 }
 
 #[test]
-fn passthrough_handles_open_across_a_restart_keep_reading_and_share_their_backing() {
+fn passthrough_handles_open_across_a_restart_or_crash_keep_reading_and_share_their_backing() {
     use std::io::{Read, Seek, SeekFrom};
-    let test = "passthrough_handles_open_across_a_restart_keep_reading_and_share_their_backing";
+    let test =
+        "passthrough_handles_open_across_a_restart_or_crash_keep_reading_and_share_their_backing";
     let Some(fx) = setup(test) else { return };
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let dir = tempfile::tempdir().unwrap();
@@ -234,6 +235,16 @@ fn passthrough_handles_open_across_a_restart_keep_reading_and_share_their_backin
     assert_eq!(std::fs::read(&path).unwrap(), want, "a new open of the held inode");
     drop(held);
     assert_eq!(std::fs::read(&path).unwrap(), want, "after the last release: a fresh id");
+
+    // A crash cannot hand anything over, but the id each inode's handles share was logged in
+    // the state file when registered: the successor shares it too.
+    let mut held = std::fs::File::open(&path).unwrap();
+    held.read_exact(&mut first).unwrap();
+    sup.crash_and_restart();
+    assert_eq!(read_from(&mut held, half), want[half..], "the held handle reads on");
+    assert_eq!(std::fs::read(&path).unwrap(), want, "a new open of the inode held at the crash");
+    drop(held);
+    assert_eq!(std::fs::read(&path).unwrap(), want);
     let log = sup.log_text();
     assert!(!log.contains("passthrough refused"), "{log}");
     print_warnings(&log);

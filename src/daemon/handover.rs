@@ -79,6 +79,9 @@ pub async fn start(
                 let (adapter, at) = (adapter(), mountpoint.to_path_buf());
                 let handles = adapter.open_handles();
                 handles.restore(&parked);
+                if recovered.parked.is_none() {
+                    handles.keep_crashed(&recovered.backing);
+                }
                 let mounted = blocking(move || session::resume(adapter, &at, dev, params))
                     .await
                     .map_err(sys("session thread"))??;

@@ -103,6 +103,11 @@ impl OpenHandles {
         parked.into_iter().filter_map(handle).collect()
     }
 
+    /// Takes over the backing ids a crashed predecessor left open (see `Backing::keep_crashed`).
+    pub fn keep_crashed(&self, ids: &[(u64, i32)]) {
+        self.0.keep_crashed(ids);
+    }
+
     /// Takes over the handles a predecessor parked.
     pub fn restore(&self, handles: &[ParkedHandle]) {
         let raw = |h: &ParkedHandle| Some((h.fh, h.ino, i32::try_from(h.backing).ok()?));
@@ -147,7 +152,12 @@ fn dirent_type(kind: Kind) -> u32 {
 /// the daemon reads them.
 fn reply_opened(fs: &StoreFs, backing: &Backing<BackingId>, ino: u64, fh: u64, reply: ReplyOpen) {
     if let Some(contents) = fs.file(fh) {
-        let register = |file: &File| reply.open_backing(file);
+        let register = |file: &File| {
+            let id = reply.open_backing(file)?;
+            // Logged before the reply: after a crash the successor shares it (EBUSY otherwise).
+            fs.log_backing(ino, id.raw());
+            Ok(id)
+        };
         let adopt = |id| reply.adopt_backing(id);
         match backing.acquire(ino, fh, contents.own_file(), register, adopt) {
             // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
@@ -288,9 +298,12 @@ impl Handler for FuseAdapter {
     }
 
     fn release(&self, _req: &RequestInfo, _ino: u64, fh: u64, reply: ReplyEmpty) {
-        if let Some(left_open) = self.backing.release(fh) {
-            // A predecessor's id, not used since the handover: closed on drop.
-            drop(reply.adopt_backing(left_open));
+        if let Some((ino, left_open)) = self.backing.release(fh) {
+            if let Some(raw) = left_open {
+                // A predecessor's id, not used since the handover: closed on drop.
+                drop(reply.adopt_backing(raw));
+            }
+            self.fs.log_backing(ino, 0);
         }
         self.fs.release(fh);
         reply.ok();

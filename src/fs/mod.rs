@@ -580,6 +580,14 @@ impl StoreFs {
         recovered.parked.as_ref().map(|p| p.handles.clone()).unwrap_or_default()
     }
 
+    /// Logs that passthrough backing id `id` backs inode `ino` (0: its id was closed), so a
+    /// successor after a crash shares it with new opens.
+    pub fn log_backing(&self, ino: u64, id: i32) {
+        if let Some(Err(err)) = self.write_paths().state().map(|s| s.append_backing(ino, id)) {
+            warn!(error = %err, ino, "cannot log a backing id");
+        }
+    }
+
     /// Records the connection parameters in the state file, if one is attached.
     pub fn set_connection_params(&self, params: &[u8]) -> std::io::Result<()> {
         match self.write_paths().state() {

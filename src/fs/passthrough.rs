@@ -119,9 +119,10 @@ impl<Id> Backing<Id> {
         }
     }
 
-    /// Forgets handle `fh`; the inode's backing id closes with its last handle. Returns an id a
-    /// predecessor left open that this release was the last user of: the caller closes it.
-    pub fn release(&self, fh: u64) -> Option<i32> {
+    /// Forgets handle `fh`; the inode's backing id closes with its last handle. Returns the
+    /// inode whose id this release closed, with the id if a predecessor left it open and this
+    /// daemon never used it: the caller closes that one.
+    pub fn release(&self, fh: u64) -> Option<(u64, Option<i32>)> {
         let ino = lock(&self.by_fh).remove(&fh)?;
         let mut by_ino = lock(&self.by_ino);
         let (_, opens) = by_ino.get_mut(&ino)?;
@@ -130,8 +131,19 @@ impl<Id> Backing<Id> {
             return None;
         }
         match by_ino.remove(&ino) {
-            Some((Shared::Inherited(raw), _)) => Some(raw),
-            _ => None,
+            Some((Shared::Inherited(raw), _)) => Some((ino, Some(raw))),
+            _ => Some((ino, None)),
+        }
+    }
+
+    /// Takes over ids a crashed predecessor left open (from the state file's log): they are
+    /// shared by later opens of their inodes and never closed (the handles of the dead daemon
+    /// that still use them are unknown).
+    pub fn keep_crashed(&self, ids: &[(u64, i32)]) {
+        let mut by_ino = lock(&self.by_ino);
+        for &(ino, raw) in ids {
+            // One open that is never released: the unknown holders.
+            by_ino.entry(ino).or_insert((Shared::Inherited(raw), 1));
         }
     }
 
@@ -200,9 +212,23 @@ mod tests {
         for fh in [1, 2] {
             assert_eq!(new.release(fh), None);
         }
-        assert_eq!(new.release(10), None, "adopted: closed when its Arc goes");
-        assert_eq!(new.release(3), Some(109), "never reopened: the caller closes it");
+        assert_eq!(new.release(10), Some((7, None)), "adopted: closed when its Arc goes");
+        assert_eq!(new.release(3), Some((8, Some(109))), "never reopened: the caller closes it");
         assert_eq!(new.release(99), None, "an unknown handle (a crashed predecessor's)");
+    }
+
+    #[test]
+    fn ids_a_crash_left_open_are_shared_and_never_closed() {
+        let b = Backing::<FakeId>::new(true);
+        b.negotiated(true, true);
+        b.keep_crashed(&[(7, 5)]);
+        let f = file();
+        let id = b.acquire(7, 1, Some(&f), register(1), |raw| Ok(raw as FakeId)).unwrap();
+        assert_eq!(*id.unwrap(), 5, "the crashed daemon's id, not a new one (EBUSY)");
+        assert_eq!(b.release(1), None, "its unknown holders keep it");
+        assert_eq!(b.release(1), None);
+        let again = b.acquire(7, 2, Some(&f), register(2), no_adopt).unwrap();
+        assert_eq!(*again.unwrap(), 5);
     }
 
     #[test]

@@ -255,6 +255,11 @@ impl Drop for BackingId {
 }
 
 impl BackingId {
+    /// The id's number in the connection.
+    pub fn raw(&self) -> i32 {
+        self.id
+    }
+
     /// Leaves the id registered with the connection (not closed on drop) and returns its
     /// number: a successor daemon takes it over (`ReplyOpen::adopt_backing`).
     pub fn leave_open(self) -> i32 {

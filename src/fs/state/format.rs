@@ -10,7 +10,8 @@
 //! 24    park length K               u64 LE   0: no park record
 //! 32    epoch                       u64 LE   daemons that served this connection so far
 //! 40    connection parameters       P bytes (the FUSE transport's own encoding)
-//! 4096  slot log: L bytes of records  slot u64 LE, n u8, n bytes of store path basename
+//! 4096  log: L bytes of records       slot u64 LE, n u8, n bytes of store path basename; or
+//!                                     slot 0, n = 12, inode u64, backing id i32 (0: closed)
 //! 4096+L park record: K bytes         "park", held n u32, n × (slot u64, lookups u64),
 //!                                     handles m u32, m × (fh u64, ino u64, backing id u32)
 //! ```
@@ -139,27 +140,63 @@ pub fn encode_slot(slot: u64, sp: &StorePath) -> Vec<u8> {
     out
 }
 
-/// Every record of a slot log, checked: each slot a valid slot number, each name a valid store
-/// path basename, no slot and no path twice.
-pub fn decode_log(bytes: &[u8]) -> Result<Vec<(u64, StorePath)>, StateError> {
+/// A backing record: passthrough backing id `id` now backs inode `ino` (`id` 0: its id was
+/// closed). Slot 0 marks it in the log; its length is always 12.
+pub fn encode_backing(ino: u64, id: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.push(BACKING_RECORD_LEN);
+    out.extend_from_slice(&ino.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out
+}
+
+/// The payload length of a backing record.
+const BACKING_RECORD_LEN: u8 = 12;
+
+/// What a log says: every slot, and the passthrough backing ids still open (inode, id).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Log {
+    /// Every slot assigned, in order.
+    pub slots: Vec<(u64, StorePath)>,
+    /// Backing ids registered and not closed, by inode.
+    pub backing: Vec<(u64, i32)>,
+}
+
+/// Every record of a log, checked: each slot a valid slot number, each name a valid store path
+/// basename, no slot and no path twice; backing records well-formed, replayed in order.
+pub fn decode_log(bytes: &[u8]) -> Result<Log, StateError> {
     let mut r = Reader::new(bytes);
     let (mut slots, mut paths, mut out) = (HashSet::new(), HashSet::new(), Vec::new());
+    let mut backing = std::collections::BTreeMap::new();
     while !r.is_empty() {
         let at = r.pos as u64;
         let bad = |why| StateError::Record(at, why);
         let slot = r.u64().ok_or(bad("cut short"))?;
         let len = r.u8().ok_or(bad("cut short"))?;
-        let name = r.take(usize::from(len)).ok_or(bad("cut short"))?;
-        if slot == 0 || slot >> SLOT_BITS != 0 {
+        let body = r.take(usize::from(len)).ok_or(bad("cut short"))?;
+        if slot == 0 {
+            let mut b = Reader::new(body);
+            let (Some(ino), Some(id), true) = (b.u64(), b.u32(), len == BACKING_RECORD_LEN) else {
+                return Err(bad("malformed backing record"));
+            };
+            match id as i32 {
+                0 => backing.remove(&ino),
+                id if id > 0 => backing.insert(ino, id),
+                _ => return Err(bad("negative backing id")),
+            };
+            continue;
+        }
+        if slot >> SLOT_BITS != 0 {
             return Err(bad("slot number out of range"));
         }
-        let sp = StorePath::from_basename(name).map_err(|_| bad("not a store path basename"))?;
+        let sp = StorePath::from_basename(body).map_err(|_| bad("not a store path basename"))?;
         if !slots.insert(slot) || !paths.insert(sp.clone()) {
             return Err(bad("slot or path given twice"));
         }
         out.push((slot, sp));
     }
-    Ok(out)
+    Ok(Log { slots: out, backing: backing.into_iter().collect() })
 }
 
 /// The park record's bytes.
@@ -286,7 +323,7 @@ pub(super) mod tests {
     fn slot_log_round_trips() {
         let mut log = encode_slot(5, &sp(A));
         log.extend(encode_slot(1 << 39, &sp(B)));
-        assert_eq!(decode_log(&log).unwrap(), vec![(5, sp(A)), (1 << 39, sp(B))]);
+        assert_eq!(decode_log(&log).unwrap().slots, vec![(5, sp(A)), (1 << 39, sp(B))]);
     }
 
     #[test]
@@ -302,7 +339,7 @@ pub(super) mod tests {
         ));
         let mut zero = one.clone();
         zero[..8].copy_from_slice(&0u64.to_le_bytes());
-        assert!(decode_log(&zero).is_err());
+        assert!(decode_log(&zero).is_err(), "slot 0 marks a backing record of 12 bytes");
         let mut wide = one.clone();
         wide[..8].copy_from_slice(&(1u64 << SLOT_BITS).to_le_bytes());
         assert!(decode_log(&wide).is_err());
@@ -312,6 +349,25 @@ pub(super) mod tests {
             decode_log(&name),
             Err(StateError::Record(0, "not a store path basename"))
         ));
+    }
+
+    #[test]
+    fn backing_records_replay_to_the_ids_still_open() {
+        let mut log = encode_backing(7 << 24 | 3, 2);
+        log.extend(encode_slot(5, &sp(A)));
+        log.extend(encode_backing(9 << 24 | 1, 4));
+        log.extend(encode_backing(7 << 24 | 3, 0));
+        log.extend(encode_backing(7 << 24 | 3, 6));
+        let got = decode_log(&log).unwrap();
+        assert_eq!(got.slots, vec![(5, sp(A))]);
+        assert_eq!(got.backing, vec![(7 << 24 | 3, 6), (9 << 24 | 1, 4)]);
+        let mut negative = encode_backing(1, 1);
+        negative[17..21].copy_from_slice(&(-1i32).to_le_bytes());
+        assert!(decode_log(&negative).is_err());
+        let mut short = encode_backing(1, 1);
+        short[8] = 11;
+        short.pop();
+        assert!(decode_log(&short).is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Recovered {
     pub params: Vec<u8>,
     /// Every slot assigned so far.
     pub slots: Vec<(u64, StorePath)>,
+    /// Passthrough backing ids registered and not closed, by inode (what a crash left open).
+    pub backing: Vec<(u64, i32)>,
     /// The clean stop's record; None after a crash.
     pub parked: Option<Parked>,
 }
@@ -94,11 +96,19 @@ impl StateFile {
     /// Appends one slot assignment: the record first, then the header's committed length, so a
     /// crash between the two loses only a record whose inode the kernel never saw.
     pub fn append_slot(&mut self, slot: u64, sp: &StorePath) -> io::Result<()> {
-        let record = format::encode_slot(slot, sp);
-        self.file.write_all_at(&record, LOG_START + self.header.log_len)?;
+        self.append(&format::encode_slot(slot, sp))
+    }
+
+    fn append(&mut self, record: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(record, LOG_START + self.header.log_len)?;
         self.header.log_len += record.len() as u64;
         self.header.park_len = 0;
         self.write_header()
+    }
+
+    /// Appends a backing record: id `id` backs inode `ino` (0: its id was closed).
+    pub fn append_backing(&mut self, ino: u64, id: i32) -> io::Result<()> {
+        self.append(&format::encode_backing(ino, id))
     }
 
     /// Writes the park record after the log (a clean stop).
@@ -123,12 +133,12 @@ impl StateFile {
         let mut body = vec![0u8; (self.header.log_len + self.header.park_len) as usize];
         self.file.read_exact_at(&mut body, LOG_START).map_err(|_| StateError::Bounds("log"))?;
         let (log, park) = body.split_at(self.header.log_len as usize);
-        let slots = format::decode_log(log)?;
+        let format::Log { slots, backing } = format::decode_log(log)?;
         let parked = match park {
             [] => None,
             bytes => Some(format::decode_park(bytes)?),
         };
-        Ok(Recovered { params: self.header.params.clone(), slots, parked })
+        Ok(Recovered { params: self.header.params.clone(), slots, backing, parked })
     }
 
     fn reset(&mut self) -> io::Result<()> {
@@ -195,7 +205,9 @@ mod tests {
         assert!(found.slots.is_empty());
         assert_eq!(found.params, b"conn", "a sound header keeps the connection usable");
         next.append_slot(8, &sp(B)).unwrap();
+        next.append_backing(8 << 24 | 2, 3).unwrap();
         let (_, found, problem) = StateFile::adopt(handed_over(&next)).unwrap();
+        assert_eq!(found.backing, vec![(8 << 24 | 2, 3)]);
         assert_eq!(
             (found.slots, found.params, problem),
             (vec![(8, sp(B))], b"conn".to_vec(), None)
