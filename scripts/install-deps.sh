@@ -14,8 +14,9 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # prometheus: only for /usr/bin/promtool, which checks /metrics and docs/alerts.yml
-# (tests/operate.rs); policy-rc.d below keeps its service from starting.
-PKGS=(fuse3 nix-bin nginx-light squid busybox-static xz-utils zstd bzip2 util-linux procps iproute2 prometheus)
+# (tests/operate.rs); policy-rc.d below keeps its service from starting. python3: the readers of
+# tests/handover.rs (tests/handover_reader.py).
+PKGS=(fuse3 nix-bin nginx-light squid busybox-static xz-utils zstd bzip2 util-linux procps iproute2 prometheus python3)
 
 missing=()
 installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" 2>/dev/null || true)

@@ -18,6 +18,8 @@ use common::supervisor::{Supervisor, mount_id, unique_mount_id};
 use common::{Nginx, daemon_args, fuse_setup as setup};
 use serde_json::Value;
 
+/// What the readers run on.
+const READER_NEEDS: &[&str] = &["python3", "unshare"];
 /// Readers, as in the issue.
 const READERS: usize = 4;
 /// Reads the readers must do between two handovers, so each one hits reading in progress.
@@ -79,6 +81,9 @@ fn statfs_errno_within(mnt: &Path) -> Option<i32> {
 #[test]
 fn crash_loop_under_readers_loses_no_read() {
     let Some(fx) = setup("crash_loop_under_readers_loses_no_read") else { return };
+    if common::require(READER_NEEDS, "crash_loop_under_readers_loses_no_read") {
+        return;
+    }
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
@@ -145,6 +150,9 @@ fn upgrade_hands_the_mount_to_a_new_program_under_readers() {
     let Some(fx) = setup("upgrade_hands_the_mount_to_a_new_program_under_readers") else {
         return;
     };
+    if common::require(READER_NEEDS, "upgrade_hands_the_mount_to_a_new_program_under_readers") {
+        return;
+    }
     let nginx = Nginx::start(&fx.caches_dir(), "");
     let dir = tempfile::tempdir().unwrap();
     let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]);
