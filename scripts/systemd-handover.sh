@@ -164,6 +164,12 @@ while ((killed < kills || restarted < restarts)); do
     [[ $(ctl show storefs -p NFileDescriptorStore --value) == 2 ]] || die "fd store lost"
 done
 wait_reads
+pid=$(ctl show storefs -p MainPID --value)
+say "storefs upgrade under systemd (pid $pid): $(nsenter -t "$pid1" -m -p -r -w /usr/local/bin/storefs upgrade)"
+[[ $(ctl show storefs -p MainPID --value) == "$pid" ]] || die "the upgrade changed the main pid"
+ctl is-active storefs >/dev/null || die "storefs is not active after the upgrade"
+[[ $(mount_id) == "$id" ]] || die "the mount changed at the upgrade"
+wait_reads
 touch "$run/stop"
 for i in "${!reader_pids[@]}"; do
     timeout 120 tail --pid="${reader_pids[$i]}" -f /dev/null || die "reader $i is stuck"
