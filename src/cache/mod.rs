@@ -250,6 +250,20 @@ impl NarCache {
         entry
     }
 
+    /// [`NarCache::cached`], or while the start-up scan runs, the entry read from disk on the
+    /// calling thread (a successor daemon answering inodes its predecessor handed out).
+    pub fn cached_or_loaded(&self, sp: &StorePath) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.cached(sp) {
+            return Some(entry);
+        }
+        if self.scan_complete.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.load_from_disk(&sp.hash_part()).filter(|e| e.store_path == *sp)?;
+        self.touch(&entry);
+        Some(entry)
+    }
+
     /// Marks `sp` as used now (a read of one of its files), if it is cached: moves it to the
     /// front of the LRU, in memory and, at most once a minute, on disk. Takes the catalog's lock
     /// for an O(1) update only, so it never waits for an eviction's or a download's I/O. False
