@@ -319,9 +319,8 @@ impl Drop for Dockerd {
 /// container (Debian's docker.io, its own dockerd, an image imported from a busybox rootfs)
 /// with the store bind-mounted as OPERATIONS.md says (`/nix/store:ro,rslave`), hashing the
 /// closure with busybox's sha256sum through a SIGKILL, a SIGTERM restart and `storefs upgrade`.
-/// Slow (dockerd): `cargo test --features fuse_tests --test handover -- --ignored docker`.
+/// About 10 s; alone: `cargo test --features fuse_tests --test handover -- docker`.
 #[test]
-#[ignore = "starts dockerd; run by hand"]
 fn docker_job_reads_through_a_crash_a_restart_and_an_upgrade() {
     let test = "docker_job_reads_through_a_crash_a_restart_and_an_upgrade";
     let Some(fx) = setup(test) else { return };
