@@ -14,8 +14,11 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # prometheus: only for /usr/bin/promtool, which checks /metrics and docs/alerts.yml
-# (tests/operate.rs); policy-rc.d below keeps its service from starting.
-PKGS=(fuse3 nix-bin nginx-light squid busybox-static xz-utils zstd bzip2 util-linux procps iproute2 prometheus)
+# (tests/operate.rs); policy-rc.d below keeps its service from starting. strace: the order of
+# the commit's I/O (tests/faults.rs); openssl: a TLS server with a self-signed certificate
+# (src/cache/net_tests.rs); python3: the readers of tests/handover.rs (tests/handover_reader.py); docker.io: a job container reading through a crash and an upgrade
+# (tests/handover.rs; the test starts its own dockerd).
+PKGS=(fuse3 nix-bin nginx-light squid busybox-static xz-utils zstd bzip2 util-linux procps iproute2 prometheus strace openssl python3 docker.io)
 
 missing=()
 installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PKGS[@]}" 2>/dev/null || true)

@@ -15,12 +15,13 @@ mod error;
 mod file;
 mod layers;
 mod nix_conf;
+mod outside_mount;
 mod settings;
 mod substituters;
 mod values;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::defaults::*;
@@ -104,6 +105,9 @@ pub struct SystemPaths {
     pub nix_conf: PathBuf,
     /// The netrc file ([`DEFAULT_NETRC_FILE`]), used if it exists.
     pub netrc_file: PathBuf,
+    /// Where the TLS roots come from when the environment names them (`SSL_CERT_FILE`,
+    /// `SSL_CERT_DIR`), with the variable's name.
+    pub tls_roots: Vec<(String, PathBuf)>,
 }
 
 impl Default for SystemPaths {
@@ -112,6 +116,10 @@ impl Default for SystemPaths {
             config_file: DEFAULT_CONFIG_FILE.into(),
             nix_conf: DEFAULT_NIX_CONF.into(),
             netrc_file: DEFAULT_NETRC_FILE.into(),
+            tls_roots: ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+                .into_iter()
+                .filter_map(|var| Some((var.to_owned(), std::env::var_os(var)?.into())))
+                .collect(),
         }
     }
 }
@@ -127,7 +135,37 @@ impl Config {
         let (file_path, file) = read_config_file(flags, system)?;
         let layers = Layers::new(flags, &file, &file_path);
         let nix_conf = read_nix_conf(&layers, system)?;
-        Self::build(&layers, &nix_conf, system)
+        let config = Self::build(&layers, &nix_conf, system)?;
+        outside_mount::check(&config.mount.mountpoint, &config.dependencies(&file_path, system))?;
+        Ok(config)
+    }
+
+    /// Every file and directory the daemon reads or writes by name, with the setting naming
+    /// it: none may lie under the mountpoint (`outside_mount`).
+    fn dependencies(&self, file_path: &Path, system: &SystemPaths) -> Vec<(String, PathBuf)> {
+        let mut paths = vec![
+            ("--cache-dir".to_owned(), self.cache.dir.clone()),
+            ("--control-socket".to_owned(), self.control_socket.clone()),
+        ];
+        if !file_path.as_os_str().is_empty() {
+            paths.push(("the configuration file".to_owned(), file_path.to_owned()));
+        }
+        if let Some(netrc) = &self.upstream.netrc_file {
+            paths.push(("the netrc file".to_owned(), netrc.clone()));
+        }
+        for (url, file) in &self.upstream.bearer_token_files {
+            paths.push((format!("the token file of {url}"), file.clone()));
+        }
+        for url in &self.upstream.substituters {
+            if let Some(dir) = url.strip_prefix("file://") {
+                let dir = dir.split(['?', '#']).next().unwrap_or(dir);
+                paths.push((format!("substituter {url}"), PathBuf::from(dir)));
+            }
+        }
+        for (var, path) in &system.tls_roots {
+            paths.push((var.clone(), path.clone()));
+        }
+        paths
     }
 
     /// The one place each setting is resolved (one resolver call each, on the line of the
@@ -195,10 +233,6 @@ impl Config {
                 .parsed("index-min-nar-size", |s| &s.index_min_nar_size, parse_size_or_zero)?
                 .unwrap_or(DEFAULT_INDEX_MIN_NAR_BYTES),
         };
-        if cache.dir.starts_with(&mount.mountpoint) {
-            let (cache, mountpoint) = (cache.dir, mount.mountpoint);
-            return Err(ConfigError::CacheInsideMount { cache, mountpoint });
-        }
         let substituters = substituters(layers, nix)?;
         let upstream = UpstreamConfig {
             timeouts: HttpTimeouts { connect, stall },

@@ -1,16 +1,21 @@
 //! The composition root: upstreams → cache → filesystem → mount → control socket, metrics and
 //! systemd readiness, then wait for shutdown.
 
+pub mod handover;
+pub mod relaunch;
+
 use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
 
 use tracing::{info, warn};
 
 use crate::cache::NarCache;
 use crate::config::{Config, MountConfig};
+use crate::control::handler::UpgradeOrder;
 use crate::control::{self, DaemonHandler, DaemonInfo};
 use crate::fs::StoreFs;
-use crate::fs::fuse::FuseAdapter;
-use crate::fs::session;
+use crate::fs::fuse::{FuseAdapter, OpenHandles};
+use crate::fs::session::{self, Mounted};
 use crate::metrics::{self, Report, Reporters, Snapshot};
 use crate::notify::Notifier;
 use crate::sync::Arc;
@@ -19,6 +24,8 @@ use crate::upstream::auth::AuthSources;
 use crate::upstream::http::build_client;
 use crate::upstream::rate::{DEFAULT_MAX_WAIT, RequestLimiter};
 use crate::upstream::set::{UpstreamOptions, upstream_for_url};
+use handover::Launch;
+use relaunch::Relaunch;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -48,8 +55,22 @@ impl DaemonError {
     }
 }
 
-/// Runs the daemon until `shutdown` resolves or the mount goes away.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+/// How the daemon was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: with the descriptor in the fd store, park for the next start; else unmount.
+    Terminate,
+    /// SIGINT (Ctrl-C): unmount.
+    Interrupt,
+}
+
+/// Runs the daemon until `shutdown` resolves or the mount goes away; `launch` carries what was
+/// handed to the process for taking a live mount over, and how to run a successor in its place.
+pub async fn run(
+    config: Config,
+    launch: Launch,
+    shutdown: impl Future<Output = Stop>,
+) -> Result<(), DaemonError> {
     use anyhow::Context as _;
     let setup = DaemonError::Setup;
     // Everything the daemon needs is loaded before mounting: touching our own mount would deadlock.
@@ -100,16 +121,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let parts: Vec<Arc<dyn Report>> = vec![cache.clone() as Arc<dyn Report>, fs.clone()];
     let reporters = Arc::new(Reporters::new(parts));
     let MountConfig { mountpoint, options: mount_options, passthrough } = config.mount;
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), passthrough);
-    let at = mountpoint.clone();
-    let mut mounted =
-        tokio::task::spawn_blocking(move || session::mount(adapter, &at, &mount_options))
+    let rt = tokio::runtime::Handle::current();
+    let adapter = || FuseAdapter::new(fs.clone(), rt.clone(), passthrough);
+    let notifier = Notifier::from_env();
+    let Launch { mut inherited, relaunch } = launch;
+    let live =
+        handover::start(&fs, adapter, &mountpoint, &mount_options, &mut inherited, &notifier)
             .await
-            .map_err(|e| DaemonError::Runtime(e.into()))?
             .with_context(|| format!("cannot mount {}", mountpoint.display()))
             .map_err(setup)?;
     info!(mountpoint = %mountpoint.display(), cache = %cache_dir.display(),
-          max_bytes, "serving");
+          max_bytes, fd_store = live.stored, "serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -119,8 +141,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     info!(socket = %control.path().display(), "control socket");
     let daemon_info = Arc::new(DaemonInfo::new(mountpoint.clone(), cache_dir.clone()));
-    let handler =
-        Arc::new(DaemonHandler::new(cache.clone(), reporters.clone(), daemon_info.clone()));
+    let (upgrade_tx, upgrades) = tokio::sync::mpsc::channel(1);
+    let handler = Arc::new(
+        DaemonHandler::new(cache.clone(), reporters.clone(), daemon_info.clone())
+            .with_upgrades(upgrade_tx),
+    );
     let control_task = tokio::spawn(control::serve(control, handler, stopped()));
     let metrics_task = metrics_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
@@ -130,7 +155,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let render = move || metrics::render(&r.snapshot());
         tokio::spawn(metrics::serve(listener, render, stopped()))
     });
-    let notifier = Notifier::from_env();
     notify(&notifier, "READY=1");
     let status_task = notifier.enabled().then(|| {
         let (n, r, stop) = (notifier.clone(), reporters.clone(), stopped());
@@ -145,19 +169,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         })
     });
-    let result = tokio::select! {
-        () = shutdown => {
-            daemon_info.set_stopping();
-            notify(&notifier, "STOPPING=1");
-            mounted.unmount().await.context("unmount failed").map_err(DaemonError::Runtime)
-        }
-        ended = mounted.ended() => {
-            info!("mount went away; exiting");
-            daemon_info.set_stopping();
-            notify(&notifier, "STOPPING=1");
-            ended.context("FUSE session failed").map_err(DaemonError::Runtime)
-        }
-    };
+    let served = Served { fs: &fs, adapter: &adapter, relaunch: &relaunch, state: &live.state };
+    let result =
+        served.until_stopped(live.mounted, live.handles, live.stored, shutdown, upgrades).await;
+    daemon_info.set_stopping();
+    notify(&notifier, "STOPPING=1");
     let _ = stop_tx.send(true);
     // The control task owns the socket: waiting for it removes the socket file.
     let _ = control_task.await;
@@ -168,6 +184,95 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // not when the last task lets go of the cache.
     cache.close();
     result
+}
+
+/// What serving needs beyond the mount: the filesystem, a way to make a new adapter (a
+/// resumed session after a failed upgrade), the program to relaunch and the state file.
+struct Served<'a, A: Fn() -> FuseAdapter> {
+    fs: &'a Arc<StoreFs>,
+    adapter: &'a A,
+    relaunch: &'a Relaunch,
+    state: &'a OwnedFd,
+}
+
+impl<A: Fn() -> FuseAdapter> Served<'_, A> {
+    /// Serves `mounted` until a stop: a signal (SIGTERM parks when `stored`, else unmounts), the
+    /// mount going away, or an upgrade that happened (then this never returns).
+    async fn until_stopped(
+        &self,
+        mut mounted: Mounted,
+        mut handles: OpenHandles,
+        stored: bool,
+        shutdown: impl Future<Output = Stop>,
+        mut upgrades: tokio::sync::mpsc::Receiver<UpgradeOrder>,
+    ) -> Result<(), DaemonError> {
+        use anyhow::Context as _;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                stop = &mut shutdown => {
+                    if stop == Stop::Terminate && stored {
+                        handover::park(self.fs, mounted, &handles).await
+                            .context("cannot park the connection")
+                            .map_err(DaemonError::Runtime)?;
+                        info!("parked for the next start; the mount stays");
+                        return Ok(());
+                    }
+                    return mounted.unmount().await.context("unmount failed")
+                        .map_err(DaemonError::Runtime);
+                }
+                ended = mounted.ended() => {
+                    info!("mount went away; exiting");
+                    return ended.context("FUSE session failed").map_err(DaemonError::Runtime);
+                }
+                Some(order) = upgrades.recv() => {
+                    (mounted, handles) = self.upgrade(mounted, handles, order).await?;
+                }
+            }
+        }
+    }
+
+    /// Hands the mount over to the ordered program by `execve`; if that fails, serves on and
+    /// tells the caller why.
+    async fn upgrade(
+        &self,
+        mounted: Mounted,
+        handles: OpenHandles,
+        order: UpgradeOrder,
+    ) -> Result<(Mounted, OpenHandles), DaemonError> {
+        use anyhow::Context as _;
+        let program = match self.relaunch.program(order.binary.as_deref()) {
+            Ok(p) => p,
+            Err(why) => {
+                let _ = order.failed.send(why);
+                return Ok((mounted, handles));
+            }
+        };
+        let mountpoint = mounted.mountpoint().to_path_buf();
+        info!(program = %program.display(), "upgrade: parking the connection");
+        let parked = handover::park(self.fs, mounted, &handles)
+            .await
+            .context("cannot park the connection for an upgrade")
+            .map_err(DaemonError::Runtime)?;
+        let handover::Parked { dev, params, handles: open } = parked;
+        let fds = [(handover::FUSE_FD, dev.as_fd()), (handover::STATE_FD, self.state.as_fd())];
+        let err = self.relaunch.exec(&program, &fds);
+        warn!(program = %program.display(), error = %err, "upgrade failed; serving on");
+        self.fs.unpark();
+        let adapter = (self.adapter)();
+        let handles = adapter.open_handles();
+        handles.restore(&open);
+        let resumed =
+            tokio::task::spawn_blocking(move || session::resume(adapter, &mountpoint, dev, params))
+                .await
+                .map_err(|e| DaemonError::Runtime(e.into()))?
+                .context("cannot resume after a failed upgrade")
+                .map_err(DaemonError::Runtime)?;
+        let _ = order
+            .failed
+            .send(format!("cannot run {}: {err}; the old daemon serves on", program.display()));
+        Ok((resumed, handles))
+    }
 }
 
 /// How often systemd's STATUS= line is refreshed.

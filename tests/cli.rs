@@ -92,6 +92,64 @@ fn bad_values_are_named_and_exit_1() {
     }
 }
 
+/// PRC-13: a path the daemon needs that leads into its own mountpoint, through a symlink that
+/// dangles until the mount is up, is refused at start naming the setting and the path: the TLS
+/// roots (`SSL_CERT_FILE`), a `file://` cache, the control socket.
+#[test]
+fn dependencies_under_the_mountpoint_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mnt = root.join("store");
+    std::fs::create_dir(&mnt).unwrap();
+    let conf = root.join("nix.conf");
+    std::fs::write(&conf, "").unwrap();
+    // Each link's target appears only under the mount, which is not up yet.
+    let link = |name: &str, target: &str| {
+        let path = root.join(name);
+        std::os::unix::fs::symlink(mnt.join(target), &path).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let certs = link("ca.pem", "abc-certs/etc/ssl/ca.pem");
+    let cache = link("cache-link", "def-cache");
+    let run_dir = link("run", "ghi-run");
+    let base = |extra: &[&str]| {
+        let mut args = vec!["mount", mnt.to_str().unwrap(), "--nix-conf", conf.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let cache_dir = root.join("cache");
+    let cache_dir = cache_dir.to_str().unwrap();
+    let substituter = format!("file://{cache}");
+    let cases: Vec<(Vec<String>, Option<&str>, [&str; 2])> = vec![
+        (base(&["--cache-dir", cache_dir]), Some(&certs), ["SSL_CERT_FILE", "abc-certs"]),
+        (
+            base(&["--cache-dir", cache_dir, "--substituter", &substituter]),
+            None,
+            ["substituter file://", "def-cache"],
+        ),
+        (
+            base(&["--cache-dir", cache_dir, "--control-socket", &format!("{run_dir}/s.sock")]),
+            None,
+            ["--control-socket", "ghi-run/s.sock"],
+        ),
+    ];
+    for (args, cert_file, needles) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_storefs"));
+        cmd.args(&args).env_remove("SSL_CERT_DIR").stdin(std::process::Stdio::null());
+        match cert_file {
+            Some(file) => cmd.env("SSL_CERT_FILE", file),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        let out = cmd.output().unwrap();
+        let text = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        for needle in needles.into_iter().chain(["inside the mountpoint"]) {
+            assert!(text.contains(needle), "{args:?}: the error names {needle:?}: {text}");
+        }
+    }
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "nothing was mounted");
+}
+
 #[test]
 fn index_help_teaches_and_bad_input_is_named_with_exit_1() {
     let out = storefs(&["index", "--help"]);

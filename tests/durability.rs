@@ -89,6 +89,49 @@ fn a_restart_serves_the_closure_without_upstream_requests() {
     check_cache_is_whole(fx, &d);
 }
 
+/// PRC-5: a restart on a cache filled to its quota mounts within a bound that does not wait
+/// for the scan of the entries, serves them without a request, and respects a smaller quota
+/// given at the restart: the scan's end evicts down to it, least recently used first.
+#[test]
+fn a_restart_on_a_full_cache_mounts_at_once_and_keeps_a_smaller_quota() {
+    let Some(fx) = setup("a_restart_on_a_full_cache_mounts_at_once_and_keeps_a_smaller_quota")
+    else {
+        return;
+    };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(tmp.path(), &args(&[nginx.url("zstd")], &fx.public_key, &[]));
+    for sp in &fx.closure {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    let full = stat(&stats(&d), "cache_bytes");
+    assert_eq!(d.stop(), Some(0));
+    nginx.clear_log();
+    // Half the largest path less: one eviction or a few, never all (which entry goes first
+    // depends on last-use times a second apart at best).
+    let big: u64 = nar_field(fx, &fx.big, "NarSize").parse().unwrap();
+    let quota = full - big / 2;
+    let smaller = args(&[nginx.url("zstd")], &fx.public_key, &["--max-size", &quota.to_string()]);
+    let started = Instant::now();
+    let d = Daemon::start(tmp.path(), &smaller);
+    let mounted = started.elapsed();
+    assert!(mounted < Duration::from_secs(3), "mounted after {mounted:?}");
+    // The log holds both runs: the scan of this one ends with the second `cache loaded`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log_text().matches("cache loaded").count() < 2 {
+        assert!(Instant::now() < deadline, "the scan never ended:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while stat(&stats(&d), "cache_bytes") > quota {
+        assert!(Instant::now() < deadline, "the smaller quota was never kept: {}", stats(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cached = stat(&stats(&d), "cached_paths");
+    assert!(cached > 0 && cached < fx.closure.len() as u64, "{cached} paths kept");
+    eprintln!("restart on a full cache ({full} bytes): mounted after {mounted:?}");
+    assert_eq!(nginx.requests().len(), 0, "nothing asked upstream: {:?}", nginx.requests());
+}
+
 /// Acceptance: SIGKILL at each commit step (failpoints) and at random moments leaves, after a
 /// restart, only whole verified entries, empty staging and trash, and accounting equal to du.
 #[test]
@@ -549,6 +592,54 @@ fn a_path_that_cannot_fit_is_refused_without_evicting() {
     assert_eq!(count(&cache.join("staging")), 0);
     for sp in &small {
         assert_eq!(nix_hash(&d.path(sp, "")).unwrap(), nar_field(fx, sp, "NarHash"), "{sp}");
+    }
+}
+
+/// DSK-11: another tenant's file leaves the cache filesystem just above `--min-free`. A path
+/// that fits only below the floor evicts the least recently used entry (the 4 MiB one) to keep
+/// the floor, nothing more, and is served; free space is back above the floor.
+#[test]
+fn the_min_free_floor_is_kept_by_evicting_during_fetches() {
+    let Some(fx) = setup("the_min_free_floor_is_kept_by_evicting_during_fetches") else { return };
+    let nginx = Nginx::start(&fx.caches_dir(), "");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 32 << 20);
+    let (mnt, cache) = (tmp.path().join("mnt"), tmp.path().join("disk/cache"));
+    fs::create_dir(&mnt).unwrap();
+    const FLOOR: u64 = 8 << 20;
+    let flags = ["--max-size", "1G", "--min-free", "8M", "--prefetch-jobs", "0"];
+    let d = Daemon::start_at(
+        &mnt,
+        &cache,
+        &tmp.path().join("log"),
+        &args(&[nginx.url("zstd")], &fx.public_key, &flags),
+    );
+    // The 4 MiB path first (least recently used), then small ones.
+    nix_hash(&d.path(&fx.big, "")).unwrap();
+    let small: Vec<&String> =
+        fx.closure.iter().filter(|sp| **sp != fx.big && **sp != fx.busybox).take(4).collect();
+    for sp in &small {
+        nix_hash(&d.path(sp, "")).unwrap();
+    }
+    // Someone else's file: 1 MiB above the floor is left, less than busybox's 2 MB.
+    let st = Command::new("fallocate")
+        .args(["-l", &(disk.free_bytes() - FLOOR - (1 << 20)).to_string()])
+        .arg(tmp.path().join("disk/balloon"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(nix_hash(&d.path(&fx.busybox, "")).unwrap(), nar_field(fx, &fx.busybox, "NarHash"));
+    let v = stats(&d);
+    assert_eq!(stat(&v, "evictions"), 1, "the least recently used entry only: {v}");
+    assert!(!cache.join("entries").join(hash_part(&fx.big)).exists(), "the 4 MiB path went");
+    for sp in &small {
+        assert!(cache.join("entries").join(hash_part(sp)).exists(), "{sp} stayed");
+    }
+    // The evicted entry is deleted from the trash in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk.free_bytes() < FLOOR {
+        assert!(Instant::now() < deadline, "free {} below the floor", disk.free_bytes());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

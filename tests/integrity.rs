@@ -140,8 +140,8 @@ fn with_passthrough_a_flipped_byte_is_never_served() {
     flipped_bytes_are_never_served(&["--passthrough"]);
 }
 
-/// Acceptance: a cache file cut short, deleted or replaced by a symlink gives the right bytes at
-/// the first read, with no manual `verify`.
+/// Acceptance: a cache file cut short, deleted, or replaced by a symlink, a directory or a FIFO
+/// gives the right bytes at the first read, with no manual `verify`.
 #[test]
 fn short_missing_and_symlinked_cache_files_are_fetched_again() {
     let Some(fx) = setup("short_missing_and_symlinked_cache_files_are_fetched_again") else {
@@ -173,10 +173,24 @@ fn short_missing_and_symlinked_cache_files_are_fetched_again() {
         fs::rename(f, &elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, f).unwrap();
     };
-    for (n, (what, damage)) in [("cut short", cut_short), ("deleted", delete), ("symlink", symlink)]
-        .into_iter()
-        .enumerate()
-    {
+    let directory: Damage = |f| {
+        fs::remove_file(f).unwrap();
+        fs::create_dir(f).unwrap();
+    };
+    let fifo: Damage = |f| {
+        fs::remove_file(f).unwrap();
+        let c = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    let faults = [
+        ("cut short", cut_short),
+        ("deleted", delete),
+        ("symlink", symlink),
+        ("directory", directory),
+        ("fifo", fifo),
+    ];
+    for (n, (what, damage)) in faults.into_iter().enumerate() {
         damage(&biggest());
         drop_page_cache();
         nginx.clear_log();

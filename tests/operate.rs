@@ -443,6 +443,12 @@ fn ready_is_sent_only_once_the_mount_answers() {
     let args = daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]);
     let log = tmp.path().join("storefs.log");
     let mut d = Daemon::spawn(&mnt, &cache, &log, &args, &[("NOTIFY_SOCKET", notify.as_str())]);
+    // The /dev/fuse descriptor and the state file go to the fd store first (each datagram
+    // carries its descriptor; a plain recv drops it).
+    for name in ["fuse", "state"] {
+        let stored = recv(&sock);
+        assert_eq!(stored, format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0"), "{}", d.log_text());
+    }
     let first = recv(&sock);
     // At the moment READY=1 arrives, the mount and the control socket answer.
     assert_eq!(first, "READY=1", "log:\n{}", d.log_text());

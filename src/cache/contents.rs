@@ -4,8 +4,8 @@
 //! Bytes read from disk are checked before anyone sees them: a read covering any part of a
 //! `CHECK_BLOCK_BYTES` block reads the whole block and compares its checksum with the manifest's
 //! (entries of manifest version 3 on; older ones have none and are read unchecked). A block that
-//! does not match, a cache file that ends early, is missing or was replaced by a symlink or a
-//! directory is *damage* (`is_damage`): the reader's caller sets the entry aside and fetches the
+//! does not match, a cache file that ends early, is missing or was replaced by a symlink, a
+//! directory or a FIFO, or that the disk cannot read back (`EIO`) is *damage* (`is_damage`): the reader's caller sets the entry aside and fetches the
 //! path again, never serving the bytes found.
 
 use std::fs::{File, OpenOptions};
@@ -36,13 +36,15 @@ const CHECK_ALL_BLOCKS: u64 = 16;
 /// True when `err`, from opening or reading a cached file, means the cache's copy is damaged
 /// (set it aside and fetch the path again) rather than that the system failed (out of
 /// descriptors or memory): missing (`NotFound`), a symlink in its place (`ELOOP`, opened with
-/// `O_NOFOLLOW`), a directory in its place, shorter than the manifest says (`UnexpectedEof`), or a
-/// block that does not match its checksum (`InvalidData`).
+/// `O_NOFOLLOW`), a directory, FIFO or socket in its place (`EISDIR`, `ESPIPE`: opened
+/// non-blocking, so a FIFO never holds the reader), shorter than the manifest says (`UnexpectedEof`), a
+/// block that does not match its checksum (`InvalidData`), or a disk that cannot read it back
+/// (`EIO`: the fresh copy goes to other blocks; if it fails too, the reader gets `EIO`).
 pub fn is_damage(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
-    ) || matches!(err.raw_os_error(), Some(libc::ELOOP | libc::EISDIR))
+    ) || matches!(err.raw_os_error(), Some(libc::ELOOP | libc::EISDIR | libc::ESPIPE | libc::EIO))
 }
 
 impl FileContents {
@@ -143,6 +145,7 @@ impl FileContents {
         if offset.saturating_add(buf.len() as u64) > self.len {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "read beyond the file's end"));
         }
+        crate::failpoint::io("contents::read")?;
         let mut filled = 0;
         while filled < buf.len() {
             match self.file.read_at(&mut buf[filled..], self.start + offset + filled as u64) {
@@ -253,8 +256,24 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(dir.path().join("elsewhere"), &bytes).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
-        let swapped = FileContents::open(dir.path(), 1, len, None, Some(sums)).unwrap_err();
+        let swapped = FileContents::open(dir.path(), 1, len, None, Some(sums.clone())).unwrap_err();
         assert!(is_damage(&swapped), "symlink: {swapped}");
+        assert!(is_damage(&io::Error::from_raw_os_error(libc::EIO)), "the disk lost the copy");
+        // A directory or a FIFO in the file's place: damage, and the FIFO never blocks.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let dir_err = FileContents::open(dir.path(), 1, len, None, Some(sums.clone()))
+            .and_then(|f| f.read_at(0, 1).map(|_| ()))
+            .unwrap_err();
+        assert!(is_damage(&dir_err), "a directory: {dir_err}");
+        std::fs::remove_dir(&path).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let fifo_err = FileContents::open(dir.path(), 1, len, None, Some(sums.clone()))
+            .and_then(|f| f.read_at(0, 1).map(|_| ()))
+            .unwrap_err();
+        assert!(is_damage(&fifo_err), "a FIFO: {fifo_err}");
         let busy = io::Error::from_raw_os_error(libc::EMFILE);
         assert!(!is_damage(&busy), "out of descriptors is not the cache's fault");
     }

@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering, lock};
 
@@ -142,6 +142,11 @@ impl Layout {
                 reason: "writable by group or others (chmod 0700 it)",
             });
         }
+        if let Ok(Some(kind)) = super::fs_kind::remote_kind_of(root) {
+            warn!(cache = %root.display(), filesystem = kind,
+                  "the cache directory is on a network filesystem: locking, syncfs and the page \
+                   cache are not dependable there; put it on a local disk");
+        }
         let read_only = space_of(root).is_ok_and(|s| s.read_only);
         let (lock, read_only) = match read_only {
             false => match take_lock(root) {
@@ -167,6 +172,7 @@ impl Layout {
                         _ => Err(e),
                     })
                     .map_err(io_err("cannot create", &dir))?;
+                own_subdir(&dir, meta.uid())?;
             }
         }
         let layout = Self {
@@ -246,10 +252,16 @@ impl Layout {
     pub fn publish(&self, staging: &Path, hash_part: &str) -> Result<PathBuf, LayoutError> {
         let dir = File::open(staging).map_err(io_err("cannot open", staging))?;
         // One syncfs flushes every file of the entry; far cheaper than an fsync per file.
-        // SAFETY: `dir` is an open descriptor for the whole call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(io_err("cannot sync", staging)(io::Error::last_os_error()));
-        }
+        let synced = crate::failpoint::io("publish::sync").and_then(|()| {
+            // SAFETY: `dir` is an open descriptor for the whole call.
+            match unsafe { libc::syncfs(dir.as_raw_fd()) } {
+                0 => Ok(()),
+                _ => Err(io::Error::last_os_error()),
+            }
+        });
+        // Never retried (an fsync that failed may have dropped the dirty pages it could not
+        // write): the staged entry is lost, and the caller discards it.
+        synced.map_err(io_err("cannot sync", staging))?;
         let target = self.entry_dir(hash_part);
         crate::failpoint::hit("publish::before_rename");
         fs::rename(staging, &target).map_err(io_err("cannot publish", &target))?;
@@ -292,6 +304,29 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// Checks a directory of the cache found in place (reliability case DSK-9): something else in
+/// its place (a symlink, which would lead anywhere; a file; a FIFO) or another owner than the
+/// root's refuses the start, naming it; a mode letting others in is tightened to 0700, loudly.
+fn own_subdir(dir: &Path, owner: u32) -> Result<(), LayoutError> {
+    let meta = fs::symlink_metadata(dir).map_err(io_err("cannot stat", dir))?;
+    let unsafe_dir = |reason| Err(LayoutError::Unsafe { path: dir.into(), reason });
+    if !meta.is_dir() {
+        return unsafe_dir(
+            "not a directory (a symlink or another file in its place; move it away)",
+        );
+    }
+    if meta.uid() != owner {
+        return unsafe_dir("owned by another user than the cache directory");
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot chmod", dir))?;
+        warn!(dir = %dir.display(), mode = format!("{:04o}", meta.mode() & 0o7777),
+              "a cache directory let others in; made it 0700");
+    }
+    Ok(())
 }
 
 /// Size, free space and read-only flag of the filesystem holding `path`, from statvfs.
@@ -508,5 +543,40 @@ mod tests {
         fs::create_dir(&root).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(Layout::open(&root), Err(LayoutError::Unsafe { .. })));
+    }
+
+    /// DSK-9 inside the root: a directory of the cache open to others is made 0700 again; one
+    /// replaced by a symlink (to anywhere) refuses the start, and nothing is written through it.
+    #[test]
+    fn foreign_objects_in_place_of_its_directories_are_refused_or_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        drop(Layout::open(&root).unwrap());
+        let entries = root.join("entries");
+        fs::set_permissions(&entries, fs::Permissions::from_mode(0o777)).unwrap();
+        drop(Layout::open(&root).unwrap());
+        assert_eq!(fs::metadata(&entries).unwrap().mode() & 0o777, 0o700, "tightened");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let trash = root.join("trash");
+        fs::remove_dir(&trash).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &trash).unwrap();
+        let err = Layout::open(&root).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("trash") && err.to_string().contains("symlink"), "{err}");
+        assert!(fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing written through it");
+    }
+
+    /// A symlink as the cache root is refused, not followed (someone could point it anywhere).
+    #[test]
+    fn refuses_a_symlinked_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+        let root = dir.path().join("cache");
+        std::os::unix::fs::symlink(&real, &root).unwrap();
+        let err = Layout::open(&root).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert!(fs::read_dir(&real).unwrap().next().is_none(), "nothing written through it");
     }
 }

@@ -21,6 +21,7 @@ mod error;
 mod evict;
 mod export;
 mod fetch;
+mod fs_kind;
 mod index_entry;
 pub mod layout;
 pub mod manifest;
@@ -42,6 +43,8 @@ pub mod unpack;
 mod lazy_tests;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod net_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -78,7 +81,7 @@ use crate::nix::store_path::StorePath;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
 use crate::upstream::UpstreamSet;
 use crate::upstream::low_speed::LowSpeedLimit;
-use crate::upstream::rate::{DEFAULT_MAX_WAIT, KeyedPace, RateLimit};
+use crate::upstream::rate::{KeyedPace, RateLimit};
 
 /// Most "absent" answers remembered at once.
 const NEGATIVE_CACHE_ENTRIES: usize = 65_536;
@@ -281,6 +284,20 @@ impl NarCache {
         entry
     }
 
+    /// [`NarCache::cached`], or while the start-up scan runs, the entry read from disk on the
+    /// calling thread (a successor daemon answering inodes its predecessor handed out).
+    pub fn cached_or_loaded(&self, sp: &StorePath) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.cached(sp) {
+            return Some(entry);
+        }
+        if self.scan_complete.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.load_from_disk(&sp.hash_part()).filter(|e| e.store_path == *sp)?;
+        self.touch(&entry);
+        Some(entry)
+    }
+
     /// Marks `sp` as used now (a read of one of its files), if it is cached: moves it to the
     /// front of the LRU, in memory and, at most once a minute, on disk. Takes the catalog's lock
     /// for an O(1) update only, so it never waits for an eviction's or a download's I/O. False
@@ -317,18 +334,16 @@ impl NarCache {
         result
     }
 
-    /// Waits for `uid`'s turn to start a fetch of `sp`; none is needed to join one.
-    async fn uid_turn(&self, sp: &StorePath, uid: u32) -> Result<(), CacheError> {
+    /// Takes `uid`'s turn to start a fetch of `sp`, or refuses at once when the uid has none
+    /// left now: a storming uid is answered at once (`EAGAIN`), never queued, so its lookups
+    /// neither pile up in the daemon nor hold its processes. Its burst (twice `--uid-rate`)
+    /// absorbs a job's honest spikes. None is needed to join a running fetch.
+    fn uid_turn(&self, sp: &StorePath, uid: u32) -> Result<(), CacheError> {
         if lock(&self.inflight).contains_key(&sp.hash_part()) {
             return Ok(());
         }
-        let max_wait = self.config.fetch_timeout.unwrap_or(DEFAULT_MAX_WAIT);
-        match self.uid_pace.reserve(uid, Instant::now(), max_wait) {
-            Ok(wait) if wait.is_zero() => Ok(()),
-            Ok(wait) => {
-                tokio::time::sleep(wait).await;
-                Ok(())
-            }
+        match self.uid_pace.reserve(uid, Instant::now(), Duration::ZERO) {
+            Ok(_) => Ok(()),
             Err(wait) => Err(reader_limit(sp, ReaderLimit::UidRate { uid, wait })),
         }
     }
@@ -370,7 +385,7 @@ impl NarCache {
             tries += 1;
             if let (Some(uid), 1) = (uid, tries) {
                 // Starting a fetch takes a turn of the reader's uid (joining one does not).
-                self.uid_turn(sp, uid).await?;
+                self.uid_turn(sp, uid)?;
             }
             match self.start_or_join(sp).await {
                 Err(CacheError::NoRoomToPrefetch(_)) if tries < 3 => continue,

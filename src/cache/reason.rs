@@ -27,6 +27,18 @@ pub enum ReaderLimit {
     },
 }
 
+impl CacheError {
+    /// Whether the reader was refused only because its uid had no turn left under
+    /// `--uid-rate`: nothing was asked upstream, and trying again later may succeed.
+    pub fn is_uid_refusal(&self) -> bool {
+        let CacheError::Unavailable { failures, .. } = self else { return false };
+        let refusal = |f: &super::Failure| {
+            matches!(f.cause.find::<ReaderLimit>(), Some(ReaderLimit::UidRate { .. }))
+        };
+        !failures.0.is_empty() && failures.0.iter().all(refusal)
+    }
+}
+
 /// The reason a lookup failed, as the `reason` label of `storefs_lookup_failures_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureReason {
@@ -179,6 +191,17 @@ mod tests {
             assert_eq!(FailureReason::of(&unavailable(causes)), Some(want));
         }
         assert_eq!(FailureReason::of(&CacheError::NotFound("p".into())), None);
+    }
+
+    #[test]
+    fn only_a_refusal_by_the_uid_rate_alone_is_a_uid_refusal() {
+        let uid = || Cause::new(ReaderLimit::UidRate { uid: 7, wait: Duration::ZERO });
+        let status = Cause::new(UpstreamError::Status { url: "u".into(), status: 429 });
+        assert!(unavailable(vec![uid()]).is_uid_refusal());
+        assert!(!unavailable(vec![uid(), status.clone()]).is_uid_refusal(), "upstream was asked");
+        assert!(!unavailable(vec![status]).is_uid_refusal(), "a cache's 429 is no uid refusal");
+        assert!(!unavailable(vec![]).is_uid_refusal());
+        assert!(!CacheError::NotFound("p".into()).is_uid_refusal());
     }
 
     #[test]

@@ -106,33 +106,33 @@ impl NarCache {
 
     /// Loads the entry `hash` from disk if it is there (used while the scan runs).
     pub(super) async fn load_now(self: &Arc<Self>, hash: &str) -> Option<Arc<Entry>> {
+        let this = self.clone();
+        let hash = hash.to_owned();
+        tokio::task::spawn_blocking(move || this.load_from_disk(&hash)).await.ok().flatten()
+    }
+
+    /// [`NarCache::load_now`] on the calling thread (a manifest read from local disk).
+    pub(super) fn load_from_disk(&self, hash: &str) -> Option<Arc<Entry>> {
         if !is_valid_hash_part(hash.as_bytes()) {
             return None;
         }
-        let this = self.clone();
-        let hash = hash.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let dir = this.layout.entry_dir(&hash);
-            if !dir.join(MANIFEST_FILE).exists() {
+        let dir = self.layout.entry_dir(hash);
+        if !dir.join(MANIFEST_FILE).exists() {
+            return None;
+        }
+        let entry = match self.load_entry(&dir, hash) {
+            Ok(e) => Arc::new(e),
+            Err(reason) => {
+                let _ = self.discard_bad(&dir, &reason);
                 return None;
             }
-            let entry = match this.load_entry(&dir, &hash) {
-                Ok(e) => Arc::new(e),
-                Err(reason) => {
-                    let _ = this.discard_bad(&dir, &reason);
-                    return None;
-                }
-            };
-            let mut cat = lock(&this.catalog);
-            if let Some(existing) = cat.get(&hash) {
-                return Some(existing);
-            }
-            cat.admit(hash, entry.clone());
-            Some(entry)
-        })
-        .await
-        .ok()
-        .flatten()
+        };
+        let mut cat = lock(&self.catalog);
+        if let Some(existing) = cat.get(hash) {
+            return Some(existing);
+        }
+        cat.admit(hash.to_owned(), entry.clone());
+        Some(entry)
     }
 
     /// Reads and checks one published entry; the error says why it is unusable.

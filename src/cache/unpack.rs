@@ -124,7 +124,9 @@ pub fn unpack(
     let manifest_bytes = block_rounded(manifest.encode().len() as u64);
     manifest.disk_bytes = unpacker.disk_bytes + dir_bytes + manifest_bytes;
     let path = staging.join(MANIFEST_FILE);
-    std::fs::write(&path, manifest.encode()).map_err(local(path.clone()))?;
+    crate::failpoint::io("unpack::manifest")
+        .and_then(|()| std::fs::write(&path, manifest.encode()))
+        .map_err(local(path.clone()))?;
     Ok(manifest)
 }
 
@@ -434,6 +436,39 @@ mod tests {
             assert!(err.is_local());
             assert_eq!(crate::cache::Cause::new(err).is_no_space(), full);
         }
+    }
+
+    /// NAR-3's second layer: with the parser's sort check out of the way (the unpacker driven
+    /// directly), a symlink `x` to a directory outside followed by a directory `x` holding
+    /// files writes nothing outside the staging directory: files are written under names of
+    /// their own (`f<id>`, `pack`), never through a path built from the NAR's names.
+    #[test]
+    fn a_symlink_then_a_directory_of_one_name_writes_nothing_through_the_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (staging, canary) = (tmp.path().join("staging"), tmp.path().join("canary"));
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::create_dir(&canary).unwrap();
+        let mut u = Unpacker::new(&staging);
+        u.directory(0, None).unwrap();
+        u.symlink(1, Some((0, b"x")), canary.as_os_str().as_encoded_bytes()).unwrap();
+        u.directory(2, Some((0, b"x"))).unwrap();
+        let big = vec![1u8; 100_000];
+        u.file(3, Some((2, b"evil")), false, big.len() as u64, &mut &big[..]).unwrap();
+        u.file(4, Some((2, b"small")), false, 5, &mut &b"small"[..]).unwrap();
+        u.finish_pack().unwrap();
+        assert!(std::fs::read_dir(&canary).unwrap().next().is_none(), "the canary is untouched");
+        let mut written: Vec<String> = std::fs::read_dir(&staging)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        written.sort();
+        assert_eq!(written, ["f3", "pack"], "only names of storefs' own");
+        let mut top: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["canary", "staging"]);
     }
 
     /// However the bytes arrive, the checksums are those of whole blocks (the last one short).

@@ -8,6 +8,7 @@ pub mod mount_probe;
 pub mod ops;
 pub mod output;
 pub mod stats;
+pub mod upgrade;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,9 @@ pub enum Command {
     /// Check the running daemon: its mount answers, each substituter answers, the trusted keys
     /// verify what the caches sign, the cache directory is sane. One line per check.
     Check(check::CheckArgs),
+    /// Hand the live mount over to a new storefs program without unmounting (after a package
+    /// upgrade, or without systemd): readers see no error.
+    Upgrade(upgrade::UpgradeArgs),
     /// Prepare a binary cache directory for file-level laziness: re-encode each NAR as
     /// seekable zstd and write a signed per-path index beside its narinfo.
     Index(index::IndexArgs),
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => ops::verify(&args),
         Command::ExportDb(args) => ops::export_db(&args),
         Command::Check(args) => check::run(&args),
+        Command::Upgrade(args) => upgrade::run(&args),
         Command::Index(args) => index::run(&args),
     }
 }

@@ -7,7 +7,10 @@ use tracing::error;
 
 use super::{EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::{Config, Settings};
-use crate::daemon::DaemonError;
+use crate::daemon::handover::Launch;
+use crate::daemon::relaunch::Relaunch;
+use crate::daemon::{DaemonError, Stop};
+use crate::notify::{listen, slots};
 
 /// Arguments of `storefs mount`: the [`Settings`] as typed, every option `None` when not given,
 /// so that the configuration file can fill it; `[default: …]` in the help is the built-in
@@ -29,6 +32,9 @@ pub struct MountArgs {
     pub settings: Settings,
 }
 
+/// How long tasks may go on after the daemon stopped before the process exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `storefs mount`.
 pub fn run(args: &MountArgs) -> ExitCode {
     let config = match Config::resolve(&args.settings) {
@@ -38,6 +44,21 @@ pub fn run(args: &MountArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Before any thread exists: this reads and unsets $LISTEN_*, and claims descriptors 3.. for
+    // passing the mount on later.
+    let relaunch = Relaunch::from_start();
+    let inherited = match listen::take_from_env() {
+        Ok(inherited) => inherited,
+        Err(err) => {
+            eprintln!("storefs: descriptors passed at start: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Err(err) = slots::claim() {
+        eprintln!("storefs: cannot reserve descriptors for a handover: {err}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    let launch = Launch { inherited, relaunch };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -45,7 +66,12 @@ pub fn run(args: &MountArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(crate::daemon::run(config, shutdown_signal())) {
+    let result = runtime.block_on(crate::daemon::run(config, launch, shutdown_signal()));
+    // A download still running holds a blocking thread until its body ends (minutes for a
+    // large NAR): the daemon has unmounted and closed the cache, so it does not wait for it
+    // (its staging directory is emptied at the next start).
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let (DaemonError::Setup(cause) | DaemonError::Runtime(cause)) = &err;
@@ -55,8 +81,8 @@ pub fn run(args: &MountArgs) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM, saying which.
+async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
@@ -65,8 +91,14 @@ async fn shutdown_signal() {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
-        _ = int.recv() => tracing::info!("SIGINT: unmounting"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: stopping");
+            Stop::Terminate
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT: unmounting");
+            Stop::Interrupt
+        }
     }
 }
 

@@ -57,11 +57,19 @@ pub enum ConfigError {
         /// What is wrong, and the fix.
         reason: String,
     },
-    /// The cache directory lies under the mountpoint (the daemon would deadlock on itself).
-    #[error("cache directory {cache} is inside the mountpoint {mountpoint}")]
-    CacheInsideMount {
-        /// The cache directory.
-        cache: PathBuf,
+    /// A path the daemon uses lies under the mountpoint (the daemon would wait on itself).
+    #[error(
+        "{setting} {} resolves to {}, inside the mountpoint {}: storefs would wait on itself; \
+         use a path outside it",
+        path.display(), resolved.display(), mountpoint.display()
+    )]
+    InsideMount {
+        /// The setting naming it (`--cache-dir`, `SSL_CERT_FILE`, ...).
+        setting: String,
+        /// The path as given.
+        path: PathBuf,
+        /// Where it leads, symlinks followed.
+        resolved: PathBuf,
         /// The mountpoint.
         mountpoint: PathBuf,
     },

@@ -91,8 +91,8 @@ pub struct Settings {
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub stall_timeout: Option<u64>,
 
-    /// Seconds a reader waits for a path that is not cached (narinfo and NAR, and its turn
-    /// under --uid-rate) before it gets EIO; the fetch goes on in the background for later
+    /// Seconds a reader waits for a path that is not cached (narinfo and NAR) before it gets
+    /// EIO; the fetch goes on in the background for later
     /// readers. Also bounds each whole narinfo request. 0: no bound [default: 120].
     #[arg(long, value_name = "SECONDS", help_heading = UPSTREAM_OPTIONS)]
     pub fetch_timeout: Option<u64>,
@@ -105,7 +105,8 @@ pub struct Settings {
 
     /// Most fetches per second one uid may start by looking up paths that are not cached
     /// (bursts of twice as many; joining a running fetch is free), so one tenant's storm of
-    /// names cannot use up --upstream-rate. 0: no limit [default: 50].
+    /// names cannot use up --upstream-rate; past its turns a lookup gets EAGAIN at once. 0: no
+    /// limit [default: 50].
     #[arg(long, value_name = "N", help_heading = UPSTREAM_OPTIONS)]
     pub uid_rate: Option<u64>,
 

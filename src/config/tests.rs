@@ -61,6 +61,7 @@ impl Host {
             config_file: dir.path().join("storefs.toml"),
             nix_conf: dir.path().join("nix.conf"),
             netrc_file: dir.path().join("netrc"),
+            tls_roots: Vec::new(),
         };
         Self { dir, system }
     }

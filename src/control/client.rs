@@ -13,6 +13,8 @@ use super::protocol::{
 
 /// How long a request may take before the client gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a connection closed before its answer reports.
+const CONNECTION_CLOSED: &str = "connection closed";
 
 /// Why a request to the daemon failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,13 +87,24 @@ impl Client {
             let mut line = String::new();
             let n = (&mut self.reader).take(MAX_LINE as u64 + 1).read_line(&mut line)?;
             if n == 0 {
-                return Err(ClientError::BadResponse("connection closed".into()));
+                return Err(ClientError::BadResponse(CONNECTION_CLOSED.into()));
             }
             match decode_response(line.trim_end())?.body {
                 Body::Result(reply) => return Ok(reply),
                 Body::Error(error) => return Err(ClientError::Daemon(error)),
                 Body::Progress(step) => on_progress(step),
             }
+        }
+    }
+
+    /// Asks the daemon to hand its mount over to `binary` (None: its own program). Ok when the
+    /// connection closed without an answer, which is what an `execve` does; the caller then
+    /// checks that the new program answers.
+    pub fn upgrade(&mut self, binary: Option<String>) -> Result<(), ClientError> {
+        match self.request(&Request::Upgrade { binary }) {
+            Err(ClientError::BadResponse(closed)) if closed == CONNECTION_CLOSED => Ok(()),
+            Err(err) => Err(err),
+            Ok(other) => Err(unexpected("no answer", &other)),
         }
     }
 

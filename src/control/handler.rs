@@ -1,6 +1,7 @@
 //! The daemon's side of the control protocol: each request answered from the cache.
 
 use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{
     CheckReply, CheckRow, CheckStatus, ClosureReply, CorruptEntry, ExportDbReply, GcReply,
@@ -19,12 +20,40 @@ pub struct DaemonHandler {
     cache: Arc<NarCache>,
     reporters: Arc<Reporters>,
     info: Arc<DaemonInfo>,
+    upgrades: Option<mpsc::Sender<UpgradeOrder>>,
+}
+
+/// `storefs upgrade`, passed to the daemon's main loop: run `binary` (None: the program it was
+/// started from). The loop answers `failed` only if the upgrade did not happen.
+#[derive(Debug)]
+pub struct UpgradeOrder {
+    /// The program to run.
+    pub binary: Option<std::path::PathBuf>,
+    /// Why it did not happen.
+    pub failed: oneshot::Sender<String>,
 }
 
 impl DaemonHandler {
     /// A handler over `cache`, answering `stats` from `reporters`, for the daemon `info` describes.
     pub fn new(cache: Arc<NarCache>, reporters: Arc<Reporters>, info: Arc<DaemonInfo>) -> Self {
-        Self { cache, reporters, info }
+        Self { cache, reporters, info, upgrades: None }
+    }
+
+    /// Passes `storefs upgrade` orders to `upgrades` (without, the command is refused).
+    pub fn with_upgrades(mut self, upgrades: mpsc::Sender<UpgradeOrder>) -> Self {
+        self.upgrades = Some(upgrades);
+        self
+    }
+
+    async fn upgrade(&self, binary: Option<String>) -> Result<Reply, String> {
+        let Some(upgrades) = &self.upgrades else {
+            return Err("this daemon cannot hand its mount over".into());
+        };
+        let (failed, why) = oneshot::channel();
+        let order = UpgradeOrder { binary: binary.map(Into::into), failed };
+        upgrades.send(order).await.map_err(|_| "the daemon is stopping".to_owned())?;
+        // Only a failure answers: on success this process is replaced before it could.
+        Err(why.await.unwrap_or_else(|_| "the daemon stopped instead".into()))
     }
 }
 
@@ -157,6 +186,7 @@ impl ControlHandler for DaemonHandler {
                 let timeout = std::time::Duration::from_millis(timeout_ms);
                 Ok(check_rows(cache.check(probe.first(), timeout).await))
             }
+            Request::Upgrade { binary } => self.upgrade(binary).await,
         }
     }
 }

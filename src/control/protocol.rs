@@ -98,6 +98,16 @@ pub enum Request {
         /// How long each substituter may take to answer, in milliseconds (at least 1).
         timeout_ms: u64,
     },
+    /// Hands the live mount over to a new program: the daemon stops at a request boundary and
+    /// `execve`s `binary` (the one it was started from when absent) with its own arguments,
+    /// passing the `/dev/fuse` descriptor and its state on. Success has no reply: the connection
+    /// closes with the old program, and the new one answers `stats` with the same pid. A
+    /// failure (nothing to run, exec refused) is an error, and the old program serves on.
+    Upgrade {
+        /// The program to run.
+        #[serde(default)]
+        binary: Option<String>,
+    },
 }
 
 /// What a command answers, tagged by `type`.
@@ -482,6 +492,8 @@ mod tests {
             Request::ExportDb { paths, closure: false },
             Request::Check { probe_path: Some(PATH.into()), timeout_ms: 5000 },
             Request::Check { probe_path: None, timeout_ms: 1 },
+            Request::Upgrade { binary: None },
+            Request::Upgrade { binary: Some("/usr/local/bin/storefs".into()) },
         ]
     }
 

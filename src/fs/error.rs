@@ -52,6 +52,8 @@ impl FsError {
             FsError::BadHandle(_) => libc::EBADF,
             FsError::NoAttribute => libc::ENODATA,
             FsError::Cache(CacheError::NotFound(_)) => libc::ENOENT,
+            // Its uid had no turn left: nothing was asked, a later try may succeed.
+            FsError::Cache(err) if err.is_uid_refusal() => libc::EAGAIN,
             FsError::Cache(
                 CacheError::Unavailable { .. }
                 | CacheError::TooLarge { .. }

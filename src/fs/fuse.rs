@@ -20,6 +20,7 @@ use tracing::{Level, debug, event, info, warn};
 use super::attr::{Attr, BLKSIZE, Kind};
 use super::error::FsError;
 use super::passthrough::Backing;
+use super::state::ParkedHandle;
 use super::{Answer, StoreFs};
 use crate::logging::{Throttle, warn_throttled};
 use crate::sync::{Arc, AtomicBool, Ordering};
@@ -50,6 +51,11 @@ impl FuseAdapter {
         Self { fs, rt, backing, opendirs: AtomicBool::new(false) }
     }
 
+    /// The open passthrough handles, to hand over at a park or take over at a resume.
+    pub fn open_handles(&self) -> OpenHandles {
+        OpenHandles(self.backing.clone())
+    }
+
     /// Replies with `answer` now, or from a task once its fetch is done.
     fn respond<T: Send + 'static>(
         &self,
@@ -77,6 +83,35 @@ impl FuseAdapter {
         if !self.backing.answers_opens() {
             info!("files open without a round trip; the kernel page cache keeps their data");
         }
+    }
+}
+
+/// The passthrough handles open through an adapter: their backing ids belong to the connection,
+/// so a handover leaves them open and the successor shares them with later opens of the same
+/// inodes (the kernel refuses a second backing file for an inode with open handles) and closes
+/// them with the last release.
+#[derive(Clone, Debug)]
+pub struct OpenHandles(Arc<Backing<BackingId>>);
+
+impl OpenHandles {
+    /// Empties the table, leaving every id open in the connection (call once serving stopped).
+    pub fn park(&self) -> Vec<ParkedHandle> {
+        let parked = self.0.park(BackingId::leave_open);
+        let handle = |(fh, ino, id): (u64, u64, i32)| {
+            Some(ParkedHandle { fh, ino, backing: u32::try_from(id).ok()? })
+        };
+        parked.into_iter().filter_map(handle).collect()
+    }
+
+    /// Takes over the backing ids a crashed predecessor left open (see `Backing::keep_crashed`).
+    pub fn keep_crashed(&self, ids: &[(u64, i32)]) {
+        self.0.keep_crashed(ids);
+    }
+
+    /// Takes over the handles a predecessor parked.
+    pub fn restore(&self, handles: &[ParkedHandle]) {
+        let raw = |h: &ParkedHandle| Some((h.fh, h.ino, i32::try_from(h.backing).ok()?));
+        self.0.restore(&handles.iter().filter_map(raw).collect::<Vec<_>>());
     }
 }
 
@@ -117,8 +152,14 @@ fn dirent_type(kind: Kind) -> u32 {
 /// the daemon reads them.
 fn reply_opened(fs: &StoreFs, backing: &Backing<BackingId>, ino: u64, fh: u64, reply: ReplyOpen) {
     if let Some(contents) = fs.file(fh) {
-        let register = |file: &File| reply.open_backing(file);
-        match backing.acquire(ino, fh, contents.own_file(), register) {
+        let register = |file: &File| {
+            let id = reply.open_backing(file)?;
+            // Logged before the reply: after a crash the successor shares it (EBUSY otherwise).
+            fs.log_backing(ino, id.raw());
+            Ok(id)
+        };
+        let adopt = |id| reply.adopt_backing(id);
+        match backing.acquire(ino, fh, contents.own_file(), register, adopt) {
             // No FOPEN_KEEP_CACHE here: the kernel (6.18) fails such an open with EIO;
             // passthrough reads use the cache file's own page cache anyway.
             Ok(Some(id)) => {
@@ -204,17 +245,23 @@ impl Handler for FuseAdapter {
     }
 
     fn getattr(&self, _req: &RequestInfo, ino: u64, reply: ReplyAttr) {
-        match self.fs.getattr(ino) {
-            Ok(l) => reply.attr(&to_file_attr(&l.attr), l.ttl),
-            Err(err) => reply.error(fail("getattr", ino, &err)),
-        }
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            match ready.and_then(|()| fs.getattr(ino)) {
+                Ok(l) => reply.attr(&to_file_attr(&l.attr), l.ttl),
+                Err(err) => reply.error(fail("getattr", ino, &err)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &RequestInfo, ino: u64, reply: ReplyData) {
-        match self.fs.readlink(ino) {
-            Ok(target) => reply.data(&target),
-            Err(err) => reply.error(fail("readlink", ino, &err)),
-        }
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            match ready.and_then(|()| fs.readlink(ino)) {
+                Ok(target) => reply.data(&target),
+                Err(err) => reply.error(fail("readlink", ino, &err)),
+            }
+        });
     }
 
     fn open(&self, _req: &RequestInfo, ino: u64, flags: u32, reply: ReplyOpen) {
@@ -251,7 +298,13 @@ impl Handler for FuseAdapter {
     }
 
     fn release(&self, _req: &RequestInfo, _ino: u64, fh: u64, reply: ReplyEmpty) {
-        self.backing.release(fh);
+        if let Some((ino, left_open)) = self.backing.release(fh) {
+            if let Some(raw) = left_open {
+                // A predecessor's id, not used since the handover: closed on drop.
+                drop(reply.adopt_backing(raw));
+            }
+            self.fs.log_backing(ino, 0);
+        }
         self.fs.release(fh);
         reply.ok();
     }
@@ -277,17 +330,20 @@ impl Handler for FuseAdapter {
     }
 
     fn readdir(&self, _req: &RequestInfo, ino: u64, _fh: u64, offset: u64, mut reply: ReplyDir) {
-        match self.fs.readdir(ino, offset) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(e.ino, e.next_offset, dirent_type(e.kind), &e.name) {
-                        break;
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            match ready.and_then(|()| fs.readdir(ino, offset)) {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(e.ino, e.next_offset, dirent_type(e.kind), &e.name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(err) => reply.error(fail("readdir", ino, &err)),
             }
-            Err(err) => reply.error(fail("readdir", ino, &err)),
-        }
+        });
     }
 
     fn readdirplus(
@@ -298,13 +354,18 @@ impl Handler for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirPlus,
     ) {
-        let listed = self.fs.readdirplus(ino, offset, |e, l| {
-            reply.add(e.next_offset, &e.name, &to_file_attr(&l.attr), l.ttl)
+        let fs = self.fs.clone();
+        self.respond(self.fs.reloaded(ino), move |ready| {
+            let listed = ready.and_then(|()| {
+                fs.readdirplus(ino, offset, |e, l| {
+                    reply.add(e.next_offset, &e.name, &to_file_attr(&l.attr), l.ttl)
+                })
+            });
+            match listed {
+                Ok(()) => reply.ok(),
+                Err(err) => reply.error(fail("readdirplus", ino, &err)),
+            }
         });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(fail("readdirplus", ino, &err)),
-        }
     }
 
     fn statfs(&self, _req: &RequestInfo, _ino: u64, reply: ReplyStatfs) {

@@ -77,8 +77,13 @@ pub struct SlotTable {
 impl SlotTable {
     /// The slot of `sp`, assigning one on first sight.
     pub fn slot_of(&mut self, sp: &StorePath) -> u64 {
+        self.assign(sp).0
+    }
+
+    /// The slot of `sp` and whether it was assigned just now.
+    pub fn assign(&mut self, sp: &StorePath) -> (u64, bool) {
         if let Some(slot) = self.by_path.get(sp) {
-            return *slot;
+            return (*slot, false);
         }
         let mut slot = preferred_slot(sp);
         while self.by_slot.contains_key(&slot) {
@@ -86,7 +91,21 @@ impl SlotTable {
         }
         self.by_slot.insert(slot, sp.clone());
         self.by_path.insert(sp.clone(), slot);
-        slot
+        (slot, true)
+    }
+
+    /// Gives `sp` the slot a predecessor daemon gave it; false (and nothing changed) when the
+    /// slot or the path is taken already.
+    pub fn restore(&mut self, slot: u64, sp: &StorePath) -> bool {
+        if slot == 0 || slot > SLOT_MASK {
+            return false;
+        }
+        if self.by_slot.contains_key(&slot) || self.by_path.contains_key(sp) {
+            return false;
+        }
+        self.by_slot.insert(slot, sp.clone());
+        self.by_path.insert(sp.clone(), slot);
+        true
     }
 
     /// The store path in `slot`, if any.
@@ -129,13 +148,29 @@ mod tests {
         assert_eq!(t1.path_of(a1), Some(&a));
     }
 
+    /// Two paths of one digest: they want the same slot.
+    fn colliding() -> (StorePath, StorePath) {
+        (sp("00bgd045z0d4icpbc2yyz4gx48ak44la-a"), sp("00bgd045z0d4icpbc2yyz4gx48ak44la-b"))
+    }
+
     #[test]
     fn colliding_slots_probe_to_the_next_free_one() {
-        let a = sp("00bgd045z0d4icpbc2yyz4gx48ak44la-a");
-        let b = sp("00bgd045z0d4icpbc2yyz4gx48ak44la-b");
+        let (a, b) = colliding();
         let mut t = SlotTable::default();
         let (sa, sb) = (t.slot_of(&a), t.slot_of(&b));
         assert_eq!(preferred_slot(&a), preferred_slot(&b));
         assert_ne!(sa, sb);
+    }
+
+    #[test]
+    fn restored_probed_slots_keep_their_numbers_whatever_comes_first() {
+        let (a, b) = colliding();
+        let mut first = SlotTable::default();
+        let (sa, sb) = (first.slot_of(&a), first.slot_of(&b));
+        let mut next = SlotTable::default();
+        assert!(next.restore(sb, &b) && next.restore(sa, &a));
+        assert!(!next.restore(sa, &b), "a taken slot is refused");
+        assert_eq!((next.slot_of(&b), next.slot_of(&a)), (sb, sa));
+        assert_eq!(next.assign(&a), (sa, false));
     }
 }

@@ -13,7 +13,10 @@ pub mod inode;
 mod passthrough;
 mod paths;
 pub mod session;
+pub mod state;
 
+#[cfg(test)]
+mod nar_data_tests;
 #[cfg(test)]
 mod tests;
 
@@ -21,13 +24,14 @@ use std::collections::HashMap;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use self::attr::{Attr, IMMUTABLE_TTL, Kind, ROOT_TTL, node_attr, root_attr};
 use self::dir::RootListing;
 use self::error::FsError;
 use self::inode::Inode;
 use self::paths::PathTable;
+use self::state::{Parked, ParkedHandle, Recovered, StateFile};
 use crate::cache::contents::{FileContents, is_damage};
 use crate::cache::manifest::{Manifest, Node, ROOT_NODE};
 use crate::cache::{Entry, NarCache};
@@ -189,7 +193,9 @@ impl StoreFs {
         match self.inode(parent) {
             Err(err) => Answer::Now(Err(err)),
             Ok(Inode::Node { slot, node }) => {
-                Answer::Now(self.lookup_in_path(parent, slot, node, name))
+                let (this, name) = (self.clone(), name.to_vec());
+                self.entry_answer(slot)
+                    .and_then(move |entry| this.lookup_in_path(&entry, parent, slot, node, &name))
             }
             Ok(Inode::Root) => {
                 // Not a store path name: no network request, ever.
@@ -214,12 +220,12 @@ impl StoreFs {
 
     fn lookup_in_path(
         &self,
+        entry: &Arc<Entry>,
         parent: u64,
         slot: u64,
         node: NodeId,
         name: &[u8],
     ) -> Result<Lookup, FsError> {
-        let entry = self.entry(slot)?;
         match entry.manifest.node(node) {
             Some(Node::Directory { .. }) => {}
             Some(_) => return Err(FsError::NotADirectory),
@@ -231,7 +237,7 @@ impl StoreFs {
             .ok_or_else(|| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
         let ino = Inode::Node { slot, node: child }.ino();
         let attr = attr_of(&entry.manifest, ino, child)?;
-        self.hold(&entry, 1, false);
+        self.hold(entry, 1, false);
         Ok(Lookup { attr, ttl: IMMUTABLE_TTL })
     }
 
@@ -329,7 +335,10 @@ impl StoreFs {
         let serve = move |contents: &FileContents| this.serve(contents, offset, size);
         if fh != NO_HANDLE {
             let Some(contents) = self.file(fh) else {
-                return Answer::Now(Err(FsError::BadHandle(fh)));
+                // A handle opened by a predecessor daemon (it crashed, so none was handed
+                // over): the inode names the file just as well.
+                debug!(fh, ino, "read through an unknown handle; reading the inode");
+                return self.read(ino, NO_HANDLE, offset, size);
             };
             return match self.serve(&contents, offset, size) {
                 Err(problem) if is_damage(&problem) => {
@@ -357,6 +366,26 @@ impl StoreFs {
     /// Either way it counts as use of its path (the kernel caches lookups for a year, so without
     /// this a path in constant use could look least recently used).
     fn contents(self: &Arc<Self>, ino: u64) -> Answer<FileContents> {
+        let slot = match self.inode(ino) {
+            Ok(Inode::Node { slot, .. }) => slot,
+            Ok(Inode::Root) => return Answer::Now(Err(FsError::IsADirectory)),
+            Err(err) => return Answer::Now(Err(err)),
+        };
+        match self.entry_answer(slot) {
+            Answer::Now(Ok(_)) => self.contents_now(ino),
+            Answer::Now(Err(err)) => Answer::Now(Err(err)),
+            Answer::AfterFetch(later) => {
+                let this = self.clone();
+                Answer::AfterFetch(Box::pin(async move {
+                    later.await?;
+                    this.contents_now(ino).wait().await
+                }))
+            }
+        }
+    }
+
+    /// [`StoreFs::contents`] once the entry of `ino`'s path is known.
+    fn contents_now(self: &Arc<Self>, ino: u64) -> Answer<FileContents> {
         let (entry, node) = match self.regular_file(ino) {
             Ok(found) => found,
             Err(err) => return Answer::Now(Err(err)),
@@ -468,13 +497,79 @@ impl StoreFs {
         FsStats::of_quota(self.cache.used_bytes(), self.cache.max_bytes(), paths)
     }
 
+    /// How many store paths the kernel holds (their entries are kept).
+    #[cfg(test)]
+    pub fn held_paths(&self) -> usize {
+        self.paths.read().expect("paths lock poisoned by an earlier panic").held()
+    }
+
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {
         Inode::from_ino(ino).ok_or(FsError::UnknownInode(ino))
     }
 
+    /// The entry of the path in `slot`: the one kept while the kernel holds it, else (a slot a
+    /// predecessor daemon assigned, or one the kernel forgot) the cached one. A known path that
+    /// is not cached is an error here; [`StoreFs::entry_answer`] fetches it.
     fn entry(&self, slot: u64) -> Result<Arc<Entry>, FsError> {
-        let paths = self.paths.read().expect("paths lock poisoned by an earlier panic");
-        paths.entry(slot).cloned().ok_or(FsError::UnknownInode(slot << inode::NODE_BITS))
+        match self.known_entry(slot)? {
+            Ok(entry) => Ok(entry),
+            Err(sp) => Err(FsError::Io(std::io::Error::other(format!(
+                "{sp} was evicted while another daemon served it; it is fetched at its next \
+                 lookup or read"
+            )))),
+        }
+    }
+
+    /// Ready when `ino`'s path can be answered from memory or the local disk; after a fetch when
+    /// its slot is known but its path not cached (it was evicted while a predecessor daemon
+    /// served the inode). Operations without an `Answer` of their own (`getattr`, `readlink`,
+    /// listings) run after it.
+    pub fn reloaded(self: &Arc<Self>, ino: u64) -> Answer<()> {
+        match Inode::from_ino(ino) {
+            Some(Inode::Node { slot, .. }) => match self.entry_answer(slot) {
+                Answer::AfterFetch(later) => {
+                    Answer::AfterFetch(Box::pin(async move { later.await.map(drop) }))
+                }
+                // Errors (ESTALE) are the operation's own to report.
+                Answer::Now(_) => Answer::Now(Ok(())),
+            },
+            _ => Answer::Now(Ok(())),
+        }
+    }
+
+    /// Like [`StoreFs::entry`], fetching a known path that is not cached.
+    fn entry_answer(self: &Arc<Self>, slot: u64) -> Answer<Arc<Entry>> {
+        match self.known_entry(slot) {
+            Err(err) => Answer::Now(Err(err)),
+            Ok(Ok(entry)) => Answer::Now(Ok(entry)),
+            Ok(Err(sp)) => {
+                let this = self.clone();
+                Answer::AfterFetch(Box::pin(async move {
+                    let entry = this.cache.get_as(&sp, None).await?;
+                    this.write_paths().resolved(&entry);
+                    Ok(entry)
+                }))
+            }
+        }
+    }
+
+    /// The entry of `slot` if held or cached, else the path to fetch; unknown slots are ESTALE.
+    fn known_entry(&self, slot: u64) -> Result<Result<Arc<Entry>, StorePath>, FsError> {
+        let sp = {
+            let paths = self.paths.read().expect("paths lock poisoned by an earlier panic");
+            if let Some(entry) = paths.entry(slot) {
+                return Ok(Ok(entry.clone()));
+            }
+            let sp = paths.path_of(slot).ok_or(FsError::UnknownInode(slot << inode::NODE_BITS));
+            sp?.clone()
+        };
+        match self.cache.cached_or_loaded(&sp) {
+            Some(entry) => {
+                self.write_paths().resolved(&entry);
+                Ok(Ok(entry))
+            }
+            None => Ok(Err(sp)),
+        }
     }
 
     fn node_entry(&self, ino: u64) -> Result<(Arc<Entry>, NodeId), FsError> {
@@ -486,6 +581,54 @@ impl StoreFs {
 
     fn write_paths(&self) -> std::sync::RwLockWriteGuard<'_, PathTable> {
         self.paths.write().expect("paths lock poisoned by an earlier panic")
+    }
+
+    /// Keeps the handover state in `state` from now on, taking over what a predecessor left in
+    /// it (`recovered`): its slots, its lookup counts after a clean stop, and file handles of a
+    /// new range. Returns the passthrough handles it left open.
+    pub fn attach_state(&self, state: StateFile, recovered: &Recovered) -> Vec<ParkedHandle> {
+        let epoch = state.epoch();
+        let restored = self.write_paths().attach(state, recovered);
+        // Handles of each daemon are distinct: a stale one from a predecessor is never reused.
+        self.next_handle.store(epoch << 32 | 1, Ordering::Relaxed);
+        if restored > 0 {
+            debug!(restored, epoch, clean = recovered.parked.is_some(), "slots taken over");
+        }
+        recovered.parked.as_ref().map(|p| p.handles.clone()).unwrap_or_default()
+    }
+
+    /// Logs that passthrough backing id `id` backs inode `ino` (0: its id was closed), so a
+    /// successor after a crash shares it with new opens.
+    pub fn log_backing(&self, ino: u64, id: i32) {
+        if let Some(Err(err)) = self.write_paths().state().map(|s| s.append_backing(ino, id)) {
+            warn!(error = %err, ino, "cannot log a backing id");
+        }
+    }
+
+    /// Records the connection parameters in the state file, if one is attached.
+    pub fn set_connection_params(&self, params: &[u8]) -> std::io::Result<()> {
+        match self.write_paths().state() {
+            Some(state) => state.set_params(params),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes what a successor needs beyond the slot log: the kernel's lookup counts and the
+    /// passthrough `handles` still open. Called once serving stopped.
+    pub fn park(&self, handles: Vec<ParkedHandle>) -> std::io::Result<()> {
+        let mut paths = self.write_paths();
+        let lookups = paths.lookups();
+        match paths.state() {
+            Some(state) => state.park(&Parked { lookups, handles }),
+            None => Ok(()),
+        }
+    }
+
+    /// Serving goes on here after a park (a failed upgrade): the park record is void.
+    pub fn unpark(&self) {
+        if let Some(Err(err)) = self.write_paths().state().map(StateFile::clear_park) {
+            warn!(error = %err, "cannot clear the park record");
+        }
     }
 
     /// Counts `n` kernel references (lookups) to inodes of `entry`'s store path and keeps its

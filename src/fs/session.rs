@@ -189,7 +189,9 @@ impl Mounted {
     }
 }
 
-fn detach(mountpoint: &Path) {
+/// Detaches the mount at `mountpoint` (`MNT_DETACH`): users of it keep what they hold, new
+/// path walks no longer reach it.
+pub fn detach(mountpoint: &Path) {
     if let Ok(target) = CString::new(mountpoint.as_os_str().as_bytes()) {
         // SAFETY: `target` is a NUL-terminated path that outlives the call.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };

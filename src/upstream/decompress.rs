@@ -115,6 +115,44 @@ mod tests {
         assert!(decode_all(Compression::Bzip2, &zst).is_err());
     }
 
+    /// A zstd frame that needs a 1 GiB window (2^30) is refused before anything is allocated
+    /// for it; the same data with a 128 MiB window (the cap) decodes.
+    #[test]
+    fn a_zstd_window_above_the_cap_is_refused() {
+        let frame = |window_log: u32| {
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+            enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(window_log)).unwrap();
+            enc.include_contentsize(false).unwrap();
+            enc.write_all(b"hello").unwrap();
+            enc.finish().unwrap()
+        };
+        let err = decode_all(Compression::Zstd, &frame(30)).unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("memory"), "{err}");
+        assert_eq!(decode_all(Compression::Zstd, &frame(ZSTD_WINDOW_LOG_MAX)).unwrap(), b"hello");
+    }
+
+    /// An xz stream whose LZMA2 dictionary is 1.5 GiB (more than the 256 MiB memory limit) is
+    /// refused; the same stream with its own small dictionary decodes. The big one is made by
+    /// editing the dictionary size in the block header (and its CRC32), not by encoding with
+    /// that much memory.
+    #[test]
+    fn an_xz_dictionary_above_the_memory_limit_is_refused() {
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 0);
+        enc.write_all(b"hello").unwrap();
+        let small = enc.finish().unwrap();
+        assert_eq!(decode_all(Compression::Xz, &small).unwrap(), b"hello");
+        // Stream header (12 bytes), then the block header: its size byte, flags, and (with no
+        // sizes given) the LZMA2 filter: id 0x21, properties size 1, the dictionary byte.
+        let header_len = (usize::from(small[12]) + 1) * 4;
+        assert_eq!(&small[14..16], &[0x21, 0x01], "an LZMA2 filter with one property byte");
+        let mut big = small.clone();
+        big[16] = 39; // 2^(39/2 + 12) * 1.5: 1.5 GiB
+        let crc = crate::upstream::testserver::crc32(&big[12..12 + header_len - 4]);
+        big[12 + header_len - 4..12 + header_len].copy_from_slice(&crc.to_le_bytes());
+        let err = decode_all(Compression::Xz, &big).unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("memory"), "{err}");
+    }
+
     #[test]
     fn brotli_is_refused_by_name() {
         let err = decoder(Compression::Brotli, &b""[..]).err().unwrap();

@@ -20,6 +20,15 @@ pub(crate) enum Reply {
     CloseMidBody { announced: usize, sent: Vec<u8> },
     /// Announce `announced` body bytes, send headers only, then hold the connection.
     StallAfterHeaders { announced: usize },
+    /// Announce `announced` body bytes and send all of `body`, which is longer.
+    LongerThanAnnounced { announced: usize, body: Vec<u8> },
+    /// Announce `announced` body bytes, send `sent`, then hold the connection silent.
+    StallMidBody { announced: usize, sent: Vec<u8> },
+    /// Announce `announced` body bytes, send `sent`, then reset the connection (RST, by closing
+    /// with `SO_LINGER` 0).
+    ResetMidBody { announced: usize, sent: Vec<u8> },
+    /// A chunked body: `sent` as one chunk, then close without the final empty chunk.
+    ChunkedWithoutEnd { sent: Vec<u8> },
     /// A complete 200 response whose body goes out one byte every `every` (until the client
     /// hangs up): never stalled, never done.
     Trickle { body: Vec<u8>, every: Duration },
@@ -164,6 +173,46 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script, stop: &A
             // Give the client time to read the first part as its own chunk.
             std::thread::sleep(Duration::from_millis(200));
         }
+        Reply::LongerThanAnnounced { announced, body } => {
+            let _ = conn.write_all(head(200, &[], announced).as_bytes());
+            let _ = conn.write_all(&body);
+        }
+        Reply::StallMidBody { announced, sent } => {
+            let _ = conn.write_all(head(200, &[], announced).as_bytes());
+            let _ = conn.write_all(&sent);
+            hold(reader);
+        }
+        Reply::ResetMidBody { announced, sent } => {
+            let _ = conn.write_all(head(200, &[], announced).as_bytes());
+            let _ = conn.write_all(&sent);
+            let _ = conn.flush();
+            // Let the client read the first part before the reset.
+            std::thread::sleep(Duration::from_millis(200));
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: a valid socket and a linger struct of the size passed.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&conn),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            // Both handles must go for the close (and its RST) to happen.
+            drop(reader);
+            drop(conn);
+        }
+        Reply::ChunkedWithoutEnd { sent } => {
+            let head =
+                "HTTP/1.1 200 Scripted\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(format!("{:x}\r\n", sent.len()).as_bytes());
+            let _ = conn.write_all(&sent);
+            let _ = conn.write_all(b"\r\n");
+            let _ = conn.flush();
+            std::thread::sleep(Duration::from_millis(200));
+        }
         Reply::StallAfterHeaders { announced } => {
             let _ = conn.write_all(head(200, &[], announced).as_bytes());
             hold(reader);
@@ -179,4 +228,33 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Script, stop: &A
             }
         }
     }
+}
+
+/// A gzip member holding `data` in stored (uncompressed) deflate blocks: what a proxy adding
+/// `Content-Encoding: gzip` would send, built without a gzip library.
+pub(crate) fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let mut chunks = data.chunks(65_535).peekable();
+    while let Some(chunk) = chunks.next() {
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// CRC-32 (IEEE), bit by bit: small inputs only.
+pub(crate) fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }

@@ -205,6 +205,12 @@ impl ReplyData {
 }
 
 impl ReplyEmpty {
+    /// Takes over backing id `id` a predecessor left open (see `Reply::adopt_backing`), e.g.
+    /// to close it at the release of its last handle.
+    pub fn adopt_backing(&self, id: i32) -> io::Result<BackingId> {
+        self.0.adopt_backing(id)
+    }
+
     /// Success.
     pub fn ok(self) {
         self.0.ok();
@@ -248,7 +254,37 @@ impl Drop for BackingId {
     }
 }
 
+impl BackingId {
+    /// The id's number in the connection.
+    pub fn raw(&self) -> i32 {
+        self.id
+    }
+
+    /// Leaves the id registered with the connection (not closed on drop) and returns its
+    /// number: a successor daemon takes it over (`ReplyOpen::adopt_backing`).
+    pub fn leave_open(self) -> i32 {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so its `conn` is moved out exactly once.
+        drop(unsafe { std::ptr::read(&this.conn) });
+        this.id
+    }
+}
+
+impl Reply {
+    /// Takes over backing id `id`, registered on this connection by a predecessor daemon and
+    /// left open (`BackingId::leave_open`): closed when the result is dropped.
+    fn adopt_backing(&self, id: i32) -> io::Result<BackingId> {
+        let conn = self.conn.clone().ok_or_else(|| io::Error::other("reply already sent"))?;
+        Ok(BackingId { id, conn })
+    }
+}
+
 impl ReplyOpen {
+    /// Takes over backing id `id` a predecessor left open (see `Reply::adopt_backing`).
+    pub fn adopt_backing(&self, id: i32) -> io::Result<BackingId> {
+        self.0.adopt_backing(id)
+    }
+
     /// Opened as handle `fh` with `FOPEN_*` flags.
     pub fn opened(self, fh: u64, flags: u32) {
         self.0.payload(&[&abi::open_out(fh, flags, 0)]);

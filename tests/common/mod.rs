@@ -26,6 +26,8 @@ pub mod fixtures;
 pub mod fleet;
 pub mod hostile;
 pub mod nginx;
+pub mod readers;
+pub mod supervisor;
 
 pub use fixtures::{COMPRESSIONS, Fixtures, fixtures, fixtures_dir, hash_part};
 pub use nginx::{AccessEntry, Nginx};

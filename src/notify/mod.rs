@@ -1,7 +1,13 @@
 //! systemd's readiness protocol (`sd_notify`), without libsystemd: one datagram of
 //! newline-separated `KEY=VALUE` lines to the socket named by `$NOTIFY_SOCKET`. A name starting
 //! with `@` is a Linux abstract socket. Without `$NOTIFY_SOCKET` every call does nothing.
+//! `FDSTORE=1` datagrams carry descriptors (`scm`); `listen` takes the ones handed back at start.
 
+pub mod listen;
+pub mod scm;
+pub mod slots;
+
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 
@@ -46,12 +52,18 @@ impl Notifier {
 
     /// Sends `state` (e.g. `"READY=1"`, `"STATUS=serving"`), one datagram.
     pub fn notify(&self, state: &str) -> Result<(), NotifyError> {
+        self.notify_with_fds(state, &[])
+    }
+
+    /// Sends `state` with `fds` attached (`SCM_RIGHTS`), one datagram: with
+    /// `FDSTORE=1\nFDNAME=<name>` the service manager keeps them for our successor.
+    pub fn notify_with_fds(&self, state: &str, fds: &[BorrowedFd<'_>]) -> Result<(), NotifyError> {
         let Some(socket) = &self.socket else { return Ok(()) };
         let addr = address(socket)?;
         let send = |source| NotifyError::Send { socket: socket.clone(), source };
         let sock = UnixDatagram::unbound().map_err(send)?;
-        sock.send_to_addr(state.as_bytes(), &addr).map_err(send)?;
-        Ok(())
+        sock.connect_addr(&addr).map_err(send)?;
+        scm::send_with_fds(sock.as_fd(), state.as_bytes(), fds).map_err(send)
     }
 }
 
@@ -97,6 +109,19 @@ mod tests {
         let sock = UnixDatagram::bind_addr(&addr).unwrap();
         Notifier::new(Some(format!("@{name}"))).notify("STOPPING=1").unwrap();
         assert_eq!(recv(&sock), "STOPPING=1");
+    }
+
+    #[test]
+    fn stored_descriptors_travel_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let n = Notifier::new(Some(path.to_string_lossy().into_owned()));
+        n.notify_with_fds("FDSTORE=1\nFDNAME=fuse\nFDPOLL=0", &[file.as_fd()]).unwrap();
+        let (payload, fds) = scm::recv_with_fds(sock.as_fd(), 512).unwrap();
+        assert_eq!(payload, b"FDSTORE=1\nFDNAME=fuse\nFDPOLL=0");
+        assert_eq!(fds.len(), 1);
     }
 
     #[test]
