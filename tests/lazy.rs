@@ -35,6 +35,17 @@ fn indexed_cache(fx: &Fixtures, frame_size: &str) -> (tempfile::TempDir, PathBuf
     (tmp, dir)
 }
 
+/// The fixture and a copy of its xz cache indexed with `frame_size`, or None (after a loud
+/// skip) when something the test needs is missing.
+fn setup(test: &str, frame_size: &str) -> Option<(&'static Fixtures, tempfile::TempDir, PathBuf)> {
+    let fx = fuse_setup(test)?;
+    if require(NEEDS, test) {
+        return None;
+    }
+    let (tmp, dir) = indexed_cache(fx, frame_size);
+    Some((fx, tmp, dir))
+}
+
 /// The mount over `nginx`'s `xz` cache, trusting indexes signed by `index_key`.
 fn mount(tmp: &Path, fx: &Fixtures, nginx: &Nginx, index_key: &str) -> Daemon {
     // No closure prefetch: the requests counted are the reader's own. Every index is used,
@@ -107,11 +118,7 @@ fn node_path(ix: &FileIndex, id: usize) -> PathBuf {
 fn metadata_comes_from_the_index_and_files_by_range_verified_and_kept_across_a_restart() {
     let test =
         "metadata_comes_from_the_index_and_files_by_range_verified_and_kept_across_a_restart";
-    let Some(fx) = fuse_setup(test) else { return };
-    if require(NEEDS, test) {
-        return;
-    }
-    let (tmp, dir) = indexed_cache(fx, "256K");
+    let Some((fx, tmp, dir)) = setup(test, "256K") else { return };
     let nginx = Nginx::start(tmp.path(), "");
     let mut d = mount(tmp.path(), fx, &nginx, &fx.public_key);
 
@@ -150,13 +157,10 @@ fn metadata_comes_from_the_index_and_files_by_range_verified_and_kept_across_a_r
 
 #[test]
 fn a_tampered_frame_gives_eio_for_its_files_only() {
-    let test = "a_tampered_frame_gives_eio_for_its_files_only";
-    let Some(fx) = fuse_setup(test) else { return };
-    if require(NEEDS, test) {
-        return;
-    }
     // Small frames, so that files of one path lie in different frames.
-    let (tmp, dir) = indexed_cache(fx, "1K");
+    let Some((fx, tmp, dir)) = setup("a_tampered_frame_gives_eio_for_its_files_only", "1K") else {
+        return;
+    };
     let ix = index_of(&dir, &fx.weird);
     let files: Vec<(usize, std::ops::Range<usize>)> = (0..ix.nodes.len())
         .filter_map(|id| match &ix.nodes[id].kind {
@@ -197,12 +201,11 @@ fn a_tampered_frame_gives_eio_for_its_files_only() {
 
 #[test]
 fn a_tampered_or_untrusted_index_falls_back_to_the_whole_nar() {
-    let test = "a_tampered_or_untrusted_index_falls_back_to_the_whole_nar";
-    let Some(fx) = fuse_setup(test) else { return };
-    if require(NEEDS, test) {
+    let Some((fx, tmp, dir)) =
+        setup("a_tampered_or_untrusted_index_falls_back_to_the_whole_nar", "256K")
+    else {
         return;
-    }
-    let (tmp, dir) = indexed_cache(fx, "256K");
+    };
     // Tampered: one byte of the body of weird's index (its signature then fails).
     let index_file = dir.join(format!("{}.index", hash_part(&fx.weird)));
     let mut raw = fs::read(&index_file).unwrap();
@@ -232,13 +235,12 @@ fn a_tampered_or_untrusted_index_falls_back_to_the_whole_nar() {
 
 #[test]
 fn a_daemon_killed_while_files_arrive_leaves_only_verified_files_present() {
-    let test = "a_daemon_killed_while_files_arrive_leaves_only_verified_files_present";
-    let Some(fx) = fuse_setup(test) else { return };
-    if require(NEEDS, test) {
-        return;
-    }
     // Small frames: many files, each stored (and recorded in the background) on its own.
-    let (tmp, dir) = indexed_cache(fx, "4K");
+    let Some((fx, tmp, dir)) =
+        setup("a_daemon_killed_while_files_arrive_leaves_only_verified_files_present", "4K")
+    else {
+        return;
+    };
     let nginx = Nginx::start(tmp.path(), "");
     for delay_ms in [20u64, 80, 300] {
         let d = mount(tmp.path(), fx, &nginx, &fx.public_key);
