@@ -15,6 +15,7 @@
 
 mod catalog;
 mod check;
+mod claims;
 pub mod contents;
 mod damage;
 mod error;

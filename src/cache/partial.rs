@@ -19,6 +19,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use super::claims::Claims;
 use super::manifest::{BlockSums, CHECK_BLOCK_BYTES, Manifest, Node, block_sum};
 use super::unpack::{block_rounded, file_name};
 use crate::nix::file_index::{FileIndex, NodeKind};
@@ -41,8 +42,12 @@ pub struct Partial {
     present: Mutex<HashMap<NodeId, BlockSums>>,
     /// Bytes the present files occupy on disk, beyond the manifest's `disk_bytes`.
     added_bytes: AtomicU64,
-    /// One fetch of this entry's files at a time (each re-checks what is present first).
-    pub(super) fetching: tokio::sync::Mutex<()>,
+    /// The files batches are fetching now (single flight per file, batches in parallel).
+    pub(super) claims: Claims,
+    /// Sum of the sizes of the present files.
+    present_file_bytes: AtomicU64,
+    /// Sum of the sizes of all its regular files.
+    file_bytes: u64,
     /// One append to the `present` log at a time.
     log: Mutex<()>,
 }
@@ -61,11 +66,21 @@ pub struct VerifiedFile {
 impl Partial {
     /// A partial entry with no file present yet.
     pub fn new(index: FileIndex) -> Self {
+        let file_bytes = index
+            .nodes
+            .iter()
+            .map(|n| match &n.kind {
+                NodeKind::File(f) => f.size,
+                _ => 0,
+            })
+            .sum();
         Self {
+            file_bytes,
             index,
             present: Mutex::new(HashMap::new()),
             added_bytes: AtomicU64::new(0),
-            fetching: tokio::sync::Mutex::new(()),
+            claims: Claims::default(),
+            present_file_bytes: AtomicU64::new(0),
             log: Mutex::new(()),
         }
     }
@@ -79,7 +94,7 @@ impl Partial {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let mut added = 0;
+        let (mut added, mut file_bytes) = (0, 0);
         let mut present = lock(&partial.present);
         for (id, sums) in records(&log) {
             let Some(file) = partial.index.file(id) else { break };
@@ -90,6 +105,7 @@ impl Partial {
                 Ok(meta) if meta.is_file() && meta.len() == file.size => {
                     if present.insert(id, sums).is_none() {
                         added += meta.blocks() * 512;
+                        file_bytes += file.size;
                     }
                 }
                 _ => continue,
@@ -97,6 +113,7 @@ impl Partial {
         }
         drop(present);
         partial.added_bytes.store(added, Ordering::Relaxed);
+        partial.present_file_bytes.store(file_bytes, Ordering::Relaxed);
         Ok(partial)
     }
 
@@ -114,6 +131,16 @@ impl Partial {
     pub fn progress(&self) -> (usize, usize) {
         let files = self.index.nodes.iter().filter(|n| matches!(n.kind, NodeKind::File(_))).count();
         (files, lock(&self.present).len())
+    }
+
+    /// Sum of the sizes of the present files.
+    pub fn present_file_bytes(&self) -> u64 {
+        self.present_file_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether at least half of its file bytes are present.
+    pub fn mostly_present(&self) -> bool {
+        self.present_file_bytes().saturating_mul(2) >= self.file_bytes
     }
 
     /// Bytes on disk of the present files.
@@ -167,7 +194,10 @@ impl Partial {
         let mut present = lock(&self.present);
         for (id, sums) in staged.files {
             log.extend_from_slice(&record(id, &sums));
-            present.insert(id, sums);
+            if present.insert(id, sums).is_none() {
+                let size = self.index.file(id).map_or(0, |f| f.size);
+                self.present_file_bytes.fetch_add(size, Ordering::Relaxed);
+            }
         }
         Ok((staged.bytes, log))
     }

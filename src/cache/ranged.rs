@@ -11,6 +11,7 @@ use std::ops::Range;
 use futures::StreamExt;
 use tracing::{debug, warn};
 
+use super::claims::Turn;
 use super::error::Failures;
 use super::partial::{Partial, VerifiedFile};
 use super::stats::CacheStats;
@@ -29,6 +30,10 @@ const MAX_RANGE_BYTES: u64 = 8 << 20;
 const READ_AHEAD_FILE_BYTES: u64 = 256 * 1024;
 /// Most bytes of frames fetched for read-ahead beyond those of the file asked for.
 const READ_AHEAD_BYTES: u64 = 2 << 20;
+/// Fewest bytes of frames read ahead after a file, in NAR order.
+const NEIGHBOUR_MIN_BYTES: u64 = 64 * 1024;
+/// Most bytes of frames read ahead after a file, in NAR order.
+const NEIGHBOUR_MAX_BYTES: u64 = 1 << 20;
 /// Most bytes of frames one batch of `complete` fetches.
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
 
@@ -43,26 +48,45 @@ impl NarCache {
         id: NodeId,
     ) -> Result<Arc<Entry>, CacheError> {
         let mut entry = entry.clone();
-        for _ in 0..2 {
+        let mut evictions = 0;
+        loop {
             if !self.is_current(&entry) {
                 entry = self.get_as(&entry.store_path, None).await?;
             }
             let Some(partial) = entry.partial() else { return Ok(entry) };
-            let _turn = partial.fetching.lock().await;
-            if partial.has(id) || partial.index.file(id).is_none() {
+            if partial.index.file(id).is_none() {
                 return Ok(entry.clone());
             }
-            let batch = read_ahead(partial, id);
-            if !self.fetch_batch(&entry, partial, batch).await? {
-                continue; // evicted meanwhile
+            let batch = || {
+                if partial.mostly_present() {
+                    rest_from(partial, id)
+                } else {
+                    read_ahead(partial, id)
+                }
+            };
+            let claim = match partial.claims.turn(id, |f| partial.has(f), batch) {
+                Turn::Present => return Ok(entry.clone()),
+                Turn::Wait(woken) => {
+                    woken.await;
+                    continue;
+                }
+                Turn::Fetch(claim) => claim,
+            };
+            let current = self.fetch_batch(&entry, partial, claim.ids.clone()).await?;
+            drop(claim);
+            if current {
+                if partial.has(id) {
+                    return Ok(entry.clone());
+                }
+                return Err(self.file_failed(&entry, id, Vec::new()));
             }
-            if partial.has(id) {
-                return Ok(entry.clone());
+            evictions += 1;
+            if evictions == 2 {
+                let why = "evicted twice while its file was fetched";
+                let failure = Failure { upstream: None, cause: Cause::msg(why) };
+                return Err(self.file_failed(&entry, id, vec![failure]));
             }
-            return Err(self.file_failed(&entry, id, Vec::new()));
         }
-        let why = "evicted twice while its file was fetched";
-        Err(self.file_failed(&entry, id, vec![Failure { upstream: None, cause: Cause::msg(why) }]))
     }
 
     /// Whether `entry` is the one cached for its path now.
@@ -74,14 +98,14 @@ impl NarCache {
     /// Fetches every file of partial entry `entry` that is not present (`storefs prefetch`).
     pub async fn complete(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<(), CacheError> {
         let Some(partial) = entry.partial() else { return Ok(()) };
-        let _turn = partial.fetching.lock().await;
         let missing: Vec<NodeId> = (0..partial.index.nodes.len() as NodeId)
             .filter(|id| partial.index.file(*id).is_some() && !partial.has(*id))
             .collect();
+        let (claim, mut wait) = partial.claims.claim_free(&missing);
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut current = true;
-        for id in missing {
+        for &id in &claim.ids {
             bytes += frame_bytes(&partial.index, &[id]);
             batch.push(id);
             if bytes >= COMPLETE_BATCH_BYTES {
@@ -91,6 +115,12 @@ impl NarCache {
             }
         }
         current = current && self.fetch_batch(entry, partial, batch).await?;
+        drop(claim);
+        // Files other readers were fetching: their batches end, stored or not.
+        while let Some(woken) = wait {
+            woken.await;
+            wait = partial.claims.wait_for_any(&missing);
+        }
         match partial.progress() {
             (files, present) if current && files == present => Ok(()),
             (files, present) => {
@@ -345,6 +375,71 @@ fn read_ahead(partial: &Partial, id: NodeId) -> Vec<NodeId> {
         extra += cost;
         frames.extend(index.frames_of(file));
         batch.push(sibling);
+    }
+    neighbours(partial, id, &mut frames, &mut batch);
+    batch
+}
+
+/// Adds to `batch` the missing files that follow file `id` in the NAR (the rest of its
+/// directory's subtree first), as long as their frames not in `frames` fit a budget that grows
+/// with what the entry has fetched: a reader who has read much of a path reads further ahead.
+fn neighbours(
+    partial: &Partial,
+    id: NodeId,
+    frames: &mut BTreeSet<usize>,
+    batch: &mut Vec<NodeId>,
+) {
+    let index = &partial.index;
+    let budget = (partial.present_file_bytes() / 4).clamp(NEIGHBOUR_MIN_BYTES, NEIGHBOUR_MAX_BYTES);
+    let mut extra = 0;
+    for (next, node) in index.nodes.iter().enumerate().skip(id as usize + 1) {
+        let next = next as NodeId;
+        let NodeKind::File(file) = &node.kind else { continue };
+        if partial.has(next) || batch.contains(&next) {
+            continue;
+        }
+        let cost: u64 = index
+            .frames_of(file)
+            .filter(|i| !frames.contains(i))
+            .filter_map(|i| index.frames.get(i))
+            .map(|f| f.file_len)
+            .sum();
+        if extra + cost > budget {
+            break;
+        }
+        extra += cost;
+        frames.extend(index.frames_of(file));
+        batch.push(next);
+    }
+}
+
+/// File `id` and the missing files after it in the NAR, then those before it, up to
+/// `COMPLETE_BATCH_BYTES` of frames: for an entry mostly present already, the rest comes in
+/// large coalesced ranges rather than file by file.
+fn rest_from(partial: &Partial, id: NodeId) -> Vec<NodeId> {
+    let index = &partial.index;
+    let n = index.nodes.len() as NodeId;
+    let mut batch = vec![id];
+    let mut frames: BTreeSet<usize> =
+        index.file(id).map(|f| index.frames_of(f).collect()).unwrap_or_default();
+    let mut bytes = frame_bytes(index, &[id]);
+    for next in (id + 1..n).chain(0..id) {
+        let Some(file) = index.file(next) else { continue };
+        if partial.has(next) {
+            continue;
+        }
+        let cost: u64 = index
+            .frames_of(file)
+            .filter(|i| !frames.contains(i))
+            .filter_map(|i| index.frames.get(i))
+            .map(|f| f.file_len)
+            .sum();
+        if bytes + cost > COMPLETE_BATCH_BYTES {
+            break;
+        }
+        bytes += cost;
+        frames.extend(index.frames_of(file));
+        batch.push(next);
     }
     batch
 }
