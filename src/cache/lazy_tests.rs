@@ -176,6 +176,62 @@ async fn a_tampered_frame_fails_its_file_only() {
     assert_eq!(read(&cache, &entry, b"b").await.unwrap(), vec![2; 3000]);
 }
 
+/// `len` bytes that zstd cannot shrink, different for each `seed`.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_one_entry_are_in_flight_at_once_and_readers_of_one_file_share_a_fetch() {
+    let fx = fixture();
+    let path = sp('p', "parallel");
+    // Two files in two directories, each larger than the least read-ahead after a file, so
+    // each read is its own batch.
+    let (a, b) = (noise(1, 100_000), noise(2, 100_000));
+    let file = |contents: &Vec<u8>| NarNode::File { executable: false, contents: contents.clone() };
+    let tree = NarNode::Directory(vec![
+        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(&a))])),
+        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(&b))])),
+    ]);
+    publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |_| {});
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *fx.ups[0].range_gate.lock().unwrap() = Some(gate.clone());
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let id_of = |dir: &[u8], name: &[u8]| {
+        let d = entry.manifest.child(manifest::ROOT_NODE, dir).unwrap();
+        entry.manifest.child(d, name).unwrap()
+    };
+    let (ia, ib) = (id_of(b"d1", b"a"), id_of(b"d2", b"b"));
+    let spawn_read = |id: NodeId| {
+        let (cache, entry) = (cache.clone(), entry.clone());
+        tokio::spawn(async move {
+            let holder = cache.fetch_file(&entry, id).await.unwrap();
+            holder.open_file(id).unwrap().read_at(0, u64::MAX).unwrap()
+        })
+    };
+    let readers = [spawn_read(ia), spawn_read(ia), spawn_read(ib)];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while requests(&fx.ups[0]).1 < 2 {
+        assert!(std::time::Instant::now() < deadline, "the second batch waited for the first");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.add_permits(1000);
+    let [ra1, ra2, rb] = readers;
+    assert_eq!(ra1.await.unwrap(), a);
+    assert_eq!(ra2.await.unwrap(), a);
+    assert_eq!(rb.await.unwrap(), b);
+    assert_eq!(requests(&fx.ups[0]), (0, 2), "one range per file: its two readers shared it");
+}
+
 #[tokio::test]
 async fn prefetch_completes_a_partial_entry() {
     let fx = fixture();

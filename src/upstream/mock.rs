@@ -34,6 +34,9 @@ pub struct MockUpstream {
     pub index_requests: AtomicUsize,
     /// Number of byte-range requests seen.
     pub range_requests: AtomicUsize,
+    /// When set, each byte-range request waits for one permit (not used up) before it is
+    /// answered.
+    pub range_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// When set, byte-range answers carry this byte of the NAR file flipped.
     pub flip_byte: Mutex<Option<u64>>,
     /// Counted like a real cache's.
@@ -105,6 +108,10 @@ impl Upstream for MockUpstream {
         range: std::ops::Range<u64>,
     ) -> Result<Vec<u8>, UpstreamError> {
         self.range_requests.fetch_add(1, Ordering::SeqCst);
+        let gate = self.range_gate.lock().expect("mock lock").clone();
+        if let Some(gate) = gate {
+            drop(gate.acquire().await);
+        }
         let mut file =
             self.nars.lock().expect("mock lock").get(nar_url).cloned().unwrap_or_default();
         if let Some(at) = *self.flip_byte.lock().expect("mock lock") {
