@@ -64,12 +64,17 @@ impl Claims {
         Turn::Fetch(Claim { claims: self, ids })
     }
 
-    /// Claims those of `ids` nobody has claimed; and, if some are claimed by other batches, a
-    /// wake-up for when any batch ends.
-    pub fn claim_free(&self, ids: &[NodeId]) -> (Claim<'_>, Option<Notified<'_>>) {
+    /// Claims those of `ids` nobody has claimed and that are not `present`; and, if some are
+    /// claimed by other batches, a wake-up for when any batch ends.
+    pub fn claim_free(
+        &self,
+        ids: &[NodeId],
+        present: impl Fn(NodeId) -> bool,
+    ) -> (Claim<'_>, Option<Notified<'_>>) {
         let mut taken = lock(&self.taken);
         let busy = ids.iter().any(|id| taken.contains(id));
-        let free: Vec<NodeId> = ids.iter().copied().filter(|id| !taken.contains(id)).collect();
+        let free: Vec<NodeId> =
+            ids.iter().copied().filter(|id| !taken.contains(id) && !present(*id)).collect();
         taken.extend(free.iter().copied());
         let wait = busy.then(|| self.released.notified());
         (Claim { claims: self, ids: free }, wait)
@@ -118,7 +123,7 @@ mod tests {
         let mut woken = Box::pin(woken);
         assert!(woken.as_mut().enable(), "the end of the batch wakes its waiters");
         assert!(matches!(claims.turn(3, |id| id == 3, Vec::new), Turn::Present));
-        let (free, wait) = claims.claim_free(&[4, 6]);
+        let (free, wait) = claims.claim_free(&[4, 6, 7], |id| id == 7);
         assert_eq!(free.ids, vec![6]);
         assert!(wait.is_some(), "file 4 is still in flight");
         drop(other);

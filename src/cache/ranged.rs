@@ -33,7 +33,7 @@ const READ_AHEAD_BYTES: u64 = 2 << 20;
 /// Fewest bytes of frames read ahead after a file, in NAR order.
 const NEIGHBOUR_MIN_BYTES: u64 = 64 * 1024;
 /// Most bytes of frames read ahead after a file, in NAR order.
-const NEIGHBOUR_MAX_BYTES: u64 = 1 << 20;
+const NEIGHBOUR_MAX_BYTES: u64 = 512 * 1024;
 /// Most bytes of frames one batch of `complete` fetches.
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
 
@@ -72,6 +72,9 @@ impl NarCache {
                 }
                 Turn::Fetch(claim) => claim,
             };
+            if !partial.mostly_present() {
+                self.read_ahead_in_background(&entry, partial, id, &claim.ids);
+            }
             let current = self.fetch_batch(&entry, partial, claim.ids.clone()).await?;
             drop(claim);
             if current {
@@ -89,6 +92,33 @@ impl NarCache {
         }
     }
 
+    /// Fetches, in a batch of its own, the files that follow file `id` in the NAR (beyond
+    /// `batch`, the reader's own): the reader does not wait for them, and a later reader of one
+    /// of them waits for this batch rather than asking again.
+    fn read_ahead_in_background(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        partial: &Partial,
+        id: NodeId,
+        batch: &[NodeId],
+    ) {
+        let ids = neighbours(partial, id, batch);
+        if ids.is_empty() {
+            return;
+        }
+        let (this, entry) = (self.clone(), entry.clone());
+        drop(tokio::spawn(async move {
+            let Some(partial) = entry.partial() else { return };
+            let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
+            if claim.ids.is_empty() {
+                return;
+            }
+            if let Err(err) = this.fetch_batch(&entry, partial, claim.ids.clone()).await {
+                debug!(store_path = %entry.store_path, error = %err, "read-ahead failed");
+            }
+        }));
+    }
+
     /// Whether `entry` is the one cached for its path now.
     fn is_current(&self, entry: &Arc<Entry>) -> bool {
         let hash = entry.store_path.hash_part();
@@ -101,7 +131,7 @@ impl NarCache {
         let missing: Vec<NodeId> = (0..partial.index.nodes.len() as NodeId)
             .filter(|id| partial.index.file(*id).is_some() && !partial.has(*id))
             .collect();
-        let (claim, mut wait) = partial.claims.claim_free(&missing);
+        let (claim, mut wait) = partial.claims.claim_free(&missing, |id| partial.has(id));
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut current = true;
@@ -376,21 +406,18 @@ fn read_ahead(partial: &Partial, id: NodeId) -> Vec<NodeId> {
         frames.extend(index.frames_of(file));
         batch.push(sibling);
     }
-    neighbours(partial, id, &mut frames, &mut batch);
     batch
 }
 
-/// Adds to `batch` the missing files that follow file `id` in the NAR (the rest of its
-/// directory's subtree first), as long as their frames not in `frames` fit a budget that grows
-/// with what the entry has fetched: a reader who has read much of a path reads further ahead.
-fn neighbours(
-    partial: &Partial,
-    id: NodeId,
-    frames: &mut BTreeSet<usize>,
-    batch: &mut Vec<NodeId>,
-) {
+/// The missing files that follow file `id` in the NAR (the rest of its directory's subtree
+/// first), beyond the files of `batch`, as long as their frames not among `batch`'s fit a budget
+/// that grows with what the entry holds: a reader who has read much of a path reads further.
+fn neighbours(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec<NodeId> {
     let index = &partial.index;
+    let mut frames: BTreeSet<usize> =
+        batch.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect();
     let budget = (partial.present_file_bytes() / 4).clamp(NEIGHBOUR_MIN_BYTES, NEIGHBOUR_MAX_BYTES);
+    let mut ahead = Vec::new();
     let mut extra = 0;
     for (next, node) in index.nodes.iter().enumerate().skip(id as usize + 1) {
         let next = next as NodeId;
@@ -409,8 +436,9 @@ fn neighbours(
         }
         extra += cost;
         frames.extend(index.frames_of(file));
-        batch.push(next);
+        ahead.push(next);
     }
+    ahead
 }
 
 /// File `id` and the missing files after it in the NAR, then those before it, up to
