@@ -2,8 +2,10 @@
 //! requests (neighbouring frames coalesced into one range, several ranges in flight), each
 //! frame checked against its SHA-256 in the index and decoded, each file cut out and checked
 //! against its own SHA-256, and only then stored and served. Small files of the same directory
-//! ride along when their frames cost little (read-ahead). A frame whose bytes do not match gives
-//! an error for the files in it, never a wrong byte, and the next cache is asked for it.
+//! ride along when their frames cost little; the files that follow in the NAR are read ahead in
+//! a batch of their own; an entry mostly present gets the rest in large ranges. Batches of one
+//! entry run at once; `claims` keeps each file to one fetch. A frame whose bytes do not match
+//! gives an error for the files in it, never a wrong byte, and the next cache is asked for it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
