@@ -19,7 +19,7 @@ use super::partial::{Partial, VerifiedFile};
 use super::stats::CacheStats;
 use super::{CacheError, Cause, Entry, Failure, NarCache};
 use crate::logging::warn_throttled;
-use crate::nix::file_index::{FileIndex, NodeKind};
+use crate::nix::file_index::{FileIndex, FileNode, NodeKind};
 use crate::nix::nar::NodeId;
 use crate::sync::{Arc, lock};
 use crate::upstream::Upstream;
@@ -382,9 +382,7 @@ fn read_ahead(partial: &Partial, id: NodeId) -> Vec<NodeId> {
     else {
         return batch;
     };
-    let mut frames: BTreeSet<usize> =
-        index.file(id).map(|f| index.frames_of(f).collect()).unwrap_or_default();
-    let mut extra = 0;
+    let mut budget = FrameBudget::new(index, &[id], 0, READ_AHEAD_BYTES);
     for (sibling, node) in index.nodes.iter().enumerate() {
         let sibling = sibling as NodeId;
         let NodeKind::File(file) = &node.kind else { continue };
@@ -395,18 +393,9 @@ fn read_ahead(partial: &Partial, id: NodeId) -> Vec<NodeId> {
         {
             continue;
         }
-        let cost: u64 = index
-            .frames_of(file)
-            .filter(|i| !frames.contains(i))
-            .filter_map(|i| index.frames.get(i))
-            .map(|f| f.file_len)
-            .sum();
-        if extra + cost > READ_AHEAD_BYTES {
-            continue;
+        if budget.admit(file) {
+            batch.push(sibling);
         }
-        extra += cost;
-        frames.extend(index.frames_of(file));
-        batch.push(sibling);
     }
     batch
 }
@@ -416,28 +405,18 @@ fn read_ahead(partial: &Partial, id: NodeId) -> Vec<NodeId> {
 /// that grows with what the entry holds: a reader who has read much of a path reads further.
 fn neighbours(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec<NodeId> {
     let index = &partial.index;
-    let mut frames: BTreeSet<usize> =
-        batch.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect();
-    let budget = (partial.present_file_bytes() / 4).clamp(NEIGHBOUR_MIN_BYTES, NEIGHBOUR_MAX_BYTES);
+    let limit = (partial.present_file_bytes() / 4).clamp(NEIGHBOUR_MIN_BYTES, NEIGHBOUR_MAX_BYTES);
+    let mut budget = FrameBudget::new(index, batch, 0, limit);
     let mut ahead = Vec::new();
-    let mut extra = 0;
     for (next, node) in index.nodes.iter().enumerate().skip(id as usize + 1) {
         let next = next as NodeId;
         let NodeKind::File(file) = &node.kind else { continue };
         if partial.has(next) || batch.contains(&next) {
             continue;
         }
-        let cost: u64 = index
-            .frames_of(file)
-            .filter(|i| !frames.contains(i))
-            .filter_map(|i| index.frames.get(i))
-            .map(|f| f.file_len)
-            .sum();
-        if extra + cost > budget {
+        if !budget.admit(file) {
             break;
         }
-        extra += cost;
-        frames.extend(index.frames_of(file));
         ahead.push(next);
     }
     ahead
@@ -450,25 +429,16 @@ fn rest_from(partial: &Partial, id: NodeId) -> Vec<NodeId> {
     let index = &partial.index;
     let n = index.nodes.len() as NodeId;
     let mut batch = vec![id];
-    let mut frames: BTreeSet<usize> =
-        index.file(id).map(|f| index.frames_of(f).collect()).unwrap_or_default();
-    let mut bytes = frame_bytes(index, &[id]);
+    let mut budget =
+        FrameBudget::new(index, &[id], frame_bytes(index, &[id]), COMPLETE_BATCH_BYTES);
     for next in (id + 1..n).chain(0..id) {
         let Some(file) = index.file(next) else { continue };
         if partial.has(next) {
             continue;
         }
-        let cost: u64 = index
-            .frames_of(file)
-            .filter(|i| !frames.contains(i))
-            .filter_map(|i| index.frames.get(i))
-            .map(|f| f.file_len)
-            .sum();
-        if bytes + cost > COMPLETE_BATCH_BYTES {
+        if !budget.admit(file) {
             break;
         }
-        bytes += cost;
-        frames.extend(index.frames_of(file));
         batch.push(next);
     }
     batch
@@ -476,9 +446,46 @@ fn rest_from(partial: &Partial, id: NodeId) -> Vec<NodeId> {
 
 /// Bytes of the NAR file the frames of `ids` take.
 fn frame_bytes(index: &FileIndex, ids: &[NodeId]) -> u64 {
-    let frames: BTreeSet<usize> =
-        ids.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect();
+    let frames = frames_of_files(index, ids);
     frames.iter().filter_map(|i| index.frames.get(*i)).map(|f| f.file_len).sum()
+}
+
+/// The frames the files `ids` lie in.
+fn frames_of_files(index: &FileIndex, ids: &[NodeId]) -> BTreeSet<usize> {
+    ids.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect()
+}
+
+/// The frames a batch takes and the NAR-file bytes they cost, against a limit: each file admitted
+/// costs only its frames not taken already.
+struct FrameBudget<'a> {
+    index: &'a FileIndex,
+    frames: BTreeSet<usize>,
+    spent: u64,
+    limit: u64,
+}
+
+impl<'a> FrameBudget<'a> {
+    /// A budget of `limit` bytes holding the frames of `ids` already, `spent` of it used.
+    fn new(index: &'a FileIndex, ids: &[NodeId], spent: u64, limit: u64) -> Self {
+        Self { index, frames: frames_of_files(index, ids), spent, limit }
+    }
+
+    /// Takes `file`'s frames if the bytes of those not taken yet fit; says whether they did.
+    fn admit(&mut self, file: &FileNode) -> bool {
+        let index = self.index;
+        let cost: u64 = index
+            .frames_of(file)
+            .filter(|i| !self.frames.contains(i))
+            .filter_map(|i| index.frames.get(i))
+            .map(|f| f.file_len)
+            .sum();
+        if self.spent + cost > self.limit {
+            return false;
+        }
+        self.spent += cost;
+        self.frames.extend(index.frames_of(file));
+        true
+    }
 }
 
 /// `frames` as runs of neighbouring frames, each at most `MAX_RANGE_BYTES` (or one frame).
