@@ -249,3 +249,85 @@ async fn prefetch_completes_a_partial_entry() {
         assert_eq!(entry.open_file(id).unwrap().read_at(0, u64::MAX).unwrap(), vec![byte; 3000]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_quarter_is_read_the_rest_comes_in_the_background_each_file_once() {
+    let fx = fixture();
+    let path = sp('f', "filled");
+    // Eight files in eight directories, each larger than the least read-ahead after a file:
+    // every read is a batch of its own file, nothing read ahead.
+    let files: Vec<Vec<u8>> = (0..8).map(|i| noise(10 + i, 100_000)).collect();
+    let tree = NarNode::Directory(
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, contents)| {
+                let file = NarNode::File { executable: false, contents: contents.clone() };
+                (format!("d{i}").into_bytes(), NarNode::Directory(vec![(b"f".to_vec(), file)]))
+            })
+            .collect(),
+    );
+    let index = publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |_| {});
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let id_of = |i: usize| {
+        let d = entry.manifest.child(manifest::ROOT_NODE, format!("d{i}").as_bytes()).unwrap();
+        entry.manifest.child(d, b"f").unwrap()
+    };
+    let partial = entry.partial().unwrap();
+    for i in [5, 6] {
+        cache.fetch_file(&entry, id_of(i)).await.unwrap();
+        assert_eq!(partial.progress(), (8, i - 4), "under a quarter: no fill");
+    }
+    // A quarter present: this read starts the fill, from this file on, then from the start.
+    let holder = cache.fetch_file(&entry, id_of(7)).await.unwrap();
+    assert_eq!(holder.open_file(id_of(7)).unwrap().read_at(0, u64::MAX).unwrap(), files[7]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while partial.progress() != (8, 8) {
+        assert!(std::time::Instant::now() < deadline, "not filled: {:?}", partial.progress());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (i, want) in files.iter().enumerate() {
+        assert_eq!(&entry.open_file(id_of(i)).unwrap().read_at(0, u64::MAX).unwrap(), want);
+    }
+    let frames: std::collections::BTreeSet<usize> =
+        (0..8).flat_map(|i| index.frames_of(index.file(id_of(i)).unwrap())).collect();
+    let once: u64 = frames.iter().map(|f| index.frames[*f].file_len).sum();
+    assert_eq!(CacheStats::get(&cache.stats.range_bytes), once, "each frame fetched once");
+    assert_eq!(requests(&fx.ups[0]).0, 0, "by range, not the whole NAR");
+}
+
+#[tokio::test]
+async fn a_frame_shared_with_the_readers_batch_is_not_asked_for_again() {
+    let fx = fixture();
+    let path = sp('s', "shared-frame");
+    // Two small files in two directories: one frame holds both, and neither is the other's
+    // sibling, so the reader's batch is `d1/a` alone and `d2/b` is read ahead after it. A
+    // large third file keeps the path under a quarter present (no fill).
+    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 40] };
+    let large = NarNode::File { executable: false, contents: noise(3, 100_000) };
+    let tree = NarNode::Directory(vec![
+        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
+        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
+        (b"d3".to_vec(), NarNode::Directory(vec![(b"c".to_vec(), large)])),
+    ]);
+    let index = publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |_| {});
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let id_of = |dir: &[u8], name: &[u8]| {
+        let d = entry.manifest.child(manifest::ROOT_NODE, dir).unwrap();
+        entry.manifest.child(d, name).unwrap()
+    };
+    let (ia, ib) = (id_of(b"d1", b"a"), id_of(b"d2", b"b"));
+    let frames = |id| index.frames_of(index.file(id).unwrap());
+    assert_eq!(frames(ia), frames(ib), "the fixture puts both files in one frame");
+    cache.fetch_file(&entry, ia).await.unwrap();
+    let partial = entry.partial().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !partial.has(ib) {
+        assert!(std::time::Instant::now() < deadline, "d2/b was not read ahead");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(entry.open_file(ib).unwrap().read_at(0, u64::MAX).unwrap(), vec![2; 40]);
+    assert_eq!(requests(&fx.ups[0]), (0, 1), "one range: the read-ahead used the kept frame");
+}

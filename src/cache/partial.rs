@@ -13,7 +13,7 @@
 //! and synced: a crash leaves only verified, durable files recorded. A torn or damaged record ends the log when it is loaded (what follows is ignored,
 //! those files are fetched again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -24,7 +24,7 @@ use super::manifest::{BlockSums, CHECK_BLOCK_BYTES, Manifest, Node, block_sum};
 use super::unpack::{block_rounded, file_name};
 use crate::nix::file_index::{FileIndex, NodeKind};
 use crate::nix::nar::NodeId;
-use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
 
 /// The signed index kept in a partial entry's directory.
 pub const INDEX_FILE: &str = "index";
@@ -50,7 +50,20 @@ pub struct Partial {
     file_bytes: u64,
     /// One append to the `present` log at a time.
     log: Mutex<()>,
+    /// Whether a background fill of the missing files was started (once per entry).
+    filling: AtomicBool,
+    /// The boundary frames of recent batches, decoded and verified, newest last: a file that
+    /// starts or ends in one is often fetched next, and needs it again.
+    spare_frames: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
 }
+
+/// A partial entry of which this share of the file bytes is present (one in 4) gets the rest
+/// in the background: a reader who read that much of a path reads on.
+const FILL_FROM_SHARE: u64 = 4;
+
+/// Decoded boundary frames kept per entry (each at most a frame's decoded size, 256 KiB as
+/// `storefs index` cuts them).
+const SPARE_FRAMES: usize = 8;
 
 /// A regular file fetched and verified, ready to be stored.
 #[derive(Debug)]
@@ -82,6 +95,8 @@ impl Partial {
             claims: Claims::default(),
             present_file_bytes: AtomicU64::new(0),
             log: Mutex::new(()),
+            filling: AtomicBool::new(false),
+            spare_frames: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -138,9 +153,31 @@ impl Partial {
         self.present_file_bytes.load(Ordering::Relaxed)
     }
 
-    /// Whether at least half of its file bytes are present.
-    pub fn mostly_present(&self) -> bool {
-        self.present_file_bytes().saturating_mul(2) >= self.file_bytes
+    /// Whether at least `1 / FILL_FROM_SHARE` of its file bytes are present: then the rest
+    /// is worth fetching in the background.
+    pub fn fill_due(&self) -> bool {
+        self.present_file_bytes().saturating_mul(FILL_FROM_SHARE) >= self.file_bytes
+    }
+
+    /// Frame `frame` decoded, if a recent batch kept it.
+    pub(super) fn spare_frame(&self, frame: usize) -> Option<Arc<Vec<u8>>> {
+        lock(&self.spare_frames).iter().find(|(i, _)| *i == frame).map(|(_, bytes)| bytes.clone())
+    }
+
+    /// Keeps decoded (and verified) frame `frame` for a later batch, dropping the oldest beyond
+    /// `SPARE_FRAMES`.
+    pub(super) fn keep_spare(&self, frame: usize, bytes: Arc<Vec<u8>>) {
+        let mut spare = lock(&self.spare_frames);
+        spare.retain(|(i, _)| *i != frame);
+        spare.push_back((frame, bytes));
+        while spare.len() > SPARE_FRAMES {
+            spare.pop_front();
+        }
+    }
+
+    /// True for the first caller only: that one starts the entry's background fill.
+    pub(super) fn start_filling(&self) -> bool {
+        !self.filling.swap(true, Ordering::Relaxed)
     }
 
     /// Bytes on disk of the present files.

@@ -3,7 +3,8 @@
 //! frame checked against its SHA-256 in the index and decoded, each file cut out and checked
 //! against its own SHA-256, and only then stored and served. Small files of the same directory
 //! ride along when their frames cost little; the files that follow in the NAR are read ahead in
-//! a batch of their own; an entry mostly present gets the rest in large ranges. Batches of one
+//! a batch of their own; once a quarter of an entry is present, the rest is filled in the
+//! background in small batches, which no reader waits for beyond the one holding its file. Batches of one
 //! entry run at once; `claims` keeps each file to one fetch. A frame whose bytes do not match
 //! gives an error for the files in it, never a wrong byte, and the next cache is asked for it.
 
@@ -38,6 +39,11 @@ const NEIGHBOUR_MIN_BYTES: u64 = 64 * 1024;
 const NEIGHBOUR_MAX_BYTES: u64 = 512 * 1024;
 /// Most bytes of frames one batch of `complete` fetches.
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
+/// Most bytes of frames one batch of a background fill fetches (beyond a first large file): a
+/// reader of a file in it waits for no more than this.
+const FILL_BATCH_BYTES: u64 = 1 << 20;
+/// Batches of a background fill in flight at once.
+const FILL_BATCHES_IN_FLIGHT: usize = 2;
 
 impl NarCache {
     /// Makes file `id` of `entry`'s path present, fetched, verified and stored with the small
@@ -59,26 +65,25 @@ impl NarCache {
             if partial.index.file(id).is_none() {
                 return Ok(entry.clone());
             }
-            let batch = || {
-                if partial.mostly_present() {
-                    rest_from(partial, id)
-                } else {
-                    read_ahead(partial, id)
-                }
-            };
-            let claim = match partial.claims.turn(id, |f| partial.has(f), batch) {
-                Turn::Present => return Ok(entry.clone()),
-                Turn::Wait(woken) => {
-                    woken.await;
-                    continue;
-                }
-                Turn::Fetch(claim) => claim,
-            };
-            if !partial.mostly_present() {
-                self.read_ahead_in_background(&entry, partial, id, &claim.ids);
-            }
+            let claim =
+                match partial.claims.turn(id, |f| partial.has(f), || read_ahead(partial, id)) {
+                    Turn::Present => return Ok(entry.clone()),
+                    Turn::Wait(woken) => {
+                        woken.await;
+                        continue;
+                    }
+                    Turn::Fetch(claim) => claim,
+                };
             let current = self.fetch_batch(&entry, partial, claim.ids.clone()).await?;
+            let batch = claim.ids.clone();
             drop(claim);
+            // Only now the background work, which then neither shares the link with the
+            // reader's batch nor asks again for its boundary frames (kept spare).
+            if current && partial.fill_due() {
+                self.fill_in_background(&entry, partial, id);
+            } else if current {
+                self.read_ahead_in_background(&entry, partial, id, &batch);
+            }
             if current {
                 if partial.has(id) {
                     return Ok(entry.clone());
@@ -117,6 +122,44 @@ impl NarCache {
             }
             if let Err(err) = this.fetch_batch(&entry, partial, claim.ids.clone()).await {
                 debug!(store_path = %entry.store_path, error = %err, "read-ahead failed");
+            }
+        }));
+    }
+
+    /// Once a share of `entry`'s file bytes are present, fetches all the missing rest in the
+    /// background (once per entry), in NAR order from file `from` on and then from the start,
+    /// in small batches each claimed just before it is fetched: a reader of a file in flight
+    /// waits for one small batch, a reader of any other file fetches it at once, and the
+    /// reader that started the fill never waits for it.
+    fn fill_in_background(self: &Arc<Self>, entry: &Arc<Entry>, partial: &Partial, from: NodeId) {
+        if !partial.start_filling() {
+            return;
+        }
+        let (this, entry) = (self.clone(), entry.clone());
+        drop(tokio::spawn(async move {
+            let Some(partial) = entry.partial() else { return };
+            let mut order = FillOrder::new(partial, from);
+            let batches = futures::stream::iter(std::iter::from_fn(|| order.next_batch()))
+                .map(|ids| {
+                    let (this, entry) = (&this, &entry);
+                    async move {
+                        let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
+                        let stored = this.fetch_batch(entry, partial, claim.ids.clone()).await;
+                        drop(claim);
+                        stored
+                    }
+                })
+                .buffer_unordered(FILL_BATCHES_IN_FLIGHT);
+            futures::pin_mut!(batches);
+            while let Some(stored) = batches.next().await {
+                match stored {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(err) => {
+                        debug!(store_path = %entry.store_path, error = %err, "fill stopped");
+                        return;
+                    }
+                }
             }
         }));
     }
@@ -229,8 +272,15 @@ impl NarCache {
         ids: &[NodeId],
     ) -> (Vec<VerifiedFile>, Option<Failure>) {
         let index = &partial.index;
-        let frames: BTreeSet<usize> =
-            ids.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect();
+        let mut decoded: HashMap<usize, Arc<Vec<u8>>> = HashMap::new();
+        let mut frames = frames_of_files(index, ids);
+        frames.retain(|i| match partial.spare_frame(*i) {
+            Some(bytes) => {
+                decoded.insert(*i, bytes);
+                false
+            }
+            None => true,
+        });
         let runs = coalesce(index, &frames);
         let url = entry.narinfo.url.as_str();
         let fetched: Vec<_> = futures::stream::iter(runs)
@@ -244,7 +294,6 @@ impl NarCache {
             .buffer_unordered(RANGES_IN_FLIGHT)
             .collect()
             .await;
-        let mut decoded: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut failure = None;
         for (run, first, bytes) in fetched {
             let bytes = match bytes {
@@ -258,6 +307,7 @@ impl NarCache {
             };
             CacheStats::add(&self.stats.range_bytes, bytes.len() as u64);
             CacheStats::add(&self.stats.bytes_downloaded, bytes.len() as u64);
+            let boundaries = [run.start, run.end - 1];
             for i in run {
                 let Some(frame) = index.frames.get(i) else { continue };
                 let from = frame
@@ -269,6 +319,10 @@ impl NarCache {
                     from.checked_add(frame.file_len as usize).and_then(|to| bytes.get(from..to));
                 match piece.map(|p| index.decode_frame(i, p)) {
                     Some(Ok(nar)) => {
+                        let nar = Arc::new(nar);
+                        if boundaries.contains(&i) {
+                            partial.keep_spare(i, nar.clone());
+                        }
                         decoded.insert(i, nar);
                     }
                     Some(Err(err)) => {
@@ -287,7 +341,7 @@ impl NarCache {
         for id in ids {
             let Some(file) = index.file(*id) else { continue };
             let parts: Option<Vec<Vec<u8>>> =
-                index.frames_of(file).map(|i| decoded.get(&i).cloned()).collect();
+                index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.to_vec())).collect();
             let Some(parts) = parts else { continue };
             match index.file_contents(file, &parts) {
                 Ok(bytes) => {
@@ -422,26 +476,44 @@ fn neighbours(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec<NodeId> {
     ahead
 }
 
-/// File `id` and the missing files after it in the NAR, then those before it, up to
-/// `COMPLETE_BATCH_BYTES` of frames: for an entry mostly present already, the rest comes in
-/// large coalesced ranges rather than file by file.
-fn rest_from(partial: &Partial, id: NodeId) -> Vec<NodeId> {
-    let index = &partial.index;
-    let n = index.nodes.len() as NodeId;
-    let mut batch = vec![id];
-    let mut budget =
-        FrameBudget::new(index, &[id], frame_bytes(index, &[id]), COMPLETE_BATCH_BYTES);
-    for next in (id + 1..n).chain(0..id) {
-        let Some(file) = index.file(next) else { continue };
-        if partial.has(next) {
-            continue;
-        }
-        if !budget.admit(file) {
-            break;
-        }
-        batch.push(next);
+/// The batches of a background fill: the missing files in NAR order from one file on, then
+/// from the start, each batch up to `FILL_BATCH_BYTES` of frames (at least one file). A file
+/// present or claimed by the time its batch is fetched is left out then.
+struct FillOrder<'a> {
+    partial: &'a Partial,
+    /// The nodes still to walk, in order.
+    order: std::iter::Peekable<std::iter::Chain<Range<NodeId>, Range<NodeId>>>,
+}
+
+impl<'a> FillOrder<'a> {
+    fn new(partial: &'a Partial, from: NodeId) -> Self {
+        let n = partial.index.nodes.len() as NodeId;
+        let from = from.min(n);
+        Self { partial, order: (from..n).chain(0..from).peekable() }
     }
-    batch
+
+    /// The next batch, or `None` once every node was walked.
+    fn next_batch(&mut self) -> Option<Vec<NodeId>> {
+        let index = &self.partial.index;
+        let mut budget = FrameBudget::new(index, &[], 0, FILL_BATCH_BYTES);
+        let mut batch = Vec::new();
+        while let Some(&next) = self.order.peek() {
+            let Some(file) = index.file(next) else {
+                self.order.next();
+                continue;
+            };
+            if self.partial.has(next) {
+                self.order.next();
+                continue;
+            }
+            if !budget.admit(file) && !batch.is_empty() {
+                break;
+            }
+            batch.push(next);
+            self.order.next();
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
 }
 
 /// Bytes of the NAR file the frames of `ids` take.
