@@ -421,6 +421,9 @@ read_all() { # DIR...: reads every file (following the closure's paths), prints 
 }
 find_stat() { find "$@" -printf '%s %m %T@\n' | wc -l; }  # find + stat (lstat) of every entry
 drop_caches() { ((DROP)) && sync && echo 3 >/proc/sys/vm/drop_caches; return 0; }
+# Before each timed cold run: the previous run's writes (its cache, deleted or not) are flushed
+# first, so that neither this run's fsyncs (Nix syncs each path) nor its reads wait for them.
+settle() { sync; }
 ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 
 declare -A R  # R[metric]="v1 v2 ..."
@@ -450,7 +453,7 @@ for rep in $(seq 1 "$REPS"); do
     if want a; then
         log "rep $rep/$REPS: a. cold job through storefs"
         log_reset
-        t=$(now_ns)
+        settle; t=$(now_ns)
         start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
         run_job "$R_DIR/mnt"
         add sf_job_ms "$(ms_since "$t")"
@@ -460,7 +463,7 @@ for rep in $(seq 1 "$REPS"); do
         if ((INDEXED)); then
             log "rep $rep/$REPS: a. cold job through storefs, file-level (--trusted-index-key)"
             log_reset
-            t=$(now_ns)
+            settle; t=$(now_ns)
             start_storefs "$R_DIR/mnt" "$R_DIR/sfcache" --trusted-index-key "$PUBLIC_KEY"
             run_job "$R_DIR/mnt"
             add sf_ix_job_ms "$(ms_since "$t")"
@@ -481,7 +484,7 @@ for rep in $(seq 1 "$REPS"); do
 
         log "rep $rep/$REPS: a. cold job with Nix (nix-store -r, then the job)"
         log_reset
-        t=$(now_ns)
+        settle; t=$(now_ns)
         nix_subst "$R_DIR/nixroot-a"
         run_job "$R_DIR/nixroot-a/nix/store"
         add nix_job_ms "$(ms_since "$t")"
@@ -492,7 +495,7 @@ for rep in $(seq 1 "$REPS"); do
     if want b || want c; then
         log "rep $rep/$REPS: b. cold full read through storefs"
         log_reset
-        t=$(now_ns)
+        settle; t=$(now_ns)
         start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
         mapfile -t MP < <(mnt_paths "$R_DIR/mnt")
         got=$(read_all "${MP[@]}")
@@ -519,7 +522,7 @@ for rep in $(seq 1 "$REPS"); do
     if want b; then
         log "rep $rep/$REPS: b. cold full copy with Nix (nix-store -r)"
         log_reset
-        t=$(now_ns)
+        settle; t=$(now_ns)
         nix_subst "$R_DIR/nixroot-b"
         add nix_full_ms "$(ms_since "$t")"
         read -r n b < <(log_count); add nix_full_req "$n"; add nix_full_bytes "$b"

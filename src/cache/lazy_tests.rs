@@ -294,6 +294,7 @@ async fn once_a_quarter_is_read_the_rest_comes_in_the_background_each_file_once(
         (0..8).flat_map(|i| index.frames_of(index.file(id_of(i)).unwrap())).collect();
     let once: u64 = frames.iter().map(|f| index.frames[*f].file_len).sum();
     assert_eq!(CacheStats::get(&cache.stats.range_bytes), once, "each frame fetched once");
+    assert_eq!(CacheStats::get(&cache.stats.files_read_ahead), 5, "all but the three read");
     assert_eq!(requests(&fx.ups[0]).0, 0, "by range, not the whole NAR");
 }
 
@@ -330,4 +331,5 @@ async fn a_frame_shared_with_the_readers_batch_is_not_asked_for_again() {
     }
     assert_eq!(entry.open_file(ib).unwrap().read_at(0, u64::MAX).unwrap(), vec![2; 40]);
     assert_eq!(requests(&fx.ups[0]), (0, 1), "one range: the read-ahead used the kept frame");
+    assert_eq!(CacheStats::get(&cache.stats.files_read_ahead), 1, "d2/b, before any reader");
 }

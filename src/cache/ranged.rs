@@ -77,6 +77,7 @@ impl NarCache {
             let current = self.fetch_batch(&entry, partial, claim.ids.clone()).await?;
             let batch = claim.ids.clone();
             drop(claim);
+            self.count_read_ahead(partial, &batch[1..]);
             // Only now the background work, which then neither shares the link with the
             // reader's batch nor asks again for its boundary frames (kept spare).
             if current && partial.fill_due() {
@@ -120,8 +121,11 @@ impl NarCache {
             if claim.ids.is_empty() {
                 return;
             }
-            if let Err(err) = this.fetch_batch(&entry, partial, claim.ids.clone()).await {
-                debug!(store_path = %entry.store_path, error = %err, "read-ahead failed");
+            match this.fetch_batch(&entry, partial, claim.ids.clone()).await {
+                Ok(_) => this.count_read_ahead(partial, &claim.ids),
+                Err(err) => {
+                    debug!(store_path = %entry.store_path, error = %err, "read-ahead failed")
+                }
             }
         }));
     }
@@ -145,7 +149,7 @@ impl NarCache {
                     async move {
                         let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
                         let stored = this.fetch_batch(entry, partial, claim.ids.clone()).await;
-                        drop(claim);
+                        this.count_read_ahead(partial, &claim.ids);
                         stored
                     }
                 })
@@ -162,6 +166,12 @@ impl NarCache {
                 }
             }
         }));
+    }
+
+    /// Counts those of `ids`, fetched ahead of any reader, that are present now.
+    fn count_read_ahead(&self, partial: &Partial, ids: &[NodeId]) {
+        let stored = ids.iter().filter(|id| partial.has(**id)).count();
+        CacheStats::add(&self.stats.files_read_ahead, stored as u64);
     }
 
     /// Whether `entry` is the one cached for its path now.

@@ -52,6 +52,9 @@ metrics::counters! {
         range_bytes,
         /// Files of partial entries fetched, verified against the index and stored.
         files_fetched,
+        /// Of those, files fetched before any reader asked for them: small files of a read
+        /// file's directory, files read ahead after it in NAR order, and the background fill.
+        files_read_ahead,
         /// Frames whose bytes did not match the index (their files got EIO from that cache).
         frame_failures,
     }

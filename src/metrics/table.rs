@@ -291,6 +291,14 @@ pub const METRICS: &[Metric] = &[
         help: "Files of partial entries fetched, verified against the index and stored",
     },
     Metric {
+        name: "storefs_files_read_ahead_total",
+        kind: Counter,
+        unit: "files",
+        source: Daemon("files_read_ahead"),
+        shown: Line("files read ahead", Count),
+        help: "Of the files fetched, those fetched before any reader asked for them",
+    },
+    Metric {
         name: "storefs_frame_failures_total",
         kind: Counter,
         unit: "frames",
