@@ -2,7 +2,7 @@
 //! path of an indexed cache is listed and stat'ed from its signed index with no NAR download,
 //! its files come by HTTP Range and verify, a restart keeps them; a tampered frame gives EIO for
 //! its files only; a tampered or untrusted index falls back to the whole NAR, verified by
-//! NarHash. Needs root, nix-bin, nginx and zstd.
+//! NarHash; with `--passthrough`, files are fetched at open. Needs root, nix-bin, nginx and zstd.
 
 #![cfg(feature = "fuse_tests")]
 
@@ -48,10 +48,16 @@ fn setup(test: &str, frame_size: &str) -> Option<(&'static Fixtures, tempfile::T
 
 /// The mount over `nginx`'s `xz` cache, trusting indexes signed by `index_key`.
 fn mount(tmp: &Path, fx: &Fixtures, nginx: &Nginx, index_key: &str) -> Daemon {
+    mount_with(tmp, fx, nginx, index_key, &[])
+}
+
+/// [`mount`] with `more` flags.
+fn mount_with(tmp: &Path, fx: &Fixtures, nginx: &Nginx, index_key: &str, more: &[&str]) -> Daemon {
     // No closure prefetch: the requests counted are the reader's own. Every index is used,
     // however small its NAR.
-    let extra =
-        ["--trusted-index-key", index_key, "--prefetch-jobs", "0", "--index-min-nar-size", "0"];
+    let mut extra =
+        vec!["--trusted-index-key", index_key, "--prefetch-jobs", "0", "--index-min-nar-size", "0"];
+    extra.extend_from_slice(more);
     let mnt = tmp.join("mnt");
     // After a SIGKILL the mountpoint is a dead mount (ENOTCONN): the daemon detaches it.
     let _ = fs::create_dir(&mnt);
@@ -267,4 +273,30 @@ fn a_daemon_killed_while_files_arrive_leaves_only_verified_files_present() {
     for path in &fx.closure {
         assert_eq!(nix_hash(&mounted(&d, path)), nar_hash_of(&dir, path), "{path}");
     }
+}
+
+/// With `--passthrough`, an open of a file of a partial entry fetches and checks the file
+/// before the kernel is handed the cache file: every path reads to its NarHash, by range only.
+#[test]
+fn with_passthrough_files_of_partial_entries_are_fetched_at_open_and_read_right() {
+    let test = "with_passthrough_files_of_partial_entries_are_fetched_at_open_and_read_right";
+    let Some((fx, tmp, dir)) = setup(test, "256K") else { return };
+    let nginx = Nginx::start(tmp.path(), "");
+    let d = mount_with(tmp.path(), fx, &nginx, &fx.public_key, &["--passthrough"]);
+    assert!(d.log_text().contains("FUSE passthrough on"), "{}", d.log_text());
+    let out = run(&mut Command::new(mounted(&d, &fx.exe)));
+    assert_eq!(String::from_utf8_lossy(&out).trim_end(), fx.exe_expected);
+    for path in &fx.closure {
+        assert_eq!(
+            nix_hash(&mounted(&d, path)),
+            nar_hash_of(&dir, path),
+            "{path}\n{}",
+            d.log_text()
+        );
+    }
+    let (ranged, whole) = nar_requests(&nginx);
+    assert!(ranged > 0 && whole == 0, "{ranged} ranged, {whole} whole NAR requests");
+    let s = stats(&d);
+    assert!(stat(&s, "files_fetched") > 0 && stat(&s, "frame_failures") == 0, "{s}");
+    assert!(stat(&s, "files_read_ahead") <= stat(&s, "files_fetched"), "{s}");
 }
