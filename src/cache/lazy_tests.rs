@@ -106,11 +106,16 @@ async fn a_verified_index_gives_the_tree_without_the_nar_and_files_by_range() {
     let used = cache.used_bytes();
     assert!(used >= entry.manifest.disk_bytes + 2 * 4096, "files counted in the quota: {used}");
 
-    // Recorded present in the background: wait for both records (24 bytes each), then a
-    // restart keeps both files and sends no further request.
+    // Small files go to the entry's pack file, not a file each.
+    let a = entry.manifest.child(manifest::ROOT_NODE, b"a").unwrap();
+    assert!(entry.dir.join(layout::PACK_FILE).is_file());
+    assert!(!entry.dir.join(unpack::file_name(a)).exists(), "no file of its own");
+
+    // Recorded present in the background: wait for both records (32 bytes each, with their
+    // offsets in the pack), then a restart keeps both files and sends no further request.
     let log = entry.dir.join(partial::PRESENT_FILE);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&log).map_or(0, |m| m.len()) < 48 {
+    while std::fs::metadata(&log).map_or(0, |m| m.len()) < 64 {
         assert!(std::time::Instant::now() < deadline, "files not recorded present");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

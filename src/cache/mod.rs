@@ -142,8 +142,10 @@ impl Entry {
         match self.manifest.node(id) {
             Some(Node::File { size, packed, sums, .. }) => match &self.partial {
                 None => FileContents::open(&self.dir, id, *size, *packed, sums.clone()),
-                Some(partial) => match partial.sums_of(id) {
-                    Some(sums) => FileContents::open(&self.dir, id, *size, None, Some(sums)),
+                Some(partial) => match partial.stored(id) {
+                    Some((packed, sums)) => {
+                        FileContents::open(&self.dir, id, *size, packed, Some(sums))
+                    }
                     None => Err(std::io::Error::other(format!("file {id} not fetched yet"))),
                 },
             },

@@ -5,23 +5,28 @@
 //! - `manifest`: the tree from the index (files without block checksums: none is present yet);
 //! - `index`: the signed index as fetched, verified again when the entry is loaded;
 //! - `present`: an append-only log, one record per file that is present (below);
-//! - `f<id>`: each present regular file, whatever its size (no `pack`).
+//! - `pack`: the present files of at most `PACK_MAX_FILE_BYTES`, each batch's written at offsets
+//!   reserved for it (one file created per entry, not one per small file);
+//! - `f<id>`: each present larger regular file.
 //!
-//! A record is `u32 node | u32 n | n × u64 block checksum | u64 XXH3-64 of the record before
-//! it`, little-endian. A file is written under a temporary name, renamed to `f<id>` and served;
-//! in the background the filesystem is synced (`syncfs`), and only then is its record appended
-//! and synced: a crash leaves only verified, durable files recorded. A torn or damaged record ends the log when it is loaded (what follows is ignored,
+//! A record is `u32 node | u32 n | [u64 offset in pack] | n × u64 block checksum | u64 XXH3-64
+//! of the record before it`, little-endian; the offset is there when the top bit of `n` is set
+//! (a packed file). A large file is written under a temporary name, renamed to `f<id>` and
+//! served; a small one is written into `pack` and served; in the background the filesystem is
+//! synced (`syncfs`), and only then are their records appended and synced: a crash leaves only
+//! verified, durable files recorded (bytes of `pack` past them are never read). A torn or damaged record ends the log when it is loaded (what follows is ignored,
 //! those files are fetched again).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::claims::Claims;
+use super::layout::PACK_FILE;
 use super::manifest::{BlockSums, CHECK_BLOCK_BYTES, Manifest, Node, block_sum};
-use super::unpack::{block_rounded, file_name};
+use super::unpack::{PACK_MAX_FILE_BYTES, block_rounded, file_name};
 use crate::nix::file_index::{FileIndex, NodeKind};
 use crate::nix::nar::NodeId;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
@@ -32,14 +37,19 @@ pub const INDEX_FILE: &str = "index";
 pub const PRESENT_FILE: &str = "present";
 /// Most block checksums one record may hold (a file of at most 2^40 bytes).
 const MAX_RECORD_SUMS: u32 = 1 << 24;
+/// Set in a record's count for a file in `pack` (its offset follows the count).
+const PACKED: u32 = 1 << 31;
 
 /// What a partial entry knows beyond its manifest: the index and which files are present.
 #[derive(Debug)]
 pub struct Partial {
     /// The verified index.
     pub index: FileIndex,
-    /// The block checksums of each present file.
-    present: Mutex<HashMap<NodeId, BlockSums>>,
+    /// Where each present file is (its offset in `pack`, or a file of its own) and its block
+    /// checksums.
+    present: Mutex<HashMap<NodeId, (Option<u64>, BlockSums)>>,
+    /// The bytes of `pack` reserved by batches so far, and its disk bytes counted so far.
+    pack: Mutex<PackSpace>,
     /// Bytes the present files occupy on disk, beyond the manifest's `disk_bytes`.
     added_bytes: AtomicU64,
     /// The files batches are fetching now (single flight per file, batches in parallel).
@@ -64,6 +74,15 @@ const FILL_FROM_SHARE: u64 = 4;
 /// Decoded boundary frames kept per entry (each at most a frame's decoded size, 256 KiB as
 /// `storefs index` cuts them).
 const SPARE_FRAMES: usize = 8;
+
+/// How much of a partial entry's `pack` is taken.
+#[derive(Debug, Default)]
+struct PackSpace {
+    /// Its length once every batch that reserved space wrote it (new bytes go after).
+    reserved: u64,
+    /// Its allocated bytes as last counted in the entry's disk bytes.
+    counted: u64,
+}
 
 /// A regular file fetched and verified, ready to be stored.
 #[derive(Debug)]
@@ -91,6 +110,7 @@ impl Partial {
             file_bytes,
             index,
             present: Mutex::new(HashMap::new()),
+            pack: Mutex::new(PackSpace::default()),
             added_bytes: AtomicU64::new(0),
             claims: Claims::default(),
             present_file_bytes: AtomicU64::new(0),
@@ -110,20 +130,37 @@ impl Partial {
             Err(e) => return Err(e),
         };
         let (mut added, mut file_bytes) = (0, 0);
+        // New bytes go after whatever the pack holds, recorded or not.
+        let pack_len = match std::fs::symlink_metadata(dir.join(PACK_FILE)) {
+            Ok(meta) if meta.is_file() => {
+                added += meta.blocks() * 512;
+                *lock(&partial.pack) =
+                    PackSpace { reserved: meta.len(), counted: meta.blocks() * 512 };
+                meta.len()
+            }
+            _ => 0,
+        };
         let mut present = lock(&partial.present);
-        for (id, sums) in records(&log) {
+        for (id, packed, sums) in records(&log) {
             let Some(file) = partial.index.file(id) else { break };
             if sums.len() as u64 != file.size.div_ceil(CHECK_BLOCK_BYTES) {
                 break;
             }
-            match std::fs::symlink_metadata(dir.join(file_name(id))) {
-                Ok(meta) if meta.is_file() && meta.len() == file.size => {
-                    if present.insert(id, sums).is_none() {
-                        added += meta.blocks() * 512;
-                        file_bytes += file.size;
-                    }
+            let on_disk = match packed {
+                Some(at) => {
+                    at.checked_add(file.size).is_some_and(|end| end <= pack_len).then_some(0)
                 }
-                _ => continue,
+                None => match std::fs::symlink_metadata(dir.join(file_name(id))) {
+                    Ok(meta) if meta.is_file() && meta.len() == file.size => {
+                        Some(meta.blocks() * 512)
+                    }
+                    _ => None,
+                },
+            };
+            let Some(blocks) = on_disk else { continue };
+            if present.insert(id, (packed, sums)).is_none() {
+                added += blocks;
+                file_bytes += file.size;
             }
         }
         drop(present);
@@ -132,8 +169,9 @@ impl Partial {
         Ok(partial)
     }
 
-    /// The block checksums of file `id` if it is present.
-    pub fn sums_of(&self, id: NodeId) -> Option<BlockSums> {
+    /// Where file `id` is, if it is present (its offset in `pack`, or None for a file of its
+    /// own), and its block checksums.
+    pub fn stored(&self, id: NodeId) -> Option<(Option<u64>, BlockSums)> {
         lock(&self.present).get(&id).cloned()
     }
 
@@ -191,31 +229,77 @@ impl Partial {
         self.added_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Writes `files` into `dir` under temporary names: the first half of storing them, done
-    /// without any lock. Not synced: nothing records them before `persist` has synced them.
-    /// Blocking.
-    pub fn stage(dir: &Path, files: Vec<VerifiedFile>) -> io::Result<Staged> {
+    /// Writes `files` into `dir`: the small ones into `pack`, at offsets reserved for this
+    /// batch alone, the others under temporary names. The first half of storing them, done
+    /// without any lock held across I/O. Not synced: nothing records them before `persist`
+    /// has synced them. Blocking.
+    pub fn stage(&self, dir: &Path, files: Vec<VerifiedFile>) -> io::Result<Staged> {
         let mut staged = Staged { files: Vec::with_capacity(files.len()), bytes: 0 };
-        for file in files {
+        let (small, large): (Vec<_>, Vec<_>) =
+            files.into_iter().partition(|f| f.bytes.len() as u64 <= PACK_MAX_FILE_BYTES);
+        if !small.is_empty() {
+            self.stage_packed(dir, small, &mut staged)?;
+        }
+        for file in large {
             let tmp = dir.join(format!("{}.tmp", file_name(file.id)));
-            let _ = std::fs::remove_file(&tmp);
             let mode = if file.executable { 0o555 } else { 0o444 };
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
+            let create = || {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&tmp)
+            };
+            // A leftover of a batch a crash cut short is removed only when met: an unlink
+            // beforehand would take the directory's lock for every file, against every reader.
+            let mut out = match create() {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    std::fs::remove_file(&tmp)?;
+                    create()?
+                }
+                created => created?,
+            };
             out.write_all(&file.bytes)?;
             staged.bytes += out.metadata()?.blocks() * 512;
-            let sums: BlockSums = if file.bytes.is_empty() {
-                Vec::new().into()
-            } else {
-                file.bytes.chunks(CHECK_BLOCK_BYTES as usize).map(block_sum).collect()
-            };
-            staged.files.push((file.id, sums));
+            staged.files.push((file.id, None, block_sums(&file.bytes)));
         }
         Ok(staged)
+    }
+
+    /// Writes the small `files` back to back into `pack`, at a range reserved for them.
+    fn stage_packed(
+        &self,
+        dir: &Path,
+        files: Vec<VerifiedFile>,
+        staged: &mut Staged,
+    ) -> io::Result<()> {
+        let total: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
+        let start = {
+            let mut space = lock(&self.pack);
+            let start = space.reserved;
+            space.reserved += total;
+            start
+        };
+        let mut bytes = Vec::with_capacity(total as usize);
+        for file in &files {
+            staged.files.push((file.id, Some(start + bytes.len() as u64), block_sums(&file.bytes)));
+            bytes.extend_from_slice(&file.bytes);
+        }
+        let pack = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(PACK_FILE))?;
+        pack.write_all_at(&bytes, start)?;
+        let allocated = pack.metadata()?.blocks() * 512;
+        let mut space = lock(&self.pack);
+        if allocated > space.counted {
+            staged.bytes += allocated - space.counted;
+            space.counted = allocated;
+        }
+        Ok(())
     }
 
     /// The second half: renames the staged files into place and marks them present in memory
@@ -224,14 +308,14 @@ impl Partial {
     /// count (`count_added`) under the catalog's lock, and their log records, for `persist`.
     /// Blocking.
     pub fn commit(&self, dir: &Path, staged: Staged) -> io::Result<(u64, Vec<u8>)> {
-        for (id, _) in &staged.files {
+        for (id, _, _) in staged.files.iter().filter(|(_, packed, _)| packed.is_none()) {
             std::fs::rename(dir.join(format!("{}.tmp", file_name(*id))), dir.join(file_name(*id)))?;
         }
         let mut log = Vec::new();
         let mut present = lock(&self.present);
-        for (id, sums) in staged.files {
-            log.extend_from_slice(&record(id, &sums));
-            if present.insert(id, sums).is_none() {
+        for (id, packed, sums) in staged.files {
+            log.extend_from_slice(&record(id, packed, &sums));
+            if present.insert(id, (packed, sums)).is_none() {
                 let size = self.index.file(id).map_or(0, |f| f.size);
                 self.present_file_bytes.fetch_add(size, Ordering::Relaxed);
             }
@@ -261,11 +345,20 @@ impl Partial {
     }
 }
 
-/// Files written and synced under temporary names, not yet present.
+/// Files written (into `pack` or under temporary names), not yet present: each with its offset
+/// in `pack` (None: a file of its own) and its block checksums.
 #[derive(Debug)]
 pub struct Staged {
-    files: Vec<(NodeId, BlockSums)>,
+    files: Vec<(NodeId, Option<u64>, BlockSums)>,
     bytes: u64,
+}
+
+/// The block checksums of a file's `bytes`.
+fn block_sums(bytes: &[u8]) -> BlockSums {
+    if bytes.is_empty() {
+        return Vec::new().into();
+    }
+    bytes.chunks(CHECK_BLOCK_BYTES as usize).map(block_sum).collect()
 }
 
 /// The manifest of a partial entry: the index's tree, no file present, and the bytes the entry
@@ -304,10 +397,14 @@ pub fn manifest_of(index: &FileIndex, narinfo: String, index_len: u64) -> Manife
 }
 
 /// One log record for file `id` with `sums`.
-fn record(id: NodeId, sums: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + sums.len() * 8);
+fn record(id: NodeId, packed: Option<u64>, sums: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + sums.len() * 8);
     out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&(sums.len() as u32).to_le_bytes());
+    let flag = if packed.is_some() { PACKED } else { 0 };
+    out.extend_from_slice(&(sums.len() as u32 | flag).to_le_bytes());
+    if let Some(at) = packed {
+        out.extend_from_slice(&at.to_le_bytes());
+    }
     for sum in sums {
         out.extend_from_slice(&sum.to_le_bytes());
     }
@@ -317,7 +414,7 @@ fn record(id: NodeId, sums: &[u64]) -> Vec<u8> {
 }
 
 /// The records of a log, up to the first one that is torn or does not match its checksum.
-fn records(mut log: &[u8]) -> Vec<(NodeId, BlockSums)> {
+fn records(mut log: &[u8]) -> Vec<(NodeId, Option<u64>, BlockSums)> {
     let mut out = Vec::new();
     let u32_at = |b: &[u8], at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
@@ -326,18 +423,22 @@ fn records(mut log: &[u8]) -> Vec<(NodeId, BlockSums)> {
         Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
     };
     while !log.is_empty() {
-        let (Some(id), Some(n)) = (u32_at(log, 0), u32_at(log, 4)) else { break };
+        let (Some(id), Some(count)) = (u32_at(log, 0), u32_at(log, 4)) else { break };
+        let n = count & !PACKED;
         if n > MAX_RECORD_SUMS {
             break;
         }
-        let body = 8 + n as usize * 8;
+        let sums_at = if count & PACKED != 0 { 16 } else { 8 };
+        let body = sums_at + n as usize * 8;
         let Some(check) = u64_at(log, body) else { break };
         let Some(head) = log.get(..body) else { break };
         if xxhash_rust::xxh3::xxh3_64(head) != check {
             break;
         }
-        let sums: BlockSums = (0..n as usize).filter_map(|i| u64_at(log, 8 + i * 8)).collect();
-        out.push((id, sums));
+        let packed = if count & PACKED != 0 { u64_at(log, 8) } else { None };
+        let sums: BlockSums =
+            (0..n as usize).filter_map(|i| u64_at(log, sums_at + i * 8)).collect();
+        out.push((id, packed, sums));
         log = &log[body + 8..];
     }
     out
@@ -349,12 +450,12 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
-        let mut log = record(3, &[1, 2, 3]);
-        log.extend_from_slice(&record(7, &[]));
+        let mut log = record(3, None, &[1, 2, 3]);
+        log.extend_from_slice(&record(7, Some(4096), &[]));
         let whole = records(&log);
         assert_eq!(whole.len(), 2);
-        assert_eq!((whole[0].0, &whole[0].1[..]), (3, &[1u64, 2, 3][..]));
-        assert_eq!((whole[1].0, whole[1].1.len()), (7, 0));
+        assert_eq!((whole[0].0, whole[0].1, &whole[0].2[..]), (3, None, &[1u64, 2, 3][..]));
+        assert_eq!((whole[1].0, whole[1].1, whole[1].2.len()), (7, Some(4096), 0));
         for cut in 0..log.len() {
             let n = records(&log[..cut]).len();
             assert!(n <= 1, "a torn second record must not load (cut at {cut})");

@@ -379,7 +379,7 @@ impl NarCache {
         let (this, held) = (self.clone(), entry.clone());
         let stored = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
             let Some(partial) = held.partial() else { return Ok(false) };
-            let staged = match Partial::stage(&held.dir, files) {
+            let staged = match partial.stage(&held.dir, files) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 staged => staged?,
             };
