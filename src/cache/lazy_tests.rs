@@ -339,3 +339,35 @@ async fn a_frame_shared_with_the_readers_batch_is_not_asked_for_again() {
     assert_eq!(requests(&fx.ups[0]), (0, 1), "one range: the read-ahead used the kept frame");
     assert_eq!(CacheStats::get(&cache.stats.files_read_ahead), 1, "d2/b, before any reader");
 }
+
+#[tokio::test]
+async fn a_symlink_in_place_of_the_pack_is_never_followed_and_its_files_come_again() {
+    let fx = fixture();
+    let path = sp('k', "pack-link");
+    publish_indexed(&fx.ups[0], &path, &two_frames_tree(), &index_key(), |_| {});
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    assert_eq!(read(&cache, &entry, b"a").await.unwrap(), vec![1; 3000]);
+    let log = entry.dir.join(partial::PRESENT_FILE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&log).map_or(0, |m| m.len()) < 32 {
+        assert!(std::time::Instant::now() < deadline, "file not recorded present");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The pack replaced by a link to a file elsewhere that holds other bytes.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let decoy = elsewhere.path().join("decoy");
+    std::fs::write(&decoy, vec![9u8; 8192]).unwrap();
+    let pack = entry.dir.join(layout::PACK_FILE);
+    std::fs::remove_file(&pack).unwrap();
+    std::os::unix::fs::symlink(&decoy, &pack).unwrap();
+    let before = requests(&fx.ups[0]).1;
+    drop(entry);
+    let cache = fx.open();
+    cache.wait_scanned().await;
+    let entry = cache.get(&path).await.unwrap();
+    assert_eq!(read(&cache, &entry, b"a").await.unwrap(), vec![1; 3000], "fetched again");
+    assert!(requests(&fx.ups[0]).1 > before, "by range, not from the decoy");
+    assert!(std::fs::symlink_metadata(&pack).unwrap().is_file(), "a plain pack again");
+    assert_eq!(std::fs::read(&decoy).unwrap(), vec![9u8; 8192], "nothing written through it");
+}

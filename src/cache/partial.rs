@@ -14,8 +14,9 @@
 //! (a packed file). A large file is written under a temporary name, renamed to `f<id>` and
 //! served; a small one is written into `pack` and served; in the background the filesystem is
 //! synced (`syncfs`), and only then are their records appended and synced: a crash leaves only
-//! verified, durable files recorded (bytes of `pack` past them are never read). A torn or damaged record ends the log when it is loaded (what follows is ignored,
-//! those files are fetched again).
+//! verified, durable files recorded (bytes of `pack` past them are never read). A torn or
+//! damaged record ends the log when it is loaded (what follows is ignored, those files are
+//! fetched again). Something other than a plain file in `pack`'s place is removed at load.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -131,14 +132,20 @@ impl Partial {
         };
         let (mut added, mut file_bytes) = (0, 0);
         // New bytes go after whatever the pack holds, recorded or not.
-        let pack_len = match std::fs::symlink_metadata(dir.join(PACK_FILE)) {
+        let pack = dir.join(PACK_FILE);
+        let pack_len = match std::fs::symlink_metadata(&pack) {
             Ok(meta) if meta.is_file() => {
                 added += meta.blocks() * 512;
                 *lock(&partial.pack) =
                     PackSpace { reserved: meta.len(), counted: meta.blocks() * 512 };
                 meta.len()
             }
-            _ => 0,
+            // Damage (a symlink, directory or FIFO put there): never followed, and gone, so
+            // that small files can be stored again; the files recorded in it are fetched again.
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&pack).map(|()| 0)?,
+            Ok(_) => std::fs::remove_file(&pack).map(|()| 0)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
         };
         let mut present = lock(&partial.present);
         for (id, packed, sums) in records(&log) {

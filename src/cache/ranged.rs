@@ -4,8 +4,8 @@
 //! against its own SHA-256, and only then stored and served. Small files of the same directory
 //! ride along when their frames cost little; the files that follow in the NAR are read ahead in
 //! a batch of their own; once a quarter of an entry is present, the rest is filled in the
-//! background in small batches, which no reader waits for beyond the one holding its file. Batches of one
-//! entry run at once; `claims` keeps each file to one fetch. A frame whose bytes do not match
+//! background in small batches, which no reader waits for beyond the one holding its file.
+//! Batches of one entry run at once; `claims` keeps each file to one fetch. A frame whose bytes do not match
 //! gives an error for the files in it, never a wrong byte, and the next cache is asked for it.
 
 use std::collections::{BTreeSet, HashMap};
