@@ -145,6 +145,52 @@ fn crash_loop_under_readers_loses_no_read() {
     assert_ne!(unique_mount_id(&mnt), Some(unique), "a fresh mount after a stop");
 }
 
+/// Partial entries through the handover: an indexed cache (4 KiB frames, so files keep
+/// arriving in many batches) mounted with `--trusted-index-key`, read from cold by two jobs while
+/// the daemon is SIGKILLed and restarted: the successor reloads what was recorded present,
+/// fetches the rest by range, and no read fails or is wrong.
+#[test]
+fn partial_entries_through_crashes_and_restarts_lose_no_read() {
+    let test = "partial_entries_through_crashes_and_restarts_lose_no_read";
+    let Some(fx) = setup(test) else { return };
+    if common::require(READER_NEEDS, test) {
+        return;
+    }
+    let (cache, _) = common::indexed_copy(fx, "4K");
+    let nginx = Nginx::start(cache.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let index_key = ["--trusted-index-key", &fx.public_key, "--index-min-nar-size", "0"];
+    let args = daemon_args(&[nginx.url("xz")], &fx.public_key, &index_key);
+    let mut sup = Supervisor::start(dir.path(), &mnt, &args);
+    let unique = unique_mount_id(&mnt).expect("statx mount id");
+    let mut readers = Readers::start(dir.path(), &mnt, &fx.closure, 2);
+    // 4 SIGKILLs and 2 SIGTERM restarts, the first while the first round still fetches.
+    for n in 0..6 {
+        readers.wait_progress(READS_BETWEEN);
+        if n % 3 == 2 {
+            sup.restart();
+        } else {
+            sup.crash_and_restart();
+        }
+        assert_eq!(unique_mount_id(&mnt), Some(unique), "not the same mount at handover {n}");
+        if n % 2 == 1 {
+            drop_dentries_and_pages();
+        }
+    }
+    readers.wait_progress(READS_BETWEEN);
+    let figures = readers.finish(FINISH);
+    let log = sup.log_text();
+    print_warnings(&log);
+    let (longest, reads) = check_readers(&figures);
+    eprintln!("partial entries: {reads} reads through 6 handovers, longest stall {longest:.3} s");
+    assert!(log.contains("published from its file index"), "no partial entry:\n{log}");
+    assert!(log.contains("took the live mount over"), "no resume in the log:\n{log}");
+    let ranged = nginx.entries().iter().filter(|e| e.range.is_some() && e.status == 206).count();
+    assert!(ranged > 0, "no file came by range");
+}
+
 #[test]
 fn upgrade_hands_the_mount_to_a_new_program_under_readers() {
     let Some(fx) = setup("upgrade_hands_the_mount_to_a_new_program_under_readers") else {

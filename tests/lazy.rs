@@ -13,27 +13,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::daemon::{Daemon, stat, stats, storefs_bin};
-use common::{Fixtures, Nginx, daemon_args, fuse_setup, hash_part, require, run};
+use common::daemon::{Daemon, stat, stats};
+use common::{Fixtures, Nginx, daemon_args, fuse_setup, hash_part, indexed_copy, require, run};
 use sha2::{Digest, Sha256};
 use storefs::nix::file_index::{FileIndex, NodeKind, SignedIndex};
 use storefs::nix::signature::SigningKey;
 
 const NEEDS: &[&str] = &["root", "nix-store", "nix-hash", "nginx", "zstd"];
-
-/// A copy of the fixture's xz cache in a fresh directory, indexed with `frame_size`.
-fn indexed_cache(fx: &Fixtures, frame_size: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("xz");
-    run(Command::new("cp").arg("-a").arg(fx.cache_dir("xz")).arg(&dir));
-    run(Command::new(storefs_bin())
-        .arg("index")
-        .arg(&dir)
-        .arg("--secret-key-file")
-        .arg(fx.secret_key_path())
-        .args(["--frame-size", frame_size]));
-    (tmp, dir)
-}
 
 /// The fixture and a copy of its xz cache indexed with `frame_size`, or None (after a loud
 /// skip) when something the test needs is missing.
@@ -42,7 +28,7 @@ fn setup(test: &str, frame_size: &str) -> Option<(&'static Fixtures, tempfile::T
     if require(NEEDS, test) {
         return None;
     }
-    let (tmp, dir) = indexed_cache(fx, frame_size);
+    let (tmp, dir) = indexed_copy(fx, frame_size);
     Some((fx, tmp, dir))
 }
 

@@ -135,3 +135,18 @@ fn why_missing(req: &str) -> Option<String> {
     }
     find_tool(req).is_none().then(|| format!("{req} is not installed"))
 }
+
+/// A copy of the fixture's xz cache in a fresh directory, prepared by `storefs index` with
+/// `frame_size` (signed with the fixture's key): the temporary directory and the cache in it.
+pub fn indexed_copy(fx: &Fixtures, frame_size: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("xz");
+    run(std::process::Command::new("cp").arg("-a").arg(fx.cache_dir("xz")).arg(&dir));
+    run(std::process::Command::new(daemon::storefs_bin())
+        .arg("index")
+        .arg(&dir)
+        .arg("--secret-key-file")
+        .arg(fx.secret_key_path())
+        .args(["--frame-size", frame_size]));
+    (tmp, dir)
+}
