@@ -61,7 +61,7 @@ pub struct Partial {
     file_bytes: u64,
     /// One append to the `present` log at a time.
     log: Mutex<()>,
-    /// Whether a background fill of the missing files was started (once per entry).
+    /// Whether a background fill of the missing files is running or ran to its end.
     filling: AtomicBool,
     /// The boundary frames of recent batches, decoded and verified, newest last: a file that
     /// starts or ends in one is often fetched next, and needs it again.
@@ -223,6 +223,11 @@ impl Partial {
     /// True for the first caller only: that one starts the entry's background fill.
     pub(super) fn start_filling(&self) -> bool {
         !self.filling.swap(true, Ordering::Relaxed)
+    }
+
+    /// The fill stopped short (a local error): the next read past the threshold starts another.
+    pub(super) fn stop_filling(&self) {
+        self.filling.store(false, Ordering::Relaxed);
     }
 
     /// Bytes on disk of the present files.

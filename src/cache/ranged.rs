@@ -160,7 +160,9 @@ impl NarCache {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(err) => {
+                        // A later read may start it again.
                         debug!(store_path = %entry.store_path, error = %err, "fill stopped");
+                        partial.stop_filling();
                         return;
                     }
                 }
