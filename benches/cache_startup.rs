@@ -57,6 +57,7 @@ fn main() {
                 uid_rate: storefs::upstream::rate::RateLimit::OFF,
                 index_keys: storefs::nix::signature::TrustedKeys::default(),
                 index_min_nar_bytes: 0,
+                stream_file_bytes: storefs::cache::STREAMED_FILE_BYTES,
             };
             let keys = TrustedKeys::new(vec![key.public()]).unwrap();
             let c = rt.block_on(async { NarCache::open(config, UpstreamSet::default(), keys) });

@@ -232,6 +232,7 @@ impl Config {
             index_min_nar_bytes: layers
                 .parsed("index-min-nar-size", |s| &s.index_min_nar_size, parse_size_or_zero)?
                 .unwrap_or(DEFAULT_INDEX_MIN_NAR_BYTES),
+            stream_file_bytes: crate::cache::STREAMED_FILE_BYTES,
         };
         let substituters = substituters(layers, nix)?;
         let upstream = UpstreamConfig {

@@ -31,6 +31,7 @@ fn open_cache(dir: &std::path::Path, fx: &common::Fixtures) -> Arc<NarCache> {
         uid_rate: storefs::upstream::rate::RateLimit::OFF,
         index_keys: storefs::nix::signature::TrustedKeys::default(),
         index_min_nar_bytes: 0,
+        stream_file_bytes: storefs::cache::STREAMED_FILE_BYTES,
     };
     let keys = TrustedKeys::parse_all([fx.public_key.as_str()]).unwrap();
     NarCache::open(config, UpstreamSet::in_order(vec![up]), keys).unwrap()

@@ -371,3 +371,43 @@ async fn a_symlink_in_place_of_the_pack_is_never_followed_and_its_files_come_aga
     assert!(std::fs::symlink_metadata(&pack).unwrap().is_file(), "a plain pack again");
     assert_eq!(std::fs::read(&decoy).unwrap(), vec![9u8; 8192], "nothing written through it");
 }
+
+#[tokio::test]
+async fn a_large_file_is_checked_and_written_as_its_frames_arrive_and_a_bad_frame_stores_nothing() {
+    let mut fx = fixture();
+    // Anything over 50 kB is streamed here (64 MiB by default).
+    fx.config.stream_file_bytes = 50_000;
+    let path = sp('v', "streamed");
+    // 300 frames of 1 KiB, and a block of 64 KiB that ends inside a frame.
+    let big = noise(7, 300_000);
+    let tree = NarNode::Directory(vec![
+        (b"big".to_vec(), NarNode::File { executable: true, contents: big.clone() }),
+        (b"small".to_vec(), NarNode::File { executable: false, contents: vec![5; 100] }),
+    ]);
+    let index = publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |_| {});
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let id = entry.manifest.child(manifest::ROOT_NODE, b"big").unwrap();
+    let frames = index.frames_of(index.file(id).unwrap());
+    assert!(frames.len() > 100, "{frames:?}");
+
+    // A frame in the middle that does not match: an error, nothing of the file present.
+    let bad = &index.frames[frames.start + frames.len() / 2];
+    *fx.ups[0].flip_byte.lock().unwrap() = Some(bad.file_offset + bad.file_len / 2);
+    assert!(matches!(read(&cache, &entry, b"big").await, Err(CacheError::Unavailable { .. })));
+    assert!(entry.is_missing(id), "nothing of the file stored");
+    assert!(!entry.dir.join(unpack::file_name(id)).exists());
+    assert!(CacheStats::get(&cache.stats.frame_failures) >= 1);
+
+    // Good bytes: the file is stored whole, every block's checksum right (reads check them),
+    // executable, and no whole NAR was asked for.
+    *fx.ups[0].flip_byte.lock().unwrap() = None;
+    assert_eq!(read(&cache, &entry, b"big").await.unwrap(), big);
+    let contents = entry.open_file(id).unwrap();
+    assert_eq!(contents.read_at(65_000, 10_000).unwrap(), big[65_000..75_000].to_vec());
+    let mode = std::fs::metadata(entry.dir.join(unpack::file_name(id))).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o555);
+    assert_eq!(requests(&fx.ups[0]).0, 0, "by range, not the whole NAR");
+    let report = cache.verify(Some(std::slice::from_ref(&path))).await;
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+}

@@ -38,6 +38,7 @@ mod reason;
 pub mod renar;
 mod scan;
 pub mod stats;
+mod streamed;
 pub mod unpack;
 
 #[cfg(test)]
@@ -116,7 +117,14 @@ pub struct CacheConfig {
     pub index_keys: TrustedKeys,
     /// NAR files (`FileSize`) up to this size are fetched whole even when indexed.
     pub index_min_nar_bytes: u64,
+    /// Files of partial entries larger than this are checked and written as their frames
+    /// arrive, never held whole in memory (`STREAMED_FILE_BYTES`; tests set less).
+    pub stream_file_bytes: u64,
 }
+
+/// Files of partial entries larger than this are streamed (`CacheConfig::stream_file_bytes`):
+/// smaller ones are checked whole in memory, with the files of their batch.
+pub const STREAMED_FILE_BYTES: u64 = 64 << 20;
 
 /// One verified store path in the cache.
 #[derive(Debug)]

@@ -253,25 +253,7 @@ impl Partial {
             self.stage_packed(dir, small, &mut staged)?;
         }
         for file in large {
-            let tmp = dir.join(format!("{}.tmp", file_name(file.id)));
-            let mode = if file.executable { 0o555 } else { 0o444 };
-            let create = || {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&tmp)
-            };
-            // A leftover of a batch a crash cut short is removed only when met: an unlink
-            // beforehand would take the directory's lock for every file, against every reader.
-            let mut out = match create() {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    std::fs::remove_file(&tmp)?;
-                    create()?
-                }
-                created => created?,
-            };
+            let mut out = create_temporary(dir, file.id, file.executable)?;
             out.write_all(&file.bytes)?;
             staged.bytes += out.metadata()?.blocks() * 512;
             staged.files.push((file.id, None, block_sums(&file.bytes)));
@@ -354,6 +336,79 @@ impl Partial {
             .open(dir.join(PRESENT_FILE))?;
         out.write_all(records)?;
         out.sync_data()
+    }
+}
+
+/// Creates the temporary file that file `id` is written to before it is renamed to `f<id>`.
+fn create_temporary(dir: &Path, id: NodeId, executable: bool) -> io::Result<File> {
+    let tmp = dir.join(format!("{}.tmp", file_name(id)));
+    let mode = if executable { 0o555 } else { 0o444 };
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+    };
+    // A leftover of a batch a crash cut short is removed only when met: an unlink beforehand
+    // would take the directory's lock for every file, against every reader.
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)?;
+            create()
+        }
+        created => created,
+    }
+}
+
+/// A large file written under its temporary name as its checked pieces arrive, with its block
+/// checksums computed on the way; [`FileWriter::finish`] stages it for `commit`. The caller
+/// commits it only once the whole file matched its digest.
+#[derive(Debug)]
+pub struct FileWriter {
+    id: NodeId,
+    out: File,
+    sums: Vec<u64>,
+    /// The bytes of the current, unfinished block.
+    carry: Vec<u8>,
+}
+
+impl FileWriter {
+    /// Starts file `id` (mode 0555 if `executable`) in the entry directory `dir`. Blocking.
+    pub fn start(dir: &Path, id: NodeId, executable: bool) -> io::Result<Self> {
+        let out = create_temporary(dir, id, executable)?;
+        Ok(Self { id, out, sums: Vec::new(), carry: Vec::with_capacity(CHECK_BLOCK_BYTES as _) })
+    }
+
+    /// Appends `piece`. Blocking.
+    pub fn write(&mut self, mut piece: &[u8]) -> io::Result<()> {
+        self.out.write_all(piece)?;
+        let block = CHECK_BLOCK_BYTES as usize;
+        if !self.carry.is_empty() {
+            let take = (block - self.carry.len()).min(piece.len());
+            self.carry.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+            if self.carry.len() == block {
+                self.sums.push(block_sum(&self.carry));
+                self.carry.clear();
+            }
+        }
+        while piece.len() >= block {
+            self.sums.push(block_sum(&piece[..block]));
+            piece = &piece[block..];
+        }
+        self.carry.extend_from_slice(piece);
+        Ok(())
+    }
+
+    /// The file, staged (its last block summed). Blocking.
+    pub fn finish(mut self) -> io::Result<Staged> {
+        if !self.carry.is_empty() {
+            self.sums.push(block_sum(&self.carry));
+        }
+        let bytes = self.out.metadata()?.blocks() * 512;
+        Ok(Staged { files: vec![(self.id, None, self.sums.into())], bytes })
     }
 }
 

@@ -10,14 +10,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
+use std::path::Path;
 
 use futures::StreamExt;
 use tracing::{debug, warn};
 
 use super::claims::Turn;
 use super::error::Failures;
-use super::partial::{Partial, VerifiedFile};
+use super::partial::{Partial, Staged, VerifiedFile};
 use super::stats::CacheStats;
+use super::streamed::Streamed;
 use super::{CacheError, Cause, Entry, Failure, NarCache};
 use crate::logging::warn_throttled;
 use crate::nix::file_index::{FileIndex, FileNode, NodeKind};
@@ -26,7 +28,7 @@ use crate::sync::{Arc, lock};
 use crate::upstream::Upstream;
 
 /// Range requests of one batch in flight at once.
-const RANGES_IN_FLIGHT: usize = 4;
+pub(super) const RANGES_IN_FLIGHT: usize = 4;
 /// Largest range asked for at once (several frames coalesced), in bytes of the NAR file.
 const MAX_RANGE_BYTES: u64 = 8 << 20;
 /// Largest sibling file read ahead with a file.
@@ -239,9 +241,25 @@ impl NarCache {
                 vec![Failure { upstream: None, cause: Cause::msg(why) }],
             ));
         }
-        let mut missing = wanted;
+        let index = &partial.index;
+        let streamed =
+            |id: &NodeId| index.file(*id).is_some_and(|f| f.size > self.config.stream_file_bytes);
+        let (large, mut missing): (Vec<NodeId>, Vec<NodeId>) =
+            wanted.into_iter().partition(streamed);
         let mut failures = Vec::new();
+        for id in large {
+            for up in self.upstreams_for(entry).await {
+                match self.stream_file(up.as_ref(), entry, partial, id).await? {
+                    Streamed::Stored(true) => break,
+                    Streamed::Stored(false) => return Ok(false),
+                    Streamed::Failed(failure) => failures.push(failure),
+                }
+            }
+        }
         for up in self.upstreams_for(entry).await {
+            if missing.is_empty() {
+                break;
+            }
             let (verified, failed) = self.fetch_from(up.as_ref(), entry, partial, &missing).await;
             if let Some(failure) = failed {
                 failures.push(failure);
@@ -321,15 +339,7 @@ impl NarCache {
             CacheStats::add(&self.stats.bytes_downloaded, bytes.len() as u64);
             let boundaries = [run.start, run.end - 1];
             for i in run {
-                let Some(frame) = index.frames.get(i) else { continue };
-                let from = frame
-                    .file_offset
-                    .checked_sub(first)
-                    .and_then(|at| usize::try_from(at).ok())
-                    .unwrap_or(usize::MAX);
-                let piece =
-                    from.checked_add(frame.file_len as usize).and_then(|to| bytes.get(from..to));
-                match piece.map(|p| index.decode_frame(i, p)) {
+                match frame_in(index, i, first, &bytes).map(|p| index.decode_frame(i, p)) {
                     Some(Ok(nar)) => {
                         let nar = Arc::new(nar);
                         if boundaries.contains(&i) {
@@ -378,10 +388,23 @@ impl NarCache {
     ) -> Result<bool, CacheError> {
         let n = files.len() as u64;
         let first = files.first().map_or(0, |f| f.id);
+        self.store_staged(entry, n, first, move |partial, dir| partial.stage(dir, files)).await
+    }
+
+    /// Stores in `entry` the `n` files (the first `first`) that `stage` writes into its
+    /// directory (blocking, on the blocking pool), counts them, and makes them present and,
+    /// in the background, durable; false when the entry was evicted meanwhile.
+    pub(super) async fn store_staged(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        n: u64,
+        first: NodeId,
+        stage: impl FnOnce(&Partial, &Path) -> std::io::Result<Staged> + Send + 'static,
+    ) -> Result<bool, CacheError> {
         let (this, held) = (self.clone(), entry.clone());
         let stored = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
             let Some(partial) = held.partial() else { return Ok(false) };
-            let staged = match partial.stage(&held.dir, files) {
+            let staged = match stage(partial, &held.dir) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 staged => staged?,
             };
@@ -430,7 +453,12 @@ impl NarCache {
     }
 
     /// The reader's error for file `id` of `entry`.
-    fn file_failed(&self, entry: &Entry, id: NodeId, mut failures: Vec<Failure>) -> CacheError {
+    pub(super) fn file_failed(
+        &self,
+        entry: &Entry,
+        id: NodeId,
+        mut failures: Vec<Failure>,
+    ) -> CacheError {
         if failures.is_empty() {
             let why = format!("file {id}: no cache sent bytes that match the index");
             failures.push(Failure { upstream: None, cause: Cause::msg(why) });
@@ -572,8 +600,21 @@ impl<'a> FrameBudget<'a> {
     }
 }
 
+/// The bytes of frame `i` within `bytes`, the NAR file's bytes from offset `first` on; None
+/// when they are not all there.
+pub(super) fn frame_in<'a>(
+    index: &FileIndex,
+    i: usize,
+    first: u64,
+    bytes: &'a [u8],
+) -> Option<&'a [u8]> {
+    let frame = index.frames.get(i)?;
+    let from = usize::try_from(frame.file_offset.checked_sub(first)?).ok()?;
+    bytes.get(from..from.checked_add(usize::try_from(frame.file_len).ok()?)?)
+}
+
 /// `frames` as runs of neighbouring frames, each at most `MAX_RANGE_BYTES` (or one frame).
-fn coalesce(index: &FileIndex, frames: &BTreeSet<usize>) -> Vec<Range<usize>> {
+pub(super) fn coalesce(index: &FileIndex, frames: &BTreeSet<usize>) -> Vec<Range<usize>> {
     let mut runs: Vec<Range<usize>> = Vec::new();
     let mut bytes = 0;
     for &i in frames {

@@ -122,6 +122,7 @@ impl Fixture {
             uid_rate: crate::upstream::rate::RateLimit::OFF,
             index_keys: crate::nix::signature::TrustedKeys::default(),
             index_min_nar_bytes: 0,
+            stream_file_bytes: super::STREAMED_FILE_BYTES,
         };
         let ups = (0..n_upstreams).map(|i| Arc::new(MockUpstream::new(&i.to_string()))).collect();
         Self { _dir: dir, config, ups, previous: std::sync::Mutex::new(std::sync::Weak::new()) }

@@ -39,13 +39,13 @@ pub enum FileCheckError {
         source: SeekableError,
     },
     /// The frames given are not the ones the file lies in.
-    #[error("file at nar offset {nar_offset}: needs frames {want:?}, got {got} decoded frames")]
+    #[error("file at nar offset {nar_offset}: needs frames {want:?} in order, got {got}")]
     WrongFrames {
         /// The file's NAR offset.
         nar_offset: u64,
         /// The frames it lies in.
         want: std::ops::Range<usize>,
-        /// How many were given.
+        /// How many decoded frames were given, or the frame given out of order.
         got: usize,
     },
     /// The file's bytes do not hash to its recorded digest.
@@ -218,37 +218,24 @@ impl FileIndex {
         file: &FileNode,
         decoded: &[Vec<u8>],
     ) -> Result<Vec<u8>, FileCheckError> {
-        let want = self.frames_of(file);
-        let wrong = || FileCheckError::WrongFrames {
-            nar_offset: file.nar_offset,
-            want: want.clone(),
-            got: decoded.len(),
-        };
-        if decoded.len() != want.len() {
-            return Err(wrong());
+        let mut stream = self.file_stream(file);
+        if decoded.len() != stream.frames.len() {
+            return Err(stream.wrong(decoded.len()));
         }
-        let mut out = Vec::with_capacity(usize::try_from(file.size).map_err(|_| wrong())?);
-        let end = file.nar_offset.saturating_add(file.size);
-        let frames = self.frames.get(want.clone()).ok_or_else(wrong)?;
-        for (frame, bytes) in frames.iter().zip(decoded) {
-            // Where the file's bytes lie in this frame; a hand-built index whose frames do not
-            // cover the file gets an error here, never a panic.
-            let from = file.nar_offset.max(frame.nar_offset) - frame.nar_offset;
-            let to = end.min(frame.nar_range().end).saturating_sub(frame.nar_offset);
-            let piece = usize::try_from(from)
-                .ok()
-                .zip(usize::try_from(to).ok())
-                .and_then(|(from, to)| bytes.get(from..to));
-            match piece {
-                Some(piece) if bytes.len() as u64 == frame.nar_len => out.extend_from_slice(piece),
-                _ => return Err(wrong()),
-            }
+        let mut out = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0));
+        for (frame, bytes) in stream.frames.clone().zip(decoded) {
+            out.extend_from_slice(stream.piece(frame, bytes)?);
         }
-        let digest: [u8; 32] = Sha256::digest(&out).into();
-        if out.len() as u64 != file.size || digest != file.digest {
-            return Err(FileCheckError::FileDigest { nar_offset: file.nar_offset });
-        }
+        stream.finish()?;
         Ok(out)
+    }
+
+    /// A check of `file`'s contents fed one decoded frame at a time, in order: the file's bytes
+    /// never need to be in memory at once.
+    #[must_use]
+    pub fn file_stream<'a>(&'a self, file: &'a FileNode) -> FileStream<'a> {
+        let frames = self.frames_of(file);
+        FileStream { index: self, file, next: frames.start, frames, hasher: Sha256::new(), len: 0 }
     }
 
     /// Checks that `nar` is the index's NAR (NarHash) and that its tree, file digests included,
@@ -269,5 +256,80 @@ impl FileIndex {
             }
             None => Ok(()),
         }
+    }
+}
+
+/// A file's contents checked frame by frame ([`FileIndex::file_stream`]): each decoded frame,
+/// in order, gives the file's bytes in it ([`FileStream::piece`]); [`FileStream::finish`]
+/// compares the digest. Nothing is vouched for before `finish` returns Ok.
+#[derive(Debug)]
+pub struct FileStream<'a> {
+    index: &'a FileIndex,
+    file: &'a FileNode,
+    /// The frames the file lies in.
+    frames: std::ops::Range<usize>,
+    /// The frame expected next.
+    next: usize,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl FileStream<'_> {
+    /// The frames the file lies in, in the order they must be fed.
+    #[must_use]
+    pub fn frames(&self) -> std::ops::Range<usize> {
+        self.frames.clone()
+    }
+
+    /// The file's bytes within `decoded`, the decoded bytes of frame `frame`, which must be the
+    /// next of its frames; hashed on the way.
+    ///
+    /// # Errors
+    ///
+    /// Another frame than the next, or decoded bytes of another length than the frame's.
+    pub fn piece<'b>(
+        &mut self,
+        frame: usize,
+        decoded: &'b [u8],
+    ) -> Result<&'b [u8], FileCheckError> {
+        let f =
+            self.index.frames.get(frame).filter(|_| frame == self.next && frame < self.frames.end);
+        let Some(f) = f else { return Err(self.wrong(frame)) };
+        // Where the file's bytes lie in this frame; a hand-built index whose frames do not
+        // cover the file gets an error here, never a panic.
+        let end = self.file.nar_offset.saturating_add(self.file.size);
+        let from = self.file.nar_offset.max(f.nar_offset) - f.nar_offset;
+        let to = end.min(f.nar_range().end).saturating_sub(f.nar_offset);
+        let piece = usize::try_from(from)
+            .ok()
+            .zip(usize::try_from(to).ok())
+            .and_then(|(from, to)| decoded.get(from..to))
+            .filter(|_| decoded.len() as u64 == f.nar_len);
+        let Some(piece) = piece else { return Err(self.wrong(frame)) };
+        self.hasher.update(piece);
+        self.len += piece.len() as u64;
+        self.next += 1;
+        Ok(piece)
+    }
+
+    /// Ok when every frame was fed and the bytes hash to the file's digest.
+    ///
+    /// # Errors
+    ///
+    /// Frames missing, or contents that do not hash to the digest.
+    pub fn finish(self) -> Result<(), FileCheckError> {
+        if self.next != self.frames.end {
+            return Err(self.wrong(self.next));
+        }
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        if self.len != self.file.size || digest != self.file.digest {
+            return Err(FileCheckError::FileDigest { nar_offset: self.file.nar_offset });
+        }
+        Ok(())
+    }
+
+    /// The error for frames that are not the file's, in order.
+    fn wrong(&self, got: usize) -> FileCheckError {
+        FileCheckError::WrongFrames { nar_offset: self.file.nar_offset, want: self.frames(), got }
     }
 }
