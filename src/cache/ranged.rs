@@ -172,6 +172,39 @@ impl NarCache {
         }));
     }
 
+    /// Asks `up` for the NAR-file bytes of frames `run` of `entry`, counted: the run, the offset
+    /// in the NAR file its bytes start at, and the bytes, or the failure (logged, throttled).
+    pub(super) async fn fetch_run(
+        &self,
+        up: &dyn Upstream,
+        entry: &Entry,
+        index: &FileIndex,
+        run: Range<usize>,
+    ) -> (Range<usize>, u64, Result<Vec<u8>, Failure>) {
+        let first = index.frames.get(run.start).map_or(0, |f| f.file_offset);
+        let last = index.frames.get(run.end - 1).map_or(0, |f| f.file_range().end);
+        CacheStats::bump(&self.stats.range_requests);
+        match up.range(entry.narinfo.url.as_str(), first..last).await {
+            Ok(bytes) => {
+                CacheStats::add(&self.stats.range_bytes, bytes.len() as u64);
+                CacheStats::add(&self.stats.bytes_downloaded, bytes.len() as u64);
+                (run, first, Ok(bytes))
+            }
+            Err(err) => {
+                warn_throttled!(self.failure_log, store_path = %entry.store_path,
+                                upstream = up.url(), error = %err, "range request failed");
+                (run, first, Err(Failure::of(up.url(), err)))
+            }
+        }
+    }
+
+    /// Counts a frame from `up` whose bytes do not match the index.
+    pub(super) fn frame_mismatch(&self, up: &dyn Upstream) {
+        CacheStats::bump(&self.stats.frame_failures);
+        CacheStats::bump(&self.stats.verify_failures);
+        up.counters().failed();
+    }
+
     /// Counts those of `ids`, fetched ahead of any reader, that are present now.
     fn count_read_ahead(&self, partial: &Partial, ids: &[NodeId]) {
         let stored = ids.iter().filter(|id| partial.has(**id)).count();
@@ -311,16 +344,8 @@ impl NarCache {
             }
             None => true,
         });
-        let runs = coalesce(index, &frames);
-        let url = entry.narinfo.url.as_str();
-        let fetched: Vec<_> = futures::stream::iter(runs)
-            .map(|run| async move {
-                let first = index.frames.get(run.start).map_or(0, |f| f.file_offset);
-                let last = index.frames.get(run.end - 1).map_or(0, |f| f.file_range().end);
-                CacheStats::bump(&self.stats.range_requests);
-                let bytes = up.range(url, first..last).await;
-                (run, first, bytes)
-            })
+        let fetched: Vec<_> = futures::stream::iter(coalesce(index, &frames))
+            .map(|run| self.fetch_run(up, entry, index, run))
             .buffer_unordered(RANGES_IN_FLIGHT)
             .collect()
             .await;
@@ -328,15 +353,11 @@ impl NarCache {
         for (run, first, bytes) in fetched {
             let bytes = match bytes {
                 Ok(bytes) => bytes,
-                Err(err) => {
-                    warn_throttled!(self.failure_log, store_path = %entry.store_path,
-                                    upstream = up.url(), error = %err, "range request failed");
-                    failure = Some(Failure::of(up.url(), err));
+                Err(failed) => {
+                    failure = Some(failed);
                     continue;
                 }
             };
-            CacheStats::add(&self.stats.range_bytes, bytes.len() as u64);
-            CacheStats::add(&self.stats.bytes_downloaded, bytes.len() as u64);
             let boundaries = [run.start, run.end - 1];
             for i in run {
                 match frame_in(index, i, first, &bytes).map(|p| index.decode_frame(i, p)) {
@@ -348,9 +369,7 @@ impl NarCache {
                         decoded.insert(i, nar);
                     }
                     Some(Err(err)) => {
-                        CacheStats::bump(&self.stats.frame_failures);
-                        CacheStats::bump(&self.stats.verify_failures);
-                        up.counters().failed();
+                        self.frame_mismatch(up);
                         warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
                               "frame does not match the index; its files are not served from here");
                         failure = Some(Failure::of(up.url(), err));

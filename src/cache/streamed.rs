@@ -14,7 +14,6 @@ use super::partial::{FileWriter, Partial};
 use super::ranged::{RANGES_IN_FLIGHT, coalesce, frame_in};
 use super::stats::CacheStats;
 use super::{CacheError, Cause, Entry, Failure, NarCache};
-use crate::logging::warn_throttled;
 use crate::nix::nar::NodeId;
 use crate::sync::Arc;
 use crate::upstream::Upstream;
@@ -54,14 +53,8 @@ impl NarCache {
             }
             Err(e) => return Err(local(e)),
         };
-        let url = entry.narinfo.url.as_str();
         let mut ranges = futures::stream::iter(coalesce(index, &frames))
-            .map(|run| async move {
-                let first = index.frames.get(run.start).map_or(0, |f| f.file_offset);
-                let last = index.frames.get(run.end - 1).map_or(0, |f| f.file_range().end);
-                CacheStats::bump(&self.stats.range_requests);
-                (run, first, up.range(url, first..last).await)
-            })
+            .map(|run| self.fetch_run(up, entry, index, run))
             .buffered(RANGES_IN_FLIGHT);
         let failed = |err: &dyn std::fmt::Display| {
             warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
@@ -70,23 +63,15 @@ impl NarCache {
         while let Some((run, first, bytes)) = ranges.next().await {
             let bytes = match bytes {
                 Ok(bytes) => bytes,
-                Err(err) => {
-                    warn_throttled!(self.failure_log, store_path = %entry.store_path,
-                                    upstream = up.url(), error = %err, "range request failed");
-                    return Ok(Streamed::Failed(Failure::of(up.url(), err)));
-                }
+                Err(failed) => return Ok(Streamed::Failed(failed)),
             };
-            CacheStats::add(&self.stats.range_bytes, bytes.len() as u64);
-            CacheStats::add(&self.stats.bytes_downloaded, bytes.len() as u64);
             let mut pieces = Vec::new();
             for i in run {
                 let decoded = frame_in(index, i, first, &bytes).map(|p| index.decode_frame(i, p));
                 let decoded = match decoded {
                     Some(Ok(decoded)) => decoded,
                     Some(Err(err)) => {
-                        CacheStats::bump(&self.stats.frame_failures);
-                        CacheStats::bump(&self.stats.verify_failures);
-                        up.counters().failed();
+                        self.frame_mismatch(up);
                         failed(&err);
                         return Ok(Streamed::Failed(Failure::of(up.url(), err)));
                     }
