@@ -114,11 +114,11 @@ async fn a_verified_index_gives_the_tree_without_the_nar_and_files_by_range() {
     // Recorded present in the background: wait for both records (32 bytes each, with their
     // offsets in the pack), then a restart keeps both files and sends no further request.
     let log = entry.dir.join(partial::PRESENT_FILE);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&log).map_or(0, |m| m.len()) < 64 {
-        assert!(std::time::Instant::now() < deadline, "files not recorded present");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        || std::fs::metadata(&log).map_or(0, |m| m.len()) >= 64,
+        || "files not recorded present".to_owned(),
+    )
+    .await;
     let before = requests(&fx.ups[0]);
     drop(entry);
     let cache = fx.open();
@@ -181,6 +181,15 @@ async fn a_tampered_frame_fails_its_file_only() {
     assert_eq!(read(&cache, &entry, b"b").await.unwrap(), vec![2; 3000]);
 }
 
+/// Waits, polling for up to 10 s, until `done`; fails saying `what` if it never is.
+async fn wait_until(done: impl Fn() -> bool, what: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// `len` bytes that zstd cannot shrink, different for each `seed`.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -224,11 +233,11 @@ async fn batches_of_one_entry_are_in_flight_at_once_and_readers_of_one_file_shar
         })
     };
     let readers = [spawn_read(ia), spawn_read(ia), spawn_read(ib)];
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while requests(&fx.ups[0]).1 < 2 {
-        assert!(std::time::Instant::now() < deadline, "the second batch waited for the first");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        || requests(&fx.ups[0]).1 >= 2,
+        || "the second batch waited for the first".to_owned(),
+    )
+    .await;
     gate.add_permits(1000);
     let [ra1, ra2, rb] = readers;
     assert_eq!(ra1.await.unwrap(), a);
@@ -288,11 +297,8 @@ async fn once_a_quarter_is_read_the_rest_comes_in_the_background_each_file_once(
     let holder = cache.fetch_file(&entry, id_of(6)).await.unwrap();
     assert!(partial.fill_due(), "a quarter present");
     assert_eq!(holder.open_file(id_of(6)).unwrap().read_at(0, u64::MAX).unwrap(), files[6]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while partial.progress() != (8, 8) {
-        assert!(std::time::Instant::now() < deadline, "not filled: {:?}", partial.progress());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(|| partial.progress() == (8, 8), || format!("not filled: {:?}", partial.progress()))
+        .await;
     for (i, want) in files.iter().enumerate() {
         assert_eq!(&entry.open_file(id_of(i)).unwrap().read_at(0, u64::MAX).unwrap(), want);
     }
@@ -330,11 +336,7 @@ async fn a_frame_shared_with_the_readers_batch_is_not_asked_for_again() {
     assert_eq!(frames(ia), frames(ib), "the fixture puts both files in one frame");
     cache.fetch_file(&entry, ia).await.unwrap();
     let partial = entry.partial().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !partial.has(ib) {
-        assert!(std::time::Instant::now() < deadline, "d2/b was not read ahead");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(|| partial.has(ib), || "d2/b was not read ahead".to_owned()).await;
     assert_eq!(entry.open_file(ib).unwrap().read_at(0, u64::MAX).unwrap(), vec![2; 40]);
     assert_eq!(requests(&fx.ups[0]), (0, 1), "one range: the read-ahead used the kept frame");
     assert_eq!(CacheStats::get(&cache.stats.files_read_ahead), 1, "d2/b, before any reader");
@@ -349,11 +351,11 @@ async fn a_symlink_in_place_of_the_pack_is_never_followed_and_its_files_come_aga
     let entry = cache.get(&path).await.unwrap();
     assert_eq!(read(&cache, &entry, b"a").await.unwrap(), vec![1; 3000]);
     let log = entry.dir.join(partial::PRESENT_FILE);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&log).map_or(0, |m| m.len()) < 32 {
-        assert!(std::time::Instant::now() < deadline, "file not recorded present");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        || std::fs::metadata(&log).map_or(0, |m| m.len()) >= 32,
+        || "file not recorded present".to_owned(),
+    )
+    .await;
     // The pack replaced by a link to a file elsewhere that holds other bytes.
     let elsewhere = tempfile::tempdir().unwrap();
     let decoy = elsewhere.path().join("decoy");
