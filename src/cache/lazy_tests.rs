@@ -88,6 +88,40 @@ async fn read(
     Ok(holder.open_file(id).unwrap().read_at(0, u64::MAX).unwrap())
 }
 
+/// `d1/a` and `d2/b`: two files, neither the other's sibling.
+fn two_dirs(a: NarNode, b: NarNode) -> NarNode {
+    NarNode::Directory(vec![
+        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), a)])),
+        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), b)])),
+    ])
+}
+
+/// The node of file `name` in directory `dir` of `entry`'s root.
+fn in_dir(entry: &Entry, dir: &[u8], name: &[u8]) -> NodeId {
+    let d = entry.manifest.child(manifest::ROOT_NODE, dir).unwrap();
+    entry.manifest.child(d, name).unwrap()
+}
+
+/// A reader of file `id` of `entry`, on its own task; gives the file's bytes.
+fn spawn_read(
+    cache: &Arc<NarCache>,
+    entry: &Arc<Entry>,
+    id: NodeId,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    let (cache, entry) = (cache.clone(), entry.clone());
+    tokio::spawn(async move {
+        let holder = cache.fetch_file(&entry, id).await.unwrap();
+        holder.open_file(id).unwrap().read_at(0, u64::MAX).unwrap()
+    })
+}
+
+/// Holds every range request to `up` until permits are added.
+fn hold_ranges(up: &MockUpstream) -> Arc<tokio::sync::Semaphore> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *up.range_gate.lock().unwrap() = Some(gate.clone());
+    gate
+}
+
 #[tokio::test]
 async fn a_verified_index_gives_the_tree_without_the_nar_and_files_by_range() {
     let fx = fixture();
@@ -191,7 +225,7 @@ async fn wait_until(done: impl Fn() -> bool, what: impl Fn() -> String) {
 }
 
 /// `len` bytes that zstd cannot shrink, different for each `seed`.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub(super) fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -211,27 +245,12 @@ async fn batches_of_one_entry_are_in_flight_at_once_and_readers_of_one_file_shar
     // each read is its own batch.
     let (a, b) = (noise(1, 100_000), noise(2, 100_000));
     let file = |contents: &Vec<u8>| NarNode::File { executable: false, contents: contents.clone() };
-    let tree = NarNode::Directory(vec![
-        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(&a))])),
-        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(&b))])),
-    ]);
-    publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |_| {});
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    *fx.ups[0].range_gate.lock().unwrap() = Some(gate.clone());
+    publish_indexed(&fx.ups[0], &path, &two_dirs(file(&a), file(&b)), &index_key(), |_| {});
+    let gate = hold_ranges(&fx.ups[0]);
     let cache = fx.open();
     let entry = cache.get(&path).await.unwrap();
-    let id_of = |dir: &[u8], name: &[u8]| {
-        let d = entry.manifest.child(manifest::ROOT_NODE, dir).unwrap();
-        entry.manifest.child(d, name).unwrap()
-    };
-    let (ia, ib) = (id_of(b"d1", b"a"), id_of(b"d2", b"b"));
-    let spawn_read = |id: NodeId| {
-        let (cache, entry) = (cache.clone(), entry.clone());
-        tokio::spawn(async move {
-            let holder = cache.fetch_file(&entry, id).await.unwrap();
-            holder.open_file(id).unwrap().read_at(0, u64::MAX).unwrap()
-        })
-    };
+    let (ia, ib) = (in_dir(&entry, b"d1", b"a"), in_dir(&entry, b"d2", b"b"));
+    let spawn_read = |id| spawn_read(&cache, &entry, id);
     let readers = [spawn_read(ia), spawn_read(ia), spawn_read(ib)];
     wait_until(
         || requests(&fx.ups[0]).1 >= 2,
@@ -244,6 +263,37 @@ async fn batches_of_one_entry_are_in_flight_at_once_and_readers_of_one_file_shar
     assert_eq!(ra2.await.unwrap(), a);
     assert_eq!(rb.await.unwrap(), b);
     assert_eq!(requests(&fx.ups[0]), (0, 2), "one range per file: its two readers shared it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_that_need_one_frame_fetch_it_once() {
+    let fx = fixture();
+    let path = sp('j', "one-frame");
+    // Two small files in two directories, in one frame: two readers, two batches, one range.
+    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 40] };
+    let index =
+        publish_indexed(&fx.ups[0], &path, &two_dirs(file(1), file(2)), &index_key(), |_| {});
+    let gate = hold_ranges(&fx.ups[0]);
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let (ia, ib) = (in_dir(&entry, b"d1", b"a"), in_dir(&entry, b"d2", b"b"));
+    let frames = |id| index.frames_of(index.file(id).unwrap());
+    assert_eq!(frames(ia), frames(ib), "the fixture puts both files in one frame");
+    let partial = entry.partial().unwrap();
+    let spawn_read = |id| spawn_read(&cache, &entry, id);
+    let first = spawn_read(ia);
+    wait_until(|| requests(&fx.ups[0]).1 == 1, || "the first batch asked".to_owned()).await;
+    let second = spawn_read(ib);
+    // The second batch claims `d2/b` (it is no sibling of `d1/a`) and finds its frame taken.
+    wait_until(
+        || partial.claims.wait_for_any(&[ib]).is_some(),
+        || "the second reader did not claim its file".to_owned(),
+    )
+    .await;
+    gate.add_permits(1000);
+    assert_eq!(first.await.unwrap(), vec![1; 40]);
+    assert_eq!(second.await.unwrap(), vec![2; 40]);
+    assert_eq!(requests(&fx.ups[0]), (0, 1), "one range for the frame both batches needed");
 }
 
 #[tokio::test]
@@ -268,9 +318,10 @@ async fn prefetch_completes_a_partial_entry() {
 async fn once_a_quarter_is_read_the_rest_comes_in_the_background_each_file_once() {
     let fx = fixture();
     let path = sp('f', "filled");
-    // Eight files in eight directories, each larger than the least read-ahead after a file:
-    // every read is a batch of its own file, nothing read ahead.
-    let files: Vec<Vec<u8>> = (0..8).map(|i| noise(10 + i, 100_000)).collect();
+    // Eight files in eight directories, each larger than the least read-ahead after a file
+    // and together more than a subtree that comes alongside a read: every read is a batch of
+    // its own file, nothing read ahead.
+    let files: Vec<Vec<u8>> = (0..8).map(|i| noise(10 + i, 200_000)).collect();
     let tree = NarNode::Directory(
         files
             .iter()
@@ -316,9 +367,10 @@ async fn a_frame_shared_with_the_readers_batch_is_not_asked_for_again() {
     let path = sp('s', "shared-frame");
     // Two small files in two directories: one frame holds both, and neither is the other's
     // sibling, so the reader's batch is `d1/a` alone and `d2/b` is read ahead after it. A
-    // large third file keeps the path under a quarter present (no fill).
+    // large third file keeps the path under a quarter present (no fill) and too large to
+    // come alongside whole.
     let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 40] };
-    let large = NarNode::File { executable: false, contents: noise(3, 100_000) };
+    let large = NarNode::File { executable: false, contents: noise(3, 1_200_000) };
     let tree = NarNode::Directory(vec![
         (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
         (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
@@ -327,11 +379,7 @@ async fn a_frame_shared_with_the_readers_batch_is_not_asked_for_again() {
     let index = publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |_| {});
     let cache = fx.open();
     let entry = cache.get(&path).await.unwrap();
-    let id_of = |dir: &[u8], name: &[u8]| {
-        let d = entry.manifest.child(manifest::ROOT_NODE, dir).unwrap();
-        entry.manifest.child(d, name).unwrap()
-    };
-    let (ia, ib) = (id_of(b"d1", b"a"), id_of(b"d2", b"b"));
+    let (ia, ib) = (in_dir(&entry, b"d1", b"a"), in_dir(&entry, b"d2", b"b"));
     let frames = |id| index.frames_of(index.file(id).unwrap());
     assert_eq!(frames(ia), frames(ib), "the fixture puts both files in one frame");
     cache.fetch_file(&entry, ia).await.unwrap();

@@ -13,6 +13,7 @@
 //!   `gc`. Only `verify` drops a pinned entry, when it is corrupt; the pin stays and the next use
 //!   fetches it again.
 
+mod ahead;
 mod catalog;
 mod check;
 mod claims;
@@ -22,6 +23,8 @@ mod error;
 mod evict;
 mod export;
 mod fetch;
+mod flights;
+mod foreground;
 mod fs_kind;
 mod index_entry;
 pub mod layout;
@@ -41,6 +44,8 @@ pub mod stats;
 mod streamed;
 pub mod unpack;
 
+#[cfg(test)]
+mod ahead_tests;
 #[cfg(test)]
 mod lazy_tests;
 #[cfg(test)]
@@ -221,6 +226,8 @@ pub struct NarCache {
     scanned: tokio::sync::watch::Sender<bool>,
     /// True once a scan completed: every entry on disk is in memory.
     scan_complete: AtomicBool,
+    /// Readers waiting for files of partial entries: a background fill yields to them.
+    foreground: foreground::Foreground,
     /// What the cache did so far.
     pub stats: CacheStats,
 }
@@ -258,6 +265,7 @@ impl NarCache {
             failures: FailureCounts::default(),
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
+            foreground: foreground::Foreground::default(),
             stats: CacheStats::default(),
             layout,
             upstreams,

@@ -25,6 +25,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::claims::Claims;
+use super::flights::Flights;
 use super::layout::PACK_FILE;
 use super::manifest::{BlockSums, CHECK_BLOCK_BYTES, Manifest, Node, block_sum};
 use super::unpack::{PACK_MAX_FILE_BYTES, block_rounded, file_name};
@@ -55,6 +56,8 @@ pub struct Partial {
     added_bytes: AtomicU64,
     /// The files batches are fetching now (single flight per file, batches in parallel).
     pub(super) claims: Claims,
+    /// The frames batches are fetching now, one fetch each.
+    pub(super) flights: Flights,
     /// Sum of the sizes of the present files.
     present_file_bytes: AtomicU64,
     /// Sum of the sizes of all its regular files.
@@ -114,6 +117,7 @@ impl Partial {
             pack: Mutex::new(PackSpace::default()),
             added_bytes: AtomicU64::new(0),
             claims: Claims::default(),
+            flights: Flights::default(),
             present_file_bytes: AtomicU64::new(0),
             log: Mutex::new(()),
             filling: AtomicBool::new(false),

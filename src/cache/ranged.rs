@@ -1,12 +1,12 @@
 //! Fetching files of a partial entry: the frames a file lies in, asked for with HTTP Range
 //! requests (neighbouring frames coalesced into one range, several ranges in flight), each
 //! frame checked against its SHA-256 in the index and decoded, each file cut out and checked
-//! against its own SHA-256, and only then stored and served. Small files of the same directory
-//! ride along when their frames cost little; the files that follow in the NAR are read ahead in
-//! a batch of their own; once a quarter of an entry is present, the rest is filled in the
-//! background in small batches, which no reader waits for beyond the one holding its file.
-//! Batches of one entry run at once; `claims` keeps each file to one fetch. A frame whose bytes do not match
-//! gives an error for the files in it, never a wrong byte, and the next cache is asked for it.
+//! against its own SHA-256, and only then stored and served. A reader waits for its own small
+//! batch only; the rest of its directory comes alongside and what follows in the NAR after it
+//! (`ahead` plans which); once a quarter of an entry is present, the rest is filled in the
+//! background in small batches, started only while no reader waits (`foreground`). Batches of
+//! one entry run at once; `claims` keeps each file to one fetch. A frame whose bytes do not
+//! match gives an error for the files in it, never a wrong byte, and the next cache is asked.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
@@ -15,6 +15,7 @@ use std::path::Path;
 use futures::StreamExt;
 use tracing::{debug, warn};
 
+use super::ahead;
 use super::claims::Turn;
 use super::error::Failures;
 use super::partial::{Partial, Staged, VerifiedFile};
@@ -22,7 +23,7 @@ use super::stats::CacheStats;
 use super::streamed::Streamed;
 use super::{CacheError, Cause, Entry, Failure, NarCache};
 use crate::logging::warn_throttled;
-use crate::nix::file_index::{FileIndex, FileNode, NodeKind};
+use crate::nix::file_index::FileIndex;
 use crate::nix::nar::NodeId;
 use crate::sync::{Arc, lock};
 use crate::upstream::Upstream;
@@ -31,21 +32,19 @@ use crate::upstream::Upstream;
 pub(super) const RANGES_IN_FLIGHT: usize = 4;
 /// Largest range asked for at once (several frames coalesced), in bytes of the NAR file.
 const MAX_RANGE_BYTES: u64 = 8 << 20;
-/// Largest sibling file read ahead with a file.
-const READ_AHEAD_FILE_BYTES: u64 = 256 * 1024;
-/// Most bytes of frames fetched for read-ahead beyond those of the file asked for.
-const READ_AHEAD_BYTES: u64 = 2 << 20;
-/// Fewest bytes of frames read ahead after a file, in NAR order.
-const NEIGHBOUR_MIN_BYTES: u64 = 64 * 1024;
-/// Most bytes of frames read ahead after a file, in NAR order.
-const NEIGHBOUR_MAX_BYTES: u64 = 512 * 1024;
 /// Most bytes of frames one batch of `complete` fetches.
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
-/// Most bytes of frames one batch of a background fill fetches (beyond a first large file): a
-/// reader of a file in it waits for no more than this.
-const FILL_BATCH_BYTES: u64 = 1 << 20;
-/// Batches of a background fill in flight at once.
-const FILL_BATCHES_IN_FLIGHT: usize = 2;
+/// Background batches of one entry in flight at once.
+const BACKGROUND_BATCHES_IN_FLIGHT: usize = 2;
+
+/// What an entry fetches in the background, batch by batch, each batch claimed just before it
+/// is fetched (a file present or claimed by then is left out).
+enum Background {
+    /// These batches, read ahead for a reader.
+    Ahead(Vec<Vec<NodeId>>),
+    /// Every missing file, in NAR order from this file on, started only while no reader waits.
+    Fill { from: NodeId },
+}
 
 impl NarCache {
     /// Makes file `id` of `entry`'s path present, fetched, verified and stored with the small
@@ -67,25 +66,36 @@ impl NarCache {
             if partial.index.file(id).is_none() {
                 return Ok(entry.clone());
             }
-            let claim =
-                match partial.claims.turn(id, |f| partial.has(f), || read_ahead(partial, id)) {
-                    Turn::Present => return Ok(entry.clone()),
-                    Turn::Wait(woken) => {
-                        woken.await;
-                        continue;
-                    }
-                    Turn::Fetch(claim) => claim,
-                };
+            let claim = match partial.claims.turn(
+                id,
+                |f| partial.has(f),
+                || ahead::reader_batch(partial, id),
+            ) {
+                Turn::Present => return Ok(entry.clone()),
+                Turn::Wait(woken) => {
+                    let _waiting = self.foreground.enter();
+                    woken.await;
+                    continue;
+                }
+                Turn::Fetch(claim) => claim,
+            };
+            // The rest of the directory comes alongside, in batches of its own: the reader
+            // waits for its own batch only, and a reader of a sibling for that sibling's.
+            let siblings = ahead::alongside(partial, id, &claim.ids);
+            self.in_background(&entry, Background::Ahead(siblings));
+            let waiting = self.foreground.enter();
             let current = self.fetch_batch(&entry, partial, claim.ids.clone()).await?;
+            drop(waiting);
             let batch = claim.ids.clone();
             drop(claim);
             self.count_read_ahead(partial, &batch[1..]);
-            // Only now the background work, which then neither shares the link with the
-            // reader's batch nor asks again for its boundary frames (kept spare).
+            // Only now what follows in the NAR or the fill, which then asks again for none of
+            // the batch's boundary frames (kept spare).
             if current && partial.fill_due() {
-                self.fill_in_background(&entry, partial, id);
+                self.in_background(&entry, Background::Fill { from: id });
             } else if current {
-                self.read_ahead_in_background(&entry, partial, id, &batch);
+                let after = ahead::neighbours(partial, id, &batch);
+                self.in_background(&entry, Background::Ahead(vec![after]));
             }
             if current {
                 if partial.has(id) {
@@ -102,69 +112,54 @@ impl NarCache {
         }
     }
 
-    /// Fetches, in a batch of its own, the files that follow file `id` in the NAR (beyond
-    /// `batch`, the reader's own): the reader does not wait for them, and a later reader of one
-    /// of them waits for this batch rather than asking again.
-    fn read_ahead_in_background(
-        self: &Arc<Self>,
-        entry: &Arc<Entry>,
-        partial: &Partial,
-        id: NodeId,
-        batch: &[NodeId],
-    ) {
-        let ids = neighbours(partial, id, batch);
-        if ids.is_empty() {
+    /// Fetches `work` of `entry` in the background, `BACKGROUND_BATCHES_IN_FLIGHT` batches at
+    /// a time. A later reader of a file in a batch in flight waits for that batch rather than
+    /// asking again; the reader who started it does not wait at all.
+    fn in_background(self: &Arc<Self>, entry: &Arc<Entry>, work: Background) {
+        if matches!(&work, Background::Ahead(batches) if batches.iter().all(Vec::is_empty)) {
+            return;
+        }
+        let Some(partial) = entry.partial() else { return };
+        let fill = matches!(work, Background::Fill { .. });
+        if fill && !partial.start_filling() {
             return;
         }
         let (this, entry) = (self.clone(), entry.clone());
         drop(tokio::spawn(async move {
             let Some(partial) = entry.partial() else { return };
-            let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
-            if claim.ids.is_empty() {
-                return;
-            }
-            match this.fetch_batch(&entry, partial, claim.ids.clone()).await {
-                Ok(_) => this.count_read_ahead(partial, &claim.ids),
-                Err(err) => {
-                    debug!(store_path = %entry.store_path, error = %err, "read-ahead failed")
+            let batches: Box<dyn Iterator<Item = Vec<NodeId>> + Send + '_> = match work {
+                Background::Ahead(batches) => Box::new(batches.into_iter()),
+                Background::Fill { from } => {
+                    let mut order = ahead::FillOrder::new(partial, from);
+                    Box::new(std::iter::from_fn(move || order.next_batch()))
                 }
-            }
-        }));
-    }
-
-    /// Once a share of `entry`'s file bytes are present, fetches all the missing rest in the
-    /// background (once per entry), in NAR order from file `from` on and then from the start,
-    /// in small batches each claimed just before it is fetched: a reader of a file in flight
-    /// waits for one small batch, a reader of any other file fetches it at once, and the
-    /// reader that started the fill never waits for it.
-    fn fill_in_background(self: &Arc<Self>, entry: &Arc<Entry>, partial: &Partial, from: NodeId) {
-        if !partial.start_filling() {
-            return;
-        }
-        let (this, entry) = (self.clone(), entry.clone());
-        drop(tokio::spawn(async move {
-            let Some(partial) = entry.partial() else { return };
-            let mut order = FillOrder::new(partial, from);
-            let batches = futures::stream::iter(std::iter::from_fn(|| order.next_batch()))
+            };
+            let batches = futures::stream::iter(batches)
                 .map(|ids| {
                     let (this, entry) = (&this, &entry);
                     async move {
+                        if fill {
+                            this.foreground.idle().await;
+                        }
                         let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
                         let stored = this.fetch_batch(entry, partial, claim.ids.clone()).await;
                         this.count_read_ahead(partial, &claim.ids);
                         stored
                     }
                 })
-                .buffer_unordered(FILL_BATCHES_IN_FLIGHT);
+                .buffer_unordered(BACKGROUND_BATCHES_IN_FLIGHT);
             futures::pin_mut!(batches);
             while let Some(stored) = batches.next().await {
                 match stored {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(err) => {
-                        // A later read may start it again.
-                        debug!(store_path = %entry.store_path, error = %err, "fill stopped");
-                        partial.stop_filling();
+                        debug!(store_path = %entry.store_path, error = %err, fill,
+                               "background fetch stopped");
+                        if fill {
+                            // A later read may start it again.
+                            partial.stop_filling();
+                        }
                         return;
                     }
                 }
@@ -228,7 +223,7 @@ impl NarCache {
         let mut bytes = 0;
         let mut current = true;
         for &id in &claim.ids {
-            bytes += frame_bytes(&partial.index, &[id]);
+            bytes += ahead::frame_bytes(&partial.index, &[id]);
             batch.push(id);
             if bytes >= COMPLETE_BATCH_BYTES {
                 current =
@@ -336,19 +331,79 @@ impl NarCache {
     ) -> (Vec<VerifiedFile>, Option<Failure>) {
         let index = &partial.index;
         let mut decoded: HashMap<usize, Arc<Vec<u8>>> = HashMap::new();
-        let mut frames = frames_of_files(index, ids);
-        frames.retain(|i| match partial.spare_frame(*i) {
-            Some(bytes) => {
-                decoded.insert(*i, bytes);
-                false
+        // Frames another batch is fetching come from it; of the others, those a recent batch
+        // kept spare are at hand (looked for once taken: a flight keeps its spares before it
+        // ends), and the rest are asked for now and handed on to any batch that comes to need
+        // them meanwhile.
+        let (mine, theirs) = partial.flights.take(ahead::frames_of_files(index, ids));
+        let mut wanted = BTreeSet::new();
+        for flight in &mine {
+            match partial.spare_frame(flight.frame()) {
+                Some(bytes) => {
+                    flight.land(bytes.clone());
+                    decoded.insert(flight.frame(), bytes);
+                }
+                None => drop(wanted.insert(flight.frame())),
             }
-            None => true,
-        });
-        let fetched: Vec<_> = futures::stream::iter(coalesce(index, &frames))
+        }
+        let (got, mut failure) = self.fetch_frames(up, entry, partial, &wanted).await;
+        for flight in &mine {
+            if let Some(bytes) = got.get(&flight.frame()) {
+                flight.land(bytes.clone());
+            }
+        }
+        drop(mine);
+        decoded.extend(got);
+        let mut missed = BTreeSet::new();
+        for awaited in theirs {
+            let frame = awaited.frame;
+            match awaited.landed().await {
+                Some(bytes) => drop(decoded.insert(frame, bytes)),
+                None => drop(missed.insert(frame)),
+            }
+        }
+        if !missed.is_empty() {
+            let (got, failed) = self.fetch_frames(up, entry, partial, &missed).await;
+            decoded.extend(got);
+            failure = failed.or(failure);
+        }
+        let mut verified = Vec::new();
+        for id in ids {
+            let Some(file) = index.file(*id) else { continue };
+            let parts: Option<Vec<Vec<u8>>> =
+                index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.to_vec())).collect();
+            let Some(parts) = parts else { continue };
+            match index.file_contents(file, &parts) {
+                Ok(bytes) => {
+                    verified.push(VerifiedFile { id: *id, bytes, executable: file.executable })
+                }
+                Err(err) => {
+                    warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
+                          "file does not match the index");
+                    failure = Some(Failure::of(up.url(), err));
+                }
+            }
+        }
+        (verified, failure)
+    }
+
+    /// Asks `up` for `frames` of `entry`, neighbours coalesced into ranges, several in flight,
+    /// and returns those whose bytes match the index, decoded (the first and last of each range
+    /// kept spare for a later batch), and the failure if any.
+    async fn fetch_frames(
+        &self,
+        up: &dyn Upstream,
+        entry: &Entry,
+        partial: &Partial,
+        frames: &BTreeSet<usize>,
+    ) -> (HashMap<usize, Arc<Vec<u8>>>, Option<Failure>) {
+        let index = &partial.index;
+        let fetched: Vec<_> = futures::stream::iter(coalesce(index, frames))
             .map(|run| self.fetch_run(up, entry, index, run))
             .buffer_unordered(RANGES_IN_FLIGHT)
             .collect()
             .await;
+        let mut decoded = HashMap::new();
         let mut failure = None;
         for (run, first, bytes) in fetched {
             let bytes = match bytes {
@@ -378,24 +433,7 @@ impl NarCache {
                 }
             }
         }
-        let mut verified = Vec::new();
-        for id in ids {
-            let Some(file) = index.file(*id) else { continue };
-            let parts: Option<Vec<Vec<u8>>> =
-                index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.to_vec())).collect();
-            let Some(parts) = parts else { continue };
-            match index.file_contents(file, &parts) {
-                Ok(bytes) => {
-                    verified.push(VerifiedFile { id: *id, bytes, executable: file.executable })
-                }
-                Err(err) => {
-                    warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
-                          "file does not match the index");
-                    failure = Some(Failure::of(up.url(), err));
-                }
-            }
-        }
-        (verified, failure)
+        (decoded, failure)
     }
 
     /// Stores verified files in the entry's directory and counts their bytes; false when the
@@ -483,139 +521,6 @@ impl NarCache {
             failures.push(Failure { upstream: None, cause: Cause::msg(why) });
         }
         CacheError::Unavailable { path: entry.store_path.to_string(), failures: Failures(failures) }
-    }
-}
-
-/// File `id` and, read ahead, the small missing files of its directory whose frames are among
-/// its own or cost little more.
-fn read_ahead(partial: &Partial, id: NodeId) -> Vec<NodeId> {
-    let index = &partial.index;
-    let mut batch = vec![id];
-    let Some(parent) = index.nodes.get(id as usize).and_then(|n| n.parent.as_ref()).map(|p| p.0)
-    else {
-        return batch;
-    };
-    let mut budget = FrameBudget::new(index, &[id], 0, READ_AHEAD_BYTES);
-    for (sibling, node) in index.nodes.iter().enumerate() {
-        let sibling = sibling as NodeId;
-        let NodeKind::File(file) = &node.kind else { continue };
-        if sibling == id
-            || node.parent.as_ref().map(|p| p.0) != Some(parent)
-            || file.size > READ_AHEAD_FILE_BYTES
-            || partial.has(sibling)
-        {
-            continue;
-        }
-        if budget.admit(file) {
-            batch.push(sibling);
-        }
-    }
-    batch
-}
-
-/// The missing files that follow file `id` in the NAR (the rest of its directory's subtree
-/// first), beyond the files of `batch`, as long as their frames not among `batch`'s fit a budget
-/// that grows with what the entry holds: a reader who has read much of a path reads further.
-fn neighbours(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec<NodeId> {
-    let index = &partial.index;
-    let limit = (partial.present_file_bytes() / 4).clamp(NEIGHBOUR_MIN_BYTES, NEIGHBOUR_MAX_BYTES);
-    let mut budget = FrameBudget::new(index, batch, 0, limit);
-    let mut ahead = Vec::new();
-    for (next, node) in index.nodes.iter().enumerate().skip(id as usize + 1) {
-        let next = next as NodeId;
-        let NodeKind::File(file) = &node.kind else { continue };
-        if partial.has(next) || batch.contains(&next) {
-            continue;
-        }
-        if !budget.admit(file) {
-            break;
-        }
-        ahead.push(next);
-    }
-    ahead
-}
-
-/// The batches of a background fill: the missing files in NAR order from one file on, then
-/// from the start, each batch up to `FILL_BATCH_BYTES` of frames (at least one file). A file
-/// present or claimed by the time its batch is fetched is left out then.
-struct FillOrder<'a> {
-    partial: &'a Partial,
-    /// The nodes still to walk, in order.
-    order: std::iter::Peekable<std::iter::Chain<Range<NodeId>, Range<NodeId>>>,
-}
-
-impl<'a> FillOrder<'a> {
-    fn new(partial: &'a Partial, from: NodeId) -> Self {
-        let n = partial.index.nodes.len() as NodeId;
-        let from = from.min(n);
-        Self { partial, order: (from..n).chain(0..from).peekable() }
-    }
-
-    /// The next batch, or `None` once every node was walked.
-    fn next_batch(&mut self) -> Option<Vec<NodeId>> {
-        let index = &self.partial.index;
-        let mut budget = FrameBudget::new(index, &[], 0, FILL_BATCH_BYTES);
-        let mut batch = Vec::new();
-        while let Some(&next) = self.order.peek() {
-            let Some(file) = index.file(next) else {
-                self.order.next();
-                continue;
-            };
-            if self.partial.has(next) {
-                self.order.next();
-                continue;
-            }
-            if !budget.admit(file) && !batch.is_empty() {
-                break;
-            }
-            batch.push(next);
-            self.order.next();
-        }
-        (!batch.is_empty()).then_some(batch)
-    }
-}
-
-/// Bytes of the NAR file the frames of `ids` take.
-fn frame_bytes(index: &FileIndex, ids: &[NodeId]) -> u64 {
-    let frames = frames_of_files(index, ids);
-    frames.iter().filter_map(|i| index.frames.get(*i)).map(|f| f.file_len).sum()
-}
-
-/// The frames the files `ids` lie in.
-fn frames_of_files(index: &FileIndex, ids: &[NodeId]) -> BTreeSet<usize> {
-    ids.iter().filter_map(|id| index.file(*id)).flat_map(|f| index.frames_of(f)).collect()
-}
-
-/// The frames a batch takes and the NAR-file bytes they cost, against a limit: each file admitted
-/// costs only its frames not taken already.
-struct FrameBudget<'a> {
-    index: &'a FileIndex,
-    frames: BTreeSet<usize>,
-    spent: u64,
-    limit: u64,
-}
-
-impl<'a> FrameBudget<'a> {
-    /// A budget of `limit` bytes holding the frames of `ids` already, `spent` of it used.
-    fn new(index: &'a FileIndex, ids: &[NodeId], spent: u64, limit: u64) -> Self {
-        Self { index, frames: frames_of_files(index, ids), spent, limit }
-    }
-
-    /// Takes `file`'s frames if the bytes of those not taken yet fit; says whether they did.
-    fn admit(&mut self, file: &FileNode) -> bool {
-        let index = self.index;
-        let cost: u64 = index
-            .frames_of(file)
-            .filter(|i| !self.frames.contains(i))
-            .filter_map(|i| index.frames.get(i))
-            .map(|f| f.file_len)
-            .sum();
-        if self.spent + cost > self.limit {
-            return false;
-        }
-        self.spent += cost;
-        self.frames.extend(index.frames_of(file));
-        true
     }
 }
 
