@@ -370,8 +370,8 @@ impl NarCache {
         let mut verified = Vec::new();
         for id in ids {
             let Some(file) = index.file(*id) else { continue };
-            let parts: Option<Vec<Vec<u8>>> =
-                index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.to_vec())).collect();
+            let parts: Option<Vec<&[u8]>> =
+                index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.as_slice())).collect();
             let Some(parts) = parts else { continue };
             match index.file_contents(file, &parts) {
                 Ok(bytes) => {

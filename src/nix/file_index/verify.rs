@@ -216,7 +216,7 @@ impl FileIndex {
     pub fn file_contents(
         &self,
         file: &FileNode,
-        decoded: &[Vec<u8>],
+        decoded: &[impl AsRef<[u8]>],
     ) -> Result<Vec<u8>, FileCheckError> {
         let mut stream = self.file_stream(file);
         if decoded.len() != stream.frames.len() {
@@ -224,7 +224,7 @@ impl FileIndex {
         }
         let mut out = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0));
         for (frame, bytes) in stream.frames.clone().zip(decoded) {
-            out.extend_from_slice(stream.piece(frame, bytes)?);
+            out.extend_from_slice(stream.piece(frame, bytes.as_ref())?);
         }
         stream.finish()?;
         Ok(out)
