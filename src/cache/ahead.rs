@@ -1,7 +1,8 @@
-//! Which files of a partial entry are fetched together: a reader's own batch (its file and the
-//! small files of its directory that cost little more), the rest of its directory read ahead
-//! alongside it in small batches, the files that follow it in the NAR read ahead after it, and
-//! the order of a background fill. Pure planning over the index and what is present: no I/O.
+//! Which files of a partial entry are fetched together: a reader's own batch (its file, the
+//! small files of its directory that cost little more, and the files named like it just above
+//! or below), what comes alongside it in small batches (its package, or else the small files of
+//! its directory), the files that follow it in the NAR read ahead after it, and the order of a
+//! background fill. Pure planning over the index and what is present: no I/O.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -108,8 +109,7 @@ pub(super) fn alongside(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec<
         if !total.admit(file) {
             continue;
         }
-        // A batch ends only between frames: two batches in flight never ask for one frame.
-        if batches.is_empty() || !(current.admit(file) || current.force_if_shared(file)) {
+        if batches.is_empty() || !current.admit(file) {
             current = FrameBudget::new(index, &[], BACKGROUND_BATCH_BYTES);
             current.admit(file);
             batches.push(Vec::new());
@@ -225,8 +225,7 @@ impl<'a> FillOrder<'a> {
                 self.order.next();
                 continue;
             }
-            // A batch ends only between frames (the next one is in flight beside it).
-            if !budget.admit(file) && !budget.force_if_shared(file) && !batch.is_empty() {
+            if !budget.admit(file) && !batch.is_empty() {
                 break;
             }
             batch.push(next);
@@ -269,16 +268,6 @@ impl<'a> FrameBudget<'a> {
             return false;
         }
         self.take(file, cost);
-        true
-    }
-
-    /// Takes `file`'s frames, over the limit or not, if it shares one with those taken; says
-    /// whether it did.
-    fn force_if_shared(&mut self, file: &FileNode) -> bool {
-        if !self.index.frames_of(file).any(|i| self.frames.contains(&i)) {
-            return false;
-        }
-        self.take(file, self.cost(file));
         true
     }
 

@@ -1,7 +1,7 @@
 //! What a reader of a partial entry fetches and waits for, what comes alongside and what a
 //! fill fetches, planned over indexes of small trees built as `storefs index` builds them.
 
-use super::ahead::{FillOrder, alongside, frames_of_files, reader_batch};
+use super::ahead::{FillOrder, alongside, frame_bytes, reader_batch};
 use super::lazy_tests::noise;
 use super::partial::Partial;
 use super::tests::sp;
@@ -112,8 +112,8 @@ fn in_a_directory_too_large_to_take_whole_its_small_files_come_alongside() {
 }
 
 #[test]
-fn batches_in_flight_together_never_ask_for_the_same_frame() {
-    // Files of 100 bytes in frames of about 1 KiB: each frame holds about ten.
+fn a_fill_walks_every_missing_file_once_from_the_file_read_in_small_batches() {
+    // Files of 100 bytes in frames of about 1 KiB, about ten to a frame: 600 KB of frames.
     let tree = dir(vec![(
         "d",
         NarNode::Directory(
@@ -122,17 +122,18 @@ fn batches_in_flight_together_never_ask_for_the_same_frame() {
     )]);
     let index = index_of(&tree);
     let partial = Partial::new(index.clone());
-    let first = node(&index, &["d", "f0000"]);
-    let mut fill = FillOrder::new(&partial, first);
-    let filled: Vec<Vec<NodeId>> = std::iter::from_fn(|| fill.next_batch()).collect();
-    let beside = alongside(&partial, first, &[first]);
-    for (what, batches) in [("fill", filled), ("alongside", beside)] {
-        assert!(batches.len() > 1, "{what}: several batches");
-        let mut seen = std::collections::BTreeSet::new();
-        for batch in &batches {
-            let frames = frames_of_files(&index, batch);
-            assert!(seen.is_disjoint(&frames), "{what}: a frame in two batches");
-            seen.extend(frames);
-        }
+    let from = node(&index, &["d", "f3000"]);
+    let mut fill = FillOrder::new(&partial, from);
+    let batches: Vec<Vec<NodeId>> = std::iter::from_fn(|| fill.next_batch()).collect();
+    assert!(batches.len() > 1, "more than one batch of 512 KiB");
+    for batch in &batches {
+        assert!(frame_bytes(&index, batch) <= 512 * 1024, "a batch within its budget");
     }
+    let walked: Vec<NodeId> = batches.concat();
+    assert_eq!(walked[0], from, "from the file read on");
+    let mut files: Vec<NodeId> =
+        (0..index.nodes.len() as NodeId).filter(|id| index.file(*id).is_some()).collect();
+    let split = files.partition_point(|id| *id < from);
+    files.rotate_left(split);
+    assert_eq!(walked, files, "every file once, in NAR order, then from the start");
 }
