@@ -48,9 +48,10 @@ enum Background {
 
 impl NarCache {
     /// Makes file `id` of `entry`'s path present, fetched, verified and stored with the small
-    /// files of its directory when cheap, and returns the entry that holds it: `entry`, or the
-    /// path's entry now if `entry` was evicted meanwhile (fetched again, same NarHash). An
-    /// error (EIO to the reader) when no cache gave bytes that verify.
+    /// files of its directory when cheap and its namesakes (`ahead::reader_batch`), and
+    /// returns the entry that holds it: `entry`, or the path's entry now if `entry` was
+    /// evicted meanwhile (fetched again, same NarHash). An error (EIO to the reader) when no
+    /// cache gave bytes that verify.
     pub async fn fetch_file(
         self: &Arc<Self>,
         entry: &Arc<Entry>,
@@ -79,8 +80,9 @@ impl NarCache {
                 }
                 Turn::Fetch(claim) => claim,
             };
-            // The rest of the directory comes alongside, in batches of its own: the reader
-            // waits for its own batch only, and a reader of a sibling for that sibling's.
+            // The rest of its package (or directory) comes alongside, in batches of its own:
+            // the reader waits for its own batch only, and a reader of a sibling for that
+            // sibling's.
             let siblings = ahead::alongside(partial, id, &claim.ids);
             self.in_background(&entry, Background::Ahead(siblings));
             let waiting = self.foreground.enter();
