@@ -55,22 +55,13 @@ fn namesakes(partial: &Partial, id: NodeId) -> impl Iterator<Item = (NodeId, &Fi
     let index = &partial.index;
     let parent_of = |n: NodeId| index.nodes.get(n as usize).and_then(|n| n.parent.as_ref());
     let (dir, own_stem) = match parent_of(id) {
-        Some((dir, name)) => (Some(*dir), stem(name).to_vec()),
-        None => (None, Vec::new()),
+        Some((dir, name)) => (Some(*dir), stem(name)),
+        None => (None, &[][..]),
     };
     let above = dir.and_then(parent_of).map(|(up, _)| *up);
-    index.nodes.iter().enumerate().filter_map(move |(other, node)| {
-        let other = other as NodeId;
-        let NodeKind::File(file) = &node.kind else { return None };
-        let (in_dir, name) = node.parent.as_ref()?;
-        let near = Some(*in_dir) == above || parent_of(*in_dir).map(|(up, _)| *up) == dir;
-        (near
-            && dir.is_some()
-            && other != id
-            && stem(name) == own_stem.as_slice()
-            && file.size <= READ_AHEAD_FILE_BYTES
-            && !partial.has(other))
-        .then_some((other, file))
+    small_missing(partial, id).filter_map(move |(other, in_dir, name, file)| {
+        let near = Some(in_dir) == above || parent_of(in_dir).map(|(up, _)| *up) == dir;
+        (dir.is_some() && near && stem(name) == own_stem).then_some((other, file))
     })
 }
 
@@ -164,12 +155,26 @@ fn subtree_missing(partial: &Partial, dir: NodeId) -> impl Iterator<Item = (Node
 fn small_siblings(partial: &Partial, id: NodeId) -> impl Iterator<Item = (NodeId, &FileNode)> {
     let index = &partial.index;
     let parent = index.nodes.get(id as usize).and_then(|n| n.parent.as_ref()).map(|p| p.0);
-    index.nodes.iter().enumerate().filter_map(move |(sibling, node)| {
-        let sibling = sibling as NodeId;
+    small_missing(partial, id)
+        .filter_map(move |(sibling, dir, _, file)| (Some(dir) == parent).then_some((sibling, file)))
+}
+
+/// The missing files other than `id` small enough to read ahead with it, in NAR order, each
+/// with the directory it is in and its name there.
+fn small_missing(
+    partial: &Partial,
+    id: NodeId,
+) -> impl Iterator<Item = (NodeId, NodeId, &[u8], &FileNode)> {
+    partial.index.nodes.iter().enumerate().filter_map(move |(other, node)| {
+        let other = other as NodeId;
         let NodeKind::File(file) = &node.kind else { return None };
-        let related = parent.is_some() && node.parent.as_ref().map(|p| p.0) == parent;
-        (related && sibling != id && file.size <= READ_AHEAD_FILE_BYTES && !partial.has(sibling))
-            .then_some((sibling, file))
+        let (dir, name) = node.parent.as_ref()?;
+        (other != id && file.size <= READ_AHEAD_FILE_BYTES && !partial.has(other)).then_some((
+            other,
+            *dir,
+            name.as_slice(),
+            file,
+        ))
     })
 }
 

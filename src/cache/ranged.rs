@@ -2,11 +2,12 @@
 //! requests (neighbouring frames coalesced into one range, several ranges in flight), each
 //! frame checked against its SHA-256 in the index and decoded, each file cut out and checked
 //! against its own SHA-256, and only then stored and served. A reader waits for its own small
-//! batch only; the rest of its directory comes alongside and what follows in the NAR after it
-//! (`ahead` plans which); once a quarter of an entry is present, the rest is filled in the
-//! background in small batches, started only while no reader waits (`foreground`). Batches of
-//! one entry run at once; `claims` keeps each file to one fetch. A frame whose bytes do not
-//! match gives an error for the files in it, never a wrong byte, and the next cache is asked.
+//! batch only; the rest of its package or directory comes alongside, and what follows in the
+//! NAR after it (`ahead` plans which); once a quarter of an entry is present, the rest is
+//! filled in the background in small batches, started only while no reader waits
+//! (`foreground`). Batches of one entry run at once; `claims` keeps each file to one fetch and
+//! `flights` each frame. A frame whose bytes do not match gives an error for the files in it,
+//! never a wrong byte, and the next cache is asked.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
