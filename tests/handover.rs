@@ -52,6 +52,18 @@ fn check_readers(figures: &[Value]) -> (f64, u64) {
     (longest, reads)
 }
 
+/// Lets the readers read on past the last handover, stops them, prints the warnings in the
+/// daemon's `log` (taken once they stopped) and checks their figures: the log, the longest
+/// stall and the reads.
+fn finish_readers(mut readers: Readers, log: impl FnOnce() -> String) -> (String, f64, u64) {
+    readers.wait_progress(READS_BETWEEN);
+    let figures = readers.finish(FINISH);
+    let log = log();
+    print_warnings(&log);
+    let (longest, reads) = check_readers(&figures);
+    (log, longest, reads)
+}
+
 /// The daemon's warnings and errors, for a failing test's output.
 fn print_warnings(log: &str) {
     for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
@@ -117,11 +129,7 @@ fn crash_loop_under_readers_loses_no_read() {
             drop_dentries();
         }
     }
-    readers.wait_progress(READS_BETWEEN);
-    let figures = readers.finish(FINISH);
-    let log = sup.log_text();
-    print_warnings(&log);
-    let (longest, reads) = check_readers(&figures);
+    let (log, longest, reads) = finish_readers(readers, || sup.log_text());
     eprintln!(
         "crash loop: {kills} SIGKILLs, {restarts} SIGTERM restarts, {} starts, {reads} reads in \
          {:.1} s, 0 failures, longest stall {longest:.3} s, mount id {id} throughout",
@@ -179,11 +187,7 @@ fn partial_entries_through_crashes_and_restarts_lose_no_read() {
             drop_dentries_and_pages();
         }
     }
-    readers.wait_progress(READS_BETWEEN);
-    let figures = readers.finish(FINISH);
-    let log = sup.log_text();
-    print_warnings(&log);
-    let (longest, reads) = check_readers(&figures);
+    let (log, longest, reads) = finish_readers(readers, || sup.log_text());
     eprintln!("partial entries: {reads} reads through 6 handovers, longest stall {longest:.3} s");
     assert!(log.contains("published from its file index"), "no partial entry:\n{log}");
     assert!(log.contains("took the live mount over"), "no resume in the log:\n{log}");
@@ -244,11 +248,7 @@ fn upgrade_hands_the_mount_to_a_new_program_under_readers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("serves on"), "{err}");
-    readers.wait_progress(READS_BETWEEN);
-    let figures = readers.finish(FINISH);
-    print_warnings(&d.log_text());
-
-    let (longest, reads) = check_readers(&figures);
+    let (_, longest, reads) = finish_readers(readers, || d.log_text());
     eprintln!(
         "upgrade: 3 upgrades and 2 refused, {reads} reads, 0 failures, longest stall {longest:.3} s"
     );
