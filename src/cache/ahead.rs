@@ -240,6 +240,48 @@ impl<'a> FillOrder<'a> {
     }
 }
 
+/// The missing files with bytes, beside those of `batch` in NAR order, whose frames are all
+/// `at_hand` (decoded for the batch): downloaded anyway, so worth checking and keeping rather
+/// than fetching again for a later reader. Walks from each file of the batch both ways, past
+/// directories, symlinks and empty files, up to the first file whose frames are not at hand.
+pub(super) fn bycatch(
+    partial: &Partial,
+    batch: &[NodeId],
+    at_hand: impl Fn(usize) -> bool,
+) -> Vec<NodeId> {
+    let index = &partial.index;
+    let mut seen: BTreeSet<NodeId> = batch.iter().copied().collect();
+    let mut found = Vec::new();
+    for &from in batch {
+        for forward in [true, false] {
+            let mut at = from;
+            loop {
+                at = match forward {
+                    true => at.checked_add(1),
+                    false => at.checked_sub(1),
+                }
+                .filter(|n| (*n as usize) < index.nodes.len())
+                .unwrap_or(from);
+                if at == from || !seen.insert(at) {
+                    break;
+                }
+                match index.file(at) {
+                    Some(file) if file.size > 0 => {
+                        if !index.frames_of(file).all(&at_hand) {
+                            break;
+                        }
+                        if !partial.has(at) {
+                            found.push(at);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Bytes of the NAR file the frames of `ids` take.
 pub(super) fn frame_bytes(index: &FileIndex, ids: &[NodeId]) -> u64 {
     let frames = frames_of_files(index, ids);

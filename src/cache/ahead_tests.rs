@@ -1,9 +1,9 @@
 //! What a reader of a partial entry fetches and waits for, what comes alongside and what a
 //! fill fetches, planned over indexes of small trees built as `storefs index` builds them.
 
-use super::ahead::{FillOrder, alongside, frame_bytes, reader_batch};
+use super::ahead::{FillOrder, alongside, bycatch, frame_bytes, reader_batch};
 use super::lazy_tests::noise;
-use super::partial::Partial;
+use super::partial::{Partial, VerifiedFile};
 use super::tests::sp;
 use crate::nix::file_index::{FileIndex, IndexBuilder};
 use crate::nix::nar::{Node as NarNode, NodeId, parse};
@@ -136,4 +136,43 @@ fn a_fill_walks_every_missing_file_once_from_the_file_read_in_small_batches() {
     let split = files.partition_point(|id| *id < from);
     files.rotate_left(split);
     assert_eq!(walked, files, "every file once, in NAR order, then from the start");
+}
+
+#[test]
+fn the_bycatch_is_every_missing_file_wholly_in_the_frames_at_hand_across_directories() {
+    // Files of 100 bytes in frames of about 1 KiB; the frames at hand are those of the last
+    // file of `d1` and of a file at the start of `d2`, which follow each other.
+    let files = |seed: u64| {
+        NarNode::Directory(
+            (0..30).map(|i| (format!("f{i:02}").into_bytes(), file(seed + i, 100))).collect(),
+        )
+    };
+    let tree = dir(vec![("d1", files(0)), ("d2", files(100))]);
+    let index = index_of(&tree);
+    let partial = Partial::new(index.clone());
+    let read = node(&index, &["d1", "f29"]);
+    let present = node(&index, &["d2", "f00"]);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let stored = VerifiedFile { id: present, bytes: vec![0; 100], executable: false };
+    let staged = partial.stage(cache_dir.path(), vec![stored]).unwrap();
+    partial.commit(cache_dir.path(), staged).unwrap();
+
+    let frames_of = |id: NodeId| index.frames_of(index.file(id).unwrap());
+    let at_hand: Vec<usize> =
+        frames_of(read).chain(frames_of(node(&index, &["d2", "f01"]))).collect();
+    assert_eq!(at_hand.len(), 2, "the fixture's frames: {at_hand:?}");
+    assert_eq!(at_hand[0] + 1, at_hand[1], "the fixture's frames: {at_hand:?}");
+    let caught = bycatch(&partial, &[read], |i| at_hand.contains(&i));
+    let wholly_at_hand = |id: NodeId| {
+        index.file(id).is_some_and(|f| index.frames_of(f).all(|i| at_hand.contains(&i)))
+    };
+    let want: Vec<NodeId> = (0..index.nodes.len() as NodeId)
+        .filter(|id| *id != read && *id != present && wholly_at_hand(*id))
+        .collect();
+    let mut got = caught.clone();
+    got.sort_unstable();
+    assert_eq!(got, want, "every such file once, and no other");
+    assert!(caught.contains(&node(&index, &["d1", "f28"])), "its directory: {caught:?}");
+    assert!(caught.contains(&node(&index, &["d2", "f01"])), "past the next directory: {caught:?}");
+    assert!(!caught.contains(&present), "a present file is not fetched again");
 }

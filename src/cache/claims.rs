@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use crate::nix::nar::NodeId;
-use crate::sync::{Mutex, lock};
+use crate::sync::{Arc, Mutex, lock};
 
 /// The files of one entry that a batch is fetching now.
 #[derive(Debug, Default)]
@@ -25,13 +25,14 @@ pub enum Turn<'a> {
     /// Another batch is fetching it: wait for that batch to end, then look again.
     Wait(Notified<'a>),
     /// This reader fetches these files (the one asked for first).
-    Fetch(Claim<'a>),
+    Fetch(Claim),
 }
 
 /// Files claimed by one batch; released (and their waiters woken) when dropped, whether the
-/// batch stored them, failed or was cancelled.
-pub struct Claim<'a> {
-    claims: &'a Claims,
+/// batch stored them, failed or was cancelled. It owns a handle on its `Claims`, so a task of
+/// its own may finish the batch.
+pub struct Claim {
+    claims: Arc<Claims>,
     /// The files this batch fetches.
     pub ids: Vec<NodeId>,
 }
@@ -41,7 +42,7 @@ impl Claims {
     /// the lock, so a batch that just stored the file and let go is never repeated), `batch`
     /// gives the files to fetch with it (those already present or claimed are left out).
     pub fn turn(
-        &self,
+        self: &Arc<Self>,
         id: NodeId,
         present: impl Fn(NodeId) -> bool,
         batch: impl FnOnce() -> Vec<NodeId>,
@@ -61,23 +62,23 @@ impl Claims {
             }
         }
         taken.extend(ids.iter().copied());
-        Turn::Fetch(Claim { claims: self, ids })
+        Turn::Fetch(Claim { claims: self.clone(), ids })
     }
 
     /// Claims those of `ids` nobody has claimed and that are not `present`; and, if some are
     /// claimed by other batches, a wake-up for when any batch ends.
     pub fn claim_free(
-        &self,
+        self: &Arc<Self>,
         ids: &[NodeId],
         present: impl Fn(NodeId) -> bool,
-    ) -> (Claim<'_>, Option<Notified<'_>>) {
+    ) -> (Claim, Option<Notified<'_>>) {
         let mut taken = lock(&self.taken);
         let busy = ids.iter().any(|id| taken.contains(id));
         let free: Vec<NodeId> =
             ids.iter().copied().filter(|id| !taken.contains(id) && !present(*id)).collect();
         taken.extend(free.iter().copied());
         let wait = busy.then(|| self.released.notified());
-        (Claim { claims: self, ids: free }, wait)
+        (Claim { claims: self.clone(), ids: free }, wait)
     }
 
     /// Whether any of `ids` is claimed, and if so a wake-up for when any batch ends.
@@ -87,7 +88,7 @@ impl Claims {
     }
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
         if self.ids.is_empty() {
             return;
@@ -107,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_claimed_file_makes_its_readers_wait_until_the_batch_ends() {
-        let claims = Claims::default();
+        let claims = Arc::new(Claims::default());
         let Turn::Fetch(claim) = claims.turn(1, |_| false, || vec![2, 3]) else {
             panic!("the first reader fetches")
         };

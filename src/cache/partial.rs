@@ -55,7 +55,7 @@ pub struct Partial {
     /// Bytes the present files occupy on disk, beyond the manifest's `disk_bytes`.
     added_bytes: AtomicU64,
     /// The files batches are fetching now (single flight per file, batches in parallel).
-    pub(super) claims: Claims,
+    pub(super) claims: Arc<Claims>,
     /// The frames batches are fetching now, one fetch each.
     pub(super) flights: Flights,
     /// Sum of the sizes of the present files.
@@ -116,7 +116,7 @@ impl Partial {
             present: Mutex::new(HashMap::new()),
             pack: Mutex::new(PackSpace::default()),
             added_bytes: AtomicU64::new(0),
-            claims: Claims::default(),
+            claims: Arc::default(),
             flights: Flights::default(),
             present_file_bytes: AtomicU64::new(0),
             log: Mutex::new(()),

@@ -6,7 +6,8 @@
 //! NAR after it (`ahead` plans which); once a quarter of an entry is present, the rest is
 //! filled in the background in small batches, started only while no reader waits
 //! (`foreground`). Batches of one entry run at once; `claims` keeps each file to one fetch and
-//! `flights` each frame. A frame whose bytes do not match gives an error for the files in it,
+//! `flights` each frame. The other missing files wholly in a batch's frames are checked and
+//! kept too (the bycatch), in a task of their own. A frame whose bytes do not match gives an error for the files in it,
 //! never a wrong byte, and the next cache is asked.
 
 use std::collections::{BTreeSet, HashMap};
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use tracing::{debug, warn};
 
 use super::ahead;
-use super::claims::Turn;
+use super::claims::{Claim, Turn};
 use super::error::Failures;
 use super::partial::{Partial, Staged, VerifiedFile};
 use super::stats::CacheStats;
@@ -291,10 +292,14 @@ impl NarCache {
             if missing.is_empty() {
                 break;
             }
-            let (verified, failed) = self.fetch_from(up.as_ref(), entry, partial, &missing).await;
+            let (verified, failed, caught) =
+                self.fetch_from(up.as_ref(), entry, partial, &missing).await;
             if let Some(failure) = failed {
                 failures.push(failure);
             }
+            let (bycatch, verified): (Vec<_>, Vec<_>) =
+                verified.into_iter().partition(|f| caught.ids.contains(&f.id));
+            self.store_bycatch(entry, bycatch, caught);
             if !verified.is_empty() {
                 missing.retain(|id| !verified.iter().any(|f| f.id == *id));
                 if !self.store_files(entry, verified).await? {
@@ -312,6 +317,27 @@ impl NarCache {
         Ok(true)
     }
 
+    /// Stores `files`, the bycatch of a batch (claimed by `claim`), in a task of its own, so
+    /// that the batch's reader does not wait for them.
+    fn store_bycatch(self: &Arc<Self>, entry: &Arc<Entry>, files: Vec<VerifiedFile>, claim: Claim) {
+        if files.is_empty() {
+            return;
+        }
+        let (this, entry) = (self.clone(), entry.clone());
+        drop(tokio::spawn(async move {
+            match this.store_files(&entry, files).await {
+                Ok(_) => {
+                    if let Some(partial) = entry.partial() {
+                        this.count_read_ahead(partial, &claim.ids);
+                    }
+                }
+                Err(err) => debug!(store_path = %entry.store_path, error = %err,
+                                   "files fetched with a batch not stored"),
+            }
+            drop(claim);
+        }));
+    }
+
     /// The substituters to ask for an entry's frames: the one that served it first, then the
     /// others (every frame is checked against the index, whoever sends it).
     async fn upstreams_for(&self, entry: &Entry) -> Vec<Arc<dyn Upstream>> {
@@ -324,14 +350,16 @@ impl NarCache {
         list
     }
 
-    /// The files of `ids` whose bytes `up` sent and that verified, and the failure if any.
+    /// The files of `ids` whose bytes `up` sent and that verified, with the missing files that
+    /// lay wholly in the same frames (`ahead::bycatch`, claimed: the claim is returned, to be
+    /// held until they are stored); and the failure if any.
     async fn fetch_from(
         &self,
         up: &dyn Upstream,
         entry: &Entry,
         partial: &Partial,
         ids: &[NodeId],
-    ) -> (Vec<VerifiedFile>, Option<Failure>) {
+    ) -> (Vec<VerifiedFile>, Option<Failure>, Claim) {
         let index = &partial.index;
         let mut decoded: HashMap<usize, Arc<Vec<u8>>> = HashMap::new();
         // Frames another batch is fetching come from it; of the others, those a recent batch
@@ -370,8 +398,10 @@ impl NarCache {
             decoded.extend(got);
             failure = failed.or(failure);
         }
+        let caught = ahead::bycatch(partial, ids, |i| decoded.contains_key(&i));
+        let (caught, _) = partial.claims.claim_free(&caught, |f| partial.has(f));
         let mut verified = Vec::new();
-        for id in ids {
+        for id in ids.iter().chain(&caught.ids) {
             let Some(file) = index.file(*id) else { continue };
             let parts: Option<Vec<&[u8]>> =
                 index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.as_slice())).collect();
@@ -387,7 +417,7 @@ impl NarCache {
                 }
             }
         }
-        (verified, failure)
+        (verified, failure, caught)
     }
 
     /// Asks `up` for `frames` of `entry`, neighbours coalesced into ranges, several in flight,
