@@ -31,6 +31,9 @@ Options:
                       (default abc; d and e come with them)
   --storefs-args ARGS extra flags for `storefs mount`, e.g. "--prefetch-jobs 0" (word-split)
   --no-drop-caches    do not drop the page cache before warm measurements
+  --same-fs           keep every run's store (Nix's) and cache (storefs's) in the work directory
+                      on /var/tmp, instead of a fresh ext4 filesystem (a loop-mounted sparse
+                      image) per run; see "fresh filesystems" in docs/PERFORMANCE.md
   --write-doc FILE    also write the results section of docs/PERFORMANCE.md to FILE
   --site-layout L     per-package (default: one store path per site-packages entry) or one-path
                       (the whole tree as ONE store path, issue 14's worst case); its own fixture
@@ -51,7 +54,7 @@ EOF
 }
 
 REPS=3 QUICK=0 DIR="" COMPRESSION=zstd RATE=100mbit DELAY_MS=10 DROP=1 WRITE_DOC="" ONLY=abc SF_ARGS=""
-STOREFS_GIVEN="" SITE_LAYOUT=per-package INDEXED=0
+STOREFS_GIVEN="" SITE_LAYOUT=per-package INDEXED=0 FRESH_FS=1
 while (($#)); do
     case $1 in
         --reps) REPS=${2:?--reps needs N}; shift 2 ;;
@@ -63,6 +66,7 @@ while (($#)); do
         --only) ONLY=${2:?--only needs letters from abc}; shift 2 ;;
         --storefs-args) SF_ARGS=${2?--storefs-args needs a value}; shift 2 ;;
         --no-drop-caches) DROP=0; shift ;;
+        --same-fs) FRESH_FS=0; shift ;;
         --write-doc) WRITE_DOC=${2:?}; shift 2 ;;
         --site-layout) SITE_LAYOUT=${2:?--site-layout needs per-package or one-path}; shift 2 ;;
         --storefs) STOREFS_GIVEN=${2:?}; shift 2 ;;
@@ -424,6 +428,28 @@ drop_caches() { ((DROP)) && sync && echo 3 >/proc/sys/vm/drop_caches; return 0; 
 # Before each timed cold run: the previous run's writes (its cache, deleted or not) are flushed
 # first, so that neither this run's fsyncs (Nix syncs each path) nor its reads wait for them.
 settle() { sync; }
+# fresh_fs NAME: sets FS to an empty directory for one run's store or cache: by default the root
+# of a new ext4 filesystem (an 8 GiB sparse image, loop-mounted). Nix's store and storefs's cache
+# each start on one, as on a fresh CI host: on a filesystem the earlier runs filled and emptied,
+# every later run creates its tens of thousands of inodes slower (ext4 without a journal scans
+# recently freed inodes), and Nix, which creates the most, slowed from 14 to 37 s over six runs.
+# drop_fs NAME: unmounts and deletes it.
+fresh_fs() {
+    FS=$WORK/fs-$1
+    mkdir -p "$FS"
+    ((FRESH_FS)) || return 0
+    truncate -s 8G "$FS.img" && mkfs.ext4 -q -F "$FS.img" && mount -o loop "$FS.img" "$FS" ||
+        die "cannot make a fresh ext4 filesystem at $FS (loop devices needed; or --same-fs)"
+    MOUNTS_TO_DROP+=("$FS")
+}
+drop_fs() {
+    local fs=$WORK/fs-$1
+    if ((FRESH_FS)); then
+        umount "$fs" 2>/dev/null || umount -l "$fs"
+        rm -f "$fs.img"
+    fi
+    rm -rf "$fs"
+}
 ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 
 declare -A R  # R[metric]="v1 v2 ..."
@@ -453,18 +479,18 @@ for rep in $(seq 1 "$REPS"); do
     if want a; then
         log "rep $rep/$REPS: a. cold job through storefs"
         log_reset
-        settle; t=$(now_ns)
-        start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
+        fresh_fs sf-a; settle; t=$(now_ns)
+        start_storefs "$R_DIR/mnt" "$FS/sfcache"
         run_job "$R_DIR/mnt"
         add sf_job_ms "$(ms_since "$t")"
         read -r n b < <(log_count); add sf_job_req "$n"; add sf_job_bytes "$b"
-        stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
+        stop_storefs "$R_DIR/mnt"; drop_fs sf-a
 
         if ((INDEXED)); then
             log "rep $rep/$REPS: a. cold job through storefs, file-level (--trusted-index-key)"
             log_reset
-            settle; t=$(now_ns)
-            start_storefs "$R_DIR/mnt" "$R_DIR/sfcache" --trusted-index-key "$PUBLIC_KEY"
+            fresh_fs sf-ix; settle; t=$(now_ns)
+            start_storefs "$R_DIR/mnt" "$FS/sfcache" --trusted-index-key "$PUBLIC_KEY"
             run_job "$R_DIR/mnt"
             add sf_ix_job_ms "$(ms_since "$t")"
             read -r n b < <(log_count); add sf_ix_job_req "$n"; add sf_ix_job_bytes "$b"
@@ -479,24 +505,24 @@ for rep in $(seq 1 "$REPS"); do
                 NARHASH_CHECK="$((NPATHS - bad)) of $NPATHS paths"
                 ((bad == 0)) || die "$bad paths read through the file-level mount differ from their NarHash"
             fi
-            stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
+            stop_storefs "$R_DIR/mnt"; drop_fs sf-ix
         fi
 
         log "rep $rep/$REPS: a. cold job with Nix (nix-store -r, then the job)"
         log_reset
-        settle; t=$(now_ns)
-        nix_subst "$R_DIR/nixroot-a"
-        run_job "$R_DIR/nixroot-a/nix/store"
+        fresh_fs nix-a; settle; t=$(now_ns)
+        nix_subst "$FS/nixroot-a"
+        run_job "$FS/nixroot-a/nix/store"
         add nix_job_ms "$(ms_since "$t")"
         read -r n b < <(log_count); add nix_job_req "$n"; add nix_job_bytes "$b"
-        rm -rf "$R_DIR/nixroot-a" "$R_DIR/nixroot-a.xdg"
+        drop_fs nix-a
     fi
 
     if want b || want c; then
         log "rep $rep/$REPS: b. cold full read through storefs"
         log_reset
-        settle; t=$(now_ns)
-        start_storefs "$R_DIR/mnt" "$R_DIR/sfcache"
+        fresh_fs sf-b; settle; t=$(now_ns)
+        start_storefs "$R_DIR/mnt" "$FS/sfcache"
         mapfile -t MP < <(mnt_paths "$R_DIR/mnt")
         got=$(read_all "${MP[@]}")
         add sf_full_ms "$(ms_since "$t")"
@@ -511,7 +537,7 @@ for rep in $(seq 1 "$REPS"); do
     if want b || want c; then
         add sf_hwm_kb "$(hwm_kb)"
         log_reset
-        stop_storefs "$R_DIR/mnt"; rm -rf "$R_DIR/sfcache"
+        stop_storefs "$R_DIR/mnt"; drop_fs sf-b
     fi
 
     if want c; then
@@ -522,10 +548,11 @@ for rep in $(seq 1 "$REPS"); do
     if want b; then
         log "rep $rep/$REPS: b. cold full copy with Nix (nix-store -r)"
         log_reset
-        settle; t=$(now_ns)
-        nix_subst "$R_DIR/nixroot-b"
+        fresh_fs nix-b; settle; t=$(now_ns)
+        nix_subst "$FS/nixroot-b"
         add nix_full_ms "$(ms_since "$t")"
         read -r n b < <(log_count); add nix_full_req "$n"; add nix_full_bytes "$b"
+        drop_fs nix-b
     fi
     rm -rf "$R_DIR"
 done
@@ -563,7 +590,7 @@ TABLE=$(
 )
 RAW=$(for k in $(printf '%s\n' "${!R[@]}" | sort); do printf '%-14s %s\n' "$k" "${R[$k]}"; done)
 FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), $( ((SYNTH)) && echo "synthetic site-packages" || echo site-packages) ($SITE_MB MB, $SITE_FILES files, $( [[ $SITE_LAYOUT == one-path ]] && echo "the whole tree as one store path" || echo "one store path per top-level entry")), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
-SETUP="$( ((INDEXED)) && echo "cache indexed by storefs index (every NarHash checked through the file-level mount after the job: ${NARHASH_CHECK:-not run}); ")link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
+SETUP="$( ((INDEXED)) && echo "cache indexed by storefs index (every NarHash checked through the file-level mount after the job: ${NARHASH_CHECK:-not run}); ")link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; $( ((FRESH_FS)) && echo 'each run on a fresh ext4 filesystem' || echo 'every run on /var/tmp'); page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
 echo
 echo "storefs benchmark, $DATE"
 echo "machine: $MACHINE"
