@@ -282,8 +282,14 @@ fn bad_and_absent_names_are_enoent() {
         assert_eq!(errno_of(fs::metadata(d.mnt.join(&absent))), libc::ENOENT);
     }
     assert_eq!(nginx.count_requests(".narinfo"), 1, "absent answers are cached");
-    // Another name inside an existing path is ENOENT too.
-    assert_eq!(errno_of(fs::metadata(d.path(&fx.deep, "no-such-file"))), libc::ENOENT);
+    // Another name inside an existing path is ENOENT too, and the kernel remembers it: a store
+    // path never changes, so it asks the daemon once.
+    let missing = d.path(&fx.deep, "no-such-file");
+    for _ in 0..50 {
+        assert_eq!(errno_of(fs::metadata(&missing)), libc::ENOENT);
+    }
+    let asked = d.log_text().matches("lookup: absent, for good").count();
+    assert_eq!(asked, 1, "the daemon was asked {asked} times:\n{}", d.log_text());
 }
 
 /// Acceptance: untrusted, tampered, mismatching, truncated and hostile inputs give EIO, nothing

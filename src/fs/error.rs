@@ -10,6 +10,10 @@ pub enum FsError {
     /// No such name (invalid store path basename, or absent from every cache).
     #[error("not found: {0}")]
     NotFound(String),
+    /// No such name in a store path's directory: a store path never changes, so the kernel may
+    /// remember the absence for good (a negative entry).
+    #[error("not in the store path: {0}")]
+    Absent(String),
     /// The inode number is not one we handed out (or belongs to a forgotten path).
     #[error("unknown inode {0}")]
     UnknownInode(u64),
@@ -43,7 +47,7 @@ impl FsError {
     /// The errno the kernel passes on to the reader. Exhaustive on purpose: no `_` arm.
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::NotFound(_) => libc::ENOENT,
+            FsError::NotFound(_) | FsError::Absent(_) => libc::ENOENT,
             FsError::UnknownInode(_) => libc::ESTALE,
             FsError::NotADirectory => libc::ENOTDIR,
             FsError::IsADirectory => libc::EISDIR,
@@ -70,6 +74,7 @@ impl FsError {
     pub fn level(&self) -> Level {
         match self {
             FsError::NotFound(_)
+            | FsError::Absent(_)
             | FsError::NotADirectory
             | FsError::IsADirectory
             | FsError::NotASymlink

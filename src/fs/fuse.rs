@@ -17,7 +17,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::runtime::Handle;
 use tracing::{Level, debug, event, info, warn};
 
-use super::attr::{Attr, BLKSIZE, Kind};
+use super::attr::{Attr, BLKSIZE, IMMUTABLE_TTL, Kind};
 use super::error::FsError;
 use super::passthrough::Backing;
 use super::state::ParkedHandle;
@@ -236,6 +236,10 @@ impl Handler for FuseAdapter {
         let answer = self.fs.lookup_as(parent, name, Some(req.uid));
         self.respond(answer, move |found| match found {
             Ok(l) => reply.entry(&to_file_attr(&l.attr), l.ttl),
+            Err(err @ FsError::Absent(_)) => {
+                debug!(parent, error = %err, "lookup: absent, for good");
+                reply.absent(IMMUTABLE_TTL)
+            }
             Err(err) => reply.error(fail("lookup", parent, &err)),
         });
     }

@@ -234,7 +234,7 @@ impl StoreFs {
         let child = entry
             .manifest
             .child(node, name)
-            .ok_or_else(|| FsError::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+            .ok_or_else(|| FsError::Absent(String::from_utf8_lossy(name).into_owned()))?;
         let ino = Inode::Node { slot, node: child }.ino();
         let attr = attr_of(&entry.manifest, ino, child)?;
         self.hold(entry, 1, false);

@@ -188,6 +188,12 @@ impl ReplyEntry {
         abi::entry_out(attr, ttl, &mut out);
         self.0.payload(&[&out]);
     }
+
+    /// The name does not exist, and the kernel may remember that for `ttl` (node id 0: a
+    /// negative entry; the lookup fails with ENOENT without asking again).
+    pub fn absent(self, ttl: Duration) {
+        self.entry(&FileAttr::default(), ttl);
+    }
 }
 
 impl ReplyAttr {
