@@ -7,8 +7,8 @@
 //! filled in the background in small batches, started only while no reader waits
 //! (`foreground`). Batches of one entry run at once; `claims` keeps each file to one fetch and
 //! `flights` each frame. The other missing files wholly in a batch's frames are checked and
-//! kept too (the bycatch), in a task of their own. A frame whose bytes do not match gives an error for the files in it,
-//! never a wrong byte, and the next cache is asked.
+//! kept too (the bycatch), in a task of their own. A frame whose bytes do not match gives an
+//! error for the files in it, never a wrong byte, and the next cache is asked.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
