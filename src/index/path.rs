@@ -196,7 +196,7 @@ pub fn index_path(
     let (file_hash, file_size) = (out.file_hash, out.file_size);
     let index = out.into_index(info.store_path.clone());
     let frames = index.frames.len() as u64;
-    let index_bytes = SignedIndex::sign(index, &settings.key).to_bytes();
+    let index_bytes = SignedIndex::sign(index, &settings.key).to_compressed_bytes();
     durable::replace(&index_file, &index_bytes).map_err(write_error(&index_file))?;
 
     let fields = FileFields {

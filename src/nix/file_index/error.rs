@@ -17,6 +17,10 @@ pub enum IndexError {
     /// The file does not start with the magic.
     #[error("not a storefs index (bad magic)")]
     BadMagic,
+    /// The file is zstd-compressed and does not decompress to at most
+    /// [`super::MAX_INDEX_BYTES`].
+    #[error("compressed index does not decompress: {0}")]
+    Compressed(String),
     /// The file ended inside a field.
     #[error("index truncated in {what} at byte {offset}")]
     Truncated {

@@ -331,3 +331,28 @@ proptest! {
         let _ = SignedIndex::parse(&bytes[..n]);
     }
 }
+
+#[test]
+fn a_compressed_index_opens_like_the_plain_one_and_a_hostile_one_is_refused() {
+    let b = build(&sample_tree(), 1024);
+    let info = narinfo_for(&b.index);
+    let signed = SignedIndex::sign(b.index.clone(), &key());
+    let compressed = signed.to_compressed_bytes();
+    assert!(compressed.starts_with(&decode::ZSTD_MAGIC), "one zstd frame");
+    assert_eq!(parse_and_verify(&compressed, &info).unwrap(), b.index);
+    assert_eq!(parse_and_verify(&signed.to_bytes(), &info).unwrap(), b.index, "plain still read");
+
+    // Not zstd after the magic, cut short, or claiming more than an index may hold.
+    let mut garbage = decode::ZSTD_MAGIC.to_vec();
+    garbage.extend_from_slice(&[0xff; 64]);
+    let cut = &compressed[..compressed.len() - 3];
+    let huge = zstd::bulk::compress(&vec![0; MAX_INDEX_BYTES + 1], 1).unwrap();
+    for (name, bytes, want) in [
+        ("garbage", &garbage[..], "does not decompress"),
+        ("cut", cut, "does not decompress"),
+        ("huge", &huge[..], "more than the"),
+    ] {
+        let err = parse_and_verify(bytes, &info).expect_err(name).to_string();
+        assert!(err.contains(want), "case {name}: {err:?} lacks {want:?}");
+    }
+}

@@ -99,7 +99,8 @@ impl SignedIndex {
         keys: &TrustedKeys,
         info: &NarInfo,
     ) -> Result<(FileIndex, String), IndexError> {
-        let envelope = Envelope::split(bytes)?;
+        let bytes = super::decode::uncompressed(bytes)?;
+        let envelope = Envelope::split(&bytes)?;
         let (store_path, nar_hash) = envelope.claims()?;
         check_claims(&store_path, &nar_hash, info)?;
         let key = check_signature(&envelope.signatures, &envelope.body_digest, keys, info)?;
