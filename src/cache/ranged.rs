@@ -48,6 +48,13 @@ enum Background {
     Fill { from: NodeId },
 }
 
+/// The missing files that lay wholly in the frames a batch fetched, verified, and the claim on
+/// them, held until they are stored.
+struct Bycatch {
+    files: Vec<VerifiedFile>,
+    claim: Claim,
+}
+
 impl NarCache {
     /// Makes file `id` of `entry`'s path present, fetched, verified and stored with the small
     /// files of its directory when cheap and its namesakes (`ahead::reader_batch`), and
@@ -292,14 +299,12 @@ impl NarCache {
             if missing.is_empty() {
                 break;
             }
-            let (verified, failed, caught) =
+            let (verified, failed, bycatch) =
                 self.fetch_from(up.as_ref(), entry, partial, &missing).await;
             if let Some(failure) = failed {
                 failures.push(failure);
             }
-            let (bycatch, verified): (Vec<_>, Vec<_>) =
-                verified.into_iter().partition(|f| caught.ids.contains(&f.id));
-            self.store_bycatch(entry, bycatch, caught);
+            self.store_bycatch(entry, bycatch);
             if !verified.is_empty() {
                 missing.retain(|id| !verified.iter().any(|f| f.id == *id));
                 if !self.store_files(entry, verified).await? {
@@ -317,9 +322,10 @@ impl NarCache {
         Ok(true)
     }
 
-    /// Stores `files`, the bycatch of a batch (claimed by `claim`), in a task of its own, so
-    /// that the batch's reader does not wait for them.
-    fn store_bycatch(self: &Arc<Self>, entry: &Arc<Entry>, files: Vec<VerifiedFile>, claim: Claim) {
+    /// Stores a batch's bycatch in a task of its own, so that the batch's reader does not wait
+    /// for it; its claim is let go once they are stored.
+    fn store_bycatch(self: &Arc<Self>, entry: &Arc<Entry>, bycatch: Bycatch) {
+        let Bycatch { files, claim } = bycatch;
         if files.is_empty() {
             return;
         }
@@ -350,16 +356,16 @@ impl NarCache {
         list
     }
 
-    /// The files of `ids` whose bytes `up` sent and that verified, with the missing files that
-    /// lay wholly in the same frames (`ahead::bycatch`, claimed: the claim is returned, to be
-    /// held until they are stored); and the failure if any.
+    /// The files of `ids` whose bytes `up` sent and that verified; the batch's bycatch (the
+    /// missing files that lay wholly in the same frames, `ahead::bycatch`, verified and
+    /// claimed); and the failure if any.
     async fn fetch_from(
         &self,
         up: &dyn Upstream,
         entry: &Entry,
         partial: &Partial,
         ids: &[NodeId],
-    ) -> (Vec<VerifiedFile>, Option<Failure>, Claim) {
+    ) -> (Vec<VerifiedFile>, Option<Failure>, Bycatch) {
         let index = &partial.index;
         let mut decoded: HashMap<usize, Arc<Vec<u8>>> = HashMap::new();
         // Frames another batch is fetching come from it; of the others, those a recent batch
@@ -399,25 +405,30 @@ impl NarCache {
             failure = failed.or(failure);
         }
         let caught = ahead::bycatch(partial, ids, |i| decoded.contains_key(&i));
-        let (caught, _) = partial.claims.claim_free(&caught, |f| partial.has(f));
-        let mut verified = Vec::new();
-        for id in ids.iter().chain(&caught.ids) {
-            let Some(file) = index.file(*id) else { continue };
-            let parts: Option<Vec<&[u8]>> =
-                index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.as_slice())).collect();
-            let Some(parts) = parts else { continue };
-            match index.file_contents(file, &parts) {
-                Ok(bytes) => {
-                    verified.push(VerifiedFile { id: *id, bytes, executable: file.executable })
-                }
-                Err(err) => {
-                    warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
-                          "file does not match the index");
-                    failure = Some(Failure::of(up.url(), err));
+        let (claim, _) = partial.claims.claim_free(&caught, |f| partial.has(f));
+        let mut check = |ids: &[NodeId]| {
+            let mut verified = Vec::new();
+            for id in ids {
+                let Some(file) = index.file(*id) else { continue };
+                let parts: Option<Vec<&[u8]>> =
+                    index.frames_of(file).map(|i| decoded.get(&i).map(|d| d.as_slice())).collect();
+                let Some(parts) = parts else { continue };
+                match index.file_contents(file, &parts) {
+                    Ok(bytes) => {
+                        verified.push(VerifiedFile { id: *id, bytes, executable: file.executable })
+                    }
+                    Err(err) => {
+                        warn!(store_path = %entry.store_path, upstream = up.url(), error = %err,
+                              "file does not match the index");
+                        failure = Some(Failure::of(up.url(), err));
+                    }
                 }
             }
-        }
-        (verified, failure, caught)
+            verified
+        };
+        let verified = check(ids);
+        let bycatch = Bycatch { files: check(&claim.ids), claim };
+        (verified, failure, bycatch)
     }
 
     /// Asks `up` for `frames` of `entry`, neighbours coalesced into ranges, several in flight,
