@@ -255,6 +255,21 @@ impl NarCache {
 mod tests {
     use super::*;
     use crate::cache::tests::{Fixture, key, publish, sp, tree};
+    use crate::nix::store_path::StorePath;
+
+    /// A cache holding path `seed`-`name`, fetched after its start-up scan ended.
+    async fn cached(
+        fx: &Fixture,
+        seed: char,
+        name: &str,
+    ) -> (StorePath, Arc<NarCache>, Arc<Entry>) {
+        let path = sp(seed, name);
+        publish(&fx.ups[0], &key(), &path, &tree(name, 10));
+        let cache = fx.open();
+        cache.wait_scanned().await;
+        let entry = cache.get(&path).await.unwrap();
+        (path, cache, entry)
+    }
 
     /// The start-up scan finds an entry unusable (its directory vanished: the entry was set
     /// aside by a reader) and, before it discards it, the path is fetched again and published
@@ -262,11 +277,7 @@ mod tests {
     #[tokio::test]
     async fn an_entry_published_after_it_was_found_bad_is_not_discarded() {
         let fx = Fixture::new(1);
-        let path = sp('d', "damaged");
-        publish(&fx.ups[0], &key(), &path, &tree("d", 10));
-        let cache = fx.open();
-        cache.wait_scanned().await;
-        let first = cache.get(&path).await.unwrap();
+        let (path, cache, first) = cached(&fx, 'd', "damaged").await;
         let dir = first.dir.clone();
         let loaded_first = ManifestFile::of(&dir).unwrap();
         cache.set_aside(&first, "test").await;
@@ -284,11 +295,7 @@ mod tests {
     #[tokio::test]
     async fn an_entry_set_aside_after_it_was_loaded_is_not_admitted() {
         let fx = Fixture::new(1);
-        let path = sp('f', "stale");
-        publish(&fx.ups[0], &key(), &path, &tree("f", 10));
-        let cache = fx.open();
-        cache.wait_scanned().await;
-        let first = cache.get(&path).await.unwrap();
+        let (path, cache, first) = cached(&fx, 'f', "stale").await;
         let (_, file) = cache.load_entry(&first.dir, &path.hash_part()).unwrap();
         assert_eq!(ManifestFile::of(&first.dir), Some(file), "unchanged: admitted");
         cache.set_aside(&first, "test").await;
