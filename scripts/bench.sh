@@ -455,6 +455,39 @@ ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 declare -A R  # R[metric]="v1 v2 ..."
 add() { R[$1]="${R[$1]:-} $2"; }
 
+# narhash_check MNT: every closure path read through mount MNT must hash to its NarHash.
+narhash_check() {
+    local p want_hash got_hash bad=0
+    for p in "${CLOSURE[@]}"; do
+        want_hash=$(sed -n 's/^NarHash: sha256://p' "$DIR/caches/$CACHE_SUB/$(basename "$p" | cut -c1-32).narinfo")
+        got_hash=$(nix-hash --type sha256 --base32 "$1/$(basename "$p")")
+        [[ $got_hash == "$want_hash" ]] || { bad=$((bad + 1)); log "NarHash differs: $p"; }
+    done
+    ((bad == 0)) || die "$bad paths read through the file-level mount at $1 differ from their NarHash"
+    echo "$NPATHS of $NPATHS paths"
+}
+
+# The learned warm list (--indexed): one cold job through a file-level mount of the indexed
+# cache logs the files it opens (--record-reads), and `storefs index --warm-list` writes them
+# into the indexes of a copy of that cache (hard links; only indexes are written anew). The
+# "warm list" runs read that copy: a fleet learns the list once, then every cold host uses it.
+if ((INDEXED)) && want a; then
+    WARM_SUB=$CACHE_SUB-warm
+    WARM_URL=http://127.0.0.1:$PROXY_PORT/$WARM_SUB
+    log "fixture: learning a warm list: one cold file-level job with --record-reads"
+    rm -rf "$DIR/caches/$WARM_SUB"
+    cp -al "$DIR/caches/$CACHE_SUB" "$DIR/caches/$WARM_SUB"
+    fresh_fs learn
+    start_storefs "$WORK/learn-mnt" "$FS/sfcache" --trusted-index-key "$PUBLIC_KEY" \
+        --record-reads "$WORK/reads.log"
+    run_job "$WORK/learn-mnt"
+    stop_storefs "$WORK/learn-mnt"; drop_fs learn
+    "$STOREFS" index "$DIR/caches/$WARM_SUB" --secret-key-file "$DIR/keys/secret" \
+        --warm-list "$WORK/reads.log" >"$WORK/warm-index.log" 2>&1 ||
+        { cat "$WORK/warm-index.log" >&2; die "storefs index --warm-list failed"; }
+    log "fixture: warm list of $(wc -l <"$WORK/reads.log") files: $(tail -n1 "$WORK/warm-index.log")"
+fi
+
 # Row c for PREFIX (sf or nat) over the trees DIR...: every file read with the page cache dropped
 # (ms, MiB/s), read again with it hot (MiB/s), then find + stat with it dropped (ms).
 warm_reads() {
@@ -496,16 +529,22 @@ for rep in $(seq 1 "$REPS"); do
             read -r n b < <(log_count); add sf_ix_job_req "$n"; add sf_ix_job_bytes "$b"
             if ((rep == 1)); then
                 log "rep $rep/$REPS:    every path read through this mount hashes to its NarHash?"
-                bad=0
-                for p in "${CLOSURE[@]}"; do
-                    want_hash=$(sed -n 's/^NarHash: sha256://p' "$DIR/caches/$CACHE_SUB/$(basename "$p" | cut -c1-32).narinfo")
-                    got_hash=$(nix-hash --type sha256 --base32 "$R_DIR/mnt/$(basename "$p")")
-                    [[ $got_hash == "$want_hash" ]] || { bad=$((bad + 1)); log "NarHash differs: $p"; }
-                done
-                NARHASH_CHECK="$((NPATHS - bad)) of $NPATHS paths"
-                ((bad == 0)) || die "$bad paths read through the file-level mount differ from their NarHash"
+                NARHASH_CHECK=$(narhash_check "$R_DIR/mnt")
             fi
             stop_storefs "$R_DIR/mnt"; drop_fs sf-ix
+
+            log "rep $rep/$REPS: a. cold job through storefs, file-level with the learned warm list"
+            log_reset
+            fresh_fs sf-wl; settle; t=$(now_ns)
+            CACHE_URL=$WARM_URL start_storefs "$R_DIR/mnt" "$FS/sfcache" --trusted-index-key "$PUBLIC_KEY"
+            run_job "$R_DIR/mnt"
+            add sf_wl_job_ms "$(ms_since "$t")"
+            read -r n b < <(log_count); add sf_wl_job_req "$n"; add sf_wl_job_bytes "$b"
+            if ((rep == 1)); then
+                log "rep $rep/$REPS:    every path read through this mount hashes to its NarHash?"
+                NARHASH_CHECK_WL=$(narhash_check "$R_DIR/mnt")
+            fi
+            stop_storefs "$R_DIR/mnt"; drop_fs sf-wl
         fi
 
         log "rep $rep/$REPS: a. cold job with Nix (nix-store -r, then the job)"
@@ -577,6 +616,9 @@ TABLE=$(
         echo "| a. cold job, file-level (--trusted-index-key) (s), vs Nix substitution + job | $(sec "$(M sf_ix_job_ms)") | $(sec "$(M nix_job_ms)") | $(ratio "$(M sf_ix_job_ms)" "$(M nix_job_ms)") | <= 0.15 |"
         echo "| a. MiB downloaded, cold job, file-level, vs MiB the job reads (rchar) | $(mib "$(M sf_ix_job_bytes)") | $(mib "$JOB_RCHAR") | $(ratio "$(M sf_ix_job_bytes)" "$JOB_RCHAR") | <= 3 |"
         echo "| a. requests, cold job, file-level, vs Nix | $(M sf_ix_job_req) | $(M nix_job_req) | $(ratio "$(M sf_ix_job_req)" "$(M nix_job_req)") | |"
+        echo "| a. cold job, file-level with a learned warm list (s), vs Nix substitution + job | $(sec "$(M sf_wl_job_ms)") | $(sec "$(M nix_job_ms)") | $(ratio "$(M sf_wl_job_ms)" "$(M nix_job_ms)") | <= 0.15 |"
+        echo "| a. MiB downloaded, cold job, file-level with a warm list, vs MiB the job reads (rchar) | $(mib "$(M sf_wl_job_bytes)") | $(mib "$JOB_RCHAR") | $(ratio "$(M sf_wl_job_bytes)" "$JOB_RCHAR") | <= 3 |"
+        echo "| a. requests, cold job, file-level with a warm list, vs Nix | $(M sf_wl_job_req) | $(M nix_job_req) | $(ratio "$(M sf_wl_job_req)" "$(M nix_job_req)") | |"
     fi
     echo "| b. cold full read (s), vs Nix substitution | $(sec "$(M sf_full_ms)") | $(sec "$(M nix_full_ms)") | $(ratio "$(M sf_full_ms)" "$(M nix_full_ms)") | <= 1.05 |"
     echo "| c. warm read throughput, page cache $( ((DROP)) && echo dropped || echo kept) (MiB/s), vs local disk | $(M sf_warm_mbs) | $(M nat_warm_mbs) | $(ratio "$(M sf_warm_mbs)" "$(M nat_warm_mbs)") | >= 0.9 |"
@@ -590,7 +632,7 @@ TABLE=$(
 )
 RAW=$(for k in $(printf '%s\n' "${!R[@]}" | sort); do printf '%-14s %s\n' "$k" "${R[$k]}"; done)
 FIXDESC="$NPATHS store paths, $(mib "$CLOSURE_BYTES") MiB of NARs, $CLOSURE_FILES files: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') stdlib ($STDLIB_MB MB, $STDLIB_FILES files), $( ((SYNTH)) && echo "synthetic site-packages" || echo site-packages) ($SITE_MB MB, $SITE_FILES files, $( [[ $SITE_LAYOUT == one-path ]] && echo "the whole tree as one store path" || echo "one store path per top-level entry")), a chain of $CHAIN_LEN small paths; cache compression $COMPRESSION"
-SETUP="$( ((INDEXED)) && echo "cache indexed by storefs index (every NarHash checked through the file-level mount after the job: ${NARHASH_CHECK:-not run}); ")link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; $( ((FRESH_FS)) && echo 'each run on a fresh ext4 filesystem' || echo 'every run on /var/tmp'); page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
+SETUP="$( ((INDEXED)) && echo "cache indexed by storefs index (every NarHash checked through the file-level mount after the job: ${NARHASH_CHECK:-not run}; and through the mount with the warm list: ${NARHASH_CHECK_WL:-not run}); warm list learned from one cold run of the same job (--record-reads, then storefs index --warm-list); ")link $RATE (tc tbf) + ${DELAY_MS} ms each way (delay proxy; measured HTTP round trip ${rtt_ms} ms); $REPS repetitions, medians; $( ((FRESH_FS)) && echo 'each run on a fresh ext4 filesystem' || echo 'every run on /var/tmp'); page cache $( ((DROP)) && echo 'dropped before each warm measurement' || echo 'kept')${SF_ARGS:+; storefs flags: $SF_ARGS}"
 echo
 echo "storefs benchmark, $DATE"
 echo "machine: $MACHINE"

@@ -58,6 +58,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the files readers open are logged (`--record-reads`, absolute), if anywhere.
+    pub record_reads: Option<PathBuf>,
 }
 
 /// What the mount takes.
@@ -268,6 +270,7 @@ impl Config {
                 |s| &s.metrics_listen,
                 parse_listen_addr,
             )?,
+            record_reads: layers.optional_path(|s| &s.record_reads)?,
         })
     }
 }

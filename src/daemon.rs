@@ -15,6 +15,7 @@ use crate::control::handler::UpgradeOrder;
 use crate::control::{self, DaemonHandler, DaemonInfo};
 use crate::fs::StoreFs;
 use crate::fs::fuse::{FuseAdapter, OpenHandles};
+use crate::fs::read_log::ReadLog;
 use crate::fs::session::{self, Mounted};
 use crate::metrics::{self, Report, Reporters, Snapshot};
 use crate::notify::Notifier;
@@ -117,7 +118,14 @@ pub async fn run(
         Some(addr) => Some(metrics::bind(addr).await.map_err(|e| setup(e.into()))?),
         None => None,
     };
-    let fs = Arc::new(StoreFs::new(cache.clone()));
+    let mut fs = StoreFs::new(cache.clone());
+    if let Some(path) = &config.record_reads {
+        let log = ReadLog::create(path)
+            .with_context(|| format!("cannot open --record-reads file {}", path.display()))
+            .map_err(setup)?;
+        fs = fs.with_read_log(log);
+    }
+    let fs = Arc::new(fs);
     let parts: Vec<Arc<dyn Report>> = vec![cache.clone() as Arc<dyn Report>, fs.clone()];
     let reporters = Arc::new(Reporters::new(parts));
     let MountConfig { mountpoint, options: mount_options, passthrough } = config.mount;

@@ -1,8 +1,8 @@
 //! Which files of a partial entry are fetched together: a reader's own batch (its file, the
 //! small files of its directory that cost little more, and the files named like it just above
 //! or below), what comes alongside it in small batches (its package, or else the small files of
-//! its directory), the files that follow it in the NAR read ahead after it, and the order of a
-//! background fill. Pure planning over the index and what is present: no I/O.
+//! its directory), the files that follow it in the NAR read ahead after it, the batches of a
+//! path's warm list, and the order of a background fill. Pure planning over the index and what is present: no I/O.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -198,6 +198,30 @@ pub(super) fn neighbours(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec
         ahead.push(next);
     }
     ahead
+}
+
+/// The batches of an entry's warm list (`FileIndex::warm`, the files its readers opened in a
+/// learned run), in the list's order, each up to `BACKGROUND_BATCH_BYTES` of frames (at least
+/// one file) and ranked by its first file: what its first lookup fetches before any reader
+/// asks. Files present are left out.
+pub(super) fn warm_batches(partial: &Partial) -> Vec<(u64, Vec<NodeId>)> {
+    let index = &partial.index;
+    let mut batches: Vec<(u64, Vec<NodeId>)> = Vec::new();
+    let mut budget = FrameBudget::new(index, &[], BACKGROUND_BATCH_BYTES);
+    for warm in &index.warm {
+        let id = warm.node;
+        let Some(file) = index.file(id) else { continue };
+        if partial.has(id) || file.size == 0 {
+            continue;
+        }
+        if batches.is_empty() || !budget.admit(file) {
+            budget = FrameBudget::new(index, &[], BACKGROUND_BATCH_BYTES);
+            budget.admit(file);
+            batches.push((warm.rank, Vec::new()));
+        }
+        batches.last_mut().expect("a batch was just pushed").1.push(id);
+    }
+    batches
 }
 
 /// The batches of a background fill: the missing files in NAR order from one file on, then

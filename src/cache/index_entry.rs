@@ -161,6 +161,7 @@ impl NarCache {
         info!(store_path = %info.store_path, nar_size = info.nar_size, upstream = up.url(),
               "published from its file index (files fetched on first read)");
         lock(&self.catalog).admit(hash.clone(), entry.clone());
+        self.fetch_warm(&entry);
         let this = self.clone();
         if let Err(err) = tokio::task::spawn_blocking(move || this.evict_after_publish(&hash)).await
         {

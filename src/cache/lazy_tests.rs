@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::tests::{Fixture, key, sp};
 use super::*;
-use crate::nix::file_index::{FileIndex, IndexBuilder, SignedIndex};
+use crate::nix::file_index::{FileIndex, IndexBuilder, SignedIndex, WarmFile};
 use crate::nix::hash::NarHash;
 use crate::nix::nar::{Node as NarNode, parse};
 use crate::nix::nixbase32;
@@ -461,4 +461,37 @@ async fn a_large_file_is_checked_and_written_as_its_frames_arrive_and_a_bad_fram
     assert_eq!(requests(&fx.ups[0]).0, 0, "by range, not the whole NAR");
     let report = cache.verify(Some(std::slice::from_ref(&path))).await;
     assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+}
+
+#[tokio::test]
+async fn the_warm_list_is_fetched_at_the_first_lookup_before_any_reader() {
+    let fx = fixture();
+    let path = sp('w', "warm");
+    // Three files in three directories, the third large: no read-ahead rule joins them, so
+    // only the warm list (`d2/b`, then `d1/a`) can bring the first two before a reader asks.
+    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 3000] };
+    let large = NarNode::File { executable: false, contents: noise(5, 1_200_000) };
+    let tree = NarNode::Directory(vec![
+        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
+        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
+        (b"d3".to_vec(), NarNode::Directory(vec![(b"c".to_vec(), large)])),
+    ]);
+    // Nodes: 0 root, 1 d1, 2 d1/a, 3 d2, 4 d2/b, 5 d3, 6 d3/c.
+    let warm = vec![WarmFile { node: 4, rank: 10 }, WarmFile { node: 2, rank: 11 }];
+    publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |ix| ix.warm = warm);
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let partial = entry.partial().unwrap();
+    let (ia, ib, ic) =
+        (in_dir(&entry, b"d1", b"a"), in_dir(&entry, b"d2", b"b"), in_dir(&entry, b"d3", b"c"));
+    let read_ahead = || CacheStats::get(&cache.stats.files_read_ahead);
+    wait_until(|| read_ahead() == 2, || format!("warm files kept: {}", read_ahead())).await;
+    assert!(partial.has(ia) && partial.has(ib) && !partial.has(ic));
+    assert_eq!(entry.open_file(ib).unwrap().read_at(0, u64::MAX).unwrap(), vec![2; 3000]);
+    let (whole, ranges) = requests(&fx.ups[0]);
+    assert_eq!(whole, 0, "by range, not the whole NAR");
+    // A reader of a warm file now asks for nothing.
+    let holder = cache.fetch_file(&entry, ia).await.unwrap();
+    assert_eq!(holder.open_file(ia).unwrap().read_at(0, u64::MAX).unwrap(), vec![1; 3000]);
+    assert_eq!(requests(&fx.ups[0]).1, ranges, "no request for a file the warm list brought");
 }

@@ -43,6 +43,7 @@ mod scan;
 pub mod stats;
 mod streamed;
 pub mod unpack;
+mod warm_queue;
 
 #[cfg(test)]
 mod ahead_tests;
@@ -228,6 +229,8 @@ pub struct NarCache {
     scan_complete: AtomicBool,
     /// Readers waiting for files of partial entries: a background fill yields to them.
     foreground: foreground::Foreground,
+    /// The warm-list batches of the paths looked up, fetched lowest rank first across paths.
+    warm: warm_queue::WarmQueue<(Arc<Entry>, Vec<NodeId>)>,
     /// What the cache did so far.
     pub stats: CacheStats,
 }
@@ -266,6 +269,7 @@ impl NarCache {
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
             foreground: foreground::Foreground::default(),
+            warm: warm_queue::WarmQueue::default(),
             stats: CacheStats::default(),
             layout,
             upstreams,

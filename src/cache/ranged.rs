@@ -38,6 +38,8 @@ const MAX_RANGE_BYTES: u64 = 8 << 20;
 const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
 /// Background batches of one entry in flight at once.
 const BACKGROUND_BATCHES_IN_FLIGHT: usize = 2;
+/// Warm-list batches in flight at once, over all entries.
+const WARM_BATCHES_IN_FLIGHT: usize = 3;
 
 /// What an entry fetches in the background, batch by batch, each batch claimed just before it
 /// is fetched (a file present or claimed by then is left out).
@@ -176,6 +178,42 @@ impl NarCache {
                 }
             }
         }));
+    }
+
+    /// Queues the warm list of `entry` (a partial entry just published): the files readers
+    /// opened in a learned run, so that a reader finds them present or on their way. The
+    /// batches of every entry are fetched lowest rank first (`warm_queue`), at most
+    /// `WARM_BATCHES_IN_FLIGHT` at once.
+    pub(super) fn fetch_warm(self: &Arc<Self>, entry: &Arc<Entry>) {
+        let Some(partial) = entry.partial() else { return };
+        let batches = ahead::warm_batches(partial);
+        if batches.is_empty() {
+            return;
+        }
+        debug!(store_path = %entry.store_path, batches = batches.len(), "queueing the warm list");
+        let batches = batches.into_iter().map(|(rank, ids)| (rank, (entry.clone(), ids)));
+        for _ in 0..self.warm.push(batches, WARM_BATCHES_IN_FLIGHT) {
+            let this = self.clone();
+            drop(tokio::spawn(async move { this.warm_worker().await }));
+        }
+    }
+
+    /// Fetches queued warm-list batches until none is left. A batch of an entry evicted
+    /// meanwhile, or whose fetch failed, is dropped: its files come when read.
+    async fn warm_worker(self: Arc<Self>) {
+        while let Some((entry, ids)) = self.warm.next() {
+            let entry = &entry;
+            let Some(partial) = entry.partial() else { continue };
+            if !self.is_current(entry) {
+                continue;
+            }
+            let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
+            match self.fetch_batch(entry, partial, claim.ids.clone()).await {
+                Ok(_) => self.count_read_ahead(partial, &claim.ids),
+                Err(err) => debug!(store_path = %entry.store_path, error = %err,
+                                   "warm-list batch not fetched"),
+            }
+        }
     }
 
     /// Asks `up` for the NAR-file bytes of frames `run` of `entry`, counted: the run, the offset

@@ -9,9 +9,11 @@ use clap::Args;
 
 use super::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::parse_size;
+use crate::index::warm::WarmLists;
 use crate::index::{self, IndexSettings, Outcome, Step, Summary};
 use crate::nix::file_index::MAX_FRAME_BYTES;
 use crate::nix::signature::SigningKey;
+use crate::sync::Arc;
 
 /// Without a terminal, one progress line per this many paths.
 const PROGRESS_EVERY: usize = 100;
@@ -51,6 +53,13 @@ pub struct IndexArgs {
     /// worse and make the index larger.
     #[arg(long, value_name = "SIZE", default_value = DEFAULT_FRAME_SIZE)]
     frame_size: String,
+    /// Write warm lists into the indexes: FILE lists files as `/nix/store/<hash>-<name>/<path>`,
+    /// one a line, in the order a job opened them (what `storefs mount --record-reads FILE`
+    /// writes). A mount fetches a path's warm list at its first lookup, before any reader asks.
+    /// Each index gets exactly its path's list (none for a path FILE does not name); an index
+    /// that is already current is rewritten only when its list changes.
+    #[arg(long, value_name = "FILE")]
+    warm_list: Option<PathBuf>,
 }
 
 /// Runs `storefs index`.
@@ -99,12 +108,17 @@ fn settings(args: &IndexArgs) -> Result<IndexSettings, String> {
     if !args.dir.is_dir() {
         return Err(format!("{} is not a directory", args.dir.display()));
     }
+    let warm = match &args.warm_list {
+        Some(file) => Some(Arc::new(WarmLists::read(file).map_err(|e| e.to_string())?)),
+        None => None,
+    };
     Ok(IndexSettings {
         dir: args.dir.clone(),
         key,
         jobs: args.jobs,
         frame_bytes,
         zstd_level: index::DEFAULT_ZSTD_LEVEL,
+        warm,
     })
 }
 
@@ -119,6 +133,7 @@ fn print_step(step: &Step<'_>, terminal: bool) {
     let what = match step.result {
         Ok(Outcome::Indexed(_)) => "indexed",
         Ok(Outcome::Skipped) => "already indexed",
+        Ok(Outcome::Rewarmed { .. }) => "new warm list for",
         Err(_) => "failed",
     };
     if terminal {
@@ -137,6 +152,12 @@ fn print_summary(s: &Summary) {
         s.failed.len(),
         s.elapsed.as_secs_f64()
     );
+    if s.warm_files > 0 || s.rewarmed > 0 {
+        println!(
+            "warm lists: {} files in the indexes written; {} indexes rewritten for them alone",
+            s.warm_files, s.rewarmed
+        );
+    }
     if s.indexed > 0 {
         println!(
             "nar {} bytes; nar files {} -> {} bytes ({:.3}x); indexes {} bytes ({:.2}% of nar); \

@@ -141,6 +141,11 @@ impl<'a> Layers<'a> {
         }
     }
 
+    /// A path, made absolute (see [`Origin::path`]); `None` when no layer gives it.
+    pub fn optional_path(&self, field: Field<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+        self.pick(field).map(|(path, origin)| absolute(&origin.path(path))).transpose()
+    }
+
     /// A file that must exist when given, made absolute; `None` when no layer gives it.
     pub fn existing_file(
         &self,

@@ -158,6 +158,12 @@ pub struct Settings {
     #[arg(long, value_name = "PATH", help_heading = OPERATION_OPTIONS)]
     pub control_socket: Option<PathBuf>,
 
+    /// Append the path of each file readers open through the mount to FILE, once per file, in
+    /// the order first opened: what `storefs index --warm-list FILE` makes into the warm lists
+    /// of an indexed cache (docs/OPERATIONS.md, "Warm lists") [default: off].
+    #[arg(long, value_name = "FILE", help_heading = OPERATION_OPTIONS)]
+    pub record_reads: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9101 [default: off].
     #[arg(long, value_name = "ADDR:PORT", help_heading = OPERATION_OPTIONS)]
     pub metrics_listen: Option<String>,

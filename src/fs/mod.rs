@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod inode;
 mod passthrough;
 mod paths;
+pub mod read_log;
 pub mod session;
 pub mod state;
 
@@ -154,6 +155,8 @@ pub struct StoreFs {
     /// The mount root's listing and the cache generation it was taken at.
     root_listing: Mutex<Option<(u64, RootListing)>>,
     next_handle: AtomicU64,
+    /// Where the files readers open are logged (`--record-reads`), if anywhere.
+    read_log: Option<read_log::ReadLog>,
     /// What the filesystem did so far.
     pub counters: FsCounters,
 }
@@ -167,8 +170,15 @@ impl StoreFs {
             files: Mutex::new(HashMap::new()),
             root_listing: Mutex::new(None),
             next_handle: AtomicU64::new(1),
+            read_log: None,
             counters: FsCounters::default(),
         }
+    }
+
+    /// The same filesystem, logging the files readers open to `log` (`--record-reads`).
+    #[must_use]
+    pub fn with_read_log(self, log: read_log::ReadLog) -> Self {
+        Self { read_log: Some(log), ..self }
     }
 
     /// The cache behind the filesystem.
@@ -391,6 +401,9 @@ impl StoreFs {
             Err(err) => return Answer::Now(Err(err)),
         };
         self.cache.mark_used(&entry.store_path);
+        if let Some(log) = &self.read_log {
+            log.opened(&entry, node);
+        }
         if entry.is_missing(node) {
             // A path served from its file index: this file's bytes come now, verified.
             let this = self.clone();

@@ -11,6 +11,7 @@
 pub mod durable;
 pub mod path;
 pub mod rewrite;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::fs;
@@ -23,7 +24,7 @@ pub use path::{INDEX_SUFFIX, Outcome, PathError, Sizes};
 
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signature::SigningKey;
-use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, lock};
 
 /// Default NAR bytes per frame. Measured on the bench fixture (docs/INDEX_FORMAT.md): smaller
 /// frames cost compression ratio and index size, larger ones make a reader fetch more bytes
@@ -47,6 +48,9 @@ pub struct IndexSettings {
     pub frame_bytes: u64,
     /// zstd level of the frames.
     pub zstd_level: i32,
+    /// The warm lists to write into the indexes (`--warm-list`): each index gets exactly its
+    /// path's, empty for a path the lists do not name. None keeps an index's warm list.
+    pub warm: Option<Arc<warm::WarmLists>>,
 }
 
 /// Why the run as a whole could not start.
@@ -92,6 +96,10 @@ pub struct Summary {
     pub indexed: usize,
     /// Paths already indexed.
     pub skipped: usize,
+    /// Paths already indexed whose index was written again with a new warm list.
+    pub rewarmed: usize,
+    /// Files in the warm lists written (indexed and rewarmed paths).
+    pub warm_files: usize,
     /// Each path that failed: its narinfo and the error text.
     pub failed: Vec<(String, String)>,
     /// Sums over the indexed paths.
@@ -169,8 +177,13 @@ pub fn run(
 fn record(summary: &mut Summary, name: &str, result: &Result<Outcome, PathError>) {
     match result {
         Ok(Outcome::Skipped) => summary.skipped += 1,
+        Ok(Outcome::Rewarmed { warm_files }) => {
+            summary.rewarmed += 1;
+            summary.warm_files += warm_files;
+        }
         Ok(Outcome::Indexed(s)) => {
             summary.indexed += 1;
+            summary.warm_files += s.warm_files;
             summary.nar_bytes += s.nar;
             summary.old_file_bytes += s.old_file;
             summary.new_file_bytes += s.new_file;

@@ -11,7 +11,7 @@ use super::durable::{self, TempFile};
 use super::rewrite::{FileFields, with_file_fields};
 use super::{IndexSettings, UrlCounts};
 use crate::failpoint;
-use crate::nix::file_index::{IndexBuilder, SignedIndex};
+use crate::nix::file_index::{FileIndex, IndexBuilder, SignedIndex};
 use crate::nix::hash::NarHash;
 use crate::nix::nar::{ParseError, VisitError, parse};
 use crate::nix::narinfo::{self, Compression, NarInfo};
@@ -29,6 +29,11 @@ pub enum Outcome {
     Skipped,
     /// Re-encoded and indexed.
     Indexed(Sizes),
+    /// Indexed already; its index written again with the warm list `--warm-list` gives it.
+    Rewarmed {
+        /// Files in its warm list now.
+        warm_files: usize,
+    },
 }
 
 /// Sizes of one indexed path, in bytes.
@@ -44,6 +49,8 @@ pub struct Sizes {
     pub index: u64,
     /// Frames written.
     pub frames: u64,
+    /// Files in the index's warm list.
+    pub warm_files: usize,
 }
 
 /// Why a path could not be indexed; each names the file and the value at fault.
@@ -149,8 +156,8 @@ pub fn index_path(
     let info = NarInfo::parse(&text)
         .map_err(|source| PathError::Narinfo { file: narinfo_file.clone(), source })?;
     let index_file = dir.join(format!("{}{INDEX_SUFFIX}", info.store_path.hash_part()));
-    if already_indexed(settings, &index_file, &info) {
-        return Ok(Outcome::Skipped);
+    if let Some(indexed) = already_indexed(settings, &index_file, &info) {
+        return rewarm(settings, &index_file, indexed);
     }
     let old_nar = nar_file(dir, &narinfo_file, &info.url)?;
     let old_size = fs::metadata(&old_nar).map_err(|source| read_error(&old_nar, source))?.len();
@@ -194,8 +201,11 @@ pub fn index_path(
     failpoint::hit("index::after_nar_written");
 
     let (file_hash, file_size) = (out.file_hash, out.file_size);
-    let index = out.into_index(info.store_path.clone());
-    let frames = index.frames.len() as u64;
+    let mut index = out.into_index(info.store_path.clone());
+    if let Some(lists) = &settings.warm {
+        index.warm = lists.resolve(&index).0;
+    }
+    let (frames, warm_files) = (index.frames.len() as u64, index.warm.len());
     let index_bytes = SignedIndex::sign(index, &settings.key).to_compressed_bytes();
     durable::replace(&index_file, &index_bytes).map_err(write_error(&index_file))?;
 
@@ -232,7 +242,28 @@ pub fn index_path(
         new_file: file_size,
         index: index_bytes.len() as u64,
         frames,
+        warm_files,
     }))
+}
+
+/// A path indexed already: skipped, unless `--warm-list` gives it another warm list than its
+/// index has; then only the index is written again, signed anew (the NAR and narinfo stay).
+fn rewarm(
+    settings: &IndexSettings,
+    index_file: &Path,
+    mut index: FileIndex,
+) -> Result<Outcome, PathError> {
+    let Some(lists) = &settings.warm else { return Ok(Outcome::Skipped) };
+    let (warm, _) = lists.resolve(&index);
+    if warm == index.warm {
+        return Ok(Outcome::Skipped);
+    }
+    index.warm = warm;
+    let warm_files = index.warm.len();
+    let bytes = SignedIndex::sign(index, &settings.key).to_compressed_bytes();
+    durable::replace(index_file, &bytes)
+        .map_err(|source| PathError::Write { file: index_file.to_path_buf(), source })?;
+    Ok(Outcome::Rewarmed { warm_files })
 }
 
 fn read_error(file: &Path, source: io::Error) -> PathError {
@@ -247,14 +278,18 @@ fn write_failure(err: &ParseError) -> Option<io::Error> {
     inner.downcast_ref::<io::Error>().map(|e| io::Error::new(e.kind(), e.to_string()))
 }
 
-/// Whether the path's index verifies with our own key against the narinfo (which then names
+/// The path's index, if it verifies with our own key against the narinfo (which then names
 /// the seekable NAR, by `FileHash`) and that NAR is in place with its size.
-fn already_indexed(settings: &IndexSettings, index_file: &Path, info: &NarInfo) -> bool {
-    let Ok(bytes) = fs::read(index_file) else { return false };
-    let Ok(keys) = TrustedKeys::new(vec![settings.key.public()]) else { return false };
-    let Ok((index, _)) = SignedIndex::open(&bytes, &keys, info) else { return false };
-    let Ok(nar) = nar_file(&settings.dir, index_file, &info.url) else { return false };
-    fs::metadata(nar).is_ok_and(|m| m.len() == index.nar_file.size)
+fn already_indexed(
+    settings: &IndexSettings,
+    index_file: &Path,
+    info: &NarInfo,
+) -> Option<FileIndex> {
+    let bytes = fs::read(index_file).ok()?;
+    let keys = TrustedKeys::new(vec![settings.key.public()]).ok()?;
+    let (index, _) = SignedIndex::open(&bytes, &keys, info).ok()?;
+    let nar = nar_file(&settings.dir, index_file, &info.url).ok()?;
+    fs::metadata(nar).is_ok_and(|m| m.len() == index.nar_file.size).then_some(index)
 }
 
 /// The file a narinfo's URL names, which must be a plain relative path inside `dir`.

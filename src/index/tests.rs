@@ -64,6 +64,7 @@ fn settings(dir: &Path) -> IndexSettings {
         jobs: 2,
         frame_bytes: 64 << 10,
         zstd_level: DEFAULT_ZSTD_LEVEL,
+        warm: None,
     }
 }
 
@@ -168,4 +169,56 @@ fn a_url_outside_the_cache_is_refused() {
     fs::write(&file, text).unwrap();
     let summary = run(&settings(dir.path()), &|_| {}).unwrap();
     assert!(summary.failed[0].1.contains("\"../one.nar\" is not a relative path inside"));
+}
+
+/// `settings` of cache `dir` with the warm lists of the log `lines`, written in `logs`.
+fn with_warm(dir: &Path, logs: &Path, lines: &str) -> IndexSettings {
+    let log = logs.join("reads.log");
+    fs::write(&log, lines).unwrap();
+    IndexSettings { warm: Some(Arc::new(warm::WarmLists::read(&log).unwrap())), ..settings(dir) }
+}
+
+/// The warm list of `hash`'s index in `dir`, as (node, rank) pairs.
+fn warm_of(dir: &Path, hash: &str) -> Vec<(crate::nix::nar::NodeId, u64)> {
+    let index = fs::read(dir.join(format!("{hash}{INDEX_SUFFIX}"))).unwrap();
+    SignedIndex::parse(&index).unwrap().index.warm.iter().map(|w| (w.node, w.rank)).collect()
+}
+
+#[test]
+fn a_warm_list_goes_into_new_indexes_and_rewrites_only_indexes_whose_list_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    add_path(dir.path(), H1, &tree(1).to_nar(), Compression::None, "nar/one.nar");
+    add_path(dir.path(), H2, &tree(2).to_nar(), Compression::None, "nar/two.nar");
+    // Nodes of `tree`: 0 root, 1 bin, 2 lib, 3 link.
+    let first = format!("/nix/store/{H1}-p/lib\n/nix/store/{H1}-p/bin\n/nix/store/{H1}-p/nope\n");
+    let summary = run(&with_warm(dir.path(), logs.path(), &first), &|_| {}).unwrap();
+    assert_eq!((summary.indexed, summary.warm_files, summary.rewarmed), (2, 2, 0));
+    assert_eq!(warm_of(dir.path(), H1), vec![(2, 0), (1, 1)]);
+    assert!(warm_of(dir.path(), H2).is_empty());
+
+    // The same list again, and no list at all: nothing is written.
+    let before = snapshot(dir.path());
+    let again = run(&with_warm(dir.path(), logs.path(), &first), &|_| {}).unwrap();
+    assert_eq!((again.skipped, again.rewarmed), (2, 0));
+    let plain = run(&settings(dir.path()), &|_| {}).unwrap();
+    assert_eq!((plain.skipped, plain.rewarmed), (2, 0));
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A new list: only the indexes whose list changes are written, NARs and narinfos stay.
+    let second = format!("/nix/store/{H2}-p/bin\n");
+    let changed = run(&with_warm(dir.path(), logs.path(), &second), &|_| {}).unwrap();
+    assert_eq!((changed.indexed, changed.rewarmed, changed.warm_files), (0, 2, 1));
+    assert!(warm_of(dir.path(), H1).is_empty());
+    assert_eq!(warm_of(dir.path(), H2), vec![(1, 0)]);
+    let after = snapshot(dir.path());
+    let unchanged = |(name, _): &&(String, Vec<u8>)| !name.ends_with(INDEX_SUFFIX);
+    assert!(before.iter().filter(unchanged).eq(after.iter().filter(unchanged)));
+    // Each rewritten index still verifies against its narinfo.
+    let keys = TrustedKeys::new(vec![key().public()]).unwrap();
+    for hash in [H1, H2] {
+        let info = NarInfo::parse(&fs::read(dir.path().join(format!("{hash}.narinfo"))).unwrap());
+        let index = fs::read(dir.path().join(format!("{hash}{INDEX_SUFFIX}"))).unwrap();
+        SignedIndex::open(&index, &keys, &info.unwrap()).unwrap();
+    }
 }

@@ -191,6 +191,7 @@ impl BuildOutput {
             },
             frames: self.frames,
             nodes: self.nodes,
+            warm: Vec::new(),
         }
     }
 }

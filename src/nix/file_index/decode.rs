@@ -8,7 +8,7 @@ use super::encode::{TAG_DIRECTORY, TAG_EXECUTABLE, TAG_FILE, TAG_SYMLINK, put_si
 use super::{
     FileIndex, FileNode, Frame, IndexError, IndexNode, MAGIC, MAX_FRAME_BYTES, MAX_FRAMES,
     MAX_INDEX_BYTES, MAX_NODES, MAX_SIGNATURE_LEN, MAX_SIGNATURES, NarEncoding, NarFile, NodeKind,
-    SignedIndex,
+    SECTION_WARM, SignedIndex, WarmFile,
 };
 use crate::nix::hash::{NarHash, SHA256_SIZE};
 use crate::nix::nar::NodeId;
@@ -232,10 +232,67 @@ fn parse_body(c: &mut Cursor<'_>) -> Result<FileIndex, IndexError> {
     let nar_file = NarFile { encoding, size: file_size, hash: file_hash };
     let frames = parse_frames(c, nar_size, file_size)?;
     let nodes = parse_tree(c, nar_size)?;
-    if c.left() > 0 {
-        return Err(IndexError::Trailing { count: c.left() as usize, offset: c.pos });
+    let warm = parse_sections(c, &nodes)?;
+    Ok(FileIndex { store_path, nar_hash, nar_size, nar_file, frames, nodes, warm })
+}
+
+/// The sections after the tree, to the end of the body: each a tag byte (strictly increasing,
+/// from 1) and a length-prefixed payload. Returns the warm list (empty without its section);
+/// a section of a tag this version does not know is skipped, as its length says.
+fn parse_sections(c: &mut Cursor<'_>, nodes: &[IndexNode]) -> Result<Vec<WarmFile>, IndexError> {
+    let mut warm = Vec::new();
+    let mut last = 0u8;
+    while c.left() > 0 {
+        let offset = c.pos;
+        let tag = c.byte("section tag")?;
+        if tag <= last {
+            return Err(IndexError::SectionOrder { tag, offset });
+        }
+        last = tag;
+        let payload = c.bytes("section", MAX_INDEX_BYTES)?;
+        if tag == SECTION_WARM {
+            let begin = c.pos - payload.len();
+            let mut section = Cursor { bytes: &c.bytes[..c.pos], pos: begin };
+            warm = parse_warm(&mut section, nodes)?;
+            if section.left() > 0 {
+                let count = section.left() as usize;
+                return Err(IndexError::Trailing { count, offset: section.pos });
+            }
+        }
     }
-    Ok(FileIndex { store_path, nar_hash, nar_size, nar_file, frames, nodes })
+    Ok(warm)
+}
+
+/// The warm list's payload: a count, then that many files, each a node id (a regular file,
+/// named once) and its rank as the step from the rank before (from 0; at least 1 after the
+/// first entry, so ranks strictly increase).
+fn parse_warm(c: &mut Cursor<'_>, nodes: &[IndexNode]) -> Result<Vec<WarmFile>, IndexError> {
+    let count = c.count("warm list", 2, nodes.len())?;
+    let mut rank = 0u64;
+    let mut seen = vec![0u64; nodes.len().div_ceil(64)];
+    let mut warm = Vec::with_capacity(count as usize);
+    for entry in 0..count as usize {
+        let node = c.varint("warm list node")?;
+        let step = c.varint("warm list rank")?;
+        let bad = |why| IndexError::BadWarm { entry, node, why };
+        rank = match rank.checked_add(step) {
+            Some(next) if step > 0 || entry == 0 => next,
+            _ => return Err(bad("rank not above the one before")),
+        };
+        let Some(found) = nodes.get(usize::try_from(node).unwrap_or(usize::MAX)) else {
+            return Err(bad("no such node"));
+        };
+        if !matches!(found.kind, NodeKind::File(_)) {
+            return Err(bad("not a regular file"));
+        }
+        let (word, bit) = (node as usize / 64, 1u64 << (node % 64));
+        if seen[word] & bit != 0 {
+            return Err(bad("listed twice"));
+        }
+        seen[word] |= bit;
+        warm.push(WarmFile { node: node as NodeId, rank });
+    }
+    Ok(warm)
 }
 
 fn parse_frames(

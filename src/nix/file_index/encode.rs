@@ -1,6 +1,6 @@
 //! Writes an index body and its signature section (the layout is in docs/INDEX_FORMAT.md).
 
-use super::{FileIndex, NodeKind};
+use super::{FileIndex, NodeKind, SECTION_WARM};
 
 /// Node tags in the body.
 pub(super) const TAG_DIRECTORY: u8 = 1;
@@ -68,6 +68,18 @@ pub fn encode_body(index: &FileIndex) -> Vec<u8> {
             }
             NodeKind::Symlink { target } => put_bytes(&mut out, target),
         }
+    }
+    if !index.warm.is_empty() {
+        let mut warm = Vec::new();
+        put_varint(&mut warm, index.warm.len() as u64);
+        let mut rank = 0;
+        for file in &index.warm {
+            put_varint(&mut warm, u64::from(file.node));
+            put_varint(&mut warm, file.rank.saturating_sub(rank));
+            rank = file.rank;
+        }
+        out.push(SECTION_WARM);
+        put_bytes(&mut out, &warm);
     }
     out
 }

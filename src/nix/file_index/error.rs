@@ -151,6 +151,24 @@ pub enum IndexError {
         /// Where.
         offset: usize,
     },
+    /// A section after the tree whose tag is 0 or not above the one before it.
+    #[error("section tag {tag} at byte {offset} is out of order (tags increase from 1)")]
+    SectionOrder {
+        /// The tag.
+        tag: u8,
+        /// Where.
+        offset: usize,
+    },
+    /// An entry of the warm list that names no regular file, or one named before.
+    #[error("warm list entry {entry}: node {node}: {why}")]
+    BadWarm {
+        /// Its position in the list.
+        entry: usize,
+        /// The node it names.
+        node: u64,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// A signature that is too long or not UTF-8.
     #[error("signature {number} is malformed")]
     BadSignatureText {

@@ -47,6 +47,8 @@ pub const MAX_NODES: usize = 1 << 24;
 pub const MAX_FRAMES: usize = 1 << 24;
 /// Largest decompressed frame accepted, so a reader's buffer for one frame stays bounded.
 pub const MAX_FRAME_BYTES: u64 = 64 << 20;
+/// Tag of the warm-list section after the tree (docs/INDEX_FORMAT.md, "Sections").
+pub const SECTION_WARM: u8 = 1;
 /// Most signatures an index may carry.
 pub const MAX_SIGNATURES: usize = 16;
 /// Longest signature value (`name:base64`), in bytes.
@@ -165,6 +167,21 @@ pub struct FileIndex {
     pub frames: Vec<Frame>,
     /// The tree.
     pub nodes: Vec<IndexNode>,
+    /// The warm list: regular files readers of the path opened in a learned run (`storefs
+    /// index --warm-list`), each once, in the order they were opened. A mount fetches them at
+    /// the path's first lookup, before any reader asks. Empty when none was learned.
+    pub warm: Vec<WarmFile>,
+}
+
+/// One file of a warm list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WarmFile {
+    /// Its node (a regular file).
+    pub node: NodeId,
+    /// Its position in the learned run's whole log, over every path: a mount fetches the warm
+    /// files of all the paths it looked up lowest rank first, the order the run needed them.
+    /// Strictly increasing along a list.
+    pub rank: u64,
 }
 
 impl FileIndex {

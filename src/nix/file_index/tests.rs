@@ -248,8 +248,9 @@ fn the_structural_parser_names_truncation_and_trailing_bytes() {
     let good = signed_bytes(&b.index);
     let cut = SignedIndex::parse(&good[..good.len() - 10]).unwrap_err().to_string();
     assert!(cut.contains("truncated"), "{cut}");
+    // After the tree come sections, whose tags start at 1: a stray 0 is no section.
     let trailing = SignedIndex::parse(&[good, vec![0]].concat()).unwrap_err().to_string();
-    assert!(trailing.contains("1 trailing bytes"), "{trailing}");
+    assert!(trailing.contains("section tag 0 at byte"), "{trailing}");
 }
 
 #[test]
@@ -353,6 +354,78 @@ fn a_compressed_index_opens_like_the_plain_one_and_a_hostile_one_is_refused() {
         ("huge", &huge[..], "more than the"),
     ] {
         let err = parse_and_verify(bytes, &info).expect_err(name).to_string();
+        assert!(err.contains(want), "case {name}: {err:?} lacks {want:?}");
+    }
+}
+
+/// An index file whose body is `body`, signed with the test key as `storefs index` would.
+fn signed_body(index: &FileIndex, body: &[u8]) -> Vec<u8> {
+    let digest: [u8; 32] = sha2::Sha256::digest(body).into();
+    let message = fingerprint(&index.store_path, &index.nar_hash, &digest);
+    let mut out = MAGIC.to_vec();
+    encode::put_signatures(&mut out, &[key().sign_message(message.as_bytes())]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A warm list of `(node, rank)` pairs.
+fn warm_list(files: &[(NodeId, u64)]) -> Vec<WarmFile> {
+    files.iter().map(|&(node, rank)| WarmFile { node, rank }).collect()
+}
+
+#[test]
+fn a_warm_list_is_signed_round_trips_and_a_hostile_one_is_refused() {
+    let b = build(&sample_tree(), 1024);
+    let info = narinfo_for(&b.index);
+    // Nodes: 0 root, 1 a-small, 2 b-small, 3 c-empty, 4 d-dir, 5 big, 6 link, 7 e-medium.
+    let mut warm = b.index.clone();
+    warm.warm = warm_list(&[(5, 0), (1, 7), (7, 300)]);
+    let bytes = signed_bytes(&warm);
+    assert_eq!(parse_and_verify(&bytes, &info).unwrap().warm, warm.warm);
+    // It is part of the signed body: the index without it is another body.
+    assert_ne!(encode_body(&warm), encode_body(&b.index));
+    assert!(parse_and_verify(&signed_bytes(&b.index), &info).unwrap().warm.is_empty());
+
+    // A later version's section is skipped as its length says; the warm list stays.
+    let mut later = encode_body(&warm);
+    later.extend_from_slice(&[9, 3, b'a', b'b', b'c']);
+    assert_eq!(parse_and_verify(&signed_body(&warm, &later), &info).unwrap().warm, warm.warm);
+
+    // Entries as (node, rank step) pairs.
+    let with_warm = |entries: &[(u64, u64)]| {
+        let mut payload = Vec::new();
+        encode::put_varint(&mut payload, entries.len() as u64);
+        for &(node, step) in entries {
+            encode::put_varint(&mut payload, node);
+            encode::put_varint(&mut payload, step);
+        }
+        let mut body = encode_body(&b.index);
+        body.push(SECTION_WARM);
+        encode::put_bytes(&mut body, &payload);
+        body
+    };
+    let mut extra_byte = encode_body(&b.index);
+    extra_byte.extend_from_slice(&[SECTION_WARM, 4, 1, 1, 0, 0]);
+    let mut twice = encode_body(&warm);
+    twice.extend_from_slice(&[SECTION_WARM, 3, 1, 2, 0]);
+    let mut cut = encode_body(&b.index);
+    cut.extend_from_slice(&[SECTION_WARM, 9, 1]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("a_directory", with_warm(&[(1, 0), (4, 1)]), "entry 1: node 4: not a regular file"),
+        ("a_symlink", with_warm(&[(6, 0)]), "node 6: not a regular file"),
+        ("no_such_node", with_warm(&[(1, 0), (99, 1)]), "node 99: no such node"),
+        ("a_huge_node", with_warm(&[(u64::MAX, 0)]), "no such node"),
+        ("listed_twice", with_warm(&[(5, 0), (1, 1), (5, 1)]), "entry 2: node 5: listed twice"),
+        ("a_rank_repeated", with_warm(&[(5, 3), (1, 0)]), "entry 1: node 1: rank not above"),
+        ("a_rank_overflowing", with_warm(&[(5, u64::MAX), (1, 1)]), "rank not above"),
+        ("more_than_the_nodes", with_warm(&[(1, 1); 9]), "warm list 9"),
+        ("bytes_after_the_list", extra_byte, "1 trailing bytes"),
+        ("the_section_twice", twice, "section tag 1"),
+        ("cut_short", cut, "more than the index can hold"),
+    ];
+    for (name, body, want) in cases {
+        let err = parse_and_verify(&signed_body(&b.index, &body), &info).expect_err(name);
+        let err = err.to_string();
         assert!(err.contains(want), "case {name}: {err:?} lacks {want:?}");
     }
 }
