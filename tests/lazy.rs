@@ -286,3 +286,78 @@ fn with_passthrough_files_of_partial_entries_are_fetched_at_open_and_read_right(
     assert!(stat(&s, "files_fetched") > 0 && stat(&s, "frame_failures") == 0, "{s}");
     assert!(stat(&s, "files_read_ahead") <= stat(&s, "files_fetched"), "{s}");
 }
+
+/// Waits (up to 20 s, polling `storefs stats`) until `counter` reaches `want`.
+fn wait_for_stat(d: &Daemon, counter: &str, want: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = stats(d);
+        if stat(&s, counter) >= want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{counter} never reached {want}: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_warm_list_learned_through_the_mount_brings_its_files_before_any_reader() {
+    let test = "a_warm_list_learned_through_the_mount_brings_its_files_before_any_reader";
+    // 4 KiB frames: the files read lie in frames of their own, so only the warm list brings them.
+    let Some((fx, tmp, dir)) = setup(test, "4K") else { return };
+    let nginx = Nginx::start(tmp.path(), "");
+    let log = tmp.path().join("reads.log");
+
+    // 1. The learned run: two files of the weird-names path, the later one in NAR order first.
+    let ix = index_of(&dir, &fx.weird);
+    let files: Vec<usize> = (0..ix.nodes.len())
+        .filter(|&id| matches!(&ix.nodes[id].kind, NodeKind::File(f) if f.size > 0))
+        .collect();
+    let (first, second) = (files[files.len() - 1], files[0]);
+    let mut d = mount_with(
+        tmp.path(),
+        fx,
+        &nginx,
+        &fx.public_key,
+        &["--record-reads", log.to_str().unwrap()],
+    );
+    let local = |id| Path::new(&fx.weird).join(node_path(&ix, id));
+    for id in [first, second, first] {
+        assert_eq!(
+            fs::read(mounted(&d, &fx.weird).join(node_path(&ix, id))).unwrap(),
+            fs::read(local(id)).unwrap()
+        );
+    }
+    d.stop();
+    let logged = fs::read_to_string(&log).unwrap();
+    let want: String =
+        [first, second].iter().map(|&id| format!("{}\n", local(id).display())).collect();
+    assert_eq!(logged, want, "each file opened logged once, in the order first opened");
+
+    // 2. Written into the index.
+    let out = run(Command::new(common::daemon::storefs_bin())
+        .arg("index")
+        .arg(&dir)
+        .arg("--secret-key-file")
+        .arg(fx.secret_key_path())
+        .arg("--warm-list")
+        .arg(&log));
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("warm lists: 2 files"), "{out}");
+    let warm: Vec<usize> = index_of(&dir, &fx.weird).warm.iter().map(|w| w.node as usize).collect();
+    assert_eq!(warm, [first, second]);
+
+    // 3. A cold host: looking the path up brings both files, with no reader.
+    fs::remove_dir_all(tmp.path().join("cache")).unwrap();
+    let d = mount(tmp.path(), fx, &nginx, &fx.public_key);
+    fs::symlink_metadata(mounted(&d, &fx.weird)).unwrap();
+    wait_for_stat(&d, "files_read_ahead", 2);
+    nginx.clear_log();
+    for id in [second, first] {
+        assert_eq!(
+            fs::read(mounted(&d, &fx.weird).join(node_path(&ix, id))).unwrap(),
+            fs::read(local(id)).unwrap()
+        );
+    }
+    assert_eq!(nar_requests(&nginx), (0, 0), "both files were present before they were read");
+}

@@ -162,6 +162,9 @@ impl NarCache {
               "published from its file index (files fetched on first read)");
         lock(&self.catalog).admit(hash.clone(), entry.clone());
         self.fetch_warm(&entry);
+        if let Some(partial) = entry.partial() {
+            self.prefetch_learned(&partial.index.warm_paths);
+        }
         let this = self.clone();
         if let Err(err) = tokio::task::spawn_blocking(move || this.evict_after_publish(&hash)).await
         {

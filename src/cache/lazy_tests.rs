@@ -495,3 +495,28 @@ async fn the_warm_list_is_fetched_at_the_first_lookup_before_any_reader() {
     assert_eq!(holder.open_file(ia).unwrap().read_at(0, u64::MAX).unwrap(), vec![1; 3000]);
     assert_eq!(requests(&fx.ups[0]).1, ranges, "no request for a file the warm list brought");
 }
+
+#[tokio::test]
+async fn the_warm_paths_are_looked_up_when_the_path_is_published() {
+    let mut fx = fixture();
+    fx.config.prefetch_jobs = 2;
+    let (a, b, c, d) = (sp('a', "app"), sp('b', "lib"), sp('c', "small"), sp('d', "unused"));
+    // `a` names `b` (indexed) and `c` (not) as paths its learned run used; it references
+    // neither, so only its warm paths can bring them. `d` is named by none.
+    let warm_paths = vec![b.clone(), c.clone()];
+    publish_indexed(&fx.ups[0], &a, &two_frames_tree(), &index_key(), |ix| {
+        ix.warm_paths = warm_paths;
+    });
+    publish_indexed(&fx.ups[0], &b, &two_frames_tree(), &index_key(), |_| {});
+    super::tests::publish(&fx.ups[0], &key(), &c, &super::tests::tree("small", 10));
+    super::tests::publish(&fx.ups[0], &key(), &d, &super::tests::tree("unused", 10));
+    let cache = fx.open();
+    cache.get(&a).await.unwrap();
+    let cached = |p: &StorePath| lock(&cache.catalog).contains(&p.hash_part());
+    wait_until(|| cached(&b) && cached(&c), || "the warm paths were not looked up".to_owned())
+        .await;
+    let entry_b = cache.get(&b).await.unwrap();
+    assert!(entry_b.partial().is_some(), "an indexed warm path comes by its index");
+    assert_eq!(requests(&fx.ups[0]).1, 0, "metadata only: no file of a or b was fetched");
+    assert!(!cached(&d));
+}

@@ -9,6 +9,8 @@
 //!   a path being prefetched joins that fetch (single-flight) rather than starting another.
 //! - Each reference is queued once; a prefetched path's own references are queued in turn, so
 //!   the whole closure arrives, breadth first (the permits are handed out in FIFO order).
+//! - The paths an index's warm paths name (the store paths a learned run used) go first: they
+//!   have permits of their own, so they do not queue behind references the job may never read.
 
 use std::collections::HashSet;
 
@@ -33,17 +35,28 @@ pub(super) struct Prefetcher {
     permits: Semaphore,
     /// Hash parts queued or being prefetched, so each is queued once.
     queued: Mutex<HashSet<String>>,
+    /// Downloads of learned paths (an index's warm paths) at once, apart from the references.
+    learned_permits: Semaphore,
+    /// Learned paths queued or being prefetched, so each is queued once.
+    learned: Mutex<HashSet<String>>,
 }
 
 impl Prefetcher {
     /// A queue running at most `jobs` prefetches at once (none when 0).
     pub(super) fn new(jobs: usize) -> Self {
-        Self { jobs, permits: Semaphore::new(jobs), queued: Mutex::default() }
+        Self {
+            jobs,
+            permits: Semaphore::new(jobs),
+            queued: Mutex::default(),
+            learned_permits: Semaphore::new(jobs),
+            learned: Mutex::default(),
+        }
     }
 
     /// Ends every prefetch waiting for a permit and refuses new ones.
     pub(super) fn close(&self) {
         self.permits.close();
+        self.learned_permits.close();
     }
 }
 
@@ -67,6 +80,29 @@ impl NarCache {
         }
     }
 
+    /// Queues for prefetch, ahead of any reference, the learned paths `paths` (an index's warm
+    /// paths, in the order the learned run first used them) that are not cached, being
+    /// fetched, known absent or queued already.
+    pub(super) fn prefetch_learned(self: &Arc<Self>, paths: &[StorePath]) {
+        if self.prefetcher.jobs == 0 || self.prefetcher.learned_permits.is_closed() {
+            return;
+        }
+        for path in paths {
+            let hash = path.hash_part();
+            if !self.worth_prefetching(&hash) || !lock(&self.prefetcher.learned).insert(hash) {
+                continue;
+            }
+            let (this, sp) = (self.clone(), path.clone());
+            tokio::spawn(async move {
+                let permits = &this.prefetcher.learned_permits;
+                if let Ok(_permit) = permits.acquire().await {
+                    this.prefetch_now(&sp).await;
+                }
+                lock(&this.prefetcher.learned).remove(&sp.hash_part());
+            });
+        }
+    }
+
     /// Whether `hash` is neither cached (as far as memory knows), being fetched nor known absent.
     fn worth_prefetching(&self, hash: &str) -> bool {
         !lock(&self.catalog).contains(hash)
@@ -77,6 +113,11 @@ impl NarCache {
     /// Waits for a permit, then fetches `sp` if it is still missing and fits without evicting.
     async fn prefetch_one(self: &Arc<Self>, sp: &StorePath) {
         let Ok(_permit) = self.prefetcher.permits.acquire().await else { return };
+        self.prefetch_now(sp).await;
+    }
+
+    /// Fetches `sp`, holding a permit, if it is still missing and fits without evicting.
+    async fn prefetch_now(self: &Arc<Self>, sp: &StorePath) {
         let hash = sp.hash_part();
         if !self.scan_complete.load(Ordering::Acquire) && self.load_now(&hash).await.is_some() {
             return;

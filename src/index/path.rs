@@ -203,7 +203,7 @@ pub fn index_path(
     let (file_hash, file_size) = (out.file_hash, out.file_size);
     let mut index = out.into_index(info.store_path.clone());
     if let Some(lists) = &settings.warm {
-        index.warm = lists.resolve(&index).0;
+        (index.warm, index.warm_paths) = lists.resolve_all(&index);
     }
     let (frames, warm_files) = (index.frames.len() as u64, index.warm.len());
     let index_bytes = SignedIndex::sign(index, &settings.key).to_compressed_bytes();
@@ -254,11 +254,11 @@ fn rewarm(
     mut index: FileIndex,
 ) -> Result<Outcome, PathError> {
     let Some(lists) = &settings.warm else { return Ok(Outcome::Skipped) };
-    let (warm, _) = lists.resolve(&index);
-    if warm == index.warm {
+    let (warm, warm_paths) = lists.resolve_all(&index);
+    if warm == index.warm && warm_paths == index.warm_paths {
         return Ok(Outcome::Skipped);
     }
-    index.warm = warm;
+    (index.warm, index.warm_paths) = (warm, warm_paths);
     let warm_files = index.warm.len();
     let bytes = SignedIndex::sign(index, &settings.key).to_compressed_bytes();
     durable::replace(index_file, &bytes)

@@ -184,6 +184,13 @@ fn warm_of(dir: &Path, hash: &str) -> Vec<(crate::nix::nar::NodeId, u64)> {
     SignedIndex::parse(&index).unwrap().index.warm.iter().map(|w| (w.node, w.rank)).collect()
 }
 
+/// The warm paths of `hash`'s index in `dir`.
+fn warm_paths_of(dir: &Path, hash: &str) -> Vec<String> {
+    let index = fs::read(dir.join(format!("{hash}{INDEX_SUFFIX}"))).unwrap();
+    let index = SignedIndex::parse(&index).unwrap().index;
+    index.warm_paths.iter().map(StorePath::to_absolute_path).collect()
+}
+
 #[test]
 fn a_warm_list_goes_into_new_indexes_and_rewrites_only_indexes_whose_list_changed() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,6 +203,7 @@ fn a_warm_list_goes_into_new_indexes_and_rewrites_only_indexes_whose_list_change
     assert_eq!((summary.indexed, summary.warm_files, summary.rewarmed), (2, 2, 0));
     assert_eq!(warm_of(dir.path(), H1), vec![(2, 0), (1, 1)]);
     assert!(warm_of(dir.path(), H2).is_empty());
+    assert!(warm_paths_of(dir.path(), H1).is_empty(), "the log names no other path");
 
     // The same list again, and no list at all: nothing is written.
     let before = snapshot(dir.path());
@@ -206,11 +214,14 @@ fn a_warm_list_goes_into_new_indexes_and_rewrites_only_indexes_whose_list_change
     assert_eq!(snapshot(dir.path()), before);
 
     // A new list: only the indexes whose list changes are written, NARs and narinfos stay.
-    let second = format!("/nix/store/{H2}-p/bin\n");
+    let second = format!("/nix/store/{H2}-p/bin\n/nix/store/{H1}-p/lib\n");
     let changed = run(&with_warm(dir.path(), logs.path(), &second), &|_| {}).unwrap();
-    assert_eq!((changed.indexed, changed.rewarmed, changed.warm_files), (0, 2, 1));
-    assert!(warm_of(dir.path(), H1).is_empty());
+    assert_eq!((changed.indexed, changed.rewarmed, changed.warm_files), (0, 2, 2));
+    assert_eq!(warm_of(dir.path(), H1), vec![(2, 1)]);
     assert_eq!(warm_of(dir.path(), H2), vec![(1, 0)]);
+    // Each names the other path the run used.
+    assert_eq!(warm_paths_of(dir.path(), H1), [format!("/nix/store/{H2}-p")]);
+    assert_eq!(warm_paths_of(dir.path(), H2), [format!("/nix/store/{H1}-p")]);
     let after = snapshot(dir.path());
     let unchanged = |(name, _): &&(String, Vec<u8>)| !name.ends_with(INDEX_SUFFIX);
     assert!(before.iter().filter(unchanged).eq(after.iter().filter(unchanged)));

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::nix::file_index::{FileIndex, NodeKind, WarmFile};
+use crate::nix::file_index::{FileIndex, MAX_WARM_PATHS, NodeKind, WarmFile};
 use crate::nix::nar::NodeId;
 use crate::nix::store_path::StorePath;
 
@@ -18,6 +18,8 @@ pub const MAX_LINES: usize = 1 << 22;
 #[derive(Debug, Default, Clone)]
 pub struct WarmLists {
     by_hash: HashMap<String, Vec<(u64, Vec<u8>)>>,
+    /// The store paths named, in the order first named.
+    paths: Vec<StorePath>,
 }
 
 /// Why a warm-list file was refused; names the file and line.
@@ -99,10 +101,26 @@ impl WarmLists {
             if seen.insert(line) {
                 let rank = seen.len() as u64 - 1;
                 let files = lists.by_hash.entry(store_path.hash_part()).or_default();
+                if files.is_empty() {
+                    lists.paths.push(store_path);
+                }
                 files.push((rank, inner.to_vec()));
             }
         }
         Ok(lists)
+    }
+
+    /// The warm list and warm paths of `index`'s path: [`WarmLists::resolve`], and the other
+    /// store paths named (at most `MAX_WARM_PATHS`), in the order first named; both empty for
+    /// a path not named.
+    #[must_use]
+    pub fn resolve_all(&self, index: &FileIndex) -> (Vec<WarmFile>, Vec<StorePath>) {
+        let (warm, _) = self.resolve(index);
+        if !self.by_hash.contains_key(&index.store_path.hash_part()) {
+            return (warm, Vec::new());
+        }
+        let others = self.paths.iter().filter(|p| **p != index.store_path);
+        (warm, others.take(MAX_WARM_PATHS).cloned().collect())
     }
 
     /// The warm list of `index`'s path: the files named for it that its tree holds as regular
@@ -187,11 +205,15 @@ mod tests {
         // Nodes: 0 root, 1 a.py, 2 link, 3 pkg, 4 m.py. A directory, a symlink and a name the
         // tree lacks are not files: counted, left out. Ranks count every path's files.
         let warm = vec![WarmFile { node: 4, rank: 0 }, WarmFile { node: 1, rank: 2 }];
-        assert_eq!(lists.resolve(&index()), (warm, 3));
+        assert_eq!(lists.resolve(&index()), (warm.clone(), 3));
+        let other_path =
+            StorePath::from_basename(b"0rjj86a15146cq1d3qy068lml7n8ykzm-other").unwrap();
+        assert_eq!(lists.resolve_all(&index()), (warm, vec![other_path]));
         let mut other = index();
         other.store_path =
             StorePath::from_basename(b"1rjj86a15146cq1d3qy068lml7n8ykzm-none").unwrap();
         assert_eq!(lists.resolve(&other), (Vec::new(), 0));
+        assert_eq!(lists.resolve_all(&other), (Vec::new(), Vec::new()), "not named: nothing");
     }
 
     #[test]

@@ -192,6 +192,7 @@ impl BuildOutput {
             frames: self.frames,
             nodes: self.nodes,
             warm: Vec::new(),
+            warm_paths: Vec::new(),
         }
     }
 }

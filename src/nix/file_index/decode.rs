@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use super::encode::{TAG_DIRECTORY, TAG_EXECUTABLE, TAG_FILE, TAG_SYMLINK, put_signatures};
 use super::{
     FileIndex, FileNode, Frame, IndexError, IndexNode, MAGIC, MAX_FRAME_BYTES, MAX_FRAMES,
-    MAX_INDEX_BYTES, MAX_NODES, MAX_SIGNATURE_LEN, MAX_SIGNATURES, NarEncoding, NarFile, NodeKind,
-    SECTION_WARM, SignedIndex, WarmFile,
+    MAX_INDEX_BYTES, MAX_NODES, MAX_SIGNATURE_LEN, MAX_SIGNATURES, MAX_WARM_PATHS, NarEncoding,
+    NarFile, NodeKind, SECTION_WARM, SECTION_WARM_PATHS, SignedIndex, WarmFile,
 };
 use crate::nix::hash::{NarHash, SHA256_SIZE};
 use crate::nix::nar::NodeId;
@@ -232,15 +232,21 @@ fn parse_body(c: &mut Cursor<'_>) -> Result<FileIndex, IndexError> {
     let nar_file = NarFile { encoding, size: file_size, hash: file_hash };
     let frames = parse_frames(c, nar_size, file_size)?;
     let nodes = parse_tree(c, nar_size)?;
-    let warm = parse_sections(c, &nodes)?;
-    Ok(FileIndex { store_path, nar_hash, nar_size, nar_file, frames, nodes, warm })
+    let (warm, warm_paths) = parse_sections(c, &nodes, &store_path)?;
+    Ok(FileIndex { store_path, nar_hash, nar_size, nar_file, frames, nodes, warm, warm_paths })
 }
 
 /// The sections after the tree, to the end of the body: each a tag byte (strictly increasing,
-/// from 1) and a length-prefixed payload. Returns the warm list (empty without its section);
-/// a section of a tag this version does not know is skipped, as its length says.
-fn parse_sections(c: &mut Cursor<'_>, nodes: &[IndexNode]) -> Result<Vec<WarmFile>, IndexError> {
+/// from 1) and a length-prefixed payload. Returns the warm list and the warm paths (each empty
+/// without its section); a section of a tag this version does not know is skipped, as its
+/// length says.
+fn parse_sections(
+    c: &mut Cursor<'_>,
+    nodes: &[IndexNode],
+    own: &StorePath,
+) -> Result<(Vec<WarmFile>, Vec<StorePath>), IndexError> {
     let mut warm = Vec::new();
+    let mut warm_paths = Vec::new();
     let mut last = 0u8;
     while c.left() > 0 {
         let offset = c.pos;
@@ -250,17 +256,41 @@ fn parse_sections(c: &mut Cursor<'_>, nodes: &[IndexNode]) -> Result<Vec<WarmFil
         }
         last = tag;
         let payload = c.bytes("section", MAX_INDEX_BYTES)?;
-        if tag == SECTION_WARM {
-            let begin = c.pos - payload.len();
-            let mut section = Cursor { bytes: &c.bytes[..c.pos], pos: begin };
-            warm = parse_warm(&mut section, nodes)?;
-            if section.left() > 0 {
-                let count = section.left() as usize;
-                return Err(IndexError::Trailing { count, offset: section.pos });
-            }
+        let begin = c.pos - payload.len();
+        let mut section = Cursor { bytes: &c.bytes[..c.pos], pos: begin };
+        match tag {
+            SECTION_WARM => warm = parse_warm(&mut section, nodes)?,
+            SECTION_WARM_PATHS => warm_paths = parse_warm_paths(&mut section, own)?,
+            _ => continue,
+        }
+        if section.left() > 0 {
+            let count = section.left() as usize;
+            return Err(IndexError::Trailing { count, offset: section.pos });
         }
     }
-    Ok(warm)
+    Ok((warm, warm_paths))
+}
+
+/// The warm paths' payload: a count, then that many store paths (absolute), each named once
+/// and none the index's own.
+fn parse_warm_paths(c: &mut Cursor<'_>, own: &StorePath) -> Result<Vec<StorePath>, IndexError> {
+    let max_len = "/nix/store/".len() + MAX_BASENAME_LEN;
+    let count = c.count("warm paths", 2, MAX_WARM_PATHS)?;
+    let mut paths: Vec<StorePath> = Vec::with_capacity(count as usize);
+    let mut seen = std::collections::HashSet::new();
+    for entry in 0..count as usize {
+        let raw = c.bytes("warm path", max_len)?;
+        let bad = |why: String| IndexError::BadWarmPath { entry, why };
+        let path = StorePath::from_absolute_path(raw).map_err(|e| bad(e.to_string()))?;
+        if path == *own {
+            return Err(bad("the index's own path".to_owned()));
+        }
+        if !seen.insert(path.hash_part()) {
+            return Err(bad(format!("{} listed twice", path.to_absolute_path())));
+        }
+        paths.push(path);
+    }
+    Ok(paths)
 }
 
 /// The warm list's payload: a count, then that many files, each a node id (a regular file,

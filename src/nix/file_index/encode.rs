@@ -1,6 +1,6 @@
 //! Writes an index body and its signature section (the layout is in docs/INDEX_FORMAT.md).
 
-use super::{FileIndex, NodeKind, SECTION_WARM};
+use super::{FileIndex, NodeKind, SECTION_WARM, SECTION_WARM_PATHS};
 
 /// Node tags in the body.
 pub(super) const TAG_DIRECTORY: u8 = 1;
@@ -80,6 +80,15 @@ pub fn encode_body(index: &FileIndex) -> Vec<u8> {
         }
         out.push(SECTION_WARM);
         put_bytes(&mut out, &warm);
+    }
+    if !index.warm_paths.is_empty() {
+        let mut paths = Vec::new();
+        put_varint(&mut paths, index.warm_paths.len() as u64);
+        for path in &index.warm_paths {
+            put_bytes(&mut paths, path.to_absolute_path().as_bytes());
+        }
+        out.push(SECTION_WARM_PATHS);
+        put_bytes(&mut out, &paths);
     }
     out
 }

@@ -169,6 +169,14 @@ pub enum IndexError {
         /// What is wrong.
         why: &'static str,
     },
+    /// An entry of the warm paths that is no store path, the index's own, or one named before.
+    #[error("warm path {entry}: {why}")]
+    BadWarmPath {
+        /// Its position in the list.
+        entry: usize,
+        /// What is wrong.
+        why: String,
+    },
     /// A signature that is too long or not UTF-8.
     #[error("signature {number} is malformed")]
     BadSignatureText {

@@ -49,6 +49,10 @@ pub const MAX_FRAMES: usize = 1 << 24;
 pub const MAX_FRAME_BYTES: u64 = 64 << 20;
 /// Tag of the warm-list section after the tree (docs/INDEX_FORMAT.md, "Sections").
 pub const SECTION_WARM: u8 = 1;
+/// Tag of the section listing the other store paths of the learned run.
+pub const SECTION_WARM_PATHS: u8 = 2;
+/// Most store paths the warm-paths section may list.
+pub const MAX_WARM_PATHS: usize = 4096;
 /// Most signatures an index may carry.
 pub const MAX_SIGNATURES: usize = 16;
 /// Longest signature value (`name:base64`), in bytes.
@@ -171,6 +175,11 @@ pub struct FileIndex {
     /// index --warm-list`), each once, in the order they were opened. A mount fetches them at
     /// the path's first lookup, before any reader asks. Empty when none was learned.
     pub warm: Vec<WarmFile>,
+    /// The other store paths the learned run opened files in, in the order it first did: a
+    /// mount looks them up in the background when this path is published, so their narinfos,
+    /// indexes and warm lists come at once rather than one lookup after another. Empty when
+    /// none was learned.
+    pub warm_paths: Vec<StorePath>,
 }
 
 /// One file of a warm list.

@@ -429,3 +429,52 @@ fn a_warm_list_is_signed_round_trips_and_a_hostile_one_is_refused() {
         assert!(err.contains(want), "case {name}: {err:?} lacks {want:?}");
     }
 }
+
+#[test]
+fn warm_paths_are_signed_round_trip_and_hostile_ones_are_refused() {
+    let b = build(&sample_tree(), 1024);
+    let info = narinfo_for(&b.index);
+    let other = |c: char| {
+        let base = format!("{}rjj86a15146cq1d3qy068lml7n8ykzm-other", c);
+        StorePath::from_basename(base.as_bytes()).unwrap()
+    };
+    let mut with_paths = b.index.clone();
+    with_paths.warm = warm_list(&[(5, 2)]);
+    with_paths.warm_paths = vec![other('0'), other('1')];
+    let opened = parse_and_verify(&signed_bytes(&with_paths), &info).unwrap();
+    assert_eq!((opened.warm, opened.warm_paths), (with_paths.warm.clone(), with_paths.warm_paths));
+
+    let with_section = |paths: &[&[u8]]| {
+        let mut payload = Vec::new();
+        encode::put_varint(&mut payload, paths.len() as u64);
+        paths.iter().for_each(|p| encode::put_bytes(&mut payload, p));
+        let mut body = encode_body(&b.index);
+        body.push(SECTION_WARM_PATHS);
+        encode::put_bytes(&mut body, &payload);
+        body
+    };
+    let own = b.index.store_path.to_absolute_path();
+    let one = other('0').to_absolute_path();
+    let mut huge = encode_body(&b.index);
+    huge.push(SECTION_WARM_PATHS);
+    let mut payload = Vec::new();
+    encode::put_varint(&mut payload, MAX_WARM_PATHS as u64 + 1);
+    payload.resize(payload.len() + 2 * (MAX_WARM_PATHS + 1), 0);
+    encode::put_bytes(&mut huge, &payload);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not_a_store_path", with_section(&[b"/etc/passwd"]), "warm path 0:"),
+        ("a_dotdot_path", with_section(&[b"/nix/store/../etc"]), "warm path 0:"),
+        (
+            "its_own_path",
+            with_section(&[one.as_bytes(), own.as_bytes()]),
+            "warm path 1: the index's own",
+        ),
+        ("listed_twice", with_section(&[one.as_bytes(), one.as_bytes()]), "listed twice"),
+        ("too_many", huge, "warm paths 4097"),
+    ];
+    for (name, body, want) in cases {
+        let err = parse_and_verify(&signed_body(&b.index, &body), &info).expect_err(name);
+        let err = err.to_string();
+        assert!(err.contains(want), "case {name}: {err:?} lacks {want:?}");
+    }
+}
