@@ -159,8 +159,8 @@ pub struct Settings {
     pub control_socket: Option<PathBuf>,
 
     /// Append the path of each file readers open through the mount to FILE, once per file, in
-    /// the order first opened: what `storefs index --warm-list FILE` makes into the warm lists
-    /// of an indexed cache (docs/OPERATIONS.md, "Warm lists") [default: off].
+    /// the order first opened: the log `storefs index` makes into the warm lists of an indexed
+    /// cache (docs/OPERATIONS.md, "Warm lists") [default: off].
     #[arg(long, value_name = "FILE", help_heading = OPERATION_OPTIONS)]
     pub record_reads: Option<PathBuf>,
 
