@@ -592,6 +592,10 @@ fn sigterm_during_a_download_exits_cleanly_and_publishes_nothing_partial() {
     let read = reader.join().unwrap();
     assert!(read.is_err(), "the reader got an error, not a partial file: {read:?}");
     assert!(!d.cache.join("entries").join(hash_part(&hundred)).exists(), "nothing published");
+    // nginx logs a request when it ends: the aborted download is logged once nginx sees the
+    // connection closed, which may be after the daemon exited. Count from then on.
+    let download_logged = || nginx.entries().iter().any(|e| e.path().starts_with("/slow/nar/"));
+    assert!(eventually(Duration::from_secs(30), download_logged), "the download was logged");
     let requests = nginx.requests().len();
     let d = Daemon::start(tmp.path(), &daemon_args(&[nginx.url("zstd")], &fx.public_key, &[]));
     assert!(names_in(&d.cache.join("staging")).is_empty(), "staging emptied at start");

@@ -520,3 +520,31 @@ async fn the_warm_paths_are_looked_up_when_the_path_is_published() {
     assert_eq!(requests(&fx.ups[0]).1, 0, "metadata only: no file of a or b was fetched");
     assert!(!cached(&d));
 }
+
+#[tokio::test]
+async fn a_warm_batch_far_ahead_of_the_readers_waits_until_they_come_near() {
+    let fx = fixture();
+    let path = sp('p', "paced");
+    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 3000] };
+    let large = NarNode::File { executable: false, contents: noise(7, 1_200_000) };
+    let tree = NarNode::Directory(vec![
+        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
+        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
+        (b"d3".to_vec(), NarNode::Directory(vec![(b"c".to_vec(), large)])),
+    ]);
+    // Nodes: 2 d1/a, 4 d2/b. Both ranks lie beyond the window of a run not yet started. The
+    // reader reads d2/b; d1/a comes before it in the NAR, so no read-ahead rule brings it.
+    let far = ranged::WARM_WINDOW;
+    let warm = vec![WarmFile { node: 4, rank: far + 10 }, WarmFile { node: 2, rank: far + 20 }];
+    publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |ix| ix.warm = warm);
+    let cache = fx.open();
+    let entry = cache.get(&path).await.unwrap();
+    let (ia, ib) = (in_dir(&entry, b"d1", b"a"), in_dir(&entry, b"d2", b"b"));
+    // A reader opens the file of rank `far + 10`: ranks up to `2 * far + 10` are released.
+    let holder = cache.fetch_file(&entry, ib).await.unwrap();
+    assert_eq!(holder.open_file(ib).unwrap().read_at(0, u64::MAX).unwrap(), vec![2; 3000]);
+    cache.opened(&entry, ib);
+    let partial = entry.partial().unwrap();
+    wait_until(|| partial.has(ia), || "d1/a was not released by the read of d2/b".to_owned()).await;
+    assert_eq!(entry.open_file(ia).unwrap().read_at(0, u64::MAX).unwrap(), vec![1; 3000]);
+}

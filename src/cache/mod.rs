@@ -231,6 +231,8 @@ pub struct NarCache {
     foreground: foreground::Foreground,
     /// The warm-list batches of the paths looked up, fetched lowest rank first across paths.
     warm: warm_queue::WarmQueue<(Arc<Entry>, Vec<NodeId>)>,
+    /// Woken when readers get further in the warm lists (more batches released).
+    warm_progress: tokio::sync::Notify,
     /// What the cache did so far.
     pub stats: CacheStats,
 }
@@ -269,7 +271,8 @@ impl NarCache {
             scanned: tokio::sync::watch::Sender::new(false),
             scan_complete: AtomicBool::new(false),
             foreground: foreground::Foreground::default(),
-            warm: warm_queue::WarmQueue::default(),
+            warm: warm_queue::WarmQueue::new(ranged::WARM_WINDOW),
+            warm_progress: tokio::sync::Notify::new(),
             stats: CacheStats::default(),
             layout,
             upstreams,

@@ -69,6 +69,8 @@ pub struct Partial {
     /// The boundary frames of recent batches, decoded and verified, newest last: a file that
     /// starts or ends in one is often fetched next, and needs it again.
     spare_frames: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    /// The rank of each file of the index's warm list.
+    warm_ranks: HashMap<NodeId, u64>,
 }
 
 /// A partial entry of which this share of the file bytes is present (one in 4) gets the rest
@@ -110,8 +112,10 @@ impl Partial {
                 _ => 0,
             })
             .sum();
+        let warm_ranks = index.warm.iter().map(|w| (w.node, w.rank)).collect();
         Self {
             file_bytes,
+            warm_ranks,
             index,
             present: Mutex::new(HashMap::new()),
             pack: Mutex::new(PackSpace::default()),
@@ -123,6 +127,11 @@ impl Partial {
             filling: AtomicBool::new(false),
             spare_frames: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// The rank of file `id` in the index's warm list, if it is in it.
+    pub fn warm_rank(&self, id: NodeId) -> Option<u64> {
+        self.warm_ranks.get(&id).copied()
     }
 
     /// Reloads the files recorded present in `dir` (the log up to its first bad record, each

@@ -18,11 +18,12 @@ use futures::StreamExt;
 use tracing::{debug, warn};
 
 use super::ahead;
-use super::claims::{Claim, Turn};
+use super::claims::{self, Claim};
 use super::error::Failures;
 use super::partial::{Partial, Staged, VerifiedFile};
 use super::stats::CacheStats;
 use super::streamed::Streamed;
+use super::warm_queue::Turn;
 use super::{CacheError, Cause, Entry, Failure, NarCache};
 use crate::logging::warn_throttled;
 use crate::nix::file_index::FileIndex;
@@ -40,6 +41,9 @@ const COMPLETE_BATCH_BYTES: u64 = 32 << 20;
 const BACKGROUND_BATCHES_IN_FLIGHT: usize = 2;
 /// Warm-list batches in flight at once, over all entries.
 const WARM_BATCHES_IN_FLIGHT: usize = 3;
+/// How far in the learned run's log (in files) warm-list batches are fetched beyond the
+/// furthest file a reader opened.
+pub(super) const WARM_WINDOW: u64 = 150;
 
 /// What an entry fetches in the background, batch by batch, each batch claimed just before it
 /// is fetched (a file present or claimed by then is left out).
@@ -83,13 +87,13 @@ impl NarCache {
                 |f| partial.has(f),
                 || ahead::reader_batch(partial, id),
             ) {
-                Turn::Present => return Ok(entry.clone()),
-                Turn::Wait(woken) => {
+                claims::Turn::Present => return Ok(entry.clone()),
+                claims::Turn::Wait(woken) => {
                     let _waiting = self.foreground.enter();
                     woken.await;
                     continue;
                 }
-                Turn::Fetch(claim) => claim,
+                claims::Turn::Fetch(claim) => claim,
             };
             // The rest of its package (or directory) comes alongside, in batches of its own:
             // the reader waits for its own batch only, and a reader of a sibling for that
@@ -196,12 +200,35 @@ impl NarCache {
             let this = self.clone();
             drop(tokio::spawn(async move { this.warm_worker().await }));
         }
+        // Workers waiting for readers look again: these batches may be released already.
+        self.warm_progress.notify_waiters();
     }
 
-    /// Fetches queued warm-list batches until none is left. A batch of an entry evicted
-    /// meanwhile, or whose fetch failed, is dropped: its files come when read.
+    /// Notes that a reader opened file `id` of `entry`: when it is in the warm list, the
+    /// batches within the window of its rank are released.
+    pub fn opened(&self, entry: &Entry, id: NodeId) {
+        let Some(rank) = entry.partial().and_then(|p| p.warm_rank(id)) else { return };
+        if self.warm.read(rank) {
+            self.warm_progress.notify_waiters();
+        }
+    }
+
+    /// Fetches queued warm-list batches until none is left, each once readers come within the
+    /// window of it. A batch of an entry evicted meanwhile, or whose fetch failed, is dropped:
+    /// its files come when read.
     async fn warm_worker(self: Arc<Self>) {
-        while let Some((entry, ids)) = self.warm.next() {
+        loop {
+            let progressed = self.warm_progress.notified();
+            futures::pin_mut!(progressed);
+            progressed.as_mut().enable();
+            let (entry, ids) = match self.warm.next() {
+                Turn::Fetch(batch) => batch,
+                Turn::Wait => {
+                    progressed.await;
+                    continue;
+                }
+                Turn::Stop => return,
+            };
             let entry = &entry;
             let Some(partial) = entry.partial() else { continue };
             if !self.is_current(entry) {

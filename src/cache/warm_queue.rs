@@ -1,7 +1,9 @@
-//! The warm lists of every path a mount looked up, fetched in one order across paths: lowest
-//! rank first (the position of a file in the learned run's log), a few batches in flight in
-//! all. A job reads its paths interleaved (an interpreter's library, then a package, then the
-//! library again), so the files it needed first come first, whichever path holds them.
+//! The warm lists of every path a mount looked up, fetched in one order across paths and paced
+//! by the readers: lowest rank first (the position of a file in the learned run's log), a few
+//! batches in flight in all, and only batches whose rank is within `window` of the highest rank
+//! a reader has opened so far. A job reads its paths interleaved (an interpreter's library,
+//! then a package, then the library again): so the files it needs next come first, whichever
+//! path holds them, and files it needs much later do not crowd the link before it gets there.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -37,25 +39,40 @@ impl<T> Ord for Pending<T> {
     }
 }
 
-/// The batches waiting, and how many workers fetch them.
+/// What a worker is to do next.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Turn<T> {
+    /// Fetch this batch.
+    Fetch(T),
+    /// Wait until readers get further (`WarmQueue::read`), then ask again.
+    Wait,
+    /// Stop: nothing is queued (counted stopped under the lock, so a batch queued after this
+    /// starts a worker of its own).
+    Stop,
+}
+
+/// The batches waiting, how many workers fetch them, and how far readers got.
 pub(super) struct WarmQueue<T> {
     inner: Mutex<Queue<T>>,
+    /// Ranks released beyond the highest one read.
+    window: u64,
 }
 
 struct Queue<T> {
     waiting: BinaryHeap<Reverse<Pending<T>>>,
     workers: usize,
     seq: u64,
-}
-
-impl<T> Default for WarmQueue<T> {
-    fn default() -> Self {
-        let queue = Queue { waiting: BinaryHeap::new(), workers: 0, seq: 0 };
-        Self { inner: Mutex::new(queue) }
-    }
+    /// One more than the highest rank a reader opened (0 before any).
+    read_to: u64,
 }
 
 impl<T> WarmQueue<T> {
+    /// An empty queue releasing ranks up to `window` beyond the highest one read.
+    pub(super) fn new(window: u64) -> Self {
+        let queue = Queue { waiting: BinaryHeap::new(), workers: 0, seq: 0, read_to: 0 };
+        Self { inner: Mutex::new(queue), window }
+    }
+
     /// Queues `batches` (each with its rank); returns how many workers to start, so that at
     /// most `limit` run.
     pub(super) fn push(&self, batches: impl IntoIterator<Item = (u64, T)>, limit: usize) -> usize {
@@ -70,15 +87,28 @@ impl<T> WarmQueue<T> {
         start
     }
 
-    /// The lowest-ranked batch for a worker; None tells the worker to stop (counted stopped
-    /// under the same lock, so a batch queued after this starts a worker of its own).
-    pub(super) fn next(&self) -> Option<T> {
+    /// A worker's next turn: the lowest-ranked batch if it is released.
+    pub(super) fn next(&self) -> Turn<T> {
         let mut q = lock(&self.inner);
-        let next = q.waiting.pop().map(|Reverse(p)| p.batch);
-        if next.is_none() {
-            q.workers = q.workers.saturating_sub(1);
+        let released = q.read_to.saturating_add(self.window);
+        match q.waiting.peek() {
+            None => {
+                q.workers = q.workers.saturating_sub(1);
+                Turn::Stop
+            }
+            Some(Reverse(head)) if head.rank >= released => Turn::Wait,
+            Some(_) => Turn::Fetch(q.waiting.pop().expect("peeked").0.batch),
         }
-        next
+    }
+
+    /// A reader opened the file of rank `rank`; true when that released more batches.
+    pub(super) fn read(&self, rank: u64) -> bool {
+        let mut q = lock(&self.inner);
+        if rank < q.read_to {
+            return false;
+        }
+        q.read_to = rank + 1;
+        true
     }
 }
 
@@ -88,6 +118,7 @@ impl<T> std::fmt::Debug for WarmQueue<T> {
         f.debug_struct("WarmQueue")
             .field("waiting", &q.waiting.len())
             .field("workers", &q.workers)
+            .field("read_to", &q.read_to)
             .finish()
     }
 }
@@ -96,19 +127,40 @@ impl<T> std::fmt::Debug for WarmQueue<T> {
 mod tests {
     use super::*;
 
+    fn drain<T>(q: &WarmQueue<T>) -> Vec<T> {
+        let mut out = Vec::new();
+        while let Turn::Fetch(b) = q.next() {
+            out.push(b);
+        }
+        out
+    }
+
     #[test]
     fn batches_come_lowest_rank_first_across_pushes_and_workers_stop_when_none_is_left() {
-        let q = WarmQueue::default();
+        let q = WarmQueue::new(u64::MAX);
         // A library's list, then a package's, pushed later, whose files were read in between.
         assert_eq!(q.push([(0, "lib 0"), (5, "lib 5"), (9, "lib 9")], 2), 2);
         assert_eq!(q.push([(3, "pkg 3"), (7, "pkg 7")], 2), 0, "two workers run already");
-        assert_eq!(q.next(), Some("lib 0"));
-        assert_eq!(q.next(), Some("pkg 3"));
+        assert_eq!(q.next(), Turn::Fetch("lib 0"));
+        assert_eq!(q.next(), Turn::Fetch("pkg 3"));
         assert_eq!(q.push([(3, "pkg2 3")], 2), 0);
-        let rest: Vec<_> = std::iter::from_fn(|| q.next()).collect();
-        assert_eq!(rest, ["pkg2 3", "lib 5", "pkg 7", "lib 9"]);
-        // The first worker stopped at that None; the second stops now.
-        assert_eq!(q.next(), None);
+        assert_eq!(drain(&q), ["pkg2 3", "lib 5", "pkg 7", "lib 9"]);
+        // The first worker stopped at that Stop; the second stops now.
+        assert_eq!(q.next(), Turn::Stop);
         assert_eq!(q.push([(1, "late")], 2), 1, "one worker to start: none runs");
+    }
+
+    #[test]
+    fn a_batch_waits_until_readers_come_within_the_window_of_it() {
+        let q = WarmQueue::new(10);
+        q.push([(0, "a"), (9, "b"), (10, "c"), (25, "d")], 1);
+        assert_eq!(drain(&q), ["a", "b"], "ranks 0 to 9 released before any read");
+        assert_eq!(q.next(), Turn::Wait);
+        assert!(q.read(4), "rank 4 read: up to 14 released");
+        assert_eq!(drain(&q), ["c"]);
+        assert!(!q.read(3), "an earlier rank releases nothing");
+        assert!(q.read(15));
+        assert_eq!(drain(&q), ["d"]);
+        assert_eq!(q.next(), Turn::Stop);
     }
 }

@@ -404,6 +404,7 @@ impl StoreFs {
         if let Some(log) = &self.read_log {
             log.opened(&entry, node);
         }
+        self.cache.opened(&entry, node);
         if entry.is_missing(node) {
             // A path served from its file index: this file's bytes come now, verified.
             let this = self.clone();
