@@ -42,7 +42,9 @@ Options:
                       fixture's key): Nix and path-level storefs read it as before, and row a
                       adds a cold job through storefs with --trusted-index-key (file-level), its
                       bytes against the job's, and a NarHash check of every path read through
-                      that mount after the job (nix-hash)
+                      that mount after the job (nix-hash); and the same with a warm list
+                      learned first from one cold run of the job (--record-reads, then
+                      storefs index --warm-list on a hard-linked copy of the indexed cache)
   --storefs PATH      measure this storefs binary instead of building one (e.g. an older
                       release, to compare before and after a change on the same fixture)
   -h, --help          this help
