@@ -229,8 +229,9 @@ pub struct NarCache {
     scan_complete: AtomicBool,
     /// Readers waiting for files of partial entries: a background fill yields to them.
     foreground: foreground::Foreground,
-    /// The warm-list batches of the paths looked up, fetched lowest rank first across paths.
-    warm: warm_queue::WarmQueue<(Arc<Entry>, Vec<NodeId>)>,
+    /// The warm-list batches of the paths looked up, fetched lowest rank first across paths;
+    /// an entry evicted while its batches wait is not kept in memory for them.
+    warm: warm_queue::WarmQueue<(std::sync::Weak<Entry>, Vec<NodeId>)>,
     /// Woken when readers get further in the warm lists (more batches released).
     warm_progress: tokio::sync::Notify,
     /// What the cache did so far.

@@ -195,7 +195,7 @@ impl NarCache {
             return;
         }
         debug!(store_path = %entry.store_path, batches = batches.len(), "queueing the warm list");
-        let batches = batches.into_iter().map(|(rank, ids)| (rank, (entry.clone(), ids)));
+        let batches = batches.into_iter().map(|(rank, ids)| (rank, (Arc::downgrade(entry), ids)));
         for _ in 0..self.warm.push(batches, WARM_BATCHES_IN_FLIGHT) {
             let this = self.clone();
             drop(tokio::spawn(async move { this.warm_worker().await }));
@@ -229,6 +229,7 @@ impl NarCache {
                 }
                 Turn::Stop => return,
             };
+            let Some(entry) = entry.upgrade() else { continue };
             let entry = &entry;
             let Some(partial) = entry.partial() else { continue };
             if !self.is_current(entry) {
