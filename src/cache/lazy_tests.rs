@@ -543,8 +543,9 @@ async fn a_warm_batch_far_ahead_of_the_readers_waits_until_they_come_near() {
     // A reader opens the file of rank `far + 10`: ranks up to `2 * far + 10` are released.
     let holder = cache.fetch_file(&entry, ib).await.unwrap();
     assert_eq!(holder.open_file(ib).unwrap().read_at(0, u64::MAX).unwrap(), vec![2; 3000]);
-    cache.opened(&entry, ib);
     let partial = entry.partial().unwrap();
+    assert!(!partial.has(ia), "held back: no reader came within the window yet");
+    cache.opened(&entry, ib);
     wait_until(|| partial.has(ia), || "d1/a was not released by the read of d2/b".to_owned()).await;
     assert_eq!(entry.open_file(ia).unwrap().read_at(0, u64::MAX).unwrap(), vec![1; 3000]);
 }

@@ -295,6 +295,8 @@ impl NarCache {
         self.closed.store(true, Ordering::Release);
         self.prefetcher.close();
         self.layout.unlock();
+        // Warm-list workers waiting for readers see the close and stop.
+        self.warm_progress.notify_waiters();
     }
 
     /// Whether `close` was called; read with `moves` held before changing the directory.

@@ -214,10 +214,13 @@ impl NarCache {
     }
 
     /// Fetches queued warm-list batches until none is left, each once readers come within the
-    /// window of it. A batch of an entry evicted meanwhile, or whose fetch failed, is dropped:
-    /// its files come when read.
+    /// window of it, or until the cache is closed. A batch of an entry evicted meanwhile, or
+    /// whose fetch failed, is dropped: its files come when read.
     async fn warm_worker(self: Arc<Self>) {
         loop {
+            if self.is_closed() {
+                return;
+            }
             let progressed = self.warm_progress.notified();
             futures::pin_mut!(progressed);
             progressed.as_mut().enable();

@@ -96,7 +96,8 @@ impl<T> WarmQueue<T> {
                 q.workers = q.workers.saturating_sub(1);
                 Turn::Stop
             }
-            Some(Reverse(head)) if head.rank >= released => Turn::Wait,
+            // Saturated: every rank is released, u64::MAX too.
+            Some(Reverse(head)) if released < u64::MAX && head.rank >= released => Turn::Wait,
             Some(_) => Turn::Fetch(q.waiting.pop().expect("peeked").0.batch),
         }
     }
@@ -107,7 +108,8 @@ impl<T> WarmQueue<T> {
         if rank < q.read_to {
             return false;
         }
-        q.read_to = rank + 1;
+        // A rank is network input: u64::MAX must not overflow.
+        q.read_to = rank.saturating_add(1);
         true
     }
 }
@@ -162,5 +164,8 @@ mod tests {
         assert!(q.read(15));
         assert_eq!(drain(&q), ["d"]);
         assert_eq!(q.next(), Turn::Stop);
+        assert!(q.read(u64::MAX), "the highest rank a signed index may give releases all");
+        q.push([(u64::MAX, "last")], 1);
+        assert_eq!(drain(&q), ["last"]);
     }
 }

@@ -55,7 +55,8 @@ pub struct IndexArgs {
     frame_size: String,
     /// Write warm lists into the indexes: FILE lists files as `/nix/store/<hash>-<name>/<path>`,
     /// one a line, in the order a job opened them (what `storefs mount --record-reads FILE`
-    /// writes). A mount fetches a path's warm list at its first lookup, before any reader asks.
+    /// writes). A mount fetches a path's warm list in the background from its first lookup,
+    /// paced by how far its readers got in the learned order.
     /// Each index gets exactly its path's list (none for a path FILE does not name); an index
     /// that is already current is rewritten only when its list changes.
     #[arg(long, value_name = "FILE")]

@@ -172,8 +172,9 @@ pub struct FileIndex {
     /// The tree.
     pub nodes: Vec<IndexNode>,
     /// The warm list: regular files readers of the path opened in a learned run (`storefs
-    /// index --warm-list`), each once, in the order they were opened. A mount fetches them at
-    /// the path's first lookup, before any reader asks. Empty when none was learned.
+    /// index --warm-list`), each once, in the order they were opened. A mount fetches them in
+    /// the background from the path's first lookup, paced by its readers. Empty when none was
+    /// learned.
     pub warm: Vec<WarmFile>,
     /// The other store paths the learned run opened files in, in the order it first did: a
     /// mount looks them up in the background when this path is published, so their narinfos,
