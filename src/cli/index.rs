@@ -34,9 +34,13 @@ const DEFAULT_FRAME_SIZE: &str = "256K";
     Every file is written beside its target, fsynced and renamed, so a narinfo always names a \
     complete NAR, even if the run is killed. A rerun skips paths whose index verifies, so it is \
     safe to run again after a kill or after adding paths. One run per directory at a time.\n\n\
+    With --warm-list LOG (a `storefs mount --record-reads LOG` of a typical job), each index also \
+    lists the files that job opened and the other paths it used, signed with the rest; a mount \
+    fetches them before its readers ask (docs/OPERATIONS.md, \"Warm lists\").\n\n\
     Examples:\n  \
     nix-store --generate-binary-cache-key mycache-1 /etc/nix/cache.sec /etc/nix/cache.pub\n  \
-    storefs index /srv/cache --secret-key-file /etc/nix/cache.sec --jobs 8")]
+    storefs index /srv/cache --secret-key-file /etc/nix/cache.sec --jobs 8\n  \
+    storefs index /srv/cache --secret-key-file /etc/nix/cache.sec --warm-list reads.log")]
 pub struct IndexArgs {
     /// The binary cache directory: the one holding nix-cache-info, the .narinfo files and nar/.
     #[arg(value_name = "DIR")]
