@@ -94,12 +94,18 @@ pub(super) fn alongside(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec<
     let split = files.partition_point(|(s, _)| *s < id);
     files.rotate_left(split);
     let mut total = FrameBudget::new(index, &[], DIRECTORY_AHEAD_BYTES);
+    background_batches(index, files.into_iter().filter(|(_, file)| total.admit(file)))
+}
+
+/// `files` cut, in their order, into batches of at most `BACKGROUND_BATCH_BYTES` of frames
+/// (at least one file each).
+fn background_batches<'a>(
+    index: &FileIndex,
+    files: impl IntoIterator<Item = (NodeId, &'a FileNode)>,
+) -> Vec<Vec<NodeId>> {
     let mut batches: Vec<Vec<NodeId>> = Vec::new();
     let mut current = FrameBudget::new(index, &[], BACKGROUND_BATCH_BYTES);
     for (file_id, file) in files {
-        if !total.admit(file) {
-            continue;
-        }
         if batches.is_empty() || !current.admit(file) {
             current = FrameBudget::new(index, &[], BACKGROUND_BATCH_BYTES);
             current.admit(file);
@@ -206,22 +212,13 @@ pub(super) fn neighbours(partial: &Partial, id: NodeId, batch: &[NodeId]) -> Vec
 /// asks. Files present are left out.
 pub(super) fn warm_batches(partial: &Partial) -> Vec<(u64, Vec<NodeId>)> {
     let index = &partial.index;
-    let mut batches: Vec<(u64, Vec<NodeId>)> = Vec::new();
-    let mut budget = FrameBudget::new(index, &[], BACKGROUND_BATCH_BYTES);
-    for warm in &index.warm {
-        let id = warm.node;
-        let Some(file) = index.file(id) else { continue };
-        if partial.has(id) || file.size == 0 {
-            continue;
-        }
-        if batches.is_empty() || !budget.admit(file) {
-            budget = FrameBudget::new(index, &[], BACKGROUND_BATCH_BYTES);
-            budget.admit(file);
-            batches.push((warm.rank, Vec::new()));
-        }
-        batches.last_mut().expect("a batch was just pushed").1.push(id);
-    }
-    batches
+    let files = index.warm.iter().filter_map(|warm| {
+        let file = index.file(warm.node)?;
+        (!partial.has(warm.node) && file.size > 0).then_some((warm.node, file))
+    });
+    let batches = background_batches(index, files);
+    let rank = |batch: &[NodeId]| partial.warm_rank(batch[0]).unwrap_or(0);
+    batches.into_iter().map(|batch| (rank(&batch), batch)).collect()
 }
 
 /// The batches of a background fill: the missing files in NAR order from one file on, then

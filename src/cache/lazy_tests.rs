@@ -96,6 +96,19 @@ fn two_dirs(a: NarNode, b: NarNode) -> NarNode {
     ])
 }
 
+/// `d1/a` and `d2/b` of `small` bytes each (1s and 2s), and `d3/c`, 1.2 MB of `noise(seed)`:
+/// a path that stays under a quarter present, and too large to come alongside whole, while the
+/// two small files are read. Nodes: 0 root, 1 d1, 2 d1/a, 3 d2, 4 d2/b, 5 d3, 6 d3/c.
+fn three_dirs(small: usize, seed: u64) -> NarNode {
+    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; small] };
+    let large = NarNode::File { executable: false, contents: noise(seed, 1_200_000) };
+    NarNode::Directory(vec![
+        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
+        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
+        (b"d3".to_vec(), NarNode::Directory(vec![(b"c".to_vec(), large)])),
+    ])
+}
+
 /// The node of file `name` in directory `dir` of `entry`'s root.
 fn in_dir(entry: &Entry, dir: &[u8], name: &[u8]) -> NodeId {
     let d = entry.manifest.child(manifest::ROOT_NODE, dir).unwrap();
@@ -369,13 +382,7 @@ async fn a_frame_shared_with_the_readers_batch_is_not_asked_for_again() {
     // sibling, so the reader's batch is `d1/a` alone, and `d2/b`, whose bytes came with it, is
     // kept too (`ahead::bycatch`). A large third file keeps the path under a quarter present
     // (no fill) and too large to come alongside whole.
-    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 40] };
-    let large = NarNode::File { executable: false, contents: noise(3, 1_200_000) };
-    let tree = NarNode::Directory(vec![
-        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
-        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
-        (b"d3".to_vec(), NarNode::Directory(vec![(b"c".to_vec(), large)])),
-    ]);
+    let tree = three_dirs(40, 3);
     let index = publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |_| {});
     let cache = fx.open();
     let entry = cache.get(&path).await.unwrap();
@@ -469,14 +476,7 @@ async fn the_warm_list_is_fetched_at_the_first_lookup_before_any_reader() {
     let path = sp('w', "warm");
     // Three files in three directories, the third large: no read-ahead rule joins them, so
     // only the warm list (`d2/b`, then `d1/a`) can bring the first two before a reader asks.
-    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 3000] };
-    let large = NarNode::File { executable: false, contents: noise(5, 1_200_000) };
-    let tree = NarNode::Directory(vec![
-        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
-        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
-        (b"d3".to_vec(), NarNode::Directory(vec![(b"c".to_vec(), large)])),
-    ]);
-    // Nodes: 0 root, 1 d1, 2 d1/a, 3 d2, 4 d2/b, 5 d3, 6 d3/c.
+    let tree = three_dirs(3000, 5);
     let warm = vec![WarmFile { node: 4, rank: 10 }, WarmFile { node: 2, rank: 11 }];
     publish_indexed(&fx.ups[0], &path, &tree, &index_key(), |ix| ix.warm = warm);
     let cache = fx.open();
@@ -525,13 +525,7 @@ async fn the_warm_paths_are_looked_up_when_the_path_is_published() {
 async fn a_warm_batch_far_ahead_of_the_readers_waits_until_they_come_near() {
     let fx = fixture();
     let path = sp('p', "paced");
-    let file = |byte: u8| NarNode::File { executable: false, contents: vec![byte; 3000] };
-    let large = NarNode::File { executable: false, contents: noise(7, 1_200_000) };
-    let tree = NarNode::Directory(vec![
-        (b"d1".to_vec(), NarNode::Directory(vec![(b"a".to_vec(), file(1))])),
-        (b"d2".to_vec(), NarNode::Directory(vec![(b"b".to_vec(), file(2))])),
-        (b"d3".to_vec(), NarNode::Directory(vec![(b"c".to_vec(), large)])),
-    ]);
+    let tree = three_dirs(3000, 7);
     // Nodes: 2 d1/a, 4 d2/b. Both ranks lie beyond the window of a run not yet started. The
     // reader reads d2/b; d1/a comes before it in the NAR, so no read-ahead rule brings it.
     let far = ranged::WARM_WINDOW;

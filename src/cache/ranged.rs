@@ -158,10 +158,7 @@ impl NarCache {
                         if fill {
                             this.foreground.idle().await;
                         }
-                        let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
-                        let stored = this.fetch_batch(entry, partial, claim.ids.clone()).await;
-                        this.count_read_ahead(partial, &claim.ids);
-                        stored
+                        this.fetch_ahead(entry, partial, &ids).await
                     }
                 })
                 .buffer_unordered(BACKGROUND_BATCHES_IN_FLIGHT);
@@ -238,11 +235,8 @@ impl NarCache {
             if !self.is_current(entry) {
                 continue;
             }
-            let (claim, _) = partial.claims.claim_free(&ids, |f| partial.has(f));
-            match self.fetch_batch(entry, partial, claim.ids.clone()).await {
-                Ok(_) => self.count_read_ahead(partial, &claim.ids),
-                Err(err) => debug!(store_path = %entry.store_path, error = %err,
-                                   "warm-list batch not fetched"),
+            if let Err(err) = self.fetch_ahead(entry, partial, &ids).await {
+                debug!(store_path = %entry.store_path, error = %err, "warm-list batch not fetched");
             }
         }
     }
@@ -278,6 +272,21 @@ impl NarCache {
         CacheStats::bump(&self.stats.frame_failures);
         CacheStats::bump(&self.stats.verify_failures);
         up.counters().failed();
+    }
+
+    /// Fetches the files of `ids` that are missing and claimed by no other batch, ahead of any
+    /// reader, and counts those stored: one background batch. False when the entry was evicted
+    /// meanwhile.
+    async fn fetch_ahead(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        partial: &Partial,
+        ids: &[NodeId],
+    ) -> Result<bool, CacheError> {
+        let (claim, _) = partial.claims.claim_free(ids, |f| partial.has(f));
+        let stored = self.fetch_batch(entry, partial, claim.ids.clone()).await;
+        self.count_read_ahead(partial, &claim.ids);
+        stored
     }
 
     /// Counts those of `ids`, fetched ahead of any reader, that are present now.
