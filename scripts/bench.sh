@@ -457,7 +457,8 @@ ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 declare -A R  # R[metric]="v1 v2 ..."
 add() { R[$1]="${R[$1]:-} $2"; }
 
-# narhash_check MNT: every closure path read through mount MNT must hash to its NarHash.
+# narhash_check MNT VAR: every closure path read through mount MNT must hash to its NarHash
+# (else the bench stops); VAR is set to what was checked.
 narhash_check() {
     local p want_hash got_hash bad=0
     for p in "${CLOSURE[@]}"; do
@@ -466,7 +467,25 @@ narhash_check() {
         [[ $got_hash == "$want_hash" ]] || { bad=$((bad + 1)); log "NarHash differs: $p"; }
     done
     ((bad == 0)) || die "$bad paths read through the file-level mount at $1 differ from their NarHash"
-    echo "$NPATHS of $NPATHS paths"
+    printf -v "$2" '%s' "$NPATHS of $NPATHS paths"
+}
+
+# file_level_job PREFIX URL CHECK: one cold job through a file-level mount of the cache at
+# URL, on a fresh filesystem; its time, requests and bytes are added as PREFIX_job_*. In the
+# first repetition, every path read through that mount is then checked against its NarHash,
+# and the result set in the variable named CHECK.
+file_level_job() {
+    log_reset
+    fresh_fs "$1"; settle; t=$(now_ns)
+    CACHE_URL=$2 start_storefs "$R_DIR/mnt" "$FS/sfcache" --trusted-index-key "$PUBLIC_KEY"
+    run_job "$R_DIR/mnt"
+    add "$1_job_ms" "$(ms_since "$t")"
+    read -r n b < <(log_count); add "$1_job_req" "$n"; add "$1_job_bytes" "$b"
+    if ((rep == 1)); then
+        log "rep $rep/$REPS:    every path read through this mount hashes to its NarHash?"
+        narhash_check "$R_DIR/mnt" "$3"
+    fi
+    stop_storefs "$R_DIR/mnt"; drop_fs "$1"
 }
 
 # The learned warm list (--indexed): one cold job through a file-level mount of the indexed
@@ -523,30 +542,9 @@ for rep in $(seq 1 "$REPS"); do
 
         if ((INDEXED)); then
             log "rep $rep/$REPS: a. cold job through storefs, file-level (--trusted-index-key)"
-            log_reset
-            fresh_fs sf-ix; settle; t=$(now_ns)
-            start_storefs "$R_DIR/mnt" "$FS/sfcache" --trusted-index-key "$PUBLIC_KEY"
-            run_job "$R_DIR/mnt"
-            add sf_ix_job_ms "$(ms_since "$t")"
-            read -r n b < <(log_count); add sf_ix_job_req "$n"; add sf_ix_job_bytes "$b"
-            if ((rep == 1)); then
-                log "rep $rep/$REPS:    every path read through this mount hashes to its NarHash?"
-                NARHASH_CHECK=$(narhash_check "$R_DIR/mnt")
-            fi
-            stop_storefs "$R_DIR/mnt"; drop_fs sf-ix
-
+            file_level_job sf_ix "$CACHE_URL" NARHASH_CHECK
             log "rep $rep/$REPS: a. cold job through storefs, file-level with the learned warm list"
-            log_reset
-            fresh_fs sf-wl; settle; t=$(now_ns)
-            CACHE_URL=$WARM_URL start_storefs "$R_DIR/mnt" "$FS/sfcache" --trusted-index-key "$PUBLIC_KEY"
-            run_job "$R_DIR/mnt"
-            add sf_wl_job_ms "$(ms_since "$t")"
-            read -r n b < <(log_count); add sf_wl_job_req "$n"; add sf_wl_job_bytes "$b"
-            if ((rep == 1)); then
-                log "rep $rep/$REPS:    every path read through this mount hashes to its NarHash?"
-                NARHASH_CHECK_WL=$(narhash_check "$R_DIR/mnt")
-            fi
-            stop_storefs "$R_DIR/mnt"; drop_fs sf-wl
+            file_level_job sf_wl "$WARM_URL" NARHASH_CHECK_WL
         fi
 
         log "rep $rep/$REPS: a. cold job with Nix (nix-store -r, then the job)"
